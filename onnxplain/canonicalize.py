@@ -1,0 +1,173 @@
+"""Canonicalisation: shapes inferred, Identity/Dropout removed, constants folded, logits found.
+
+The result is a :class:`Canonical` holding the graphsurgeon graph in topological order, its
+opset, and the original model's metadata, ready for the backward rewrite.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from .builder import is_float
+from .errors import OnnxplainError
+from .load import load_model, opset_of
+
+SQUASHING = ("Softmax", "LogSoftmax", "Sigmoid")
+PASS_THROUGH = ("Identity", "Dropout")
+
+
+@dataclass
+class Canonical:
+    graph: gs.Graph
+    opset: int
+    model: onnx.ModelProto  # the original (loaded) model, for metadata
+
+    def tensor(self, name: str):
+        t = self.graph.tensors().get(name)
+        if t is None:
+            raise OnnxplainError(f"no tensor named '{name}' in the model")
+        return t
+
+    def float_inputs(self):
+        return [t for t in self.graph.inputs if is_float(t)]
+
+    def input(self, name: str | None = None):
+        """The explained input: by name, else the single/first float graph input."""
+        if name is not None:
+            for t in self.graph.inputs:
+                if t.name == name:
+                    if not is_float(t):
+                        raise OnnxplainError(f"input '{name}' is not a float tensor; only float inputs can be explained")
+                    return t
+            raise OnnxplainError(f"model has no input named '{name}' (inputs: {[t.name for t in self.graph.inputs]})")
+        floats = self.float_inputs()
+        if not floats:
+            raise OnnxplainError("model has no float input to explain")
+        return floats[0]
+
+    def output(self, name: str | None = None):
+        if name is not None:
+            for t in self.graph.outputs:
+                if t.name == name:
+                    return t
+            return self.tensor(name)  # any inner tensor may be explained by name
+        floats = [t for t in self.graph.outputs if is_float(t)]
+        if not floats:
+            raise OnnxplainError("model has no float output to explain")
+        return floats[0]
+
+
+def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """ONNX shape inference with data propagation; on failure keep what we have."""
+    try:
+        return onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
+    except Exception:
+        try:
+            return onnx.shape_inference.infer_shapes(model)
+        except Exception:
+            return model
+
+
+def _drop_pass_through(graph: gs.Graph) -> None:
+    """Bypass Identity and Dropout nodes (Dropout is identity at inference)."""
+    outputs = {t.name for t in graph.outputs}
+    for node in list(graph.nodes):
+        if node.op not in PASS_THROUGH or not node.inputs:
+            continue
+        src, dst = node.inputs[0], node.outputs[0]
+        if dst.name in outputs:
+            continue  # a graph output keeps its name; the Identity rule handles it
+        if node.op == "Dropout" and len(node.outputs) > 1 and node.outputs[1].outputs:
+            continue  # the mask is used: leave it
+        for consumer in list(dst.outputs):
+            for i, t in enumerate(consumer.inputs):
+                if t is dst:
+                    consumer.inputs[i] = src
+        node.outputs.clear()
+        node.inputs.clear()
+
+
+def canonicalize(model, fold: bool = True) -> Canonical:
+    """Load (if a path), infer shapes, drop pass-through nodes, fold constants, sort."""
+    model = load_model(model)
+    opset = opset_of(model)
+    graph = gs.import_onnx(infer_shapes(model))
+    _drop_pass_through(graph)
+    graph.cleanup()
+    if fold:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _quiet_fold(graph)
+        # re-infer shapes: folded Shape/Reshape chains often become static
+        graph = gs.import_onnx(infer_shapes(_export(graph, model)))
+    graph.toposort()
+    for i, node in enumerate(graph.nodes):
+        node.name = node.name or f"{node.op}_{i}"
+    return Canonical(graph=graph, opset=opset, model=model)
+
+
+def _quiet_fold(graph: gs.Graph) -> None:
+    import logging
+
+    lg = logging.getLogger("onnx_graphsurgeon")
+    level = gs.logger.G_LOGGER.severity
+    gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.CRITICAL
+    try:
+        graph.fold_constants(error_ok=True)
+        graph.cleanup()
+    except Exception:
+        pass  # folding is an optimisation; the unfolded graph is still correct
+    finally:
+        gs.logger.G_LOGGER.severity = level
+        del lg
+
+
+def _export(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
+    m = gs.export_onnx(graph, do_type_check=False)
+    m.ir_version = like.ir_version
+    del m.opset_import[:]
+    m.opset_import.extend(like.opset_import)
+    return m
+
+
+def find_logits(graph: gs.Graph, out):
+    """Walk back from ``out`` through Softmax/LogSoftmax/Sigmoid (and Identity) to the logits.
+
+    Returns (logits tensor, list of op types stripped).
+    """
+    stripped = []
+    t = out
+    while t.inputs:
+        producer = t.inputs[0]
+        if producer.op in SQUASHING or producer.op == "Identity":
+            stripped.append(producer.op)
+            t = producer.inputs[0]
+        else:
+            break
+    if not any(op in SQUASHING for op in stripped):
+        return out, []
+    return t, [op for op in stripped if op in SQUASHING]
+
+
+def export_graph(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
+    """Export ``graph`` keeping the original model's IR version, opsets and metadata."""
+    m = _export(graph, like)
+    m.producer_name = like.producer_name
+    m.producer_version = like.producer_version
+    m.doc_string = like.doc_string
+    m.graph.name = like.graph.name
+    del m.metadata_props[:]
+    m.metadata_props.extend(like.metadata_props)
+    return m
+
+
+def np_shape(t):
+    return None if t.shape is None else [d if isinstance(d, int) else None for d in t.shape]
+
+
+__all__ = ["Canonical", "canonicalize", "find_logits", "export_graph", "infer_shapes", "np_shape"]
+_ = np  # numpy used by callers through this module's helpers

@@ -1,0 +1,159 @@
+"""The Python API: ``Explainer(model).explain(x, method=..., target=...)``."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import onnx
+
+from .canonicalize import canonicalize
+from .errors import OnnxplainError
+from .explanation import Options, build
+from .methods.gradient import interpolate, noisy
+from .session import make_session
+
+LOOPED = ("integrated_gradients", "smoothgrad", "smoothgrad_sq")  # driven from Python over the gradient graph
+
+
+@dataclass
+class Explanation:
+    attribution: np.ndarray  # raw, signed; the explained input's shape (saliency: one channel)
+    target: np.ndarray | None  # the class explained for each item (class mode)
+    outputs: dict  # the model's own outputs for x
+
+
+class Explainer:
+    """Explains one ONNX model; explanation graphs and sessions are built once per method.
+
+    >>> ex = Explainer("model.onnx")
+    >>> heat = ex.explain(x, method="integrated_gradients", target=3)
+    """
+
+    def __init__(self, model, *, input: str | None = None, output: str | None = None,
+                 probabilities: bool = False, class_axis: int | None = None, channel_axis: int = 1,
+                 rules=None, providers: list[str] | None = None):
+        self.canonical = canonicalize(model)
+        self.options = Options(input=input, output=output, probabilities=probabilities,
+                               class_axis=class_axis, channel_axis=channel_axis, rules=rules)
+        self.providers = providers
+        self.x = self.canonical.input(input)
+        self._graphs: dict = {}
+        self._sessions: dict = {}
+
+    # ---- graphs and sessions --------------------------------------------------------------
+    def graph(self, method: str = "gradient", target_mode: str = "class", **params) -> onnx.ModelProto:
+        key = (method, target_mode, tuple(sorted(params.items())))
+        if key not in self._graphs:
+            options = replace(self.options, target_mode=target_mode, **params)
+            self._graphs[key] = build(canonicalize(self.canonical.model), method, options)
+        return self._graphs[key]
+
+    def _session(self, method, target_mode):
+        key = (method, target_mode)
+        if key not in self._sessions:
+            self._sessions[key] = make_session(self.graph(method, target_mode), self.providers)
+        return self._sessions[key]
+
+    @property
+    def fixed_batch(self) -> int | None:
+        d = self.x.shape[0] if self.x.shape else None
+        return d if isinstance(d, int) and d > 0 else None
+
+    @property
+    def num_classes(self) -> int | None:
+        from .canonicalize import find_logits
+        from .explanation import class_axis_of
+
+        out = self.canonical.output(self.options.output)
+        logits = out if self.options.probabilities else find_logits(self.canonical.graph, out)[0]
+        if logits.shape is None:
+            return None
+        c = logits.shape[class_axis_of(logits, self.options)]
+        return c if isinstance(c, int) else None
+
+    # ---- validation -----------------------------------------------------------------------
+    def check_input(self, x) -> np.ndarray:
+        x = np.asarray(x)
+        want = self.x.shape
+        if not np.issubdtype(x.dtype, np.floating):
+            raise OnnxplainError(f"input '{self.x.name}' must be a float array, got {x.dtype}")
+        x = x.astype(self.x.dtype, copy=False)
+        if want is not None:
+            if x.ndim != len(want):
+                raise OnnxplainError(f"input '{self.x.name}' expects shape {_fmt(want)}, got {list(x.shape)}")
+            for i, (d, n) in enumerate(zip(want, x.shape)):
+                if isinstance(d, int) and d > 0 and d != n and not (i == 0 and d == 1):
+                    raise OnnxplainError(f"input '{self.x.name}' expects shape {_fmt(want)}, got {list(x.shape)}")
+        if not np.all(np.isfinite(x)):
+            raise OnnxplainError(f"input '{self.x.name}' contains NaN or infinite values")
+        return x
+
+    def check_target(self, target, n: int) -> np.ndarray:
+        t = np.full(n, -1, dtype=np.int64) if target is None else np.asarray(target)
+        if not np.issubdtype(t.dtype, np.integer):
+            raise OnnxplainError(f"target must be integer class indices, got {t.dtype}")
+        t = np.broadcast_to(t.astype(np.int64), (n,)) if t.ndim == 0 or t.size == 1 else t.astype(np.int64)
+        if t.shape != (n,):
+            raise OnnxplainError(f"target must give one class per batch item ({n}), got shape {list(t.shape)}")
+        c = self.num_classes
+        if c is not None and (np.any(t >= c) or np.any(t < -1)):
+            raise OnnxplainError(f"target {t.tolist()} out of range: the model has {c} classes (use -1 for argmax)")
+        return np.ascontiguousarray(t)
+
+    # ---- running --------------------------------------------------------------------------
+    def _run(self, method, target_mode, feeds: dict, batch_size: int):
+        """Run an explanation graph over the batch axis in chunks; concatenates every output."""
+        sess = self._session(method, target_mode)
+        names = [o.name for o in sess.get_outputs()]
+        n = len(feeds[self.x.name])
+        step = 1 if self.fixed_batch == 1 else max(1, batch_size)
+        parts = [sess.run(names, {k: v[i:i + step] for k, v in feeds.items()}) for i in range(0, n, step)]
+        return {name: np.concatenate([p[j] for p in parts]) for j, name in enumerate(names)}
+
+    def run(self, x, method: str = "gradient", target=None, target_weights=None, baseline=None, *,
+            steps: int = 32, samples: int = 16, noise: float = 0.15, seed: int = 0,
+            batch_size: int = 16) -> Explanation:
+        """Explain ``x`` ([N, ...]); returns attribution, explained targets and the model outputs."""
+        x = self.check_input(x)
+        n = len(x)
+        if target_weights is not None:
+            if target is not None:
+                raise OnnxplainError("give either target or target_weights, not both")
+            mode, feeds = "weights", {self.x.name: x, "target_weights": np.asarray(target_weights, dtype=x.dtype)}
+        else:
+            mode, feeds = "class", {self.x.name: x, "target": self.check_target(target, n)}
+        if method not in LOOPED:
+            res = self._run(method, mode, feeds, batch_size)
+            return self._explanation(res, res["attribution"])
+        # copies per item, over the gradient graph; the target is resolved on x itself
+        first = self._run("gradient", mode, feeds, batch_size)
+        if mode == "class":
+            feeds["target"] = first["target_index"]
+        if method == "integrated_gradients":
+            base = np.zeros_like(x) if baseline is None else np.broadcast_to(np.asarray(baseline, x.dtype), x.shape)
+            copies = [interpolate(x[i], base[i], steps) for i in range(n)]
+        else:
+            rng = np.random.default_rng(seed)
+            copies = [noisy(x[i], samples, noise, rng) for i in range(n)]
+        attribution = np.empty_like(x)
+        for i, c in enumerate(copies):
+            k = len(c)
+            rep = {name: np.repeat(v[i:i + 1], k, axis=0) for name, v in feeds.items() if name != self.x.name}
+            g = self._run("gradient", mode, {self.x.name: c, **rep}, batch_size)["attribution"]
+            if method == "integrated_gradients":
+                attribution[i] = (x[i] - base[i]) * g.mean(axis=0)
+            else:
+                attribution[i] = (g * g if method == "smoothgrad_sq" else g).mean(axis=0)
+        return self._explanation(first, attribution)
+
+    def _explanation(self, res, attribution):
+        outputs = {k: v for k, v in res.items() if k not in ("attribution", "target_index")}
+        return Explanation(attribution=attribution, target=res.get("target_index"), outputs=outputs)
+
+    def explain(self, x, method: str = "gradient", target=None, **kw) -> np.ndarray:
+        """The attribution for ``x`` as a numpy array (see :meth:`run` for the options)."""
+        return self.run(x, method, target, **kw).attribution
+
+
+def _fmt(shape):
+    return "[" + ", ".join(str(d) if isinstance(d, int) else (d or "?") for d in shape) + "]"

@@ -1,0 +1,111 @@
+"""Gradient-family methods.
+
+* ``gradient`` — the raw, signed gradient (Simonyan et al. 2014, arXiv:1312.6034);
+* ``saliency`` — max over channels of |gradient| (Simonyan et al. 2014);
+* ``input_x_gradient`` — x * gradient (Shrikumar et al. 2016, arXiv:1605.01713);
+* ``smoothgrad`` / ``smoothgrad_sq`` — mean of gradients (or their squares) at noisy copies
+  x + N(0, sigma^2), sigma = noise * (max(x) - min(x)) (Smilkov et al. 2017, arXiv:1706.03825);
+* ``integrated_gradients`` — (x - x') times the mean gradient along the straight path from the
+  baseline x', midpoint Riemann sum with ``steps`` points (Sundararajan et al. 2017,
+  arXiv:1703.01365).
+
+Heads build the method inside the graph. SmoothGrad and IG need a batch of copies per input, so
+in the graph they need a dynamic batch axis; :func:`interpolate` and :func:`noisy` make the same
+copies in numpy for the Python driver, which works for fixed-batch models too.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import OnnxplainError
+
+
+def gradient(ctx):
+    return ctx.backward(), ctx.x.shape
+
+
+def input_x_gradient(ctx):
+    return ctx.b.Mul(ctx.x, ctx.backward()), ctx.x.shape
+
+
+def saliency(ctx):
+    b, ax = ctx.b, ctx.options.channel_axis
+    shape = None if ctx.x.shape is None else [1 if i == ax % len(ctx.x.shape) else d for i, d in enumerate(ctx.x.shape)]
+    return b.reduce("ReduceMax", b.Abs(ctx.backward()), [ax], keepdims=True), shape
+
+
+def _batch_of_copies(ctx, method):
+    batch = ctx.x.shape[0] if ctx.x.shape else None
+    if not isinstance(batch, str) and batch is not None and batch != -1:
+        raise OnnxplainError(f"{method} inside the graph needs a dynamic batch axis, and input '{ctx.x.name}' has a "
+                             f"fixed batch of {batch}; use `onnxplain explain` or Explainer.explain, which loop")
+    if ctx.options.target_mode != "class" and ctx.x.shape is None:
+        raise OnnxplainError(f"{method}: the input's rank must be known")
+
+
+def _copies_backward(ctx, copies, n):
+    """Run the forward graph on ``copies`` ([n*N, ...]) and return their gradients as [n, N, ...]."""
+    b, x = ctx.b, ctx.x
+    mapping, nodes = ctx_clone(ctx, copies)
+    r = len(ctx.logits.shape)
+    seed = b.Tile(ctx.seed, b.ints([n] + [1] * (r - 1)))
+    g = ctx.backward(seed=seed, x=copies, logits=mapping[ctx.logits.name], nodes=nodes)
+    return b.Reshape(g, b.Concat(b.ints([n, -1]), b.shape_of(x, 1), axis=0))
+
+
+def ctx_clone(ctx, copies):
+    from ..explanation import clone_forward
+
+    return clone_forward(ctx, {ctx.x.name: copies}, "onnxplain_copies")
+
+
+def integrated_gradients(ctx):
+    _batch_of_copies(ctx, "integrated_gradients")
+    b, x, steps = ctx.b, ctx.x, ctx.options.steps
+    r = len(x.shape)
+    baseline = ctx.add_input("baseline", x.dtype, [None] * r, default=np.zeros([1] * r))
+    alphas = b.const(((np.arange(steps) + 0.5) / steps).reshape([steps] + [1] * r), like=x)
+    diff = b.Sub(x, baseline)
+    path = b.Add(baseline, b.Mul(alphas, diff))
+    flat = b.Reshape(path, b.Concat(b.ints([-1]), b.shape_of(x, 1), axis=0))
+    grads = _copies_backward(ctx, flat, steps)
+    return b.Mul(diff, b.reduce("ReduceMean", grads, [0], keepdims=False)), x.shape
+
+
+def _smoothgrad(ctx, square):
+    _batch_of_copies(ctx, "smoothgrad")
+    b, x, o = ctx.b, ctx.x, ctx.options
+    r = len(x.shape)
+    axes = list(range(1, r))
+    spread = b.Sub(b.reduce("ReduceMax", x, axes, keepdims=True), b.reduce("ReduceMin", x, axes, keepdims=True))
+    sigma = b.Mul(spread, b.const(o.noise, like=x))
+    reps = b.Expand(b.unsqueeze(x, [0]), b.Concat(b.ints([o.samples]), b.Shape(x), axis=0))
+    noise = b.RandomNormalLike(reps, seed=float(o.seed))
+    flat = b.Reshape(b.Add(reps, b.Mul(noise, sigma)), b.Concat(b.ints([-1]), b.shape_of(x, 1), axis=0))
+    grads = _copies_backward(ctx, flat, o.samples)
+    if square:
+        grads = b.Mul(grads, grads)
+    return b.reduce("ReduceMean", grads, [0], keepdims=False), x.shape
+
+
+HEADS = {
+    "gradient": gradient,
+    "saliency": saliency,
+    "input_x_gradient": input_x_gradient,
+    "integrated_gradients": integrated_gradients,
+    "smoothgrad": lambda ctx: _smoothgrad(ctx, False),
+    "smoothgrad_sq": lambda ctx: _smoothgrad(ctx, True),
+}
+
+
+# ---- numpy copies for the Python driver -------------------------------------------------
+def interpolate(x: np.ndarray, baseline: np.ndarray, steps: int) -> np.ndarray:
+    """The IG path points for one item ``x`` ([...]): [steps, ...], midpoint rule."""
+    alphas = ((np.arange(steps) + 0.5) / steps).reshape([steps] + [1] * x.ndim).astype(x.dtype)
+    return baseline + alphas * (x - baseline)
+
+
+def noisy(x: np.ndarray, samples: int, noise: float, rng: np.random.Generator) -> np.ndarray:
+    """SmoothGrad's noisy copies of one item: [samples, ...]."""
+    sigma = noise * float(x.max() - x.min())
+    return (x[None] + rng.normal(0.0, sigma, size=(samples,) + x.shape)).astype(x.dtype)

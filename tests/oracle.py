@@ -1,0 +1,193 @@
+"""Independent oracles for backward rules.
+
+* :func:`to_float64` rewrites a model to float64 so that ``onnx.reference`` can run it exactly;
+* :func:`check_vjp` compares the exported gradient graph (run in float64 by the reference
+  evaluator) with central finite differences of the forward model along random directions:
+  ``<vjp(w), u>`` against ``(F(x + h u) - F(x - h u)) / 2h`` with ``F = sum(w * f)``;
+* :func:`case` builds a one-node model for a per-op test.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+from onnx.reference.op_run import OpRun
+
+import onnxplain
+from onnxplain.session import make_session
+
+F32, F64 = TensorProto.FLOAT, TensorProto.DOUBLE
+# inputs that stay float32 whatever the data type (Resize/Upsample scales)
+_KEEP_F32 = {("Resize", 2), ("Upsample", 1)}
+
+
+def to_float64(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A float64 copy of ``model``: tensors, Cast targets and constants, not Resize scales."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    keep = {n.input[i] for n in g.node for (op, i) in _KEEP_F32 if n.op_type == op and len(n.input) > i}
+    for vi in list(g.input) + list(g.output):
+        if vi.type.tensor_type.elem_type == F32:
+            vi.type.tensor_type.elem_type = F64
+    del g.value_info[:]
+    for i, init in enumerate(g.initializer):
+        if init.data_type == F32 and init.name not in keep:
+            g.initializer[i].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float64), init.name))
+    for node in g.node:
+        for a in node.attribute:
+            if a.name in ("to", "dtype") and a.type == onnx.AttributeProto.INT and a.i == F32:
+                a.i = F64
+            if a.type == onnx.AttributeProto.TENSOR and a.t.data_type == F32 and node.output[0] not in keep:
+                a.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(a.t).astype(np.float64), a.t.name))
+    return m
+
+
+class ConvTransposeByDefinition(OpRun):
+    """ConvTranspose from its definition (onnx.reference's own mis-slices weights when group > 1).
+
+    y[n, g*Co + o, s*i + d*k - pad_begin] += x[n, g*Ci + c, i] * W[g*Ci + c, o, k]
+    """
+
+    op_domain = ""
+
+    def _run(self, x, w, bias=None, auto_pad=None, dilations=None, group=None, kernel_shape=None,
+             output_padding=None, output_shape=None, pads=None, strides=None):
+        nd = x.ndim - 2
+        k = list(w.shape[2:])
+        s, d = list(strides or [1] * nd), list(dilations or [1] * nd)
+        op = list(output_padding or [0] * nd)
+        group = group or 1
+        full = [s[i] * (x.shape[2 + i] - 1) + op[i] + (k[i] - 1) * d[i] + 1 for i in range(nd)]
+        if output_shape is not None:
+            total = [full[i] - output_shape[-nd:][i] for i in range(nd)]
+            upper = auto_pad in ("SAME_UPPER", b"SAME_UPPER")
+            pb = [t // 2 if upper else t - t // 2 for t in total]
+            pe = [t - p for t, p in zip(total, pb)]
+        else:
+            pads = list(pads or [0] * (2 * nd))
+            pb, pe = pads[:nd], pads[nd:]
+        ci, co = w.shape[0] // group, w.shape[1]
+        buf = np.zeros((x.shape[0], co * group, *full), dtype=x.dtype)
+        for g in range(group):
+            xg, wg = x[:, g * ci:(g + 1) * ci], w[g * ci:(g + 1) * ci]
+            for kk in np.ndindex(*k):
+                contrib = np.tensordot(xg, wg[(slice(None), slice(None)) + kk], axes=([1], [0]))
+                contrib = np.moveaxis(contrib, -1, 1)
+                idx = tuple(slice(kk[i] * d[i], kk[i] * d[i] + s[i] * (x.shape[2 + i] - 1) + 1, s[i]) for i in range(nd))
+                buf[(slice(None), slice(g * co, (g + 1) * co)) + idx] += contrib
+        crop = tuple(slice(pb[i], full[i] - pe[i]) for i in range(nd))
+        y = buf[(slice(None), slice(None)) + crop]
+        if bias is not None:
+            y = y + bias.reshape([1, -1] + [1] * nd)
+        return (y,)
+
+
+ConvTransposeByDefinition.__name__ = "ConvTranspose"
+
+
+def run_ref(model: onnx.ModelProto, feeds: dict) -> dict:
+    ref = ReferenceEvaluator(model, new_ops=[ConvTransposeByDefinition])
+    names = [o.name for o in model.graph.output]
+    return dict(zip(names, ref.run(None, feeds)))
+
+
+def gradient_graph(model, wrt: str, output: str, method="gradient", **kw) -> onnx.ModelProto:
+    opts = onnxplain.Options(input=wrt, output=output, probabilities=True, target_mode="weights", **kw)
+    return onnxplain.build(model, method, opts)
+
+
+@dataclass
+class VjpCheck:
+    error: float  # relative L2 error of directional derivatives, float64 graph vs finite differences
+    error_f32: float  # relative L2 error of the float32 graph in onnxruntime vs the float64 graph
+    grad: np.ndarray
+
+
+def check_vjp(model: onnx.ModelProto, feeds: dict, wrt: str, output: str | None = None, directions: int = 6,
+              h: float = 1e-5, seed: int = 0, ort: bool = True) -> VjpCheck:
+    """Check the gradient graph of ``output`` w.r.t. input ``wrt`` against finite differences."""
+    rng = np.random.default_rng(seed)
+    m64 = to_float64(model)
+    output = output or model.graph.output[0].name
+    f64 = {k: (v.astype(np.float64) if v.dtype == np.float32 else v) for k, v in feeds.items()}
+    y = run_ref(m64, f64)[output]
+    w = rng.normal(size=y.shape)
+    g64 = run_ref(gradient_graph(m64, wrt, output), {**f64, "target_weights": w})["attribution"]
+
+    def F(x):
+        return float(np.sum(w * run_ref(m64, {**f64, wrt: x})[output]))
+
+    x = f64[wrt]
+    us = [rng.normal(size=x.shape) for _ in range(directions)]
+    fd = np.array([(F(x + h * u) - F(x - h * u)) / (2 * h) for u in us])
+    an = np.array([np.sum(g64 * u) for u in us])
+    err = float(np.linalg.norm(an - fd) / max(np.linalg.norm(fd), 1e-12))
+    err32 = float("nan")
+    if ort:
+        g32 = make_session(gradient_graph(model, wrt, output)).run(
+            ["attribution"], {**feeds, "target_weights": w.astype(np.float32)})[0]
+        err32 = float(np.linalg.norm(g32 - g64) / max(np.linalg.norm(g64), 1e-12))
+    return VjpCheck(err, err32, g64)
+
+
+class X:
+    """Marks an argument of :func:`case` as a differentiable graph input."""
+
+    def __init__(self, value):
+        self.value = np.asarray(value, dtype=np.float32)
+
+
+@dataclass
+class Case:
+    op: str
+    model: onnx.ModelProto
+    feeds: dict
+    wrt: list
+    output: str = "y0"
+    id: str = ""
+    tol: float = 1e-6
+    ort: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def __repr__(self):
+        return self.id
+
+
+def case(op: str, *args, opset: int = 17, outputs: int = 1, output: int = 0, id: str = "", tol: float = 1e-6,
+         ort: bool = True, domain: str = "", **attrs) -> Case:
+    """A one-node model ``op(*args)``; ``X(...)`` args are graph inputs, others initializers, None empty."""
+    names, inputs, inits, feeds = [], [], [], {}
+    for i, a in enumerate(args):
+        if a is None:
+            names.append("")
+        elif isinstance(a, X):
+            names.append(f"x{i}")
+            inputs.append(helper.make_tensor_value_info(f"x{i}", F32, list(a.value.shape)))
+            feeds[f"x{i}"] = a.value
+        else:
+            arr = np.asarray(a)
+            if arr.dtype == np.float64:
+                arr = arr.astype(np.float32)
+            names.append(f"c{i}")
+            inits.append(numpy_helper.from_array(arr, f"c{i}"))
+    outs = [f"y{k}" for k in range(outputs)]
+    node = helper.make_node(op, names, outs, domain=domain or None, **attrs)
+    graph = helper.make_graph([node], f"{op}_case", inputs,
+                              [helper.make_tensor_value_info(o, F32, None) for o in outs], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    del model.graph.output[:]
+    model.graph.output.extend(inferred.graph.output)
+    return Case(op, model, feeds, [n for n in feeds], outs[output], id or f"{op}-opset{opset}", tol, ort)
+
+
+def assert_case(c: Case):
+    for wrt in c.wrt:
+        res = check_vjp(c.model, c.feeds, wrt, c.output, ort=c.ort)
+        assert res.error <= c.tol, f"{c.id} d/d{wrt}: finite-difference error {res.error:.2e} > {c.tol:.0e}"
+        if c.ort:
+            assert res.error_f32 <= 1e-4, f"{c.id} d/d{wrt}: float32 onnxruntime error {res.error_f32:.2e}"
