@@ -54,6 +54,8 @@ def load_model(path: str | os.PathLike | onnx.ModelProto, load_weights: bool = T
         model = onnx.ModelProto()
         model.CopyFrom(path)
         base_dir = None
+        if any(external_data_helper.uses_external_data(t) for t in _external_tensors(model)):
+            raise OnnxplainError("this in-memory model refers to external data; pass the model's file path instead")
     else:
         p = Path(path)
         if not p.exists():
