@@ -91,12 +91,56 @@ def _drop_pass_through(graph: gs.Graph) -> None:
         node.inputs.clear()
 
 
-def canonicalize(model, fold: bool = True) -> Canonical:
-    """Load (if a path), infer shapes, drop pass-through nodes, fold constants, sort."""
+def fold_batchnorm(graph: gs.Graph) -> int:
+    """Fold inference BatchNormalization into the Conv that feeds it (as Zennit's canonizer does).
+
+    y = gamma (conv(x) - mean) / sqrt(var + eps) + beta  becomes  conv'(x) with
+    W' = W * s and b' = (b - mean) * s + beta, s = gamma / sqrt(var + eps), per output channel.
+    Only when the Conv output feeds nothing else and every parameter is a constant.
+    Returns the number of folded nodes.
+    """
+    outputs = {t.name for t in graph.outputs}
+    folded = 0
+    for bn in list(graph.nodes):
+        if bn.op != "BatchNormalization" or len([o for o in bn.outputs if o.outputs or o.name in outputs]) > 1:
+            continue
+        if bn.attrs.get("training_mode", 0) or not all(isinstance(t, gs.Constant) for t in bn.inputs[1:5]):
+            continue
+        t = bn.inputs[0]
+        conv = t.inputs[0] if len(t.inputs) == 1 else None
+        if conv is None or conv.op != "Conv" or len(t.outputs) != 1 or t.name in outputs:
+            continue
+        w = conv.inputs[1]
+        bias = conv.inputs[2] if len(conv.inputs) > 2 and conv.inputs[2].name else None
+        if not isinstance(w, gs.Constant) or (bias is not None and not isinstance(bias, gs.Constant)):
+            continue
+        gamma, beta, mean, var = (c.values.astype(np.float64) for c in bn.inputs[1:5])
+        scale = gamma / np.sqrt(var + bn.attrs.get("epsilon", 1e-5))
+        b0 = bias.values.astype(np.float64) if bias is not None else 0.0
+        wv = w.values
+        new_w = (wv.astype(np.float64) * scale.reshape([-1] + [1] * (wv.ndim - 1))).astype(wv.dtype)
+        new_b = ((b0 - mean) * scale + beta).astype(wv.dtype)
+        conv.inputs[1] = gs.Constant(f"{w.name}:bnfold:{folded}", new_w)
+        b_const = gs.Constant(f"{conv.name or w.name}:bnfold_bias:{folded}", new_b)
+        if bias is not None:
+            conv.inputs[2] = b_const
+        else:
+            conv.inputs.append(b_const)
+        conv.outputs = [bn.outputs[0]]
+        bn.outputs.clear()
+        bn.inputs.clear()
+        folded += 1
+    return folded
+
+
+def canonicalize(model, fold: bool = True, fold_bn: bool = True) -> Canonical:
+    """Load (if a path), infer shapes, drop pass-through nodes, fold constants and BN, sort."""
     model = load_model(model)
     opset = opset_of(model)
     graph = gs.import_onnx(infer_shapes(model))
     _drop_pass_through(graph)
+    if fold_bn:
+        fold_batchnorm(graph)
     graph.cleanup()
     if fold:
         with warnings.catch_warnings():
@@ -111,9 +155,6 @@ def canonicalize(model, fold: bool = True) -> Canonical:
 
 
 def _quiet_fold(graph: gs.Graph) -> None:
-    import logging
-
-    lg = logging.getLogger("onnx_graphsurgeon")
     level = gs.logger.G_LOGGER.severity
     gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.CRITICAL
     try:
@@ -123,7 +164,6 @@ def _quiet_fold(graph: gs.Graph) -> None:
         pass  # folding is an optimisation; the unfolded graph is still correct
     finally:
         gs.logger.G_LOGGER.severity = level
-        del lg
 
 
 def _export(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
@@ -164,10 +204,3 @@ def export_graph(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
     m.metadata_props.extend(like.metadata_props)
     return m
 
-
-def np_shape(t):
-    return None if t.shape is None else [d if isinstance(d, int) else None for d in t.shape]
-
-
-__all__ = ["Canonical", "canonicalize", "find_logits", "export_graph", "infer_shapes", "np_shape"]
-_ = np  # numpy used by callers through this module's helpers
