@@ -89,8 +89,72 @@ class ConvTransposeByDefinition(OpRun):
 ConvTransposeByDefinition.__name__ = "ConvTranspose"
 
 
+class ErfFloat64(OpRun):
+    """Erf in the input's precision (onnx.reference's own rounds every value to float32)."""
+
+    op_domain = ""
+
+    def _run(self, x):
+        from math import erf
+
+        return (np.vectorize(erf, otypes=[x.dtype])(x).astype(x.dtype),)
+
+
+ErfFloat64.__name__ = "Erf"
+
+
+class GeluByDefinition(OpRun):
+    """Gelu (opset 20) from its definition; onnx.reference expands the function body, whose Erf
+    rounds to float32."""
+
+    op_domain = ""
+
+    def _run(self, x, approximate=None):
+        from math import erf
+
+        if approximate in ("tanh", b"tanh"):
+            return ((0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))).astype(x.dtype),)
+        cdf = 0.5 * (1 + np.vectorize(erf, otypes=[x.dtype])(x / np.sqrt(2)))
+        return ((x * cdf).astype(x.dtype),)
+
+
+GeluByDefinition.__name__ = "Gelu"
+
+
+def _softmax_axes(op: OpRun, ndim: int):
+    """Softmax/LogSoftmax reduce over ``axis`` from opset 13 (default -1); before 13 the input is
+    coerced to 2-D at ``axis`` (default 1), i.e. reduced over every axis from ``axis`` on
+    (onnx.reference applies the opset-13 semantics to every opset)."""
+    opset = op.run_params["opsets"][""]
+    axis = next((a.i for a in op.onnx_node.attribute if a.name == "axis"), -1 if opset >= 13 else 1) % ndim
+    return (axis,) if opset >= 13 else tuple(range(axis, ndim))
+
+
+class SoftmaxByOpset(OpRun):
+    op_domain = ""
+
+    def _run(self, x, axis=None):
+        ax = _softmax_axes(self, x.ndim)
+        e = np.exp(x - x.max(axis=ax, keepdims=True))
+        return ((e / e.sum(axis=ax, keepdims=True)).astype(x.dtype),)
+
+
+class LogSoftmaxByOpset(OpRun):
+    op_domain = ""
+
+    def _run(self, x, axis=None):
+        ax = _softmax_axes(self, x.ndim)
+        z = x - x.max(axis=ax, keepdims=True)
+        return ((z - np.log(np.exp(z).sum(axis=ax, keepdims=True))).astype(x.dtype),)
+
+
+SoftmaxByOpset.__name__ = "Softmax"
+LogSoftmaxByOpset.__name__ = "LogSoftmax"
+
+
 def run_ref(model: onnx.ModelProto, feeds: dict) -> dict:
-    ref = ReferenceEvaluator(model, new_ops=[ConvTransposeByDefinition])
+    ref = ReferenceEvaluator(model, new_ops=[ConvTransposeByDefinition, ErfFloat64, GeluByDefinition, SoftmaxByOpset,
+                                             LogSoftmaxByOpset])
     names = [o.name for o in model.graph.output]
     return dict(zip(names, ref.run(None, feeds)))
 
@@ -158,15 +222,19 @@ class Case:
 
 
 def case(op: str, *args, opset: int = 17, outputs: int = 1, output: int = 0, id: str = "", tol: float = 1e-6,
-         ort: bool = True, domain: str = "", **attrs) -> Case:
-    """A one-node model ``op(*args)``; ``X(...)`` args are graph inputs, others initializers, None empty."""
+         ort: bool = True, domain: str = "", dims: dict | None = None, **attrs) -> Case:
+    """A one-node model ``op(*args)``; ``X(...)`` args are graph inputs, others initializers, None empty.
+
+    ``dims={"x0": ["N", 3]}`` declares input ``x0`` with that (possibly symbolic) shape.
+    """
+    dims = dims or {}
     names, inputs, inits, feeds = [], [], [], {}
     for i, a in enumerate(args):
         if a is None:
             names.append("")
         elif isinstance(a, X):
             names.append(f"x{i}")
-            inputs.append(helper.make_tensor_value_info(f"x{i}", F32, list(a.value.shape)))
+            inputs.append(helper.make_tensor_value_info(f"x{i}", F32, dims.get(f"x{i}", list(a.value.shape))))
             feeds[f"x{i}"] = a.value
         else:
             arr = np.asarray(a)

@@ -98,3 +98,19 @@ def where(b, node, g):
     c = node.inputs[0]
     zero = b.const(0, like=g[0])
     return [None, b.Where(c, g[0], zero), b.Where(c, zero, g[0])]
+
+
+@vjp("Max", "Min", broadcast=True)
+def max_min(b, node, g):
+    """Variadic, broadcasting Max/Min: the gradient goes to the inputs equal to the result,
+    split evenly between ties: dx_i = g [x_i = y] / sum_j [x_j = y].
+
+    For two inputs this is PyTorch's ``torch.maximum``/``torch.minimum`` (``grad / 2`` on a tie).
+    """
+    if len(node.inputs) == 1:
+        return [g[0]]
+    y = _y(node)
+    to = onnx.helper.np_dtype_to_tensor_dtype(np_dtype(y))
+    hits = [b.Cast(b.Equal(x, y), to=to) for x in node.inputs]
+    share = b.Div(g[0], b.Sum(*hits))
+    return [b.Mul(share, h) for h in hits]
