@@ -81,6 +81,8 @@ CASES = [
     # Cast between float types
     case("Cast", X(n(size=(2, 3))), to=TensorProto.FLOAT, opset=11, id="cast-to-float-opset11"),
     case("Cast", X(n(size=(2, 3))), to=TensorProto.FLOAT, opset=19, id="cast-to-float-opset19"),
+    case("CastLike", X(n(size=(2, 3))), np.zeros(1, np.float32), opset=15, id="castlike-opset15"),
+    case("CastLike", X(n(size=(2, 3))), np.zeros(1, np.float64), opset=19, id="castlike-to-double-opset19"),
     cast_chain(13),
     # Where: constant bool condition, both branches differentiable, all three broadcast
     case("Where", r.uniform(size=(2, 3)) > 0.5, X(n(size=(2, 3))), X(n(size=(2, 3))), opset=11, id="where-same-shape"),

@@ -87,10 +87,10 @@ def identity(b, node, g):
     return [g[0]]
 
 
-@vjp("Cast")
+@vjp("Cast", "CastLike")
 def cast(b, node, g):
     """Between float types the cotangent is cast back; other casts are off the path."""
-    return [b.Cast(g[0], to=onnx.helper.np_dtype_to_tensor_dtype(np_dtype(_x(node))))]
+    return [b.Cast(g[0], to=onnx.helper.np_dtype_to_tensor_dtype(np_dtype(_x(node)))), None]
 
 
 @vjp("Where", broadcast=True)
