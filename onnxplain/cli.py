@@ -1,0 +1,627 @@
+"""The ``onnxplain`` command line.
+
+Every user error (an :class:`~onnxplain.errors.OnnxplainError`, bad usage, onnxruntime
+refusing the input) ends in one line ``error: ...`` on stderr and exit code 2; an unexpected
+internal failure ends in one line and exit code 1 (``ONNXPLAIN_DEBUG=1`` shows the traceback).
+Results go to stdout, progress to stderr (only on a terminal).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import typer
+from typer.core import TyperGroup
+
+from .errors import OnnxplainError
+
+# ---- one-line errors ------------------------------------------------------------------------------
+USER_ERROR = 2
+INTERNAL_ERROR = 1
+_NUMERIC_MULTI = {"--size": (2, int), "--mean": (4, float), "--std": (4, float)}
+
+
+def _one_line(text: str, limit: int = 600) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _is_number(text: str, kind) -> bool:
+    try:
+        kind(text)
+        return True
+    except ValueError:
+        return False
+
+
+def merge_numeric_args(args: list[str]) -> list[str]:
+    """Let ``--size H W`` and ``--mean a b c`` take several values (click options take one).
+
+    ``--size 160 224`` becomes ``--size "160 224"``; a following token is only taken when it is
+    a number and not an existing file, so image paths are never swallowed.
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a == "--":
+            out.extend(args[i:])
+            break
+        if a in _NUMERIC_MULTI and i + 1 < len(args):
+            most, kind = _NUMERIC_MULTI[a]
+            vals, j = [args[i + 1]], i + 2
+            if _is_number(vals[0], kind):
+                while len(vals) < most and j < len(args) and _is_number(args[j], kind) and not os.path.exists(args[j]):
+                    vals.append(args[j])
+                    j += 1
+            out += [a, " ".join(vals)]
+            i = j
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
+def _is_ort_error(exc: BaseException) -> bool:
+    return type(exc).__module__.startswith("onnxruntime")
+
+
+def _ort_message(exc: BaseException) -> str:
+    """onnxruntime's message without its ``[ONNXRuntimeError] : 2 : INVALID_ARGUMENT :`` prefix."""
+    import re
+
+    return re.sub(r"^\s*\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*[A-Z_]+\s*:\s*", "", _one_line(exc, 2000))
+
+
+def _fail(message: str, code: int = USER_ERROR) -> int:
+    typer.echo(f"error: {_one_line(message)}", err=True)
+    return code
+
+
+def _is(exc: BaseException, name: str) -> bool:
+    """Class-name test, so that click's exceptions match whether typer vendors click or not."""
+    return any(c.__name__ == name for c in type(exc).__mro__)
+
+
+class _Group(TyperGroup):
+    """Runs the app in non-standalone mode and turns every failure into one line."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        argv = merge_numeric_args(list(sys.argv[1:] if args is None else args))
+        try:
+            rv = super().main(args=argv, prog_name=prog_name or "onnxplain", complete_var=complete_var,
+                              standalone_mode=False, **extra)
+            code = rv if isinstance(rv, int) else 0
+        except OnnxplainError as exc:
+            code = _fail(str(exc))
+        except KeyboardInterrupt:
+            code = _fail("interrupted", 130)
+        except Exception as exc:
+            code = self._failure(exc)
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+    @staticmethod
+    def _failure(exc: Exception) -> int:
+        if _is(exc, "NoArgsIsHelpError"):  # bare `onnxplain`: the help, not an error
+            ctx = getattr(exc, "ctx", None)
+            typer.echo(ctx.get_help() if ctx is not None else str(exc))
+            return 0
+        if _is(exc, "UsageError"):
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            return _fail(exc.format_message() + hint)
+        if _is(exc, "ClickException"):
+            return _fail(exc.format_message())
+        if _is(exc, "Abort"):
+            return _fail("aborted", 130)
+        if os.environ.get("ONNXPLAIN_DEBUG"):
+            raise exc
+        if _is_ort_error(exc):
+            return _fail(f"onnxruntime: {_ort_message(exc)}")
+        if isinstance(exc, MemoryError):
+            return _fail("out of memory (try a smaller --batch-size)")
+        return _fail(f"internal error ({type(exc).__name__}: {exc}); set ONNXPLAIN_DEBUG=1 for the traceback "
+                     "and please report it", INTERNAL_ERROR)
+
+
+app = typer.Typer(
+    cls=_Group,
+    name="onnxplain",
+    help="Explain ONNX models: explanation graphs that run in any onnxruntime.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@contextlib.contextmanager
+def _running(what: str):
+    """Turn onnxruntime's exceptions into one-line user errors."""
+    try:
+        yield
+    except OnnxplainError:
+        raise
+    except Exception as exc:
+        if _is_ort_error(exc):
+            raise OnnxplainError(f"onnxruntime failed while {what}: {_one_line(_ort_message(exc), 400)}") from None
+        raise
+
+
+class _Progress:
+    """A rich progress bar on stderr when it is a terminal; silent otherwise."""
+
+    def __init__(self, total: int, label: str):
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+        self.bar = None
+        if self.console.is_terminal and total > 0:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TimeRemainingColumn(), console=self.console, transient=True)
+            self.task = self.bar.add_task(label, total=total)
+
+    def __enter__(self):
+        if self.bar:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar:
+            self.bar.stop()
+
+    def __call__(self, advance: int = 0, description: str | None = None):
+        if self.bar:
+            self.bar.update(self.task, advance=advance, description=description)
+
+
+@contextlib.contextmanager
+def _status(message: str):
+    """A spinner on stderr while something slow happens (terminal only)."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        yield
+        return
+    with console.status(message):
+        yield
+
+
+def _methods():
+    from .methods import HEADS
+
+    return HEADS
+
+
+def _check_method(method: str) -> str:
+    heads = _methods()
+    if method not in heads:
+        raise OnnxplainError(f"unknown method '{method}' (choose from: {', '.join(sorted(heads))})")
+    return method
+
+
+def _existing(path: Path, what: str = "file") -> Path:
+    if not path.exists():
+        raise OnnxplainError(f"no such {what}: {path}")
+    if not path.is_file():
+        raise OnnxplainError(f"not a file: {path}")
+    return path
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+def _human(nbytes: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if nbytes < 1024 or unit == "GB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+    return f"{nbytes:.1f} GB"
+
+
+def _fmt_io(vi) -> str:
+    from .report import _value_info, fmt_shape
+
+    d = _value_info(vi)
+    return f"{d['name']} {d['dtype']} {fmt_shape(d['shape'])}"
+
+
+# ---- shared options ----------------------------------------------------------------------------------
+def _opt_input():
+    return typer.Option(None, "--input", help="Input to explain (default: the first float input).")
+
+
+def _opt_output():
+    return typer.Option(None, "--output", help="Output to explain (default: the first float output).")
+
+
+def _opt_prob():
+    return typer.Option(False, "--probabilities", help="Explain the Softmax/Sigmoid output itself, not its logits.")
+
+
+def _opt_class_axis():
+    return typer.Option(None, "--class-axis", help="Class axis of the explained output (default: 1 for 4-D, else last).")
+
+
+# ---- commands ------------------------------------------------------------------------------------------
+def _version_callback(value: bool):
+    if value:
+        from . import __version__
+
+        typer.echo(f"onnxplain {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
+                                       help="Print the version and exit.")):
+    """Explain ONNX models: explanation graphs that run in any onnxruntime."""
+
+
+@app.command()
+def version():
+    """Print the onnxplain version (and those of onnx and onnxruntime)."""
+    import onnx
+    import onnxruntime
+
+    from . import __version__
+
+    typer.echo(f"onnxplain {__version__} (onnx {onnx.__version__}, onnxruntime {onnxruntime.__version__})")
+
+
+@app.command()
+def export(
+    model: Path = typer.Argument(..., help="The ONNX model to explain.", show_default=False),
+    method: str = typer.Option("gradient", "--method", "-m", help="Attribution method."),
+    out: Path = typer.Option(..., "--out", "-o", help="Where to write the explanation graph (.onnx).",
+                             show_default=False),
+    input: Optional[str] = _opt_input(),
+    output: Optional[str] = _opt_output(),
+    probabilities: bool = _opt_prob(),
+    target_mode: str = typer.Option("class", "--target-mode",
+                                    help="class: an int64 'target' input; weights: a 'target_weights' seed tensor."),
+    class_axis: Optional[int] = _opt_class_axis(),
+    steps: int = typer.Option(32, "--steps", min=1, help="integrated_gradients: path points."),
+    samples: int = typer.Option(16, "--samples", min=1, help="smoothgrad: noisy copies."),
+    noise: float = typer.Option(0.15, "--noise", min=0.0, help="smoothgrad: sigma / (max(x) - min(x))."),
+    seed: int = typer.Option(0, "--seed", help="smoothgrad: seed of the in-graph noise."),
+):
+    """Write the explanation graph of MODEL: the model plus a backward pass and an `attribution` output."""
+    import onnx
+
+    from .explanation import Options, build
+    from .load import load_model
+
+    t0 = time.perf_counter()
+    _check_method(method)
+    if target_mode not in ("class", "weights"):
+        raise OnnxplainError(f"--target-mode must be 'class' or 'weights', not '{target_mode}'")
+    _existing(model)
+    if out.exists() and out.is_dir():
+        raise OnnxplainError(f"output {out} is a directory; give a file name such as {out / 'explained.onnx'}")
+    if _same_file(model, out):
+        raise OnnxplainError(f"refusing to overwrite the input model {model}; choose another -o/--out")
+    if out.suffix.lower() != ".onnx":
+        raise OnnxplainError(f"output {out} should end in .onnx")
+
+    src = load_model(model)
+    before = len(src.graph.node)
+    options = Options(input=input, output=output, probabilities=probabilities, target_mode=target_mode,
+                      class_axis=class_axis, steps=steps, samples=samples, noise=noise, seed=seed)
+    with _status(f"building the {method} graph"):
+        graph = build(src, method, options)
+    _check_and_save(graph, out, onnx)
+    elapsed = time.perf_counter() - t0
+
+    meta = {p.key: p.value for p in graph.metadata_props}
+    params = {"integrated_gradients": f", steps {steps}", "smoothgrad": f", samples {samples}, noise {noise}",
+              "smoothgrad_sq": f", samples {samples}, noise {noise}"}.get(method, "")
+    typer.echo(f"wrote {out} ({_human(out.stat().st_size)}) in {elapsed:.2f} s")
+    typer.echo(f"  method   {method} (target mode {target_mode}{params})")
+    explained = meta.get("onnxplain.explained", "?")
+    inner = "" if explained in {o.name for o in src.graph.output} | {output} else " (the logits under the Softmax/Sigmoid)"
+    typer.echo(f"  explains input '{meta.get('onnxplain.input', '?')}' -> '{explained}'{inner}")
+    typer.echo(f"  nodes    {before} -> {len(graph.graph.node)}")
+    inits = {t.name for t in graph.graph.initializer}
+    ins = [vi for vi in graph.graph.input if vi.name not in inits or vi.name in ("target", "baseline")]
+    typer.echo("  inputs   " + "; ".join(_fmt_io(vi) for vi in ins))
+    typer.echo("  outputs  " + "; ".join(_fmt_io(vi) for vi in graph.graph.output))
+    typer.echo("  check    onnx.checker full_check passed")
+
+
+def _check_and_save(graph, out: Path, onnx) -> None:
+    """Full ONNX check, then an atomic write; nothing is written when the check fails."""
+    from .load import save_model_atomic
+
+    def failed(exc):
+        return OnnxplainError(f"the explanation graph fails onnx.checker.check_model(full_check=True): "
+                              f"{_one_line(exc, 300)}; nothing was written (please report this)")
+
+    try:
+        small = graph.ByteSize() < 2**31 - 2**26
+    except Exception:
+        small = False
+    if small:
+        try:
+            onnx.checker.check_model(graph, full_check=True)
+        except Exception as exc:
+            raise failed(exc) from None
+        save_model_atomic(graph, out)
+        return
+    # over protobuf's 2 GB limit: check the written files (model + external data) before moving them in
+    made = not out.parent.exists()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmpdir = Path(tempfile.mkdtemp(prefix=".onnxplain-export-", dir=out.parent))
+    ok = False
+    try:
+        tmp = save_model_atomic(graph, tmpdir / out.name)
+        try:
+            onnx.checker.check_model(str(tmp), full_check=True)
+        except Exception as exc:
+            raise failed(exc) from None
+        data = tmpdir / (out.name + ".data")
+        if data.exists():
+            os.replace(data, out.parent / data.name)
+        os.replace(tmp, out)
+        ok = True
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+        if made and not ok:
+            with contextlib.suppress(OSError):
+                out.parent.rmdir()
+
+
+def _class_names(proto, labels: Path | None) -> list[str] | None:
+    if labels is not None:
+        _existing(labels, "labels file")
+        names = [ln.strip() for ln in labels.read_text(encoding="utf-8", errors="replace").splitlines()]
+        return [n for n in names if n] or None
+    meta = {p.key.lower(): p.value for p in proto.metadata_props}
+    for key in ("class_names", "classes", "labels"):
+        if key in meta:
+            raw = meta[key]
+            try:
+                v = json.loads(raw)
+                if isinstance(v, dict):
+                    return [str(v[k]) for k in sorted(v, key=lambda k: int(k))]
+                if isinstance(v, list):
+                    return [str(x) for x in v]
+            except (ValueError, TypeError):
+                return [s.strip() for s in raw.split(",")]
+    return None
+
+
+def _name(k: int, names) -> str:
+    return f"{k} ({names[k]})" if names and 0 <= k < len(names) else str(k)
+
+
+@app.command()
+def explain(
+    model: Path = typer.Argument(..., help="The ONNX model.", show_default=False),
+    images: list[Path] = typer.Argument(..., help="Images (PNG, JPEG, ...) or preprocessed .npy arrays.",
+                                        show_default=False),
+    method: list[str] = typer.Option(["gradient"], "--method", "-m",
+                                     help="Attribution method; repeat for several (then a comparison grid is written)."),
+    target: Optional[int] = typer.Option(None, "--target", "-t", help="Class to explain (default: the predicted one)."),
+    out_dir: Path = typer.Option(Path("out"), "--out-dir", "-d", help="Folder for the PNG and NPY files."),
+    input: Optional[str] = _opt_input(),
+    output: Optional[str] = _opt_output(),
+    probabilities: bool = _opt_prob(),
+    class_axis: Optional[int] = _opt_class_axis(),
+    preset: str = typer.Option("raw01", "--preset", help="raw01 (p/255), imagenet, caffe (BGR, mean in 0-255), tf ([-1, 1])."),
+    size: Optional[str] = typer.Option(None, "--size", help="Resize to H W (or one int for both); default: the model's."),
+    mean: Optional[str] = typer.Option(None, "--mean", help="Per-channel mean, subtracted after --scale (tensor channel order)."),
+    std: Optional[str] = typer.Option(None, "--std", help="Per-channel std, divided after the mean."),
+    layout: Optional[str] = typer.Option(None, "--layout", help="NCHW or NHWC (default: from the model input)."),
+    bgr: Optional[bool] = typer.Option(None, "--bgr/--rgb", help="Channel order of the tensor (default: the preset's)."),
+    scale: Optional[str] = typer.Option(None, "--scale", help="Pixel multiplier, e.g. 1/255 (default: the preset's)."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="Text file with one class name per line."),
+    steps: int = typer.Option(32, "--steps", min=1, help="integrated_gradients: path points."),
+    samples: int = typer.Option(16, "--samples", min=1, help="smoothgrad: noisy copies."),
+    noise: float = typer.Option(0.15, "--noise", min=0.0, help="smoothgrad: sigma / (max(x) - min(x))."),
+    seed: int = typer.Option(0, "--seed", help="smoothgrad: noise seed."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Items per onnxruntime call."),
+    alpha: float = typer.Option(0.75, "--alpha", min=0.0, max=1.0, help="Heatmap opacity at full strength."),
+    shared_scale: bool = typer.Option(False, "--shared-scale", help="One colour scale per grid row (all methods)."),
+):
+    """Explain images with one or more methods; writes <stem>.<method>.png (overlay) and .npy (raw)."""
+    from . import preprocess, render
+    from .builder import np_dtype
+    from .explainer import Explainer
+    from .explanation import class_axis_of
+    from .report import _dims, fmt_shape
+
+    methods = list(dict.fromkeys(_check_method(m) for m in (method or ["gradient"])))
+    for p in images:
+        if p.suffix.lower() == ".npy":
+            _existing(p)
+        else:
+            _existing(p, "image file")
+    _existing(model)
+    recipe = preprocess.resolve(preset, scale=scale, mean=mean, std=std, bgr=bgr, layout=layout, size=size)
+
+    ex = Explainer(str(model), input=input, output=output, probabilities=probabilities, class_axis=class_axis)
+    shape = ex.x.shape
+    has_images = any(p.suffix.lower() != ".npy" for p in images)
+    try:
+        recipe = preprocess.for_model(recipe, shape)
+    except OnnxplainError:
+        if has_images:
+            raise
+        recipe = None  # .npy only, not an image input: attributions are written, no overlays
+    if recipe is not None and recipe.layout == "NHWC":
+        ex.options = replace(ex.options, channel_axis=3)
+    items = preprocess.load_items(images, recipe, shape, dtype=np_dtype(ex.x) or np.float32)
+    for it in items:  # validate everything before the first run: nothing half-written on bad input
+        ex.check_input(it.tensor[None])
+    if target is not None:
+        ex.check_target(target, 1)
+    from .explainer import LOOPED
+
+    with _status("building explanation graphs"):
+        for m in methods:  # unsupported ops etc. surface here, before anything is written
+            ex.graph("gradient" if m in LOOPED else m, "class")
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OnnxplainError(f"--out-dir {out_dir} exists and is not a folder")
+    inputs = [model, *images] + ([labels] if labels else [])
+    planned = [out_dir / f"{it.name}.{m}.{ext}" for it in items for m in methods for ext in ("png", "npy")]
+    for path in planned:
+        for src in inputs:
+            if _same_file(path, src):
+                raise OnnxplainError(f"refusing to overwrite the input file {src}; choose another --out-dir")
+
+    names = _class_names(ex.canonical.model, labels)
+    out_t = ex.canonical.output(ex.options.output)
+    cax = class_axis_of(out_t, ex.options) if out_t.shape is not None else 1
+    item_channel_axis = -1 if recipe is not None and recipe.layout == "NHWC" else 0
+
+    results = {m: [None] * len(items) for m in methods}
+    summary = [None] * len(items)
+    groups, start = [], 0
+    while start < len(items):  # consecutive runs of same-shaped items, at most batch_size long
+        end = start + 1
+        while end < len(items) and end - start < batch_size and items[end].tensor.shape == items[start].tensor.shape:
+            end += 1
+        groups.append((start, end))
+        start = end
+    written = []
+    with _Progress(len(methods) * len(items), "explaining") as bar:
+        for m in methods:
+            for s, e in groups:
+                bar(description=f"{m}")
+                x = np.stack([it.tensor for it in items[s:e]])
+                with _running(f"running {m}"):
+                    res = ex.run(x, m, target=target, steps=steps, samples=samples, noise=noise, seed=seed,
+                                 batch_size=batch_size)
+                for k, i in enumerate(range(s, e)):
+                    a = res.attribution[k]
+                    results[m][i] = a
+                    if summary[i] is None:
+                        summary[i] = _prediction(res, k, out_t.name, cax)
+                    written.append(render.save_npy(a, out_dir / f"{items[i].name}.{m}.npy"))
+                    if items[i].display is not None:
+                        a2 = render.to_2d(a, channel_axis=item_channel_axis)
+                        pic = render.overlay(items[i].display, a2, signed=render.is_signed(m), alpha=alpha)
+                        written.append(render.save_png(pic, out_dir / f"{items[i].name}.{m}.png"))
+                bar(advance=e - s)
+
+    # one line per item: prediction, explained target, score
+    w = max(len(it.source.name if it.source.suffix.lower() != ".npy" else it.name) for it in items)
+    for it, s in zip(items, summary):
+        label = it.source.name if it.source.suffix.lower() != ".npy" else it.name
+        pred, tgt, score = s
+        parts = [f"{label:<{w}}"]
+        if pred is not None:
+            parts.append(f"predicted {_name(pred, names)}")
+        parts.append(f"target {_name(tgt, names) if tgt is not None else '(weights)'}")
+        if score is not None:
+            parts.append(f"score {out_t.name}[{tgt}] = {score:.4g}")
+        typer.echo("  ".join(parts))
+
+    if len(methods) > 1:
+        shown = [i for i, it in enumerate(items) if it.display is not None][:32]
+        if shown:
+            rows, row_titles = [], []
+            for i in shown:
+                maps = [render.to_2d(results[m][i], channel_axis=item_channel_axis) for m in methods]
+                common = render.shared_scale(maps) if shared_scale else None
+                rows.append([items[i].display] + [render.overlay(items[i].display, a2, signed=render.is_signed(m),
+                                                                 alpha=alpha, scale=common)
+                                                  for a2, m in zip(maps, methods)])
+                row_titles.append(items[i].name)
+            bars = (["signed"] if any(render.is_signed(m) for m in methods) else []) + \
+                (["positive"] if any(not render.is_signed(m) for m in methods) else [])
+            note = "colour scale: 99.5th percentile of |a|, " + ("shared across each row" if shared_scale else "per map")
+            pic = render.grid(rows, titles=["image", *methods], row_titles=row_titles, colorbars=bars, note=note)
+            written.append(render.save_png(pic, out_dir / "comparison.png"))
+            if len([it for it in items if it.display is not None]) > len(shown):
+                typer.echo(f"comparison grid shows the first {len(shown)} images")
+    typer.echo(f"wrote {len(written)} files to {out_dir}/ (input {ex.x.name} {fmt_shape(_dims(shape))})")
+
+
+def _prediction(res, k: int, out_name: str, cax: int):
+    """(predicted class, explained target, score of the explained output at the target) for item k."""
+    tgt = int(res.target[k]) if res.target is not None else None
+    out = res.outputs.get(out_name)
+    if out is None or out.ndim < 2:
+        return None, tgt, None
+    o = np.moveaxis(np.asarray(out[k:k + 1], dtype=np.float64), cax, 1)
+    scores = o.reshape(o.shape[0], o.shape[1], -1).sum(axis=2)[0]
+    pred = int(np.argmax(scores))
+    score = float(scores[tgt]) if tgt is not None and 0 <= tgt < len(scores) else None
+    return pred, tgt, score
+
+
+@app.command("inspect")
+def inspect_cmd(
+    model: Path = typer.Argument(..., help="The ONNX model.", show_default=False),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    input: Optional[str] = _opt_input(),
+    output: Optional[str] = _opt_output(),
+    probabilities: bool = _opt_prob(),
+):
+    """Show inputs, outputs, op types with gradient-rule coverage, the explained path and CAM layers."""
+    from .report import describe, format_text
+
+    _existing(model)
+    info = describe(model, input=input, output=output, probabilities=probabilities)
+    typer.echo(json.dumps(info, indent=2) if as_json else format_text(info))
+
+
+@app.command()
+def demo(
+    out_dir: Path = typer.Option(Path("demo_out"), "--out-dir", "-d", help="Folder for the grid and arrays."),
+    n: int = typer.Option(6, "--n", min=1, max=64, help="Number of generated images."),
+    seed: int = typer.Option(2024, "--seed", help="Seed of the generated images."),
+    steps: int = typer.Option(32, "--steps", min=1, help="integrated_gradients: path points."),
+    samples: int = typer.Option(16, "--samples", min=1, help="smoothgrad: noisy copies."),
+):
+    """Explain the shipped shapes classifier with every gradient method; writes demo_methods.png."""
+    from .demo import METHODS, format_table, run_demo
+    from .resources import demo_model
+
+    path = demo_model()
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OnnxplainError(f"--out-dir {out_dir} exists and is not a folder")
+    t0 = time.perf_counter()
+    with _Progress(n * len(METHODS), "demo") as bar:
+        with _running("running the demo model"):
+            r = run_demo(out_dir, n=n, seed=seed, steps=steps, samples=samples, model=path, progress=bar)
+    correct = int((r.predicted == r.labels).sum())
+    typer.echo(f"model  {path}")
+    typer.echo(f"images {n} generated shapes (seed {seed}); predicted correctly: {correct}/{n}; "
+               "explained target: the true class")
+    typer.echo(format_table(r))
+    typer.echo(f"wrote {r.files[0]} and {len(r.files) - 1} attribution arrays in {time.perf_counter() - t0:.1f} s")
+
+
+def main():  # pragma: no cover - `python -m onnxplain.cli`
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
