@@ -28,7 +28,7 @@ def default_providers() -> list[str]:
 
 def make_session(model: onnx.ModelProto | str, providers: list[str] | None = None, threads: int = 0) -> ort.InferenceSession:
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # errors reach Python as exceptions; no duplicate log line
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         opts.intra_op_num_threads = threads
