@@ -350,8 +350,12 @@ def export(
     typer.echo("  check    onnx.checker full_check passed")
 
 
-def _check_and_save(graph, out: Path, onnx) -> None:
-    """Full ONNX check, then an atomic write; nothing is written when the check fails."""
+def _check_and_save(graph, out: Path, onnx, in_memory_limit: int = 2**31 - 2**26) -> None:
+    """Full ONNX check, then an atomic write; nothing is written when the check fails.
+
+    Graphs over ``in_memory_limit`` bytes (protobuf cannot serialise 2 GB) are written to a
+    temporary folder beside ``out`` (weights as external data), checked by path, then moved in.
+    """
     from .load import save_model_atomic
 
     def failed(exc):
@@ -359,7 +363,7 @@ def _check_and_save(graph, out: Path, onnx) -> None:
                               f"{_one_line(exc, 300)}; nothing was written (please report this)")
 
     try:
-        small = graph.ByteSize() < 2**31 - 2**26
+        small = graph.ByteSize() < in_memory_limit
     except Exception:
         small = False
     if small:

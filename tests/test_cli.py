@@ -388,3 +388,24 @@ def test_resources_find_the_checkout_folders():
     assert resources.rules_dir() == ROOT / "rules"
     assert resources.models_dir() == ROOT / "models"
     assert resources.find("no", "such", "thing") is None
+
+
+def test_path_based_check_for_big_graphs(files, tmp_path):
+    """The >2 GB branch (forced with a zero limit): checked on disk, moved in, no temporaries left."""
+    from onnxplain.cli import _check_and_save
+    from onnxplain.explanation import build
+
+    graph = build(str(files["tiny"]), "gradient")
+    out = tmp_path / "new" / "g.onnx"
+    _check_and_save(graph, out, onnx, in_memory_limit=0)
+    onnx.checker.check_model(str(out), full_check=True)
+    assert [p.name for p in out.parent.iterdir()] == ["g.onnx"]
+    bad = onnx.ModelProto()
+    bad.CopyFrom(graph)
+    bad.graph.node[0].input[0] = "no_such_tensor"
+    with pytest.raises(Exception, match="nothing was written"):
+        _check_and_save(bad, tmp_path / "other" / "b.onnx", onnx, in_memory_limit=0)
+    assert not (tmp_path / "other").exists()
+    with pytest.raises(Exception, match="nothing was written"):
+        _check_and_save(bad, tmp_path / "b.onnx", onnx)
+    assert not (tmp_path / "b.onnx").exists()
