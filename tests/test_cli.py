@@ -409,3 +409,20 @@ def test_path_based_check_for_big_graphs(files, tmp_path):
     with pytest.raises(Exception, match="nothing was written"):
         _check_and_save(bad, tmp_path / "b.onnx", onnx)
     assert not (tmp_path / "b.onnx").exists()
+
+
+def test_explain_nhwc_model_matches_nchw(cli, files, tmp_path):
+    """The same network behind a Transpose: layout is inferred, attributions agree (transposed)."""
+    m = onnx.load(str(files["tiny"]))
+    m.graph.node[0].input[0] = "image_nchw"
+    m.graph.node.insert(0, h.make_node("Transpose", ["image"], ["image_nchw"], perm=[0, 3, 1, 2], name="to_nchw"))
+    m.graph.input[0].CopyFrom(h.make_tensor_value_info("image", T.FLOAT, ["N", 8, 8, 3]))
+    onnx.save(m, str(tmp_path / "nhwc.onnx"))
+    a = cli("explain", tmp_path / "nhwc.onnx", files["png"], "-m", "gradient", "-m", "saliency", "-d", tmp_path / "a")
+    b = cli("explain", files["tiny"], files["png"], "-m", "gradient", "-m", "saliency", "-d", tmp_path / "b")
+    assert a.exit_code == 0 and b.exit_code == 0, a.output + b.output
+    assert a.stdout.splitlines()[0] == b.stdout.splitlines()[0]  # same prediction and score
+    for m_, shape in (("gradient", (8, 8, 3)), ("saliency", (8, 8, 1))):
+        x, y = np.load(tmp_path / "a" / f"photo.{m_}.npy"), np.load(tmp_path / "b" / f"photo.{m_}.npy")
+        assert x.shape == shape
+        np.testing.assert_allclose(x, y.transpose(1, 2, 0), rtol=1e-5, atol=1e-6)
