@@ -105,7 +105,7 @@ class Builder:
         key = (arr.dtype.str, arr.shape, arr.tobytes()) if arr.size <= 64 else None
         if key is not None and key in self._consts:
             return self._consts[key]
-        c = gs.Constant(self.name("const"), np.ascontiguousarray(arr))
+        c = gs.Constant(self.name("const"), np.array(arr, order="C"))  # (ascontiguousarray made 0-d scalars 1-d)
         if key is not None:
             self._consts[key] = c
         return c

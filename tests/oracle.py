@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,6 +16,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
+from onnx.reference.ops.op_resize import Resize as _ReferenceResize
 
 import onnxplain
 from onnxplain.session import make_session
@@ -152,9 +154,41 @@ SoftmaxByOpset.__name__ = "Softmax"
 LogSoftmaxByOpset.__name__ = "LogSoftmax"
 
 
+class ResizeByDefinition(_ReferenceResize):
+    """Resize with coordinate_transformation_mode "tf_half_pixel_for_nn" (opsets 11-13), which
+    onnx.reference lacks, from the spec: nearest mode only, x_original = (x_resized + 0.5) / scale
+    per axis, rounded per nearest_mode and clamped to the input. Other modes: onnx.reference."""
+
+    def _run(self, X, roi=None, scales=None, sizes=None, coordinate_transformation_mode=None, mode=None,
+             nearest_mode=None, **kw):
+        if coordinate_transformation_mode not in ("tf_half_pixel_for_nn", b"tf_half_pixel_for_nn"):
+            return super()._run(X, roi, scales, sizes, coordinate_transformation_mode=coordinate_transformation_mode,
+                                mode=mode, nearest_mode=nearest_mode, **kw)
+        if mode not in ("nearest", b"nearest", None):
+            raise NotImplementedError("tf_half_pixel_for_nn is only defined for nearest resizing here")
+        roundings = {"round_prefer_floor": lambda v: math.ceil(v - 0.5),
+                     "round_prefer_ceil": lambda v: math.floor(v + 0.5), "floor": math.floor, "ceil": math.ceil}
+        rounding = roundings[nearest_mode or "round_prefer_floor"]
+        y = X
+        for axis, n_in in enumerate(X.shape):
+            if sizes is not None and len(sizes):
+                n_out = int(sizes[axis])
+                scale = np.float32(n_out) / np.float32(n_in)
+            else:
+                scale = np.float32(scales[axis])
+                n_out = int(math.floor(n_in * float(scale)))
+            src = [min(max(rounding(float((np.float32(o) + np.float32(0.5)) / scale)), 0), n_in - 1)
+                   for o in range(n_out)]
+            y = np.take(y, np.array(src, dtype=np.int64), axis=axis)
+        return (y,)
+
+
+ResizeByDefinition.__name__ = "Resize"
+
+
 def run_ref(model: onnx.ModelProto, feeds: dict) -> dict:
     ref = ReferenceEvaluator(model, new_ops=[ConvTransposeByDefinition, ErfFloat64, GeluByDefinition, SoftmaxByOpset,
-                                             LogSoftmaxByOpset])
+                                             LogSoftmaxByOpset, ResizeByDefinition])
     names = [o.name for o in model.graph.output]
     return dict(zip(names, ref.run(None, feeds)))
 
