@@ -154,6 +154,129 @@ SoftmaxByOpset.__name__ = "Softmax"
 LogSoftmaxByOpset.__name__ = "LogSoftmax"
 
 
+def _pool_windows(x_shape, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode):
+    """Per spatial axis: (output size, pad_begin, pad_end, span) as the ONNX spec and onnxruntime define
+    them; with ceil_mode a window that would start in the end padding is dropped (as in PyTorch)."""
+    nd = len(kernel_shape)
+    s, d = list(strides or [1] * nd), list(dilations or [1] * nd)
+    pads = list(pads or [0] * (2 * nd))
+    auto = auto_pad.decode() if isinstance(auto_pad, bytes) else (auto_pad or "NOTSET")
+    geo = []
+    for i in range(nd):
+        size, span = x_shape[2 + i], (kernel_shape[i] - 1) * d[i] + 1
+        if auto in ("SAME_UPPER", "SAME_LOWER"):
+            out = -(-size // s[i])
+            total = (out - 1) * s[i] + span - size  # may be negative when kernel < stride
+            pb = int(total / 2) if auto == "SAME_UPPER" else int((total + 1) / 2)  # C division, as onnxruntime
+            geo.append((out, pb, total - pb, span))
+            continue
+        pb, pe = (0, 0) if auto == "VALID" else (pads[i], pads[nd + i])
+        room = size + pb + pe - span
+        out = (-(-room // s[i]) if ceil_mode else room // s[i]) + 1
+        if ceil_mode and (out - 1) * s[i] >= size + pb:
+            out -= 1
+        geo.append((out, pb, pe, span))
+    return geo, s, d
+
+
+def _window_taps(x_shape, kernel_shape, geo, s, d):
+    """For every output position: the input coordinates of its taps (raster order) and which lie in x,
+    which in x or its pads."""
+    nd = len(kernel_shape)
+    for o in np.ndindex(*[g[0] for g in geo]):
+        taps = []
+        for j in np.ndindex(*kernel_shape):
+            t = tuple(o[i] * s[i] - geo[i][1] + j[i] * d[i] for i in range(nd))
+            real = all(0 <= t[i] < x_shape[2 + i] for i in range(nd))
+            padded = all(-geo[i][1] <= t[i] < x_shape[2 + i] + geo[i][2] for i in range(nd))
+            taps.append((t, real, padded))
+        yield o, taps
+
+
+class MaxPoolByDefinition(OpRun):
+    """MaxPool from the spec, with its Indices output: the first maximum of each window in raster
+    order, flat over N x C x spatial (column-major spatial with storage_order=1). onnx.reference
+    gets Indices wrong at stride 1 and SAME_LOWER pads."""
+
+    op_domain = ""
+
+    def _run(self, x, auto_pad=None, ceil_mode=None, dilations=None, kernel_shape=None, pads=None,
+             storage_order=None, strides=None):
+        geo, s, d = _pool_windows(x.shape, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode)
+        out = x.shape[:2] + tuple(g[0] for g in geo)
+        y, ind = np.zeros(out, dtype=x.dtype), np.zeros(out, dtype=np.int64)
+        spatial = x.shape[2:]
+        base = np.arange(x.shape[0] * x.shape[1]).reshape(x.shape[:2]) * int(np.prod(spatial))
+        for o, taps in _window_taps(x.shape, kernel_shape, geo, s, d):
+            real = [t for t, r, _ in taps if r]
+            vals = np.stack([x[(slice(None), slice(None)) + t] for t in real], axis=-1)
+            first = np.argmax(vals, axis=-1)
+            y[(slice(None), slice(None)) + o] = np.take_along_axis(vals, first[..., None], -1)[..., 0]
+            order = "F" if storage_order else "C"
+            flat = np.array([np.ravel_multi_index(t, spatial, order=order) for t in real])
+            ind[(slice(None), slice(None)) + o] = base + flat[first]
+        return (y, ind) if len(self.onnx_node.output) > 1 else (y,)
+
+
+MaxPoolByDefinition.__name__ = "MaxPool"
+
+
+class AveragePoolByDefinition(OpRun):
+    """AveragePool from the spec: the divisor counts the window's taps inside x
+    (count_include_pad=0) or inside x and its pads (1); ceil_mode windows are cut at the end pad,
+    as in onnxruntime and PyTorch. onnx.reference reads 2-D pads in the wrong order and keeps
+    windows that start in the end padding."""
+
+    op_domain = ""
+
+    def _run(self, x, auto_pad=None, ceil_mode=None, count_include_pad=None, dilations=None,
+             kernel_shape=None, pads=None, strides=None):
+        geo, s, d = _pool_windows(x.shape, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode)
+        y = np.zeros(x.shape[:2] + tuple(g[0] for g in geo), dtype=x.dtype)
+        for o, taps in _window_taps(x.shape, kernel_shape, geo, s, d):
+            real = [t for t, r, _ in taps if r]
+            count = sum(p for _, _, p in taps) if count_include_pad else len(real)
+            total = sum(x[(slice(None), slice(None)) + t] for t in real)
+            y[(slice(None), slice(None)) + o] = total / count
+        return (y,)
+
+
+AveragePoolByDefinition.__name__ = "AveragePool"
+
+
+class GlobalMaxPoolByDefinition(OpRun):
+    """GlobalMaxPool: the max over all spatial axes (onnx.reference's own drops the channel axis of a
+    3-D input)."""
+
+    op_domain = ""
+
+    def _run(self, x):
+        return (x.max(axis=tuple(range(2, x.ndim)), keepdims=True),)
+
+
+GlobalMaxPoolByDefinition.__name__ = "GlobalMaxPool"
+
+
+class LpPoolByDefinition(OpRun):
+    """LpPool from the spec: (sum of |x|^p over the window's taps inside x)^(1/p), with the windows of
+    MaxPool/AveragePool (onnx.reference's own misplaces ceil_mode windows)."""
+
+    op_domain = ""
+
+    def _run(self, x, auto_pad=None, ceil_mode=None, dilations=None, kernel_shape=None, p=None, pads=None,
+             strides=None):
+        p = 2 if p is None else p
+        geo, s, d = _pool_windows(x.shape, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode)
+        y = np.zeros(x.shape[:2] + tuple(g[0] for g in geo), dtype=x.dtype)
+        for o, taps in _window_taps(x.shape, kernel_shape, geo, s, d):
+            total = sum(np.abs(x[(slice(None), slice(None)) + t]) ** p for t, real, _ in taps if real)
+            y[(slice(None), slice(None)) + o] = total ** (1.0 / p)
+        return (y,)
+
+
+LpPoolByDefinition.__name__ = "LpPool"
+
+
 class ResizeByDefinition(_ReferenceResize):
     """Resize with coordinate_transformation_mode "tf_half_pixel_for_nn" (opsets 11-13), which
     onnx.reference lacks, from the spec: nearest mode only, x_original = (x_resized + 0.5) / scale
@@ -188,7 +311,8 @@ ResizeByDefinition.__name__ = "Resize"
 
 def run_ref(model: onnx.ModelProto, feeds: dict) -> dict:
     ref = ReferenceEvaluator(model, new_ops=[ConvTransposeByDefinition, ErfFloat64, GeluByDefinition, SoftmaxByOpset,
-                                             LogSoftmaxByOpset, ResizeByDefinition])
+                                             LogSoftmaxByOpset, MaxPoolByDefinition, AveragePoolByDefinition,
+                                             GlobalMaxPoolByDefinition, ResizeByDefinition, LpPoolByDefinition])
     names = [o.name for o in model.graph.output]
     return dict(zip(names, ref.run(None, feeds)))
 
