@@ -277,6 +277,80 @@ class LpPoolByDefinition(OpRun):
 LpPoolByDefinition.__name__ = "LpPool"
 
 
+class BatchNormalizationByDefinition(OpRun):
+    """BatchNormalization: running statistics unless training_mode=1 (opset 14+), which normalises with
+    the batch's own (biased) statistics. onnx.reference runs opset 9-13 in a training mode."""
+
+    op_domain = ""
+
+    def _run(self, x, scale, bias, mean, var, epsilon=None, momentum=None, training_mode=None, spatial=None,
+             is_test=None):
+        eps = 1e-5 if epsilon is None else epsilon
+        axes = tuple(a for a in range(x.ndim) if a != 1)
+        shape = [-1] + [1] * (x.ndim - 2)
+        if training_mode:
+            m, v = x.mean(axis=axes), x.var(axis=axes)
+            mom = 0.9 if momentum is None else momentum
+            y = scale.reshape(shape) * (x - m.reshape(shape)) / np.sqrt(v.reshape(shape) + eps) + bias.reshape(shape)
+            return (y.astype(x.dtype), (mean * mom + m * (1 - mom)).astype(x.dtype),
+                    (var * mom + v * (1 - mom)).astype(x.dtype))[: len(self.onnx_node.output)]
+        y = scale.reshape(shape) * (x - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + eps) + bias.reshape(shape)
+        return (y.astype(x.dtype),)
+
+
+BatchNormalizationByDefinition.__name__ = "BatchNormalization"
+
+
+class LRNByDefinition(OpRun):
+    """LRN over the channel axis of a tensor of any rank (onnx.reference's own sums over the wrong axis)."""
+
+    op_domain = ""
+
+    def _run(self, x, alpha=None, beta=None, bias=None, size=None):
+        alpha, beta, bias = (1e-4 if alpha is None else alpha), (0.75 if beta is None else beta), (1.0 if bias is None else bias)
+        lo, hi = (size - 1) // 2, size // 2
+        sq = np.zeros_like(x)
+        for c in range(x.shape[1]):
+            sq[:, c] = (x[:, max(0, c - lo): c + hi + 1] ** 2).sum(axis=1)
+        return ((x / (bias + alpha / size * sq) ** beta).astype(x.dtype),)
+
+
+LRNByDefinition.__name__ = "LRN"
+
+
+class MeanVarianceNormalizationByDefinition(OpRun):
+    """MeanVarianceNormalization's function body, in the input's precision (onnx.reference expands it with
+    float32 constants)."""
+
+    op_domain = ""
+
+    def _run(self, x, axes=None):
+        axes = tuple(axes if axes is not None else (0, 2, 3))
+        m = x.mean(axis=axes, keepdims=True)
+        std = np.sqrt((x**2).mean(axis=axes, keepdims=True) - m**2)
+        return (((x - m) / (std + 1e-9)).astype(x.dtype),)
+
+
+MeanVarianceNormalizationByDefinition.__name__ = "MeanVarianceNormalization"
+
+
+class GroupNormalizationByDefinition(OpRun):
+    """GroupNormalization (opset 21: per-channel scale and bias) in the input's precision
+    (onnx.reference expands the function, which computes in float32 by stash_type)."""
+
+    op_domain = ""
+
+    def _run(self, x, scale, bias, epsilon=None, num_groups=None, stash_type=None):
+        eps = 1e-5 if epsilon is None else epsilon
+        xg = x.reshape(x.shape[0], num_groups, -1)
+        xh = (xg - xg.mean(-1, keepdims=True)) / np.sqrt(xg.var(-1, keepdims=True) + eps)
+        shape = [-1] + [1] * (x.ndim - 2)
+        return ((xh.reshape(x.shape) * scale.reshape(shape) + bias.reshape(shape)).astype(x.dtype),)
+
+
+GroupNormalizationByDefinition.__name__ = "GroupNormalization"
+
+
 class ResizeByDefinition(_ReferenceResize):
     """Resize with coordinate_transformation_mode "tf_half_pixel_for_nn" (opsets 11-13), which
     onnx.reference lacks, from the spec: nearest mode only, x_original = (x_resized + 0.5) / scale
@@ -312,7 +386,9 @@ ResizeByDefinition.__name__ = "Resize"
 def run_ref(model: onnx.ModelProto, feeds: dict) -> dict:
     ref = ReferenceEvaluator(model, new_ops=[ConvTransposeByDefinition, ErfFloat64, GeluByDefinition, SoftmaxByOpset,
                                              LogSoftmaxByOpset, MaxPoolByDefinition, AveragePoolByDefinition,
-                                             GlobalMaxPoolByDefinition, ResizeByDefinition, LpPoolByDefinition])
+                                             GlobalMaxPoolByDefinition, ResizeByDefinition, LpPoolByDefinition,
+                                             BatchNormalizationByDefinition, LRNByDefinition,
+                                             MeanVarianceNormalizationByDefinition, GroupNormalizationByDefinition])
     names = [o.name for o in model.graph.output]
     return dict(zip(names, ref.run(None, feeds)))
 

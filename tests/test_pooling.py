@@ -7,7 +7,7 @@ checks those against onnxruntime on every geometry used here.
 import numpy as np
 import onnx
 import pytest
-from oracle import Case, X, assert_case, case, gradient_graph, run_ref, to_float64
+from oracle import X, assert_case, case, gradient_graph, run_ref, to_float64
 from onnx import TensorProto, helper
 
 from onnxplain.session import make_session
@@ -69,7 +69,8 @@ CASES = [
          id="maxpool-ceil-dropped-window"),
     then_sum_squares(case("MaxPool", im(1, 2, 6, 6), kernel_shape=[3, 3], strides=[2, 2], pads=[2, 2, 2, 2],
                           ceil_mode=1, opset=13, id="maxpool-ceil-dropped-window")),
-    case("MaxPool", im(1, 2, 7, 8), kernel_shape=[3, 3], strides=[2, 2], auto_pad="SAME_UPPER", id="maxpool-same-upper"),
+    case("MaxPool", im(1, 2, 7, 8), kernel_shape=[3, 3], strides=[2, 2], auto_pad="SAME_UPPER",
+         id="maxpool-same-upper"),
     case("MaxPool", im(1, 2, 7, 8), kernel_shape=[2, 2], strides=[2, 2], auto_pad="SAME_LOWER", opset=11,
          id="maxpool-same-lower-opset11"),
     case("MaxPool", im(1, 2, 7, 7), kernel_shape=[3, 3], strides=[2, 2], auto_pad="VALID", id="maxpool-valid"),
@@ -77,7 +78,7 @@ CASES = [
          dims={"x0": ["N", 2, 7, 7]}, id="maxpool-symbolic-batch-opset13"),
     case("MaxPool", im(3, 2, 7, 6), kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1],
          dims={"x0": ["N", 2, "H", "W"]}, id="maxpool-symbolic-batch-and-spatial"),
-    # AveragePool: divisor map, then ConvTranspose with a ones kernel (overlapping) or a tiling Mul
+    # AveragePool: g / divisor map, then a ConvTranspose with an all-ones kernel
     case("AveragePool", im(2, 3, 7, 7), kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], opset=11,
          id="avgpool-exclude-pad-opset11"),
     case("AveragePool", im(2, 3, 7, 7), kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], count_include_pad=1,
@@ -96,27 +97,28 @@ CASES = [
          id="avgpool-asym-pads"),
     case("AveragePool", im(1, 2, 9, 9), kernel_shape=[2, 3], dilations=[2, 2], strides=[2, 1], pads=[1, 1, 1, 1],
          count_include_pad=1, opset=19, id="avgpool-dilated"),
-    case("AveragePool", im(1, 2, 7, 8), kernel_shape=[3, 3], strides=[2, 2], auto_pad="SAME_UPPER", id="avgpool-same-upper"),
+    case("AveragePool", im(1, 2, 7, 8), kernel_shape=[3, 3], strides=[2, 2], auto_pad="SAME_UPPER",
+         id="avgpool-same-upper"),
     case("AveragePool", im(1, 2, 7, 8), kernel_shape=[3, 3], strides=[2, 2], auto_pad="SAME_LOWER",
          count_include_pad=1, id="avgpool-same-lower-include-pad"),
     case("AveragePool", im(1, 2, 8, 7), kernel_shape=[3, 3], strides=[2, 2], auto_pad="VALID", opset=11,
          id="avgpool-valid"),
     case("AveragePool", im(2, 3, 11), kernel_shape=[4], strides=[3], pads=[2, 1], id="avgpool-1d"),
     case("AveragePool", im(2, 3, 10), kernel_shape=[3], strides=[3], pads=[1, 0], ceil_mode=1, count_include_pad=1,
-         opset=11, id="avgpool-1d-tiled-ceil"),
-    # windows that tile (kernel <= stride, no dilation): the tiling path
-    case("AveragePool", im(2, 3, 8, 8), kernel_shape=[2, 2], strides=[2, 2], id="avgpool-2x2s2-tiled"),
+         opset=11, id="avgpool-1d-no-overlap-ceil"),
+    # windows that do not overlap (kernel <= stride)
+    case("AveragePool", im(2, 3, 8, 8), kernel_shape=[2, 2], strides=[2, 2], id="avgpool-2x2s2-no-overlap"),
     case("AveragePool", im(1, 2, 9, 8), kernel_shape=[2, 2], strides=[3, 2], pads=[1, 0, 0, 0], opset=11,
-         id="avgpool-tiled-gaps-and-leftover"),
+         id="avgpool-no-overlap-gaps-and-leftover"),
     case("AveragePool", im(1, 2, 6, 6), kernel_shape=[2, 2], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1,
-         count_include_pad=1, id="avgpool-tiled-ceil-include-pad"),
+         count_include_pad=1, id="avgpool-no-overlap-ceil-include-pad"),
     case("AveragePool", im(3, 2, 7, 7), kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1],
          dims={"x0": ["N", 2, 7, 7]}, id="avgpool-symbolic-batch"),
     case("AveragePool", im(3, 2, 8, 8), kernel_shape=[2, 2], strides=[2, 2], opset=13,
-         dims={"x0": ["N", 2, 8, 8]}, id="avgpool-tiled-symbolic-batch"),
+         dims={"x0": ["N", 2, 8, 8]}, id="avgpool-no-overlap-symbolic-batch"),
     case("LpPool", im(1, 2, 7, 7), kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], opset=11, id="lppool-p2"),
     case("LpPool", im(2, 2, 9), kernel_shape=[3], strides=[1], p=3, opset=18, id="lppool-p3-1d"),
-    case("LpPool", im(1, 2, 6, 6), kernel_shape=[2, 2], strides=[2, 2], p=1, opset=22, id="lppool-p1-tiled"),
+    case("LpPool", im(1, 2, 6, 6), kernel_shape=[2, 2], strides=[2, 2], p=1, opset=22, id="lppool-p1-no-overlap"),
     # onnxruntime scales a ceil_mode window cut by the end of the pads by (taps kept / kernel size); the
     # spec's LpPool is the plain norm of the window, so only the float64 graph is checked
     case("LpPool", im(1, 2, 6, 6), kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1, opset=18,
