@@ -351,6 +351,40 @@ class GroupNormalizationByDefinition(OpRun):
 GroupNormalizationByDefinition.__name__ = "GroupNormalization"
 
 
+class GatherElementsByDefinition(OpRun):
+    """GatherElements as np.take_along_axis (onnx.reference's own fails on axes longer than 64)."""
+
+    op_domain = ""
+
+    def _run(self, data, indices, axis=None):
+        axis = 0 if axis is None else axis
+        indices = np.where(indices < 0, indices + data.shape[axis], indices)
+        return (np.take_along_axis(data, indices, axis=axis),)
+
+
+GatherElementsByDefinition.__name__ = "GatherElements"
+
+
+class MaxUnpoolByDefinition(OpRun):
+    """MaxUnpool: zeros of output_shape (else the shape inferred from the kernel), y.flat[I] = x.
+    onnx.reference scatters into the inferred shape even when output_shape is larger."""
+
+    op_domain = ""
+
+    def _run(self, x, indices, output_shape=None, kernel_shape=None, pads=None, strides=None):
+        nd = x.ndim - 2
+        s, pads = list(strides or [1] * nd), list(pads or [0] * (2 * nd))
+        if output_shape is None:
+            output_shape = list(x.shape[:2]) + [(x.shape[2 + i] - 1) * s[i] - pads[i] - pads[nd + i] + kernel_shape[i]
+                                                for i in range(nd)]
+        y = np.zeros(int(np.prod(output_shape)), dtype=x.dtype)
+        y[indices.ravel()] = x.ravel()
+        return (y.reshape([int(v) for v in output_shape]),)
+
+
+MaxUnpoolByDefinition.__name__ = "MaxUnpool"
+
+
 class ResizeByDefinition(_ReferenceResize):
     """Resize with coordinate_transformation_mode "tf_half_pixel_for_nn" (opsets 11-13), which
     onnx.reference lacks, from the spec: nearest mode only, x_original = (x_resized + 0.5) / scale
@@ -388,7 +422,8 @@ def run_ref(model: onnx.ModelProto, feeds: dict) -> dict:
                                              LogSoftmaxByOpset, MaxPoolByDefinition, AveragePoolByDefinition,
                                              GlobalMaxPoolByDefinition, ResizeByDefinition, LpPoolByDefinition,
                                              BatchNormalizationByDefinition, LRNByDefinition,
-                                             MeanVarianceNormalizationByDefinition, GroupNormalizationByDefinition])
+                                             MeanVarianceNormalizationByDefinition, GroupNormalizationByDefinition,
+                                             GatherElementsByDefinition, MaxUnpoolByDefinition])
     names = [o.name for o in model.graph.output]
     return dict(zip(names, ref.run(None, feeds)))
 

@@ -20,6 +20,25 @@ def im(*shape):
     return X(n(size=shape))
 
 
+def unpool_indices(shape, k):
+    """Flat indices (over N x C x spatial) of one position in each k-wide window of ``shape``, as a
+    non-overlapping MaxPool's Indices output would give them."""
+    spatial = shape[2:]
+    out = [v // k for v in spatial]
+    idx = np.zeros(shape[:2] + tuple(out), dtype=np.int64)
+    for nc in np.ndindex(*shape[:2]):
+        for o in np.ndindex(*out):
+            pos = tuple(oi * k + int(r.integers(k)) for oi in o)
+            idx[nc + o] = np.ravel_multi_index(nc + pos, shape)
+    return idx
+
+
+def declare_output(c, shape):
+    """onnx infers no shape for an output sized by an input tensor; declare it."""
+    c.model.graph.output[0].CopyFrom(helper.make_tensor_value_info("y0", TensorProto.FLOAT, shape))
+    return c
+
+
 def with_indices(c):
     """The case's MaxPool with its (int64) Indices output too; the gradient is still of output 0."""
     c.model.graph.node[0].output.append("y1")
@@ -123,6 +142,13 @@ CASES = [
     # spec's LpPool is the plain norm of the window, so only the float64 graph is checked
     case("LpPool", im(1, 2, 6, 6), kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1, opset=18,
          ort=False, id="lppool-ceil"),
+    case("MaxUnpool", im(2, 3, 3, 4), unpool_indices((2, 3, 6, 8), 2), kernel_shape=[2, 2], strides=[2, 2], opset=11,
+         id="maxunpool-opset11"),
+    declare_output(case("MaxUnpool", im(2, 3, 3, 3), unpool_indices((2, 3, 7, 7), 2), np.array([2, 3, 7, 7]),
+                        kernel_shape=[2, 2], strides=[2, 2], opset=22, id="maxunpool-output-shape-opset22"),
+                   [2, 3, 7, 7]),
+    case("MaxUnpool", im(3, 2, 4), unpool_indices((3, 2, 8), 2), kernel_shape=[2], strides=[2], opset=11,
+         dims={"x0": ["N", 2, 4]}, id="maxunpool-1d-symbolic-batch"),
     case("GlobalAveragePool", im(2, 3, 4, 5), opset=11, id="gap-opset11"),
     case("GlobalAveragePool", im(2, 3, 7), opset=22, id="gap-1d-opset22"),
     case("GlobalAveragePool", im(3, 2, 4, 5), dims={"x0": ["N", 2, "H", "W"]}, id="gap-symbolic"),
@@ -137,7 +163,8 @@ def test_vjp(c):
     assert_case(c)
 
 
-@pytest.mark.parametrize("c", [c for c in CASES if c.op in ("MaxPool", "AveragePool", "LpPool") and c.ort], ids=repr)
+@pytest.mark.parametrize("c", [c for c in CASES if c.op in ("MaxPool", "AveragePool", "LpPool", "MaxUnpool") and c.ort],
+                         ids=repr)
 def test_oracle_pools_match_ort(c):
     """The float64 oracle ops compute what onnxruntime computes (indices included)."""
     got = make_session(c.model).run(None, c.feeds)
