@@ -146,8 +146,10 @@ def _is_head(node) -> bool:
     if node.op in SPATIAL_REDUCE:
         axes = _axes(node)
         return axes is not None and {2, 3} <= set(axes)
-    if node.op in FLATTEN:
-        return any(c.op in DENSE for c in node.outputs[0].outputs)
+    if node.op in FLATTEN:  # flattened to [N, features] and fed to a dense layer
+        out = node.outputs[0]
+        flat = node.op == "Flatten" or (out.shape is not None and len(out.shape) == 2)
+        return flat and any(c.op in DENSE for c in out.outputs)
     return False
 
 
@@ -155,7 +157,7 @@ def cam_candidates(path) -> list[dict]:
     """The last 4-D float tensors (up to 5) feeding the model's pooling/flatten head.
 
     The head is the last node on the explained path that is a GlobalAveragePool/GlobalMaxPool,
-    a ReduceMean/ReduceMax over the spatial axes, or a Flatten/Reshape feeding a Gemm/MatMul,
+    a ReduceMean/ReduceMax over the spatial axes, or a Flatten/Reshape to 2-D feeding a Gemm/MatMul,
     whose input is a 4-D map larger than 1x1. The head's input is the default choice.
     """
     from .builder import is_float
