@@ -31,12 +31,22 @@ class GradientRules:
         return self.table.get(key)
 
 
+# inputs whose values never reach the output: only their type or shape is read
+VALUE_FREE = {"CastLike": {1}, "Shape": {0}, "Size": {0}, "EyeLike": {0}, "RandomNormalLike": {0},
+              "RandomUniformLike": {0}, "RandomNormal": set(), "Bernoulli": {0}}
+
+
+def _value_inputs(node):
+    skip = VALUE_FREE.get(node.op, ())
+    return [t for i, t in enumerate(node.inputs) if i not in skip]
+
+
 def explained_path(nodes, wrt_names, seed_names):
     """(forward-reachable float tensor names, path nodes in topological order)."""
     fwd = set(wrt_names)
     active = []
     for node in nodes:
-        if any(t.name in fwd for t in node.inputs):
+        if any(t.name in fwd for t in _value_inputs(node)):
             active.append(node)
             for t in node.outputs:
                 if is_float(t) or t.dtype is None:
@@ -46,7 +56,7 @@ def explained_path(nodes, wrt_names, seed_names):
     for node in reversed(active):
         if any(t.name in back and t.name in fwd for t in node.outputs):
             path.append(node)
-            for t in node.inputs:
+            for t in _value_inputs(node):
                 if t.name in fwd:
                     back.add(t.name)
     path.reverse()
@@ -81,8 +91,9 @@ class Backward:
             g_in = rule(self.b, node, g_out)
             if len(g_in) < len(node.inputs):
                 g_in = list(g_in) + [None] * (len(node.inputs) - len(g_in))
+            value_free = VALUE_FREE.get(node.op, ())
             for i, (t, g) in enumerate(zip(node.inputs, g_in)):
-                if t.name not in fwd or isinstance(t, gs.Constant):
+                if t.name not in fwd or isinstance(t, gs.Constant) or i in value_free:
                     continue
                 if g is None:
                     raise OnnxplainError(

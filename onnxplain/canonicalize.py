@@ -62,14 +62,55 @@ class Canonical:
 
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """ONNX shape inference with data propagation; on failure keep what we have."""
+    """ONNX shape inference with data propagation, then onnxruntime's symbolic inference where
+    dimensions are still unknown (it merges symbols, e.g. the batch axis through Resize).
+
+    Inference runs on a copy without large weight payloads, so it is fast and works for models
+    over protobuf's 2 GB limit; the inferred ``value_info`` is copied back.
+    """
+    light = _without_payloads(model)
     try:
-        return onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(light, check_type=False, strict_mode=False, data_prop=True)
     except Exception:
+        return model
+    if _unknown_dims(inferred):
         try:
-            return onnx.shape_inference.infer_shapes(model)
+            from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                inferred = SymbolicShapeInference.infer_shapes(inferred, auto_merge=True)
         except Exception:
-            return model
+            pass  # keep onnx's answer; the walker copes with unknown dims where the opset allows
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for field in ("value_info", "output"):
+        del getattr(out.graph, field)[:]
+        getattr(out.graph, field).extend(getattr(inferred.graph, field))
+    return out
+
+
+def _without_payloads(model: onnx.ModelProto, limit: int = 1 << 16) -> onnx.ModelProto:
+    light = onnx.ModelProto()
+    light.CopyFrom(model)
+    for init in light.graph.initializer:
+        if len(init.raw_data) > limit and init.data_type != onnx.TensorProto.INT64:
+            # keep dims and type, which is all inference reads of a weight
+            init.ClearField("raw_data")
+            init.data_location = onnx.TensorProto.EXTERNAL
+            init.external_data.add(key="location", value="onnxplain-stripped")
+    return light
+
+
+def _unknown_dims(model: onnx.ModelProto) -> bool:
+    for vi in list(model.graph.value_info) + list(model.graph.output):
+        tt = vi.type.tensor_type
+        if not tt.HasField("shape"):
+            return True
+        if any(d.dim_param.startswith("unk__") or not (d.HasField("dim_value") or d.HasField("dim_param"))
+               for d in tt.shape.dim):
+            return True
+    return False
 
 
 def _drop_pass_through(graph: gs.Graph) -> None:

@@ -34,7 +34,7 @@ def test_zoo_gradient_matches_finite_differences(entry):
     rng = np.random.default_rng(7)
     x = rng.normal(size=entry["input_shape"]).astype(np.float32)
     ort_ok = opset_of(model) <= ORT_MAX_OPSET
-    res = check_vjp(model, {entry["input"]: x}, entry["input"], entry["output"], directions=6, h=1e-6, ort=ort_ok)
+    res = check_vjp(model, {entry["input"]: x}, entry["input"], entry["output"], directions=6, h=1e-7, ort=ort_ok)
     assert res.error <= 1e-4, f"finite-difference relative error {res.error:.2e}"
     if ort_ok:
         assert res.error_f32 <= 1e-4, f"float32 onnxruntime vs float64: {res.error_f32:.2e}"
