@@ -113,6 +113,10 @@ class Builder:
     def ints(self, values: Sequence[int]) -> gs.Constant:
         return self.const(np.asarray(list(values), dtype=np.int64))
 
+    def mask(self, g, condition):
+        """``g`` where ``condition`` holds, else 0, as ``g * float(condition)`` (faster than Where)."""
+        return self.Mul(g, self.Cast(condition, to=onnx.helper.np_dtype_to_tensor_dtype(np_dtype(g))))
+
     def zeros_like(self, t):
         shape = t.shape
         if shape is not None and all(isinstance(d, int) for d in shape):

@@ -6,7 +6,10 @@ and ``derivatives.yaml``), so that exported gradients match a PyTorch model's:
 * Relu'(0) = 0, ThresholdedRelu'(alpha) = 0 (``threshold_backward``: ``x <= t ? 0 : g``);
 * LeakyRelu'(0) = PRelu'(0) = slope, Elu'(0) = alpha, Selu'(0) = gamma * alpha, Celu'(0) = 1
   (the negative branch is taken at 0, as in ``leaky_relu_backward`` / ``elu_backward``);
-* Clip passes the gradient on the closed interval ``min <= x <= max`` (``clamp_backward``);
+* Clip passes the gradient on the open interval ``min < x < max``, as PyTorch's ``nn.ReLU6`` and
+  ``nn.Hardtanh`` (``hardtanh_backward``) and TensorFlow's ``relu6`` do; Clip(0, 6) is how both
+  export ReLU6. (``torch.clamp`` alone uses the closed interval.) Both Relu and Clip read the
+  *output*, so that onnxruntime can still fuse them into the Conv before them;
 * HardSigmoid passes ``alpha`` only where ``0 < alpha x + beta < 1`` (open, ``hardsigmoid_backward``);
 * HardSwish uses ``x / 3 + 1/2`` on the closed interval ``[-3, 3]`` (``hardswish_backward``),
   so HardSwish'(-3) = -1/2 and HardSwish'(3) = 3/2.
@@ -42,9 +45,9 @@ def _where_pos(b, x, pos, neg):
 
 @vjp("Relu")
 def relu(b, node, g):
-    """Relu'(x) = [x > 0]."""
-    x = _x(node)
-    return [_where_pos(b, x, g[0], _c(b, 0, g[0]))]
+    """Relu'(x) = [x > 0] = [y > 0]."""
+    y = _y(node)
+    return [b.mask(g[0], b.Greater(y, _c(b, 0, y)))]
 
 
 @vjp("LeakyRelu")
@@ -102,20 +105,20 @@ def thresholded_relu(b, node, g):
 def clip(b, node, g):
     """y = min(max(x, lo), hi) (opset 11+: lo, hi optional scalar inputs).
 
-    dx = g [lo <= x <= hi];  dlo = g [x < lo and lo < hi];  dhi = g [x > hi or hi < lo]
-    (``clamp_backward`` and ``clamp_backward_min_max`` in PyTorch; ONNX gives ``hi`` when lo > hi).
+    dx = g [lo < x < hi] = g [lo < y < hi] (``hardtanh_backward``);
+    dlo = g [x < lo and lo < hi];  dhi = g [x > hi or hi < lo] (ONNX gives ``hi`` when lo > hi).
     """
-    x = _x(node)
+    x, y = _x(node), _y(node)
     lo = node.inputs[1] if len(node.inputs) > 1 and node.inputs[1].name else None
     hi = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2].name else None
     zero = _c(b, 0, g[0])
     inside = None
     if lo is not None:
-        inside = b.Not(b.Less(x, lo))  # GreaterOrEqual/LessOrEqual need opset 12
+        inside = b.Greater(y, lo)
     if hi is not None:
-        below_hi = b.Not(b.Greater(x, hi))
+        below_hi = b.Less(y, hi)
         inside = below_hi if inside is None else b.And(inside, below_hi)
-    gx = g[0] if inside is None else b.Where(inside, g[0], zero)
+    gx = g[0] if inside is None else b.mask(g[0], inside)
     glo = ghi = None
     if lo is not None:
         takes_lo = b.Less(x, lo) if hi is None else b.And(b.Less(x, lo), b.Less(lo, hi))
