@@ -79,7 +79,8 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                inferred = SymbolicShapeInference.infer_shapes(inferred, auto_merge=True)
+                symbolic = SymbolicShapeInference.infer_shapes(inferred, auto_merge=True)
+            _fill_unknown_dims(inferred, symbolic)
         except Exception:
             pass  # keep onnx's answer; the walker copes with unknown dims where the opset allows
     out = onnx.ModelProto()
@@ -88,6 +89,25 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         del getattr(out.graph, field)[:]
         getattr(out.graph, field).extend(getattr(inferred.graph, field))
     return out
+
+
+def _is_unknown(d) -> bool:
+    return d.dim_param.startswith("unk__") or not (d.HasField("dim_value") or d.HasField("dim_param"))
+
+
+def _fill_unknown_dims(inferred: onnx.ModelProto, symbolic: onnx.ModelProto) -> None:
+    """Take symbolic inference's dims only where onnx's are unknown and both agree on the rank
+    (symbolic inference is wrong for some newer ops, e.g. Resize with ``axes``)."""
+    theirs = {vi.name: vi.type.tensor_type.shape for vi in list(symbolic.graph.value_info) + list(symbolic.graph.output)
+              if vi.type.tensor_type.HasField("shape")}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+        tt = vi.type.tensor_type
+        other = theirs.get(vi.name)
+        if other is None or not tt.HasField("shape") or len(other.dim) != len(tt.shape.dim):
+            continue
+        for mine, sym in zip(tt.shape.dim, other.dim):
+            if _is_unknown(mine) and not _is_unknown(sym):
+                mine.CopyFrom(sym)
 
 
 def _without_payloads(model: onnx.ModelProto, limit: int = 1 << 16) -> onnx.ModelProto:
@@ -107,8 +127,7 @@ def _unknown_dims(model: onnx.ModelProto) -> bool:
         tt = vi.type.tensor_type
         if not tt.HasField("shape"):
             return True
-        if any(d.dim_param.startswith("unk__") or not (d.HasField("dim_value") or d.HasField("dim_param"))
-               for d in tt.shape.dim):
+        if any(_is_unknown(d) for d in tt.shape.dim):
             return True
     return False
 
