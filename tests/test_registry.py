@@ -7,7 +7,7 @@ from onnxplain.vjp import load_all
 HERE = pathlib.Path(__file__).parent
 
 
-def tested_ops() -> set:
+def _tested_ops() -> set:
     ops = set()
     for path in sorted(HERE.glob("test_*.py")):
         mod = importlib.import_module(path.stem)
@@ -16,5 +16,5 @@ def tested_ops() -> set:
 
 
 def test_every_rule_has_an_oracle_case():
-    missing = sorted(set(load_all()) - tested_ops())
+    missing = sorted(set(load_all()) - _tested_ops())
     assert not missing, f"VJP rules without an oracle test case: {missing}"
