@@ -11,6 +11,14 @@ from ..errors import OnnxplainError
 from . import attr, vjp
 
 
+def spatial_sizes(x) -> list[int] | None:
+    """The spatial sizes of an [N, C, *spatial] tensor when they are known ints (N may be symbolic)."""
+    shape = getattr(x, "shape", None)
+    if shape is None or len(shape) < 3 or not all(isinstance(d, int) and d >= 0 for d in shape[2:]):
+        return None
+    return list(shape[2:])
+
+
 def conv_geometry(node, x, w, transpose=False):
     """(kernel, strides, dilations, pads_begin, pads_end) with auto_pad resolved."""
     k = list(attr(node, "kernel_shape") or static_shape(w)[2:])
@@ -21,13 +29,13 @@ def conv_geometry(node, x, w, transpose=False):
     auto = attr(node, "auto_pad", "NOTSET")
     auto = auto.decode() if isinstance(auto, bytes) else auto
     if auto in ("SAME_UPPER", "SAME_LOWER") and not transpose:
-        xs = static_shape(x)
+        xs = spatial_sizes(x)
         if xs is None:
             raise OnnxplainError(f"Conv '{node.name}': auto_pad={auto} needs static spatial input sizes")
         pads = [0] * (2 * n)
         for i in range(n):
-            out = -(-xs[2 + i] // s[i])
-            total = max((out - 1) * s[i] + (k[i] - 1) * d[i] + 1 - xs[2 + i], 0)
+            out = -(-xs[i] // s[i])
+            total = max((out - 1) * s[i] + (k[i] - 1) * d[i] + 1 - xs[i], 0)
             small, big = total // 2, total - total // 2
             pads[i], pads[n + i] = (small, big) if auto == "SAME_UPPER" else (big, small)
     elif auto == "VALID":
@@ -69,9 +77,9 @@ def conv(b, node, g):
 def conv_transpose_to(b, gy, x, w, k, s, d, pb, pe, group):
     """ConvTranspose of ``gy`` sized back to ``x``'s spatial shape."""
     n = len(k)
-    xs = static_shape(x)
+    xs = spatial_sizes(x)
     if xs is not None:
-        out_pad = [(xs[2 + i] + pb[i] + pe[i] - ((k[i] - 1) * d[i] + 1)) % s[i] for i in range(n)]
+        out_pad = [(xs[i] + pb[i] + pe[i] - ((k[i] - 1) * d[i] + 1)) % s[i] for i in range(n)]
         return b.ConvTranspose(gy, w, strides=s, dilations=d, pads=pb + pe, group=group, kernel_shape=k,
                                output_padding=out_pad)
     wide = b.ConvTranspose(gy, w, strides=s, dilations=d, pads=pb + pe, group=group, kernel_shape=k,
@@ -90,13 +98,13 @@ def conv_transpose(b, node, g):
     auto = auto.decode() if isinstance(auto, bytes) else auto
     out_shape = attr(node, "output_shape")
     if out_shape or auto in ("SAME_UPPER", "SAME_LOWER"):
-        xs = static_shape(x)
+        xs = spatial_sizes(x)
         if xs is None:
             raise OnnxplainError(f"ConvTranspose '{node.name}': output_shape/auto_pad needs static input sizes")
         op = list(attr(node, "output_padding") or [0] * n)
-        target = list(out_shape)[-n:] if out_shape else [xs[2 + i] * s[i] for i in range(n)]
+        target = list(out_shape)[-n:] if out_shape else [xs[i] * s[i] for i in range(n)]
         for i in range(n):
-            total = s[i] * (xs[2 + i] - 1) + op[i] + (k[i] - 1) * d[i] + 1 - target[i]
+            total = s[i] * (xs[i] - 1) + op[i] + (k[i] - 1) * d[i] + 1 - target[i]
             half = total // 2
             pb[i], pe[i] = (half, total - half) if auto == "SAME_UPPER" else (total - half, half)
     gx = b.Conv(g[0], w, strides=s, dilations=d, pads=pb + pe, group=attr(node, "group", 1), kernel_shape=k)
