@@ -38,12 +38,12 @@ def interleaved(fns: dict, repeats: int) -> dict:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def bench_model(name, model, repeats, ig_steps, methods):
+def bench_model(name, model, repeats, ig_steps):
     x = np.random.default_rng(0).random((1, 3, 224, 224), dtype=np.float32)
     fwd = make_session(model)
     fns = {"forward": lambda: fwd.run(None, {"input": x})}
-    for method in methods:
-        sess = make_session(onnxplain.build(model, method, onnxplain.Options(steps=ig_steps)))
+    for method in ["gradient", "input_x_gradient", "saliency"]:
+        sess = make_session(onnxplain.build(model, method))
         fns[method] = (lambda s: lambda: s.run(["attribution"], {"input": x}))(sess)
     med = interleaved(fns, repeats)
     base = med["forward"]
@@ -51,7 +51,19 @@ def bench_model(name, model, repeats, ig_steps, methods):
     for k, v in med.items():
         if k != "forward":
             print(f"  {k:<24s} {v * 1e3:8.1f} ms   ratio to forward {v / base:6.2f}")
-    return med
+
+    ex = onnxplain.Explainer(model)
+    ig_graph = make_session(onnxplain.build(model, "integrated_gradients", onnxplain.Options(steps=ig_steps)))
+    ig = interleaved({
+        "gradient": fns["gradient"],
+        "IG in the graph (batch of steps)": lambda: ig_graph.run(["attribution"], {"input": x}),
+        "IG by the Python driver (batch 1)": lambda: ex.explain(x, "integrated_gradients", steps=ig_steps,
+                                                                  batch_size=1),
+    }, max(3, repeats // 8))
+    print(f"  integrated gradients, {ig_steps} steps (bound: {ig_steps} x gradient):")
+    for k, v in ig.items():
+        if k != "gradient":
+            print(f"    {k:<34s} {v * 1e3:8.1f} ms   ratio to gradient {v / ig['gradient']:6.2f}")
 
 
 def main():
@@ -62,12 +74,7 @@ def main():
     print(f"onnxplain {onnxplain.__version__}; {platform.processor() or platform.machine()}; "
           f"providers {default_providers()}")
     for name, make in [("resnet18", archs.resnet18), ("mobilenet_v2", archs.mobilenet_v2)]:
-        med = bench_model(name, make(), args.repeats, args.ig_steps, ["gradient", "input_x_gradient"])
-        ig = bench_model(name + " (IG)", make(), max(3, args.repeats // 8), args.ig_steps,
-                         ["gradient", "integrated_gradients"])
-        print(f"  integrated_gradients ({args.ig_steps} steps, in-graph) / gradient: "
-              f"{ig['integrated_gradients'] / ig['gradient']:.2f}  (bound: {args.ig_steps})")
-        del med
+        bench_model(name, make(), args.repeats, args.ig_steps)
     stack = archs.transformer_stack()
     t = time.perf_counter()
     m = onnxplain.build(stack, "gradient")

@@ -9,7 +9,7 @@ import onnx
 from .canonicalize import canonicalize
 from .errors import OnnxplainError
 from .explanation import Options, build
-from .methods.gradient import interpolate, noisy
+from .methods.gradient import ig_alphas, interpolate, noisy
 from .session import make_session
 
 LOOPED = ("integrated_gradients", "smoothgrad", "smoothgrad_sq")  # driven from Python over the gradient graph
@@ -131,7 +131,8 @@ class Explainer:
             feeds["target"] = first["target_index"]
         if method == "integrated_gradients":
             base = np.zeros_like(x) if baseline is None else np.broadcast_to(np.asarray(baseline, x.dtype), x.shape)
-            copies = [interpolate(x[i], base[i], steps) for i in range(n)]
+            alphas, weights = ig_alphas(steps)  # alphas[-1] = 1: the pass at x above
+            copies = [interpolate(x[i], base[i], alphas[:-1]) for i in range(n)]
         else:
             rng = np.random.default_rng(seed)
             copies = [noisy(x[i], samples, noise, rng) for i in range(n)]
@@ -139,9 +140,10 @@ class Explainer:
         for i, c in enumerate(copies):
             k = len(c)
             rep = {name: np.repeat(v[i:i + 1], k, axis=0) for name, v in feeds.items() if name != self.x.name}
-            g = self._run("gradient", mode, {self.x.name: c, **rep}, batch_size)["attribution"]
+            g = self._run("gradient", mode, {self.x.name: c, **rep}, batch_size)["attribution"] if k else c
             if method == "integrated_gradients":
-                attribution[i] = (x[i] - base[i]) * g.mean(axis=0)
+                g = np.concatenate([g, first["attribution"][i:i + 1]])
+                attribution[i] = (x[i] - base[i]) * np.tensordot(weights, g, axes=1).astype(x.dtype)
             else:
                 attribution[i] = (g * g if method == "smoothgrad_sq" else g).mean(axis=0)
         return self._explanation(first, attribution)

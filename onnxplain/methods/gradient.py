@@ -6,7 +6,7 @@
 * ``smoothgrad`` / ``smoothgrad_sq`` — mean of gradients (or their squares) at noisy copies
   x + N(0, sigma^2), sigma = noise * (max(x) - min(x)) (Smilkov et al. 2017, arXiv:1706.03825);
 * ``integrated_gradients`` — (x - x') times the mean gradient along the straight path from the
-  baseline x', midpoint Riemann sum with ``steps`` points (Sundararajan et al. 2017,
+  baseline x', trapezoid rule over ``steps`` points from x' to x (Sundararajan et al. 2017,
   arXiv:1703.01365).
 
 Heads build the method inside the graph. SmoothGrad and IG need a batch of copies per input, so
@@ -64,12 +64,13 @@ def integrated_gradients(ctx):
     b, x, steps = ctx.b, ctx.x, ctx.options.steps
     r = len(x.shape)
     baseline = ctx.add_input("baseline", x.dtype, [None] * r, default=np.zeros([1] * r))
-    alphas = b.const(((np.arange(steps) + 0.5) / steps).reshape([steps] + [1] * r), like=x)
+    alphas, weights = ig_alphas(steps)
     diff = b.Sub(x, baseline)
-    path = b.Add(baseline, b.Mul(alphas, diff))
+    path = b.Add(baseline, b.Mul(b.const(alphas.reshape([steps] + [1] * r), like=x), diff))
     flat = b.Reshape(path, b.Concat(b.ints([-1]), b.shape_of(x, 1), axis=0))
     grads = _copies_backward(ctx, flat, steps)
-    return b.Mul(diff, b.reduce("ReduceMean", grads, [0], keepdims=False)), x.shape
+    weighted = b.Mul(grads, b.const(weights.reshape([steps] + [1] * r), like=x))
+    return b.Mul(diff, b.reduce("ReduceSum", weighted, [0], keepdims=False)), x.shape
 
 
 def _smoothgrad(ctx, square):
@@ -99,10 +100,22 @@ HEADS = {
 
 
 # ---- numpy copies for the Python driver -------------------------------------------------
-def interpolate(x: np.ndarray, baseline: np.ndarray, steps: int) -> np.ndarray:
-    """The IG path points for one item ``x`` ([...]): [steps, ...], midpoint rule."""
-    alphas = ((np.arange(steps) + 0.5) / steps).reshape([steps] + [1] * x.ndim).astype(x.dtype)
-    return baseline + alphas * (x - baseline)
+def ig_alphas(steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Trapezoid-rule points on [0, 1] and their weights (summing to 1); the last point is 1, x itself,
+    so the gradient at x (needed anyway to resolve an arg-max target) is one of the ``steps`` passes."""
+    if steps < 1:
+        raise OnnxplainError(f"integrated_gradients needs steps >= 1, got {steps}")
+    if steps == 1:
+        return np.ones(1), np.ones(1)
+    weights = np.full(steps, 1.0 / (steps - 1))
+    weights[[0, -1]] /= 2
+    return np.linspace(0.0, 1.0, steps), weights
+
+
+def interpolate(x: np.ndarray, baseline: np.ndarray, alphas: np.ndarray) -> np.ndarray:
+    """The IG path points for one item ``x`` ([...]) at ``alphas``: [len(alphas), ...]."""
+    a = alphas.reshape([-1] + [1] * x.ndim).astype(x.dtype)
+    return baseline + a * (x - baseline)
 
 
 def noisy(x: np.ndarray, samples: int, noise: float, rng: np.random.Generator) -> np.ndarray:
