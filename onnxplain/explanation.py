@@ -57,6 +57,7 @@ class Context:
     seed: gs.Tensor
     options: Options
     defaults: dict = field(default_factory=dict)  # input name -> default initializer value
+    forward_nodes: list = field(default_factory=list)  # the model's own nodes, before any emission
 
     def backward(self, seed=None, x=None, logits=None, nodes=None):
         bw = Backward(self.can.graph, self.b, self.options.rules or GradientRules())
@@ -71,6 +72,31 @@ class Context:
         if default is not None:
             self.defaults[name] = np.asarray(default, dtype=dtype)
         return v
+
+    def clone_forward(self, replace: dict, batch_symbol: str):
+        """Copy the nodes that depend on ``replace``'s tensors (weights stay shared).
+
+        Returns (mapping old name -> new tensor, cloned nodes). Dimensions equal to the explained
+        input's batch dimension are renamed ``batch_symbol`` in the copies' shapes.
+        """
+        b = self.b
+        old_batch = self.x.shape[0] if self.x.shape else None
+        mapping, cloned = dict(replace), []
+        for node in self.forward_nodes:
+            if not any(t.name in mapping for t in node.inputs):
+                continue
+            ins = [mapping.get(t.name, t) for t in node.inputs]
+            outs = []
+            for t in node.outputs:
+                shape = None if t.shape is None else [batch_symbol if d == old_batch else d for d in t.shape]
+                v = gs.Variable(b.name(f"{t.name}:copy"), dtype=t.dtype, shape=shape)
+                mapping[t.name] = v
+                outs.append(v)
+            copy = gs.Node(node.op, name=b.name(node.name or node.op), attrs=dict(node.attrs), inputs=ins,
+                           outputs=outs, domain=node.domain)
+            self.can.graph.nodes.append(copy)
+            cloned.append(copy)
+        return mapping, cloned
 
 
 def class_axis_of(logits, options: Options) -> int:
@@ -117,7 +143,7 @@ def build(model, method: str = "gradient", options: Options | None = None, **kw)
     x = can.input(options.input)
     out = can.output(options.output)
     logits = out if options.probabilities else find_logits(graph, out)[0]
-    ctx = Context(can, b, x, logits, None, options)
+    ctx = Context(can, b, x, logits, None, options, forward_nodes=list(graph.nodes))
     if options.target_mode == "weights":
         ctx.seed = ctx.add_input("target_weights", np_dtype(logits), logits.shape)
         chosen = None
@@ -148,29 +174,3 @@ def _named(b: Builder, t, name: str, dtype, shape):
     out = b.Identity(t)
     out.name, out.dtype, out.shape = name, dtype, shape
     return out
-
-
-def clone_forward(ctx: Context, replace: dict, batch_symbol: str):
-    """Copy the nodes that depend on ``replace``'s tensors (weights stay shared).
-
-    Returns (mapping old name -> new tensor, cloned nodes). Dimensions equal to the explained
-    input's batch dimension are renamed ``batch_symbol`` in the copies' shapes.
-    """
-    b = ctx.b
-    old_batch = ctx.x.shape[0] if ctx.x.shape else None
-    mapping, cloned = dict(replace), []
-    for node in list(ctx.can.graph.nodes):
-        if not any(t.name in mapping for t in node.inputs):
-            continue
-        ins = [mapping.get(t.name, t) for t in node.inputs]
-        outs = []
-        for t in node.outputs:
-            shape = None if t.shape is None else [batch_symbol if d == old_batch else d for d in t.shape]
-            v = gs.Variable(b.name(f"{t.name}:copy"), dtype=t.dtype, shape=shape)
-            mapping[t.name] = v
-            outs.append(v)
-        copy = gs.Node(node.op, name=b.name(node.name or node.op), attrs=dict(node.attrs), inputs=ins,
-                       outputs=outs, domain=node.domain)
-        ctx.can.graph.nodes.append(copy)
-        cloned.append(copy)
-    return mapping, cloned

@@ -5,8 +5,8 @@
 * ``input_x_gradient`` — x * gradient (Shrikumar et al. 2016, arXiv:1605.01713);
 * ``smoothgrad`` / ``smoothgrad_sq`` — mean of gradients (or their squares) at noisy copies
   x + N(0, sigma^2), sigma = noise * (max(x) - min(x)) (Smilkov et al. 2017, arXiv:1706.03825);
-* ``integrated_gradients`` — (x - x') times the mean gradient along the straight path from the
-  baseline x', trapezoid rule over ``steps`` points from x' to x (Sundararajan et al. 2017,
+* ``integrated_gradients`` — (x - x') times the average gradient along the straight path from the
+  baseline x', by the trapezoid rule over ``steps`` points from x' to x (Sundararajan et al. 2017,
   arXiv:1703.01365).
 
 Heads build the method inside the graph. SmoothGrad and IG need a batch of copies per input, so
@@ -39,24 +39,18 @@ def _batch_of_copies(ctx, method):
     if not isinstance(batch, str) and batch is not None and batch != -1:
         raise OnnxplainError(f"{method} inside the graph needs a dynamic batch axis, and input '{ctx.x.name}' has a "
                              f"fixed batch of {batch}; use `onnxplain explain` or Explainer.explain, which loop")
-    if ctx.options.target_mode != "class" and ctx.x.shape is None:
-        raise OnnxplainError(f"{method}: the input's rank must be known")
+    if ctx.x.shape is None:
+        raise OnnxplainError(f"{method} inside the graph needs the rank of input '{ctx.x.name}'")
 
 
 def _copies_backward(ctx, copies, n):
     """Run the forward graph on ``copies`` ([n*N, ...]) and return their gradients as [n, N, ...]."""
     b, x = ctx.b, ctx.x
-    mapping, nodes = ctx_clone(ctx, copies)
+    mapping, nodes = ctx.clone_forward({x.name: copies}, "onnxplain_copies")
     r = len(ctx.logits.shape)
     seed = b.Tile(ctx.seed, b.ints([n] + [1] * (r - 1)))
     g = ctx.backward(seed=seed, x=copies, logits=mapping[ctx.logits.name], nodes=nodes)
     return b.Reshape(g, b.Concat(b.ints([n, -1]), b.shape_of(x, 1), axis=0))
-
-
-def ctx_clone(ctx, copies):
-    from ..explanation import clone_forward
-
-    return clone_forward(ctx, {ctx.x.name: copies}, "onnxplain_copies")
 
 
 def integrated_gradients(ctx):
