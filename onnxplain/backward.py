@@ -26,6 +26,9 @@ class GradientRules:
     def __init__(self):
         self.table = load_all()
 
+    def start(self, fwd: set) -> None:
+        """Called by the walker with the names of the tensors on the explained path."""
+
     def lookup(self, node) -> Rule | None:
         key = node.op if node.domain in (None, "", "ai.onnx") else f"{node.domain}:{node.op}"
         return self.table.get(key)
@@ -75,6 +78,7 @@ class Backward:
         """``seeds``: [(forward tensor, its cotangent)]; returns {wrt name: cotangent}."""
         nodes = list(self.graph.nodes) if nodes is None else nodes
         fwd, path = explained_path(nodes, [t.name for t in wrt], [t.name for t, _ in seeds])
+        self.rules.start(fwd)
         plan = [(node, self.rules.lookup(node)) for node in path]
         missing = [(n.op, n.name) for n, rule in plan if rule is None]
         if missing:

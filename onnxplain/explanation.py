@@ -43,7 +43,7 @@ class Options:
     samples: int = 16  # smoothgrad
     noise: float = 0.15  # smoothgrad: sigma / (max(x) - min(x))
     seed: int = 0
-    rules: object = None  # a rule set; default: the true gradient
+    rules: object = None  # a rule-set file (or RuleSet) replacing the method's own rules/<method>.toml
 
 
 @dataclass
@@ -59,12 +59,23 @@ class Context:
     defaults: dict = field(default_factory=dict)  # input name -> default initializer value
     forward_nodes: list = field(default_factory=list)  # the model's own nodes, before any emission
 
-    def backward(self, seed=None, x=None, logits=None, nodes=None):
-        bw = Backward(self.can.graph, self.b, self.options.rules or GradientRules())
+    def backward(self, seed=None, x=None, logits=None, nodes=None, rules=None):
+        rules = rules or (self.rules("gradient") if self.options.rules else GradientRules())
+        bw = Backward(self.can.graph, self.b, rules)
         x = x if x is not None else self.x
         logits = logits if logits is not None else self.logits
         seed = seed if seed is not None else self.seed
         return bw.run([(logits, seed)], [x], nodes=nodes)[x.name]
+
+    def rules(self, method: str, **env):
+        """The rule set for ``method`` (the user's file if given, else rules/<method>.toml), bound
+        to an :class:`~onnxplain.ruleset.Env` for this graph."""
+        from .ruleset import Env, RuleSet, builtin_ruleset, load_ruleset
+
+        given = self.options.rules
+        ruleset = given if isinstance(given, RuleSet) else load_ruleset(given) if given else builtin_ruleset(method)
+        first = {n.name for n in self.forward_nodes if any(t.name == self.x.name for t in n.inputs)}
+        return ruleset.bind(Env(x=self.x, first=first, **env))
 
     def add_input(self, name, dtype, shape, default=None):
         v = gs.Variable(name, dtype=dtype, shape=shape)

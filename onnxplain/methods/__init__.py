@@ -3,5 +3,6 @@
 ``HEADS[name](ctx) -> (attribution tensor, its shape)``.
 """
 from .gradient import HEADS as _GRADIENT_HEADS
+from .modified import HEADS as _MODIFIED_HEADS
 
-HEADS = dict(_GRADIENT_HEADS)
+HEADS = {**_GRADIENT_HEADS, **_MODIFIED_HEADS}
