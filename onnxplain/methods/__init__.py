@@ -6,3 +6,6 @@ from .gradient import HEADS as _GRADIENT_HEADS
 from .modified import HEADS as _MODIFIED_HEADS
 
 HEADS = {**_GRADIENT_HEADS, **_MODIFIED_HEADS}
+from .lrp import HEADS as _LRP_HEADS  # noqa: E402
+
+HEADS.update(_LRP_HEADS)
