@@ -129,7 +129,7 @@ def class_seed(ctx: Context):
     scores = b.reduce("ReduceSum", logits, others, keepdims=False) if others else logits
     argmax = b.ArgMax(scores, axis=1, keepdims=0)
     chosen = b.Where(b.Less(target, b.ints([0])), argmax, target)
-    depth = b.slice(b.Shape(logits), [ax], [ax + 1], [0])
+    depth = b.squeeze(b.slice(b.Shape(logits), [ax], [ax + 1], [0]), [0])  # a scalar, as OneHot's spec prefers
     onehot = b.OneHot(chosen, depth, b.const([0, 1], like=logits), axis=-1)
     if others:
         onehot = b.Expand(b.unsqueeze(onehot, others), b.Shape(logits))

@@ -172,3 +172,14 @@ def test_reserved_names_refused():
     m.graph.output[0].name = "attribution"
     with pytest.raises(OnnxplainError, match="reserved"):
         onnxplain.build(m, "gradient")
+
+
+def test_class_mode_runs_in_the_reference_evaluator():
+    """The class-target head (ArgMax, Where, OneHot) is plain ONNX: onnx.reference runs it in float64."""
+    from oracle import run_ref, to_float64
+
+    m = onnxplain.build(to_float64(tiny_cnn()), "gradient")
+    out = run_ref(m, {"x": X.astype(np.float64), "target": np.array([-1, 2, 4])})
+    want = Explainer(tiny_cnn()).run(X, target=[-1, 2, 4])
+    np.testing.assert_array_equal(out["target_index"], want.target)
+    np.testing.assert_allclose(out["attribution"], want.attribution, rtol=1e-4, atol=1e-5)
