@@ -123,6 +123,8 @@ class Explainer:
         else:
             mode, feeds = "class", {self.x.name: x, "target": self.check_target(target, n)}
         if method not in LOOPED:
+            if baseline is not None and "baseline" in {i.name for i in self.graph(method, mode).graph.input}:
+                feeds["baseline"] = np.ascontiguousarray(np.broadcast_to(np.asarray(baseline, x.dtype), x.shape))
             res = self._run(method, mode, feeds, batch_size)
             return self._explanation(res, res["attribution"])
         # copies per item, over the gradient graph; the target is resolved on x itself

@@ -9,3 +9,6 @@ HEADS = {**_GRADIENT_HEADS, **_MODIFIED_HEADS}
 from .lrp import HEADS as _LRP_HEADS  # noqa: E402
 
 HEADS.update(_LRP_HEADS)
+from .deeplift import HEADS as _DEEPLIFT_HEADS  # noqa: E402
+
+HEADS.update(_DEEPLIFT_HEADS)
