@@ -208,6 +208,20 @@ def _methods():
     return HEADS
 
 
+def _opt_rules():
+    return typer.Option(None, "--rules", help="A rule-set file (TOML) replacing the method's rules/<method>.toml.")
+
+
+def _rules_file(path: Optional[Path]) -> Optional[str]:
+    """Validate a --rules file up front, so a bad one fails before any model work."""
+    if path is None:
+        return None
+    from .ruleset import load_ruleset
+
+    load_ruleset(path)
+    return str(path)
+
+
 def _check_method(method: str) -> str:
     heads = _methods()
     if method not in heads:
@@ -306,6 +320,7 @@ def export(
     samples: int = typer.Option(16, "--samples", min=1, help="smoothgrad: noisy copies."),
     noise: float = typer.Option(0.15, "--noise", min=0.0, help="smoothgrad: sigma / (max(x) - min(x))."),
     seed: int = typer.Option(0, "--seed", help="smoothgrad: seed of the in-graph noise."),
+    rules: Optional[Path] = _opt_rules(),
 ):
     """Write the explanation graph of MODEL: the model plus a backward pass and an `attribution` output."""
     import onnx
@@ -328,7 +343,8 @@ def export(
     src = load_model(model)
     before = len(src.graph.node)
     options = Options(input=input, output=output, probabilities=probabilities, target_mode=target_mode,
-                      class_axis=class_axis, steps=steps, samples=samples, noise=noise, seed=seed)
+                      class_axis=class_axis, steps=steps, samples=samples, noise=noise, seed=seed,
+                      rules=_rules_file(rules))
     with _status(f"building the {method} graph"):
         graph = build(src, method, options)
     _check_and_save(graph, out, onnx)
@@ -448,6 +464,10 @@ def explain(
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Items per onnxruntime call."),
     alpha: float = typer.Option(0.75, "--alpha", min=0.0, max=1.0, help="Heatmap opacity at full strength."),
     shared_scale: bool = typer.Option(False, "--shared-scale", help="One colour scale per grid row (all methods)."),
+    rules: Optional[Path] = _opt_rules(),
+    baseline: Optional[float] = typer.Option(None, "--baseline",
+                                             help="integrated_gradients, deeplift: baseline value in tensor space "
+                                                  "(default 0)."),
 ):
     """Explain images with one or more methods; writes <stem>.<method>.png (overlay) and .npy (raw)."""
     from . import preprocess, render
@@ -465,7 +485,8 @@ def explain(
     _existing(model)
     recipe = preprocess.resolve(preset, scale=scale, mean=mean, std=std, bgr=bgr, layout=layout, size=size)
 
-    ex = Explainer(str(model), input=input, output=output, probabilities=probabilities, class_axis=class_axis)
+    ex = Explainer(str(model), input=input, output=output, probabilities=probabilities, class_axis=class_axis,
+                   rules=_rules_file(rules))
     shape = ex.x.shape
     has_images = any(p.suffix.lower() != ".npy" for p in images)
     try:
@@ -519,7 +540,7 @@ def explain(
                 x = np.stack([it.tensor for it in items[s:e]])
                 with _running(f"running {m}"):
                     res = ex.run(x, m, target=target, steps=steps, samples=samples, noise=noise, seed=seed,
-                                 batch_size=batch_size)
+                                 batch_size=batch_size, baseline=baseline)
                 for k, i in enumerate(range(s, e)):
                     a = res.attribution[k]
                     results[m][i] = a
@@ -603,7 +624,7 @@ def demo(
     steps: int = typer.Option(32, "--steps", min=1, help="integrated_gradients: path points."),
     samples: int = typer.Option(16, "--samples", min=1, help="smoothgrad: noisy copies."),
 ):
-    """Explain the shipped shapes classifier with every gradient method; writes demo_methods.png."""
+    """Explain the shipped shapes classifier with every white-box method; writes demo_methods.png."""
     from .demo import METHODS, format_table, run_demo
     from .resources import demo_model
 

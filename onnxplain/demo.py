@@ -1,4 +1,4 @@
-"""``onnxplain demo``: the shipped shapes classifier explained by every gradient method.
+"""``onnxplain demo``: the shipped shapes classifier explained by every white-box method family.
 
 Images come from :func:`onnxplain.data.make_shapes` with a fixed seed, so every run shows the
 same pictures. The target explained is each image's ground-truth class, and the localisation
@@ -16,7 +16,8 @@ import numpy as np
 
 from . import render
 
-METHODS = ("gradient", "saliency", "input_x_gradient", "smoothgrad", "integrated_gradients")
+METHODS = ("gradient", "saliency", "input_x_gradient", "smoothgrad", "integrated_gradients", "guided_backprop",
+           "deconvnet", "lrp_epsilon_plus", "deeplift")
 SEED = 2024
 
 

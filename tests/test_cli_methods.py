@@ -1,0 +1,57 @@
+"""The CLI with the rule-set methods: --rules files, --baseline, every method exports and explains."""
+import numpy as np
+import onnx
+import pytest
+from models import tiny_cnn
+from typer.testing import CliRunner
+
+from onnxplain.cli import app
+from onnxplain.methods import HEADS
+from onnxplain.session import make_session
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def model(tmp_path):
+    p = tmp_path / "m.onnx"
+    onnx.save_model(tiny_cnn(), str(p))
+    return p
+
+
+def test_bad_rules_file_is_one_line_exit_2(model, tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[rule]]\nops = ["Relu"]\nrule = "sideways"\n')
+    out = tmp_path / "o.onnx"
+    r = runner.invoke(app, ["export", str(model), "-m", "guided_backprop", "--rules", str(bad), "-o", str(out)])
+    assert r.exit_code == 2
+    assert "unknown rule 'sideways'" in r.output and str(bad) in r.output and "Traceback" not in r.output
+    assert len(r.output.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_rules_file_changes_the_exported_graph(model, tmp_path):
+    mine = tmp_path / "deconv_everywhere.toml"
+    mine.write_text('name = "mine"\n[[rule]]\nops = ["Relu"]\nrule = "deconvnet"\n')
+    outs = {}
+    for tag, extra in [("default", []), ("mine", ["--rules", str(mine)])]:
+        out = tmp_path / f"{tag}.onnx"
+        r = runner.invoke(app, ["export", str(model), "-m", "guided_backprop", "-o", str(out), *extra])
+        assert r.exit_code == 0, r.output
+        x = np.random.default_rng(0).normal(size=(2, 3, 8, 8)).astype(np.float32)
+        outs[tag] = make_session(onnx.load(str(out))).run(["attribution"], {"x": x})[0]
+    assert not np.allclose(outs["default"], outs["mine"])
+
+
+@pytest.mark.parametrize("method", sorted(HEADS))
+def test_every_method_exports_and_explains(model, tmp_path, method):
+    out = tmp_path / "e.onnx"
+    r = runner.invoke(app, ["export", str(model), "-m", method, "-o", str(out), "--steps", "4", "--samples", "2"])
+    assert r.exit_code == 0, r.output
+    onnx.checker.check_model(onnx.load(str(out)), full_check=True)
+    x = np.random.default_rng(1).normal(size=(1, 3, 8, 8)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    r = runner.invoke(app, ["explain", str(model), str(tmp_path / "x.npy"), "-m", method, "-d", str(tmp_path / "o"),
+                            "--steps", "4", "--samples", "2", "--baseline", "0.1"])
+    assert r.exit_code == 0, r.output
+    a = np.load(tmp_path / "o" / f"x.{method}.npy")
+    assert np.isfinite(a).all() and np.abs(a).max() > 0
