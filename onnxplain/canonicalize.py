@@ -5,8 +5,10 @@ opset, and the original model's metadata, ready for the backward rewrite.
 """
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -75,11 +77,9 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         return model
     if _unknown_dims(inferred):
         try:
-            from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                symbolic = SymbolicShapeInference.infer_shapes(inferred, auto_merge=True)
+                symbolic = _symbolic_inference().infer_shapes(inferred, auto_merge=True)
             _fill_unknown_dims(inferred, symbolic)
         except Exception:
             pass  # keep onnx's answer; the walker copes with unknown dims where the opset allows
@@ -89,6 +89,22 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         del getattr(out.graph, field)[:]
         getattr(out.graph, field).extend(getattr(inferred.graph, field))
     return out
+
+
+@functools.lru_cache(maxsize=1)
+def _symbolic_inference():
+    """onnxruntime's SymbolicShapeInference, loaded from its file: importing it as
+    ``onnxruntime.tools.symbolic_shape_infer`` runs that package's ``__init__``, which imports
+    torch whenever torch is installed, and onnxplain must not load torch."""
+    import importlib.util
+
+    import onnxruntime
+
+    path = Path(onnxruntime.__file__).parent / "tools" / "symbolic_shape_infer.py"
+    spec = importlib.util.spec_from_file_location("onnxplain._ort_symbolic_shape_infer", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.SymbolicShapeInference
 
 
 def _is_unknown(d) -> bool:

@@ -29,3 +29,16 @@ def test_no_error_spam():
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "(1, 3, 8, 8)"
     assert out.stderr == "", out.stderr
+
+
+def test_no_torch_at_run_time():
+    """Explaining a model that needs symbolic shape inference (segnet, opset 11) never imports torch."""
+    import pathlib
+
+    zoo = pathlib.Path(__file__).parent / "zoo" / "segnet_ts11.onnx"
+    code = ("import sys, numpy as np\nfrom onnxplain import Explainer\n"
+            f"a = Explainer({str(zoo)!r}).explain(np.zeros((1, 3, 32, 32), np.float32), target=1)\n"
+            "print('torch' in sys.modules, a.shape)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False (1, 3, 32, 32)"

@@ -1,0 +1,4 @@
+"""`python -m onnxplain` runs the command line."""
+from .cli import app
+
+app()
