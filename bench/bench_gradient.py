@@ -42,7 +42,8 @@ def bench_model(name, model, repeats, ig_steps):
     x = np.random.default_rng(0).random((1, 3, 224, 224), dtype=np.float32)
     fwd = make_session(model)
     fns = {"forward": lambda: fwd.run(None, {"input": x})}
-    for method in ["gradient", "input_x_gradient", "saliency", "deeplift", "lrp_epsilon", "lrp_epsilon_plus"]:
+    for method in ["gradient", "input_x_gradient", "saliency", "guided_backprop", "deconvnet", "lrp_epsilon",
+                   "lrp_epsilon_plus", "deeplift"]:
         sess = make_session(onnxplain.build(model, method))
         fns[method] = (lambda s: lambda: s.run(["attribution"], {"input": x}))(sess)
     med = interleaved(fns, repeats)
