@@ -10,12 +10,11 @@ emitted. The cost is linear in the number of nodes.
 """
 from __future__ import annotations
 
-import numpy as np
 import onnx_graphsurgeon as gs
 
 from .builder import Builder, is_float
 from .errors import OnnxplainError, UnsupportedOpsError
-from .vjp import VJP, Rule, load_all
+from .vjp import Rule, load_all
 
 
 class GradientRules:

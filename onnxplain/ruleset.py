@@ -28,7 +28,7 @@ from typing import Callable
 import onnx
 
 from .errors import OnnxplainError
-from .vjp import VJP, Rule, load_all
+from .vjp import Rule, load_all
 
 # rule name -> (factory(env, **params) -> rule function, {param: default})
 MODIFIED: dict[str, tuple[Callable, dict]] = {}
@@ -55,12 +55,8 @@ def modified(name: str, **defaults):
 
 def load_modified() -> dict:
     """Import every module that registers modified rules."""
-    for mod in ("guided", "lrp", "deeplift"):
-        try:
-            __import__(f"{__package__}.rules_{mod}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__package__}.rules_{mod}":
-                raise
+    from . import rules_deeplift, rules_guided, rules_lrp  # noqa: F401
+
     return MODIFIED
 
 
