@@ -20,12 +20,6 @@ import onnx
 
 from .errors import OnnxplainError
 
-POOLING_HEADS = ("GlobalAveragePool", "GlobalMaxPool")
-SPATIAL_REDUCE = ("ReduceMean", "ReduceMax")
-FLATTEN = ("Flatten", "Reshape")
-DENSE = ("Gemm", "MatMul")
-MAX_CAM = 5
-
 
 def _dims(shape) -> list | None:
     if shape is None:
@@ -117,64 +111,12 @@ def describe(model, input: str | None = None, output: str | None = None, probabi
     return info
 
 
-def _spatial_ok(shape) -> bool:
-    """A 4-D map whose spatial size is not known to be 1x1."""
-    if shape is None or len(shape) != 4:
-        return False
-    h, w = shape[2], shape[3]
-    return not (isinstance(h, int) and isinstance(w, int) and h * w <= 1)
-
-
-def _axes(node) -> list | None:
-    axes = node.attrs.get("axes")
-    if axes is None and len(node.inputs) > 1:
-        v = getattr(node.inputs[1], "values", None)
-        axes = None if v is None else np.asarray(v).ravel().tolist()
-    return None if axes is None else [int(a) % 4 for a in axes]
-
-
-def _is_head(node) -> bool:
-    from .builder import is_float
-
-    if not node.inputs or not is_float(node.inputs[0]):
-        return False
-    src = node.inputs[0]
-    if src.shape is None or len(src.shape) != 4 or not _spatial_ok(src.shape):
-        return False
-    if node.op in POOLING_HEADS:
-        return True
-    if node.op in SPATIAL_REDUCE:
-        axes = _axes(node)
-        return axes is not None and {2, 3} <= set(axes)
-    if node.op in FLATTEN:  # flattened to [N, features] and fed to a dense layer
-        out = node.outputs[0]
-        flat = node.op == "Flatten" or (out.shape is not None and len(out.shape) == 2)
-        return flat and any(c.op in DENSE for c in out.outputs)
-    return False
-
-
 def cam_candidates(path) -> list[dict]:
-    """The last 4-D float tensors (up to 5) feeding the model's pooling/flatten head.
+    """Candidate CAM layers (up to 5, the default last): the one implementation lives in
+    :func:`onnxplain.taps.candidates`, which the CAM methods use, so inspect shows their choice."""
+    from .taps import candidates
 
-    The head is the last node on the explained path that is a GlobalAveragePool/GlobalMaxPool,
-    a ReduceMean/ReduceMax over the spatial axes, or a Flatten/Reshape to 2-D feeding a Gemm/MatMul,
-    whose input is a 4-D map larger than 1x1. The head's input is the default choice.
-    """
-    from .builder import is_float
-
-    heads = [i for i, n in enumerate(path) if _is_head(n)]
-    if not heads:
-        return []
-    h = heads[-1]
-    chosen = path[h].inputs[0].name
-    maps = []
-    for node in path[:h]:
-        for t in node.outputs:
-            if is_float(t) and _spatial_ok(t.shape):
-                maps.append((t, node))
-    maps = [m for m in maps if m[0].name != chosen][-(MAX_CAM - 1):] + [m for m in maps if m[0].name == chosen]
-    return [{"tensor": t.name, "shape": _dims(t.shape), "producer": f"{n.op} '{n.name}'",
-             "default": t.name == chosen} for t, n in maps]
+    return candidates(path)
 
 
 # ---- text -------------------------------------------------------------------------------------------
@@ -242,11 +184,11 @@ def format_text(info: dict) -> str:
         out.append("unsupported on the explained path: none (every gradient method can be exported)")
     cam = info["cam_candidates"]
     if cam:
-        out.append("CAM candidate layers (last 4-D maps before the pooling/flatten head; * = default):")
+        out.append("CAM candidate layers (last maps before the pooling/flatten/class-token head; * = default):")
         w = max(len(c["tensor"]) for c in cam)
         for c in cam:
             star = "*" if c["default"] else " "
             out.append(f"  {star} {c['tensor']:<{w}}  {fmt_shape(c['shape']):<22} from {c['producer']}")
     elif "error" not in ex:
-        out.append("CAM candidate layers: none (no 4-D map feeds a pooling or flatten->dense head)")
+        out.append("CAM candidate layers: none (no 4-D map or token map feeds a pooling, flatten->dense or class-token head)")
     return "\n".join(out)
