@@ -203,9 +203,10 @@ def _status(message: str):
 
 
 def _methods():
+    from .explainer import FORWARD_CAMS
     from .methods import HEADS
 
-    return HEADS
+    return {**HEADS, **dict.fromkeys(FORWARD_CAMS)}  # forward CAMs are driven from Python, not graph heads
 
 
 def _opt_rules():
@@ -330,6 +331,11 @@ def export(
 
     t0 = time.perf_counter()
     _check_method(method)
+    from .explainer import FORWARD_CAMS
+
+    if method in FORWARD_CAMS:
+        raise OnnxplainError(f"{method} runs many forward passes from Python and has no single explanation graph; "
+                             "use `onnxplain explain` (or Explainer) for it")
     if target_mode not in ("class", "weights"):
         raise OnnxplainError(f"--target-mode must be 'class' or 'weights', not '{target_mode}'")
     _existing(model)
@@ -468,6 +474,8 @@ def explain(
     baseline: Optional[float] = typer.Option(None, "--baseline",
                                              help="integrated_gradients, deeplift: baseline value in tensor space "
                                                   "(default 0)."),
+    unit: Optional[str] = typer.Option(None, "--unit", help="Explain one channel/unit of an inner tensor instead "
+                                       "of a class: LAYER:CHANNEL[:Y:X] (gradient, deconvnet, guided_backprop)."),
 ):
     """Explain images with one or more methods; writes <stem>.<method>.png (overlay) and .npy (raw)."""
     from . import preprocess, render
@@ -502,11 +510,16 @@ def explain(
         ex.check_input(it.tensor[None])
     if target is not None:
         ex.check_target(target, 1)
-    from .explainer import LOOPED
+    from .explainer import FORWARD_CAMS, LOOPED
 
+    if unit is not None:
+        from .featurevis import check_cli_unit
+
+        unit = check_cli_unit(ex, methods, unit, target)
     with _status("building explanation graphs"):
         for m in methods:  # unsupported ops etc. surface here, before anything is written
-            ex.graph("gradient" if m in LOOPED else m, "class")
+            if unit is None and m not in FORWARD_CAMS:
+                ex.graph("gradient" if m in LOOPED else m, "class")
 
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -540,7 +553,7 @@ def explain(
                 x = np.stack([it.tensor for it in items[s:e]])
                 with _running(f"running {m}"):
                     res = ex.run(x, m, target=target, steps=steps, samples=samples, noise=noise, seed=seed,
-                                 batch_size=batch_size, baseline=baseline)
+                                 batch_size=batch_size, baseline=baseline, unit=unit)
                 for k, i in enumerate(range(s, e)):
                     a = res.attribution[k]
                     results[m][i] = a

@@ -13,6 +13,7 @@ from .methods.gradient import ig_alphas, interpolate, noisy
 from .session import make_session
 
 LOOPED = ("integrated_gradients", "smoothgrad", "smoothgrad_sq")  # driven from Python over the gradient graph
+FORWARD_CAMS = ("scorecam", "ablationcam")  # forward passes only, driven from Python (methods/cam_forward.py)
 
 
 @dataclass
@@ -112,10 +113,32 @@ class Explainer:
 
     def run(self, x, method: str = "gradient", target=None, target_weights=None, baseline=None, *,
             steps: int = 32, samples: int = 16, noise: float = 0.15, seed: int = 0,
-            batch_size: int = 16) -> Explanation:
-        """Explain ``x`` ([N, ...]); returns attribution, explained targets and the model outputs."""
+            batch_size: int = 16, unit=None, layer: str | None = None, score: str = "softmax",
+            progress=None) -> Explanation:
+        """Explain ``x`` ([N, ...]); returns attribution, explained targets and the model outputs.
+
+        ``unit=("layer", c[, y, x])`` explains one channel/unit of an inner tensor instead of a class
+        (:mod:`onnxplain.featurevis`). ``scorecam``/``ablationcam`` (:mod:`onnxplain.methods.cam_forward`)
+        take ``layer`` (default: the automatic CAM layer), ``score`` (Score-CAM: "softmax" or "logit")
+        and ``progress(done, total)``; their forward passes run ``batch_size`` at a time.
+        """
         x = self.check_input(x)
         n = len(x)
+        if unit is not None:
+            from .featurevis import explain_unit
+
+            if target is not None or target_weights is not None:
+                raise OnnxplainError("give either a unit or a target, not both")
+            attribution, outputs = explain_unit(self, x, method, unit, batch_size)
+            return Explanation(attribution=attribution, target=None, outputs=outputs)
+        if method in FORWARD_CAMS:
+            from .methods import cam_forward
+
+            t = None if target_weights is not None else self.check_target(target, n)
+            attribution, _, chosen, outputs = cam_forward.explain(
+                self, x, method, t, target_weights, layer=layer, batch_size=batch_size, score=score,
+                progress=progress)
+            return Explanation(attribution=attribution, target=chosen, outputs=outputs)
         if target_weights is not None:
             if target is not None:
                 raise OnnxplainError("give either target or target_weights, not both")
