@@ -145,13 +145,17 @@ class ForwardCam:
         self.options = options
         self.channels = None
 
-    def forward(self, x: np.ndarray, mask: np.ndarray, batch_size: int, progress=None, done=0, total=None):
-        """Run the tap graph over rows of (x, mask) in chunks; returns a dict of concatenated outputs."""
-        n = len(x)
+    def forward(self, x: np.ndarray, mask: np.ndarray, batch_size: int):
+        """Run the tap graph on (x, mask) rows; returns a dict of concatenated outputs."""
+        return self.forward_rows(lambda i, j: (x[i:j], mask[i:j]), len(x), batch_size)
+
+    def forward_rows(self, rows, n: int, batch_size: int, progress=None):
+        """Run the tap graph over ``n`` rows made chunk by chunk by ``rows(start, stop) -> (x, mask)``
+        (so that thousands of perturbed inputs never sit in memory at once)."""
         step = self.fixed or max(1, batch_size)
         parts = []
         for i in range(0, n, step):
-            xs, ms = x[i:i + step], mask[i:i + step]
+            xs, ms = rows(i, min(i + step, n))
             k = len(xs)
             if self.fixed and k < step:  # a fixed batch: pad with copies of the last row
                 xs = np.concatenate([xs, np.repeat(xs[-1:], step - k, 0)])
@@ -159,7 +163,9 @@ class ForwardCam:
             res = self.session.run(self.names, {self.x_name: np.ascontiguousarray(xs), MASK: np.ascontiguousarray(ms)})
             parts.append([r[:k] for r in res])
             if progress is not None:
-                progress(done + min(i + step, n), total if total is not None else n)
+                progress(min(i + step, n), n)
+        if not parts:
+            return {name: np.zeros((0,)) for name in self.names}
         return {name: np.concatenate([p[j] for p in parts]) for j, name in enumerate(self.names)}
 
     def channel_count(self, x):
@@ -230,28 +236,36 @@ def explain(explainer, x: np.ndarray, method: str, target: np.ndarray | None, ta
     seed, chosen = _seed(y, fc.options, target, target_weights)
     size = x.shape[-2:]
     weights = np.zeros((n, c), dtype=np.float64)
-    total = n * c
+    # every perturbed pass is one row (item i, channel k); rows of different items share a batch
     if method == "scorecam":
-        use_softmax = score == "softmax"
-        for i in range(n):
-            masks, ok = normalise(upsample(grid[i], size))  # [C, H, W]
-            ks = np.flatnonzero(ok)
-            if len(ks):
-                xi = (x[i][None] * masks[ks][:, None]).astype(x.dtype)  # channels broadcast: [K, Cin, H, W]
-                res = fc.forward(xi, np.ones((len(ks), c), dtype=x.dtype), batch_size, progress, i * c, total)
-                s = _score(res[LOGITS], np.repeat(seed[i:i + 1], len(ks), 0), fc.options, use_softmax)
-                if use_softmax:
-                    weights[i, ks] = s
-                else:
-                    weights[i, ks] = softmax(s, 0)
+        live = grid.max(axis=(2, 3)) > grid.min(axis=(2, 3))  # constant channels have no mask: skipped
+        items, chans = np.nonzero(live)
+
+        def rows(j0, j1):
+            it, ch = items[j0:j1], chans[j0:j1]
+            masks, _ = normalise(upsample(grid[it, ch], size))  # [k, H, W], min-max normalised
+            return (x[it] * masks[:, None]).astype(x.dtype), np.ones((len(it), c), dtype=x.dtype)
+    else:
+        items, chans = np.repeat(np.arange(n), c), np.tile(np.arange(c), n)
+
+        def rows(j0, j1):
+            m = np.ones((j1 - j0, c), dtype=x.dtype)
+            m[np.arange(j1 - j0), chans[j0:j1]] = 0
+            return x[items[j0:j1]], m
+    res = fc.forward_rows(rows, len(items), batch_size, progress)
+    if method == "scorecam":
+        s = _score(res[LOGITS], seed[items], fc.options, score == "softmax") if len(items) else np.zeros(0)
+        if score == "logit":  # a softmax over each item's (live) channels
+            for i in range(n):
+                sel = items == i
+                s[sel] = softmax(s[sel], 0) if sel.any() else s[sel]
+        weights[items, chans] = s
     else:
         y0 = _score(y, seed, fc.options, False)
-        for i in range(n):
-            mask = np.ones((c, c), dtype=x.dtype)
-            np.fill_diagonal(mask, 0)
-            res = fc.forward(np.repeat(x[i:i + 1], c, 0), mask, batch_size, progress, i * c, total)
-            yk = _score(res[LOGITS], np.repeat(seed[i:i + 1], c, 0), fc.options, False)
-            weights[i] = (y0[i] - yk) / y0[i] if y0[i] != 0 else 0.0
+        yk = _score(res[LOGITS], seed[items], fc.options, False)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            w = (y0[items] - yk) / y0[items]
+        weights[items, chans] = np.where(y0[items] != 0, w, 0.0)
     layer_map = cam_map(weights, grid)
     attribution = upsample(layer_map, size)
     outputs = {k: v for k, v in base.items() if k not in (LOGITS, ACT)}
@@ -284,9 +298,9 @@ def reference(model, x: np.ndarray, method: str, layer: str, target: int = -1, s
         w, live = np.zeros(c), np.zeros(c, dtype=bool)
         for k in range(c):
             if method == "scorecam":
-                u = upsample(a[k], xi.shape[-2:])
-                if u.max() == u.min():
+                if a[k].max() == a[k].min():
                     continue
+                u = upsample(a[k], xi.shape[-2:])
                 u = (u - u.min()) / (u.max() - u.min())
                 live[k] = True
                 _, yk = run((xi * u).astype(xi.dtype), np.ones(c, dtype=np.float32))
