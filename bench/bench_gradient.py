@@ -43,7 +43,7 @@ def bench_model(name, model, repeats, ig_steps):
     fwd = make_session(model)
     fns = {"forward": lambda: fwd.run(None, {"input": x})}
     for method in ["gradient", "input_x_gradient", "saliency", "guided_backprop", "deconvnet", "lrp_epsilon",
-                   "lrp_epsilon_plus", "deeplift"]:
+                   "lrp_epsilon_plus", "deeplift", "gradcam", "gradcam_pp", "hirescam", "layercam", "xgradcam"]:
         sess = make_session(onnxplain.build(model, method))
         fns[method] = (lambda s: lambda: s.run(["attribution"], {"input": x}))(sess)
     med = interleaved(fns, repeats)

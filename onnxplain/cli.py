@@ -279,6 +279,16 @@ def _opt_class_axis():
     return typer.Option(None, "--class-axis", help="Class axis of the explained output (default: 1 for 4-D, else last).")
 
 
+def _opt_layer():
+    return typer.Option(None, "--layer", help="CAM methods: the layer to tap, a tensor or node name (default: the "
+                        "automatic choice that `onnxplain inspect` marks).")
+
+
+def _opt_prefix_tokens():
+    return typer.Option(None, "--prefix-tokens", min=0, help="CAM methods on token maps [N, T, D]: tokens before the "
+                        "patch grid (class/register tokens; default: from the shapes).")
+
+
 # ---- commands ------------------------------------------------------------------------------------------
 def _version_callback(value: bool):
     if value:
@@ -317,6 +327,8 @@ def export(
     target_mode: str = typer.Option("class", "--target-mode",
                                     help="class: an int64 'target' input; weights: a 'target_weights' seed tensor."),
     class_axis: Optional[int] = _opt_class_axis(),
+    layer: Optional[str] = _opt_layer(),
+    prefix_tokens: Optional[int] = _opt_prefix_tokens(),
     steps: int = typer.Option(32, "--steps", min=1, help="integrated_gradients: path points."),
     samples: int = typer.Option(16, "--samples", min=1, help="smoothgrad: noisy copies."),
     noise: float = typer.Option(0.15, "--noise", min=0.0, help="smoothgrad: sigma / (max(x) - min(x))."),
@@ -350,7 +362,7 @@ def export(
     before = len(src.graph.node)
     options = Options(input=input, output=output, probabilities=probabilities, target_mode=target_mode,
                       class_axis=class_axis, steps=steps, samples=samples, noise=noise, seed=seed,
-                      rules=_rules_file(rules))
+                      rules=_rules_file(rules), layer=layer, prefix_tokens=prefix_tokens)
     with _status(f"building the {method} graph"):
         graph = build(src, method, options)
     _check_and_save(graph, out, onnx)
@@ -364,6 +376,9 @@ def export(
     explained = meta.get("onnxplain.explained", "?")
     inner = "" if explained in {o.name for o in src.graph.output} | {output} else " (the logits under the Softmax/Sigmoid)"
     typer.echo(f"  explains input '{meta.get('onnxplain.input', '?')}' -> '{explained}'{inner}")
+    if "onnxplain.layer" in meta:
+        grid = meta.get("onnxplain.layer_grid")
+        typer.echo(f"  layer    '{meta['onnxplain.layer']}'" + (f" (tokens: {grid})" if grid else ""))
     typer.echo(f"  nodes    {before} -> {len(graph.graph.node)}")
     inits = {t.name for t in graph.graph.initializer}
     ins = [vi for vi in graph.graph.input if vi.name not in inits or vi.name in ("target", "baseline")]
@@ -455,6 +470,8 @@ def explain(
     output: Optional[str] = _opt_output(),
     probabilities: bool = _opt_prob(),
     class_axis: Optional[int] = _opt_class_axis(),
+    layer: Optional[str] = _opt_layer(),
+    prefix_tokens: Optional[int] = _opt_prefix_tokens(),
     preset: str = typer.Option("raw01", "--preset", help="raw01 (p/255), imagenet, caffe (BGR, mean in 0-255), tf ([-1, 1])."),
     size: Optional[str] = typer.Option(None, "--size", help="Resize to H W (or one int for both); default: the model's."),
     mean: Optional[str] = typer.Option(None, "--mean", help="Per-channel mean, subtracted after --scale (tensor channel order)."),
@@ -495,6 +512,8 @@ def explain(
 
     ex = Explainer(str(model), input=input, output=output, probabilities=probabilities, class_axis=class_axis,
                    rules=_rules_file(rules))
+    if layer is not None or prefix_tokens is not None:
+        ex.options = replace(ex.options, layer=layer, prefix_tokens=prefix_tokens)
     shape = ex.x.shape
     has_images = any(p.suffix.lower() != ".npy" for p in images)
     try:

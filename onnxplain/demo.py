@@ -17,7 +17,7 @@ import numpy as np
 from . import render
 
 METHODS = ("gradient", "saliency", "input_x_gradient", "smoothgrad", "integrated_gradients", "guided_backprop",
-           "deconvnet", "lrp_epsilon_plus", "deeplift")
+           "deconvnet", "lrp_epsilon_plus", "deeplift", "gradcam", "hirescam")
 SEED = 2024
 
 

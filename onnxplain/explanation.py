@@ -26,7 +26,7 @@ from .builder import Builder, np_dtype, rank
 from .canonicalize import Canonical, canonicalize, export_graph, find_logits
 from .errors import OnnxplainError
 
-RESERVED = ("target", "target_weights", "baseline", "attribution", "target_index")
+RESERVED = ("target", "target_weights", "baseline", "attribution", "target_index", "attribution_layer")
 
 
 @dataclass
@@ -44,6 +44,8 @@ class Options:
     noise: float = 0.15  # smoothgrad: sigma / (max(x) - min(x))
     seed: int = 0
     rules: object = None  # a rule-set file (or RuleSet) replacing the method's own rules/<method>.toml
+    layer: str | None = None  # CAM methods: the tapped layer (tensor or node name; default: automatic)
+    prefix_tokens: int | None = None  # CAM methods on token maps: tokens before the patch grid
 
 
 @dataclass
@@ -58,6 +60,8 @@ class Context:
     options: Options
     defaults: dict = field(default_factory=dict)  # input name -> default initializer value
     forward_nodes: list = field(default_factory=list)  # the model's own nodes, before any emission
+    extra_outputs: list = field(default_factory=list)  # (name, tensor, shape) more outputs a head adds
+    meta: dict = field(default_factory=dict)  # more metadata_props a head records (e.g. the CAM layer)
 
     def backward(self, seed=None, x=None, logits=None, nodes=None, rules=None):
         rules = rules or (self.rules("gradient") if self.options.rules else GradientRules())
@@ -164,6 +168,8 @@ def build(model, method: str = "gradient", options: Options | None = None, **kw)
     graph.outputs.append(_named(b, attribution, "attribution", np_dtype(x), shape))
     if chosen is not None:
         graph.outputs.append(_named(b, chosen, "target_index", np.int64, [ctx.x.shape[0] if ctx.x.shape else "batch"]))
+    for name, tensor, tshape in ctx.extra_outputs:
+        graph.outputs.append(_named(b, tensor, name, np_dtype(x), tshape))
     graph.cleanup()
     graph.toposort()
     m = export_graph(graph, can.model)
@@ -175,7 +181,7 @@ def build(model, method: str = "gradient", options: Options | None = None, **kw)
     if m.ir_version < 4:
         m.ir_version = 4  # inputs with default initializers
     meta = {"onnxplain.version": __version__, "onnxplain.method": method, "onnxplain.input": x.name,
-            "onnxplain.explained": logits.name, "onnxplain.target_mode": options.target_mode}
+            "onnxplain.explained": logits.name, "onnxplain.target_mode": options.target_mode, **ctx.meta}
     for k, v in meta.items():
         m.metadata_props.add(key=k, value=v)
     return m

@@ -36,7 +36,10 @@ _YLORRD = np.array([  # 0 .. 1 in 9 steps
 
 def is_signed(method: str) -> bool:
     """Whether a method's maps are signed (diverging colours) or non-negative (sequential)."""
-    return method not in UNSIGNED_METHODS
+    return method not in UNSIGNED_METHODS and method not in RELU_CAMS
+
+
+RELU_CAMS = ("gradcam", "gradcam_pp", "hirescam", "layercam", "xgradcam")  # maps after a ReLU: non-negative
 
 
 def to_2d(attribution: np.ndarray, channel_axis: int = 0) -> np.ndarray:
@@ -44,6 +47,8 @@ def to_2d(attribution: np.ndarray, channel_axis: int = 0) -> np.ndarray:
     a = np.asarray(attribution, dtype=np.float64)
     while a.ndim > 3 and a.shape[0] == 1:
         a = a[0]
+    if a.ndim == 3 and a.shape[0] == 1 and a.shape[channel_axis] != 1:
+        a = a[0]  # a one-channel map [1, H, W] (CAMs) whatever the image layout
     if a.ndim == 3:
         a = a.sum(axis=channel_axis)
     if a.ndim != 2:

@@ -12,3 +12,6 @@ HEADS.update(_LRP_HEADS)
 from .deeplift import HEADS as _DEEPLIFT_HEADS  # noqa: E402
 
 HEADS.update(_DEEPLIFT_HEADS)
+from .cam import HEADS as _CAM_HEADS  # noqa: E402
+
+HEADS.update(_CAM_HEADS)
