@@ -142,3 +142,39 @@ def test_unit_parsing_and_errors():
         ex.explain(x, "lrp_epsilon", unit=("r", 0))
     with pytest.raises(OnnxplainError, match="not both"):
         ex.explain(x, "gradient", target=1, unit=("r", 0))
+
+
+def _skip_model():
+    """x -> conv a -> relu r -> conv b -> Add(b, a) -> GlobalAveragePool -> Flatten -> Gemm: a skip
+    connection around "r"."""
+    rng = np.random.default_rng(2)
+    init = [onnx.numpy_helper.from_array(v.astype(np.float32), k) for k, v in
+            {"Wa": rng.normal(size=(4, 3, 3, 3)), "Wb": rng.normal(size=(4, 4, 3, 3)) / 3,
+             "Wf": rng.normal(size=(5, 4))}.items()]
+    nodes = [helper.make_node("Conv", ["x", "Wa"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["r"]),
+             helper.make_node("Conv", ["r", "Wb"], ["b"], pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["b", "a"], ["s"]),
+             helper.make_node("GlobalAveragePool", ["s"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("Gemm", ["f", "Wf"], ["logits"], transB=1)]
+    g = helper.make_graph(nodes, "skip", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3, 8, 8])],
+                          [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["N", 5])], init)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_ablation_head_only_and_skip_connection_fallback():
+    x = _x(3, seed=5)
+    ex = Explainer(tiny_cnn())
+    fast = ex.run(x, "ablationcam")
+    assert ex._forward_cams[None].head is not None  # Reshape -> Gemm after the layer: the head alone
+    full = cf.explain(ex, x, "ablationcam", np.full(3, -1), fast=False)[1]  # whole passes
+    np.testing.assert_array_equal(fast.outputs["attribution_layer"], full)
+    sk = _skip_model()
+    ex2 = Explainer(sk)
+    res = ex2.run(x, "ablationcam", layer="r")
+    assert ex2._forward_cams["r"].head is None  # Add reads "a" from before "r": whole passes
+    np.testing.assert_array_equal(res.outputs["attribution_layer"], cf.reference(sk, x, "ablationcam", "r"))
+    # the default layer of the skip model (the Add's output) has a head of its own
+    res = ex2.run(x, "ablationcam")
+    np.testing.assert_array_equal(res.outputs["attribution_layer"], cf.reference(sk, x, "ablationcam", None))

@@ -23,6 +23,10 @@ subtracted (it is not in the authors' code either). Map: ``ReLU(sum_k w_k A_k)``
 **Ablation-CAM** (Ramaswamy & Desai, WACV 2020). ``w_k = (y_c - y_c^k) / y_c`` where ``y_c`` is
 the target logit and ``y_c^k`` the same with channel ``k`` of the layer zeroed (in the graph:
 row ``k`` of ``cam_mask`` is one everywhere except a zero at ``k``). Map: ``ReLU(sum_k w_k A_k)``.
+The ablated passes only differ after the layer: when nothing after it reads a tensor from before
+it, they run through the model's head alone (the layer's values from the plain pass as an input:
+the same numbers, a fraction of the cost); else (a skip connection around the layer) whole
+passes. ``y_c = 0`` gives weights 0.
 
 Both return the layer-resolution map ``attribution_layer`` [N, 1, h, w] and its bilinear
 upsampling to the input, ``attribution`` [N, 1, H, W]. With ``target_weights`` the score is
@@ -43,11 +47,17 @@ MASK, LOGITS, ACT = "cam_mask", "cam_logits", "cam_activation"
 
 
 # ---- the tap graph --------------------------------------------------------------------------------
-def tap_graph(model, options, layer: str | None = None):
+def tap_graph(model, options, layer: str | None = None, head_only: bool = False):
     """The model with ``cam_mask`` multiplied into ``layer`` and the extra outputs described above.
 
     ``layer`` None: the automatic choice of :func:`onnxplain.taps.find_tap` (the map feeding the
     pooling/flatten head; for token models see there). Returns (onnx.ModelProto, Tap).
+
+    ``head_only``: only the part of the model after the layer, with the layer itself as an input
+    (named as the layer) beside ``cam_mask`` and ``cam_logits`` as the output; (None, Tap) when
+    that part also reads tensors from before the layer (a skip connection around it). Ablation-CAM
+    runs its C ablated passes through it: the same numbers as whole passes (the layer's values
+    are those of the whole pass), at the cost of the head only.
     """
     import onnx_graphsurgeon as gs
 
@@ -83,6 +93,16 @@ def tap_graph(model, options, layer: str | None = None):
         o.name, o.dtype, o.shape = dst, np_dtype(src), src.shape
         outs.append(o)
     g.outputs = outs
+    if head_only:
+        t.inputs.clear()  # the layer becomes an input: everything before it goes
+        g.inputs = [t, mask]
+        g.outputs = [o for o in outs if o.name == LOGITS]
+        g.cleanup()
+        produced = {o.name for n in g.nodes for o in n.outputs}
+        for node in g.nodes:
+            for i in node.inputs:
+                if isinstance(i, gs.Variable) and i.name and i.name not in produced and i not in g.inputs:
+                    return None, tap
     g.cleanup()
     g.toposort()
     return export_graph(g, can.model), tap
@@ -144,14 +164,31 @@ class ForwardCam:
         self.fixed = explainer.fixed_batch
         self.options = options
         self.channels = None
+        self.head = None  # the head-only graph's session, built for Ablation-CAM when possible
+        self._head_tried = False
+        self._explainer = explainer
+        self._layer = layer
+
+    def head_session(self):
+        if not self._head_tried:
+            from ..session import make_session
+
+            self._head_tried = True
+            m, _ = tap_graph(self._explainer.canonical.model, self.options, self._layer, head_only=True)
+            if m is not None:
+                self.head = make_session(m, self._explainer.providers)
+        return self.head
 
     def forward(self, x: np.ndarray, mask: np.ndarray, batch_size: int):
         """Run the tap graph on (x, mask) rows; returns a dict of concatenated outputs."""
         return self.forward_rows(lambda i, j: (x[i:j], mask[i:j]), len(x), batch_size)
 
-    def forward_rows(self, rows, n: int, batch_size: int, progress=None):
-        """Run the tap graph over ``n`` rows made chunk by chunk by ``rows(start, stop) -> (x, mask)``
-        (so that thousands of perturbed inputs never sit in memory at once)."""
+    def forward_rows(self, rows, n: int, batch_size: int, progress=None, session=None, x_name=None):
+        """Run the tap graph (or ``session``, fed ``x_name``) over ``n`` rows made chunk by chunk by
+        ``rows(start, stop) -> (x, mask)`` (thousands of perturbed inputs never sit in memory at once)."""
+        session = session or self.session
+        names = [o.name for o in session.get_outputs()]
+        x_name = x_name or self.x_name
         step = self.fixed or max(1, batch_size)
         parts = []
         for i in range(0, n, step):
@@ -160,13 +197,13 @@ class ForwardCam:
             if self.fixed and k < step:  # a fixed batch: pad with copies of the last row
                 xs = np.concatenate([xs, np.repeat(xs[-1:], step - k, 0)])
                 ms = np.concatenate([ms, np.repeat(ms[-1:], step - k, 0)])
-            res = self.session.run(self.names, {self.x_name: np.ascontiguousarray(xs), MASK: np.ascontiguousarray(ms)})
+            res = session.run(names, {x_name: np.ascontiguousarray(xs), MASK: np.ascontiguousarray(ms)})
             parts.append([r[:k] for r in res])
             if progress is not None:
                 progress(min(i + step, n), n)
         if not parts:
-            return {name: np.zeros((0,)) for name in self.names}
-        return {name: np.concatenate([p[j] for p in parts]) for j, name in enumerate(self.names)}
+            return {name: np.zeros((0,)) for name in names}
+        return {name: np.concatenate([p[j] for p in parts]) for j, name in enumerate(names)}
 
     def channel_count(self, x):
         if self.channels is None:
@@ -210,7 +247,7 @@ def _score(y: np.ndarray, seed: np.ndarray, options, use_softmax: bool) -> np.nd
 
 
 def explain(explainer, x: np.ndarray, method: str, target: np.ndarray | None, target_weights=None, *,
-            layer: str | None = None, batch_size: int = 64, score: str = "softmax", progress=None):
+            layer: str | None = None, batch_size: int = 64, score: str = "softmax", progress=None, fast: bool = True):
     """Score-CAM / Ablation-CAM for ``x``; returns (attribution, layer map, targets, model outputs)."""
     if method not in METHODS:
         raise OnnxplainError(f"unknown forward CAM '{method}' (choose from: {', '.join(METHODS)})")
@@ -237,6 +274,7 @@ def explain(explainer, x: np.ndarray, method: str, target: np.ndarray | None, ta
     size = x.shape[-2:]
     weights = np.zeros((n, c), dtype=np.float64)
     # every perturbed pass is one row (item i, channel k); rows of different items share a batch
+    head = None
     if method == "scorecam":
         live = grid.max(axis=(2, 3)) > grid.min(axis=(2, 3))  # constant channels have no mask: skipped
         items, chans = np.nonzero(live)
@@ -247,12 +285,15 @@ def explain(explainer, x: np.ndarray, method: str, target: np.ndarray | None, ta
             return (x[it] * masks[:, None]).astype(x.dtype), np.ones((len(it), c), dtype=x.dtype)
     else:
         items, chans = np.repeat(np.arange(n), c), np.tile(np.arange(c), n)
+        head = fc.head_session() if fast else None
+        src = base[ACT] if head is not None else x  # the head alone re-runs from the layer's values
 
         def rows(j0, j1):
             m = np.ones((j1 - j0, c), dtype=x.dtype)
             m[np.arange(j1 - j0), chans[j0:j1]] = 0
-            return x[items[j0:j1]], m
-    res = fc.forward_rows(rows, len(items), batch_size, progress)
+            return src[items[j0:j1]], m
+    res = fc.forward_rows(rows, len(items), batch_size, progress, session=head,
+                          x_name=fc.tap.name if head is not None else None)
     if method == "scorecam":
         s = _score(res[LOGITS], seed[items], fc.options, score == "softmax") if len(items) else np.zeros(0)
         if score == "logit":  # a softmax over each item's (live) channels
