@@ -271,3 +271,75 @@ def test_inspect_shows_the_cam_choice():
         cam = describe(model)["cam_candidates"]
         assert [c["tensor"] for c in cam if c["default"]] == [expected]
         assert find_tap(canonicalize(model)).name == expected
+
+
+# ---- command line -----------------------------------------------------------------------------------
+def _invoke(*args):
+    from typer.testing import CliRunner
+
+    from onnxplain.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_cli_export_layer_and_prefix_tokens(tmp_path):
+    out = tmp_path / "vit.gradcam.onnx"
+    res = _invoke("export", ZOO / "vit_ts17.onnx", "-m", "layercam", "-o", out, "--layer", VIT_BLOCK0,
+                  "--prefix-tokens", "1")
+    assert res.exit_code == 0, res.output
+    assert f"layer    '{VIT_BLOCK0}' (tokens: 1 prefix tokens + 4x4)" in res.output
+    m = onnx.load(str(out))
+    onnx.checker.check_model(m, full_check=True)
+    assert [o.name for o in m.graph.output][-1] == "attribution_layer"
+    res = _invoke("export", ZOO / "resnet_ts13.onnx", "-m", "gradcam", "-o", tmp_path / "r.onnx", "--layer", "nope")
+    assert res.exit_code == 2 and "nope" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "r.onnx").exists()
+
+
+def test_cli_explain_renders_cam_overlays(tmp_path):
+    from onnxplain.data import make_shapes
+
+    images, _, _ = make_shapes(1, seed=3)
+    np.save(tmp_path / "s.npy", images[0])
+    res = _invoke("explain", DEMO, tmp_path / "s.npy", "-m", "gradcam", "-m", "guided_gradcam", "-d", tmp_path / "out",
+                  "--layer", "/features/features.17/Relu_output_0")
+    assert res.exit_code == 0, res.output
+    cam = np.load(tmp_path / "out" / "s.gradcam.npy")
+    assert cam.shape == (1, 64, 64) and cam.min() >= 0 and cam.max() > 0
+    assert np.load(tmp_path / "out" / "s.guided_gradcam.npy").shape == (3, 64, 64)
+    for name in ("s.gradcam.png", "s.guided_gradcam.png", "comparison.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 0
+
+
+def test_cli_inspect_marks_the_cam_default():
+    res = _invoke("inspect", ZOO / "vit_ts17.onnx")
+    assert res.exit_code == 0, res.output
+    star = [ln for ln in res.output.splitlines() if ln.strip().startswith("*")]
+    assert len(star) == 1 and "/blocks/blocks.1/norm1/LayerNormalization_output_0" in star[0]
+
+
+def _zoo_classifiers():
+    import json
+
+    entries = json.loads((ZOO / "manifest.json").read_text())
+    return [e for e in entries if len(e["input_shape"]) == 4 and e["family"] != "segnet" and not e["file"].startswith("hw_")]
+
+
+@pytest.mark.parametrize("entry", _zoo_classifiers(), ids=lambda e: e["file"])
+def test_every_zoo_image_classifier_gets_an_automatic_layer(entry):
+    model = _model(str(ZOO / entry["file"]))
+    x = np.random.default_rng(0).normal(size=entry["input_shape"]).astype(np.float32)
+    for method in ("gradcam", "gradcam_pp"):
+        m = onnxplain.build(model, method)
+        onnx.checker.check_model(m, full_check=True)
+        att, lay = make_session(m).run(["attribution", "attribution_layer"], {entry["input"]: x})
+        assert att.shape == (x.shape[0], 1, *x.shape[2:]) and lay.shape[:2] == (x.shape[0], 1)
+        assert np.isfinite(att).all() and att.min() >= 0
+
+
+def test_renderer_copes_with_one_channel_maps():
+    from onnxplain import render
+
+    assert render.to_2d(np.ones((1, 5, 6)), channel_axis=2).shape == (5, 6)  # [1, H, W] in an NHWC run
+    assert render.to_2d(np.ones((1, 5, 6)), channel_axis=0).shape == (5, 6)
+    assert not render.is_signed("gradcam") and not render.is_signed("hirescam") and render.is_signed("guided_gradcam")
