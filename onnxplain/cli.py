@@ -572,7 +572,8 @@ def explain(
                 x = np.stack([it.tensor for it in items[s:e]])
                 with _running(f"running {m}"):
                     res = ex.run(x, m, target=target, steps=steps, samples=samples, noise=noise, seed=seed,
-                                 batch_size=batch_size, baseline=baseline, unit=unit)
+                                 batch_size=batch_size, baseline=baseline, unit=unit,
+                                 progress=(lambda d, t, m=m: bar(description=f"{m} ({d}/{t} passes)")))
                 for k, i in enumerate(range(s, e)):
                     a = res.attribution[k]
                     results[m][i] = a
