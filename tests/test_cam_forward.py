@@ -178,3 +178,34 @@ def test_ablation_head_only_and_skip_connection_fallback():
     # the default layer of the skip model (the Add's output) has a head of its own
     res = ex2.run(x, "ablationcam")
     np.testing.assert_array_equal(res.outputs["attribution_layer"], cf.reference(sk, x, "ablationcam", None))
+
+
+def test_cli_forward_cams_and_unit(tmp_path):
+    from typer.testing import CliRunner
+
+    from onnxplain.cli import app
+
+    runner = CliRunner()
+    mp = tmp_path / "m.onnx"
+    onnx.save_model(tiny_cnn(), str(mp))
+    x = _x(1, seed=6)
+    np.save(tmp_path / "a.npy", x[0])
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["explain", str(mp), str(tmp_path / "a.npy"), "-m", "scorecam", "-m", "ablationcam",
+                            "-d", str(out)])
+    assert r.exit_code == 0, r.output
+    ex = Explainer(tiny_cnn())
+    for m in ("scorecam", "ablationcam"):
+        np.testing.assert_allclose(np.load(out / f"a.{m}.npy"), ex.explain(x, m)[0], rtol=1e-6)
+    r = runner.invoke(app, ["explain", str(mp), str(tmp_path / "a.npy"), "-m", "deconvnet", "--unit", "r:1:2:3",
+                            "-d", str(out)])
+    assert r.exit_code == 0, r.output
+    np.testing.assert_allclose(np.load(out / "a.deconvnet.npy"), ex.explain(x, "deconvnet", unit=("r", 1, 2, 3))[0],
+                               rtol=1e-6)
+    for bad, msg in ((["--unit", "r:9"], "out of range"), (["--unit", "r:1", "-t", "0"], "not both"),
+                     (["--unit", "r"], "LAYER:CHANNEL")):
+        r = runner.invoke(app, ["explain", str(mp), str(tmp_path / "a.npy"), "-m", "gradient", *bad,
+                                "-d", str(tmp_path / "o2")])
+        assert r.exit_code != 0 and msg in r.output, r.output
+    r = runner.invoke(app, ["export", str(mp), "-m", "scorecam", "-o", str(tmp_path / "x.onnx")])
+    assert r.exit_code != 0 and "onnxplain explain" in r.output
