@@ -4,6 +4,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import helper
+from oracle import check_vjp, run_ref, to_float64
 
 from models import tiny_cnn
 from onnxplain import Explainer
@@ -11,7 +12,6 @@ from onnxplain.errors import OnnxplainError
 from onnxplain.featurevis import parse_unit, unit_weights
 from onnxplain.methods import cam_forward as cf
 from onnxplain.session import make_session
-from oracle import check_vjp, run_ref, to_float64
 
 
 def _x(n=3, seed=0):
