@@ -209,3 +209,19 @@ def test_cli_forward_cams_and_unit(tmp_path):
         assert r.exit_code != 0 and msg in r.output, r.output
     r = runner.invoke(app, ["export", str(mp), "-m", "scorecam", "-o", str(tmp_path / "x.onnx")])
     assert r.exit_code != 0 and "onnxplain explain" in r.output
+
+
+@pytest.mark.parametrize("name", ["vit_ts17.onnx", "vit_dynamo18.onnx", "resnet_ts13.onnx"])
+@pytest.mark.parametrize("method", cf.METHODS)
+def test_zoo_models_token_maps_and_fixed_batch(name, method):
+    """Token maps [N, T, D] (class token dropped, 4x4 grid), a fixed-batch-1 ViT, a ResNet."""
+    import os
+
+    model = onnx.load(os.path.join(os.path.dirname(__file__), "zoo", name))
+    dims = [d.dim_value or 2 for d in model.graph.input[0].type.tensor_type.shape.dim]
+    x = np.random.default_rng(0).normal(size=[2, *dims[1:]]).astype(np.float32)
+    ex = Explainer(model)
+    res = ex.run(x, method, batch_size=5)
+    ref = cf.reference(model, x, method, None)
+    np.testing.assert_array_equal(res.outputs["attribution_layer"], ref)
+    assert res.attribution.shape == (2, 1, *x.shape[2:]) and ref.max() > 0
