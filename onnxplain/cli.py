@@ -203,10 +203,11 @@ def _status(message: str):
 
 
 def _methods():
-    from .explainer import FORWARD_CAMS
+    from .explainer import FORWARD_CAMS, SUPERPIXEL
     from .methods import HEADS
 
-    return {**HEADS, **dict.fromkeys(FORWARD_CAMS)}  # forward CAMs are driven from Python, not graph heads
+    # forward CAMs and the superpixel methods are driven from Python, not graph heads
+    return {**HEADS, **dict.fromkeys(FORWARD_CAMS), **dict.fromkeys(SUPERPIXEL)}
 
 
 def _opt_rules():
@@ -221,6 +222,21 @@ def _rules_file(path: Optional[Path]) -> Optional[str]:
 
     load_ruleset(path)
     return str(path)
+
+
+def _superpixel_params(segmentation: str, n_segments: Optional[int], fill: str) -> dict:
+    """Explainer.run keywords of lime/kernelshap from the CLI options."""
+    params = {"segmentation": segmentation}
+    if n_segments is not None:
+        if segmentation != "slic":
+            raise OnnxplainError("--n-segments applies to --segmentation slic")
+        params["n_segments"] = n_segments
+    if fill != "mean":
+        try:
+            params["fill"] = float(fill)
+        except ValueError:
+            raise OnnxplainError(f"--fill must be 'mean' or a number, not '{fill}'") from None
+    return params
 
 
 def _check_method(method: str) -> str:
@@ -343,9 +359,9 @@ def export(
 
     t0 = time.perf_counter()
     _check_method(method)
-    from .explainer import FORWARD_CAMS
+    from .explainer import FORWARD_CAMS, SUPERPIXEL
 
-    if method in FORWARD_CAMS:
+    if method in FORWARD_CAMS or method in SUPERPIXEL:
         raise OnnxplainError(f"{method} runs many forward passes from Python and has no single explanation graph; "
                              "use `onnxplain explain` (or Explainer) for it")
     if target_mode not in ("class", "weights"):
@@ -481,9 +497,17 @@ def explain(
     scale: Optional[str] = typer.Option(None, "--scale", help="Pixel multiplier, e.g. 1/255 (default: the preset's)."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="Text file with one class name per line."),
     steps: int = typer.Option(32, "--steps", min=1, help="integrated_gradients: path points."),
-    samples: int = typer.Option(16, "--samples", min=1, help="smoothgrad: noisy copies."),
+    samples: Optional[int] = typer.Option(None, "--samples", min=1,
+                                          help="smoothgrad: noisy copies (16); lime: perturbed samples (1000); "
+                                               "kernelshap: coalitions (2048)."),
     noise: float = typer.Option(0.15, "--noise", min=0.0, help="smoothgrad: sigma / (max(x) - min(x))."),
-    seed: int = typer.Option(0, "--seed", help="smoothgrad: noise seed."),
+    seed: int = typer.Option(0, "--seed", help="smoothgrad: noise seed; lime, kernelshap: sampling seed."),
+    segmentation: str = typer.Option("slic", "--segmentation",
+                                     help="lime, kernelshap: superpixels by slic, quickshift or felzenszwalb."),
+    n_segments: Optional[int] = typer.Option(None, "--n-segments", min=1,
+                                             help="lime, kernelshap with slic: about how many superpixels (50)."),
+    fill: str = typer.Option("mean", "--fill", help="lime, kernelshap: hidden superpixels get their mean colour "
+                             "('mean') or this value (tensor space)."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Items per onnxruntime call."),
     alpha: float = typer.Option(0.75, "--alpha", min=0.0, max=1.0, help="Heatmap opacity at full strength."),
     shared_scale: bool = typer.Option(False, "--shared-scale", help="One colour scale per grid row (all methods)."),
@@ -529,15 +553,16 @@ def explain(
         ex.check_input(it.tensor[None])
     if target is not None:
         ex.check_target(target, 1)
-    from .explainer import FORWARD_CAMS, LOOPED
+    from .explainer import FORWARD_CAMS, LOOPED, SUPERPIXEL
 
+    superpixel = _superpixel_params(segmentation, n_segments, fill)
     if unit is not None:
         from .featurevis import check_cli_unit
 
         unit = check_cli_unit(ex, methods, unit, target)
     with _status("building explanation graphs"):
         for m in methods:  # unsupported ops etc. surface here, before anything is written
-            if unit is None and m not in FORWARD_CAMS:
+            if unit is None and m not in FORWARD_CAMS and m not in SUPERPIXEL:
                 ex.graph("gradient" if m in LOOPED else m, "class")
 
     out_dir = Path(out_dir)
@@ -573,7 +598,8 @@ def explain(
                 with _running(f"running {m}"):
                     res = ex.run(x, m, target=target, steps=steps, samples=samples, noise=noise, seed=seed,
                                  batch_size=batch_size, baseline=baseline, unit=unit,
-                                 progress=(lambda d, t, m=m: bar(description=f"{m} ({d}/{t} passes)")))
+                                 progress=(lambda d, t, m=m: bar(description=f"{m} ({d}/{t} passes)")),
+                                 **(superpixel if m in SUPERPIXEL else {}))
                 for k, i in enumerate(range(s, e)):
                     a = res.attribution[k]
                     results[m][i] = a

@@ -14,6 +14,7 @@ from .session import make_session
 
 LOOPED = ("integrated_gradients", "smoothgrad", "smoothgrad_sq")  # driven from Python over the gradient graph
 FORWARD_CAMS = ("scorecam", "ablationcam")  # forward passes only, driven from Python (methods/cam_forward.py)
+SUPERPIXEL = ("lime", "kernelshap")  # black-box, over superpixels (methods/lime.py)
 
 
 @dataclass
@@ -112,16 +113,24 @@ class Explainer:
         return {name: np.concatenate([p[j] for p in parts]) for j, name in enumerate(names)}
 
     def run(self, x, method: str = "gradient", target=None, target_weights=None, baseline=None, *,
-            steps: int = 32, samples: int = 16, noise: float = 0.15, seed: int = 0,
+            steps: int = 32, samples: int | None = None, noise: float = 0.15, seed: int = 0,
             batch_size: int = 16, unit=None, layer: str | None = None, score: str = "softmax",
-            progress=None) -> Explanation:
+            progress=None, **params) -> Explanation:
         """Explain ``x`` ([N, ...]); returns attribution, explained targets and the model outputs.
 
         ``unit=("layer", c[, y, x])`` explains one channel/unit of an inner tensor instead of a class
         (:mod:`onnxplain.featurevis`). ``scorecam``/``ablationcam`` (:mod:`onnxplain.methods.cam_forward`)
         take ``layer`` (default: the automatic CAM layer), ``score`` (Score-CAM: "softmax" or "logit")
         and ``progress(done, total)``; their forward passes run ``batch_size`` at a time.
+
+        ``lime``/``kernelshap`` (:mod:`onnxplain.methods.lime`) take ``samples`` (default 1000 /
+        2048; smoothgrad's default is 16), ``seed``, ``progress`` and the keywords ``segmentation``
+        ("slic", "quickshift", "felzenszwalb"), ``segments`` (explicit labels), ``fill`` ("mean" or
+        a number), ``kernel_width`` (LIME, 0.25), ``alpha`` (LIME's ridge) and the segmentation's own
+        parameters (``n_segments``, ``compactness``, ``kernel_size``, ``scale``, ...).
         """
+        if params and method not in SUPERPIXEL:
+            raise OnnxplainError(f"unexpected options for {method}: {', '.join(sorted(params))}")
         x = self.check_input(x)
         n = len(x)
         if unit is not None:
@@ -138,6 +147,13 @@ class Explainer:
             attribution, _, chosen, outputs = cam_forward.explain(
                 self, x, method, t, target_weights, layer=layer, batch_size=batch_size, score=score,
                 progress=progress)
+            return Explanation(attribution=attribution, target=chosen, outputs=outputs)
+        if method in SUPERPIXEL:
+            from .methods import lime
+
+            attribution, chosen, outputs = lime.explain(
+                self, x, method, self.check_target(target, n), target_weights, samples=samples,
+                seed=seed, batch_size=batch_size, progress=progress, **params)
             return Explanation(attribution=attribution, target=chosen, outputs=outputs)
         if target_weights is not None:
             if target is not None:
@@ -160,7 +176,7 @@ class Explainer:
             copies = [interpolate(x[i], base[i], alphas[:-1]) for i in range(n)]
         else:
             rng = np.random.default_rng(seed)
-            copies = [noisy(x[i], samples, noise, rng) for i in range(n)]
+            copies = [noisy(x[i], 16 if samples is None else samples, noise, rng) for i in range(n)]
         attribution = np.empty_like(x)
         for i, c in enumerate(copies):
             k = len(c)

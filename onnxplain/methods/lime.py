@@ -1,0 +1,297 @@
+"""Black-box explanations over superpixels: LIME and KernelSHAP, driven from Python.
+
+Both explain one image at a time through :class:`onnxplain.driver.Driver` (batched forward
+passes of perturbed copies; fixed-batch-1 models handled there) and share:
+
+**Superpixels.** The input item is turned into an HWC float image (channels on axis 1 of the
+input, NCHW, by default; ``channel_axis=-1``/3 of the Explainer: NHWC), min-max scaled to [0, 1],
+and segmented with scikit-image: ``"slic"`` (default; ``n_segments`` 50, ``compactness`` 10,
+``sigma`` 1), ``"quickshift"`` (``kernel_size`` 4 scaled down below 64 px, ``max_dist`` 200,
+``ratio`` 0.2, as in the LIME code) or ``"felzenszwalb"`` (``scale`` 100 scaled by image size,
+``sigma`` 0.5, ``min_size`` 1/400 of the image). ``segments=`` ([H, W] or [N, H, W] integer
+labels) skips the segmentation. Labels are renumbered 0..K-1.
+
+**Perturbations.** A binary vector ``z`` over the K superpixels keeps the superpixels with
+``z_k = 1`` and fills the others: ``fill="mean"`` (default) with the superpixel's own mean
+colour (per channel), or a number.
+
+**LIME** (Ribeiro, Singh & Guestrin, KDD 2016). ``samples`` vectors (default 1000; the first is
+all ones, as in the authors' code; each other one hides a uniformly drawn number 1..K of
+uniformly drawn superpixels), seeded by ``seed``. Each sample is weighted by the exponential
+kernel ``sqrt(exp(-d^2 / kernel_width^2))`` of its cosine distance ``d`` to the all-ones vector;
+``kernel_width`` defaults to 0.25, the value of the authors' image explainer
+(``lime_image.LimeImageExplainer(kernel_width=.25)``). The explanation is the weighted ridge fit
+(scikit-learn ``Ridge(alpha=alpha)``, ``alpha`` 1 as in the authors' code, with an intercept) of
+the scores on ``z``.
+
+**KernelSHAP** (Lundberg & Lee, NeurIPS 2017). Shapley kernel ``pi(z) = (K-1) / (C(K,|z|) |z|
+(K-|z|))``. When ``2^K - 2 <= samples`` every coalition is enumerated with its exact weight;
+otherwise ``samples`` coalitions are drawn (coalition size ``s`` with probability proportional to
+``(K-1)/(s(K-s))``, then a uniform subset of that size), each with weight 1 (a Monte-Carlo
+estimate of the same weighted regression). The empty and full coalitions are enforced exactly by
+the constrained solve: ``phi_0 = f(all hidden)``, ``sum_k phi_k = f(x) - f(all hidden)``
+(efficiency), the last weight eliminated and the rest a weighted least-squares fit.
+
+Output: ``attribution`` [N, 1, H, W] (each pixel carries its superpixel's weight); in
+``outputs``: ``segments`` [N, H, W] (int64), ``superpixel_weights`` [N, Kmax] (float64; zero past
+an item's own K), ``intercept`` [N] (LIME: the ridge intercept; KernelSHAP: f(all hidden)),
+``score`` [N] (f(x), the explained score of the unperturbed input) and the model's own outputs.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..errors import OnnxplainError
+
+METHODS = ("lime", "kernelshap")
+SEGMENTATIONS = ("slic", "quickshift", "felzenszwalb")
+
+
+# ---- images and superpixels -----------------------------------------------------------------------
+def to_image(item: np.ndarray, channel_axis: int = 1) -> np.ndarray:
+    """One input item (no batch axis) as an HWC float64 image scaled to [0, 1].
+
+    ``channel_axis`` refers to the batched input ([N, C, H, W]: 1; [N, H, W, C]: -1 or 3); an item
+    of rank 2 is a one-channel image."""
+    a = np.asarray(item, dtype=np.float64)
+    if a.ndim == 2:
+        a = a[..., None]
+    elif a.ndim == 3:
+        a = np.moveaxis(a, channel_axis % 4 - 1, -1)
+    else:
+        raise OnnxplainError(f"superpixel methods explain images; an item has shape {list(item.shape)}")
+    lo, hi = a.min(), a.max()
+    return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+
+
+def segment(image: np.ndarray, method: str = "slic", **params) -> np.ndarray:
+    """Superpixels of an HWC image in [0, 1]: an [H, W] int64 label map numbered 0..K-1."""
+    from skimage import segmentation as seg
+
+    h, w, c = image.shape
+    size = min(h, w)
+    if method == "slic":
+        kw = dict(n_segments=50, compactness=10.0, sigma=1.0, start_label=0)
+        kw.update(params)
+        labels = seg.slic(image, channel_axis=-1, **kw)
+    elif method == "quickshift":
+        rgb = image if c == 3 else np.repeat(image[..., :1], 3, axis=-1)  # quickshift works in Lab/RGB
+        kw = dict(kernel_size=max(1.0, min(4.0, size / 16)), max_dist=200.0, ratio=0.2)
+        kw.update(params)
+        labels = seg.quickshift(rgb, channel_axis=-1, **kw)
+    elif method == "felzenszwalb":
+        kw = dict(scale=100.0 * size / 224, sigma=0.5, min_size=max(1, h * w // 400))
+        kw.update(params)
+        labels = seg.felzenszwalb(image, channel_axis=-1, **kw)
+    else:
+        raise OnnxplainError(f"unknown segmentation '{method}' (choose from: {', '.join(SEGMENTATIONS)})")
+    return relabel(labels)
+
+
+def relabel(labels: np.ndarray) -> np.ndarray:
+    """Labels renumbered 0..K-1 (in order of first value)."""
+    _, inv = np.unique(np.asarray(labels), return_inverse=True)
+    return inv.reshape(np.shape(labels)).astype(np.int64)
+
+
+def _spatial(x_item: np.ndarray, channel_axis: int):
+    """(H, W, axis of channels in the item or None) of one input item."""
+    if x_item.ndim == 2:
+        return x_item.shape[0], x_item.shape[1], None
+    if x_item.ndim != 3:
+        raise OnnxplainError(f"superpixel methods explain images; an item has shape {list(x_item.shape)}")
+    ax = channel_axis % 4 - 1
+    hw = [d for i, d in enumerate(x_item.shape) if i != ax]
+    return hw[0], hw[1], ax
+
+
+class Perturber:
+    """Makes perturbed copies of one item from binary vectors over its superpixels."""
+
+    def __init__(self, item: np.ndarray, segments: np.ndarray, fill, channel_axis: int):
+        self.item = item
+        self.segments = segments
+        self.k = int(segments.max()) + 1
+        h, w, ax = _spatial(item, channel_axis)
+        self.ax = ax
+        # the item as [C, H, W]
+        chw = item[None] if ax is None else np.moveaxis(item, ax, 0)
+        if fill is None or (isinstance(fill, str) and fill == "mean"):
+            flat = chw.reshape(chw.shape[0], -1).astype(np.float64)
+            lab = segments.reshape(-1)
+            counts = np.bincount(lab, minlength=self.k)
+            means = np.stack([np.bincount(lab, weights=ch, minlength=self.k) for ch in flat]) / np.maximum(counts, 1)
+            filled = means[:, segments]  # [C, H, W]
+        elif isinstance(fill, str):
+            raise OnnxplainError(f"fill must be 'mean' or a number, not '{fill}'")
+        else:
+            filled = np.broadcast_to(np.asarray(fill, dtype=np.float64), chw.shape)
+        self.filled = (filled if ax is None else np.moveaxis(filled, 0, ax)).astype(item.dtype)
+        if ax is None:
+            self.filled = self.filled[0] if self.filled.ndim == 3 else self.filled
+
+    def __call__(self, z: np.ndarray) -> np.ndarray:
+        """[S, K] binary -> [S, *item.shape] perturbed items."""
+        keep = z.astype(bool)[:, self.segments]  # [S, H, W]
+        if self.ax is not None:
+            keep = np.expand_dims(keep, self.ax + 1)
+        return np.where(keep, self.item[None], self.filled[None]).astype(self.item.dtype)
+
+
+# ---- sampling and fitting -------------------------------------------------------------------------
+def lime_samples(k: int, n: int, rng) -> np.ndarray:
+    """[n, k] binary: the first all ones; each other hides 1..k uniformly drawn superpixels."""
+    z = np.ones((n, k), dtype=np.int8)
+    for i in range(1, n):
+        off = rng.choice(k, size=rng.integers(1, k + 1), replace=False)
+        z[i, off] = 0
+    return z
+
+
+def lime_kernel(z: np.ndarray, width: float) -> np.ndarray:
+    """sqrt(exp(-d^2 / width^2)), d the cosine distance of each row of z to the all-ones vector."""
+    z = z.astype(np.float64)
+    norm = np.linalg.norm(z, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos = np.where(norm > 0, z.sum(axis=1) / (norm * math.sqrt(z.shape[1])), 0.0)
+    d = 1.0 - cos
+    return np.sqrt(np.exp(-(d ** 2) / width ** 2))
+
+
+def lime_fit(z: np.ndarray, y: np.ndarray, weights: np.ndarray, alpha: float = 1.0):
+    """Weighted ridge regression (scikit-learn); returns (coefficients [K], intercept)."""
+    from sklearn.linear_model import Ridge
+
+    model = Ridge(alpha=alpha, fit_intercept=True)
+    model.fit(z.astype(np.float64), y, sample_weight=weights)
+    return model.coef_.astype(np.float64), float(model.intercept_)
+
+
+def shapley_kernel(k: int, s) -> np.ndarray:
+    """pi for coalitions of size s (0 < s < k): (k-1) / (C(k,s) s (k-s))."""
+    s = np.asarray(s)
+    comb = np.array([math.comb(k, int(v)) for v in s.ravel()], dtype=np.float64).reshape(s.shape)
+    return (k - 1) / (comb * s * (k - s))
+
+
+def shap_samples(k: int, n: int, rng):
+    """(z [S, k] binary, weights [S]) without the empty and full coalitions: all of them with
+    their exact kernel weights when 2^k - 2 <= n, else n drawn by the kernel (weights 1)."""
+    if k < 2:
+        return np.zeros((0, k), dtype=np.int8), np.zeros(0)
+    if k < 31 and 2 ** k - 2 <= n:
+        codes = np.arange(1, 2 ** k - 1, dtype=np.int64)
+        z = ((codes[:, None] >> np.arange(k)) & 1).astype(np.int8)
+        return z, shapley_kernel(k, z.sum(axis=1))
+    sizes = np.arange(1, k)
+    p = (k - 1) / (sizes * (k - sizes))
+    p = p / p.sum()
+    z = np.zeros((n, k), dtype=np.int8)
+    for i, s in enumerate(rng.choice(sizes, size=n, p=p)):
+        z[i, rng.choice(k, size=s, replace=False)] = 1
+    return z, np.ones(n)
+
+
+def shap_fit(z: np.ndarray, y: np.ndarray, weights: np.ndarray, f_full: float, f_empty: float) -> np.ndarray:
+    """Shapley values phi [K] with phi_0 = f_empty and sum(phi) = f_full - f_empty enforced:
+    the last weight is eliminated and the rest fitted by weighted least squares."""
+    k = z.shape[1]
+    total = f_full - f_empty
+    if k == 1 or len(z) == 0:
+        return np.full(k, total / max(k, 1))
+    z = z.astype(np.float64)
+    a = z[:, :-1] - z[:, -1:]
+    b = y - f_empty - z[:, -1] * total
+    sw = np.sqrt(weights)
+    phi, *_ = np.linalg.lstsq(a * sw[:, None], b * sw, rcond=None)
+    return np.append(phi, total - phi.sum())
+
+
+# ---- the driver -----------------------------------------------------------------------------------
+def _segments_for(x, segments, segmentation, seg_params, channel_axis):
+    n = len(x)
+    if segments is not None:
+        s = np.asarray(segments)
+        if not np.issubdtype(s.dtype, np.integer):
+            raise OnnxplainError(f"segments must be integer labels, got {s.dtype}")
+        if s.ndim == 2:
+            s = np.broadcast_to(s, (n, *s.shape))
+        h, w, _ = _spatial(x[0], channel_axis)
+        if s.shape != (n, h, w):
+            raise OnnxplainError(f"segments must have shape [{h}, {w}] or [{n}, {h}, {w}], got {list(s.shape)}")
+        return [relabel(si) for si in s]
+    return [segment(to_image(xi, channel_axis), segmentation, **seg_params) for xi in x]
+
+
+def explain(explainer, x: np.ndarray, method: str, target: np.ndarray | None, target_weights=None, *,
+            segmentation: str = "slic", segments=None, samples: int | None = None, fill="mean", seed: int = 0,
+            kernel_width: float = 0.25, alpha: float = 1.0, batch_size: int | None = None, progress=None,
+            **seg_params):
+    """LIME / KernelSHAP for ``x`` [N, ...]; returns (attribution [N,1,H,W], targets, outputs)."""
+    from ..driver import SCORE, Driver
+
+    if method not in METHODS:
+        raise OnnxplainError(f"unknown superpixel method '{method}' (choose from: {', '.join(METHODS)})")
+    if target_weights is not None:
+        raise OnnxplainError(f"{method} explains one class per item; target weights are not supported")
+    if segmentation not in SEGMENTATIONS:
+        raise OnnxplainError(f"unknown segmentation '{segmentation}' (choose from: {', '.join(SEGMENTATIONS)})")
+    samples = (1000 if method == "lime" else 2048) if samples is None else int(samples)
+    if samples < 1:
+        raise OnnxplainError(f"samples must be at least 1, got {samples}")
+    if kernel_width <= 0:
+        raise OnnxplainError(f"kernel_width must be positive, got {kernel_width}")
+    drivers = explainer.__dict__.setdefault("_drivers", {})
+    if "driver" not in drivers:
+        o = explainer.options
+        drivers["driver"] = Driver(explainer.canonical, output=o.output, probabilities=o.probabilities,
+                                   providers=explainer.providers, input=o.input, class_axis=o.class_axis)
+    drv = drivers["driver"]
+    channel_axis = explainer.options.channel_axis
+    n = len(x)
+    segs = _segments_for(x, segments, segmentation, seg_params, channel_axis)
+    base = drv.outputs(x, batch_size)
+    y = drv.per_class(base[SCORE])
+    t = np.full(n, -1, dtype=np.int64) if target is None else np.asarray(target, dtype=np.int64)
+    chosen = np.where(t < 0, y.argmax(axis=1), t).astype(np.int64)
+    f_x = y[np.arange(n), chosen]
+    kmax = max(int(s.max()) + 1 for s in segs)
+    weights = np.zeros((n, kmax), dtype=np.float64)
+    intercept = np.zeros(n, dtype=np.float64)
+    attribution = np.zeros((n, 1, *segs[0].shape), dtype=x.dtype)
+    rng = np.random.default_rng(seed)
+    zs = []
+    for i in range(n):
+        k = int(segs[i].max()) + 1
+        if method == "lime":
+            zs.append((lime_samples(k, samples, rng), None))
+        else:
+            z, w = shap_samples(k, samples, rng)
+            zs.append((np.concatenate([z, np.zeros((1, k), np.int8)]), w))  # + the empty coalition
+    total = sum(len(z) for z, _ in zs)
+    done = [0]
+    for i in range(n):
+        pert = Perturber(x[i], segs[i], fill, channel_axis)
+        z, w = zs[i]
+        offset = done[0]
+
+        def report(d, _t, offset=offset):
+            if progress is not None:
+                progress(offset + d, total)
+
+        s = drv.score_rows(lambda a, b: pert(z[a:b]), len(z), int(chosen[i]), batch_size, report)
+        done[0] += len(z)
+        k = z.shape[1]
+        if method == "lime":
+            coef, icpt = lime_fit(z, s, lime_kernel(z, kernel_width), alpha)
+        else:
+            icpt = float(s[-1])  # f(all hidden)
+            coef = shap_fit(z[:-1], s[:-1], w, float(f_x[i]), icpt)
+        weights[i, :k] = coef
+        intercept[i] = icpt
+        attribution[i, 0] = coef[segs[i]].astype(x.dtype)
+    outputs = {k: v for k, v in base.items() if k != SCORE}
+    outputs.update(segments=np.stack(segs), superpixel_weights=weights, intercept=intercept, score=f_x)
+    return attribution, chosen, outputs
