@@ -203,11 +203,11 @@ def _status(message: str):
 
 
 def _methods():
-    from .explainer import FORWARD_CAMS, SUPERPIXEL
+    from .explainer import BLACKBOX, FORWARD_CAMS, SUPERPIXEL
     from .methods import HEADS
 
     # forward CAMs and the superpixel methods are driven from Python, not graph heads
-    return {**HEADS, **dict.fromkeys(FORWARD_CAMS), **dict.fromkeys(SUPERPIXEL)}
+    return {**HEADS, **dict.fromkeys(FORWARD_CAMS), **dict.fromkeys(SUPERPIXEL), **dict.fromkeys(BLACKBOX)}
 
 
 def _opt_rules():
@@ -237,6 +237,20 @@ def _superpixel_params(segmentation: str, n_segments: Optional[int], fill: str) 
         except ValueError:
             raise OnnxplainError(f"--fill must be 'mean' or a number, not '{fill}'") from None
     return params
+
+
+def _blackbox_params(window: int, stride: Optional[int], fill: str, blur: Optional[float], n_masks: int,
+                     cells: int) -> dict:
+    """Explainer.run keywords of occlusion and rise from the CLI options."""
+    occ = {"window": window, "stride": stride, "blur": blur}
+    if fill != "mean":
+        try:
+            occ["fill"] = float(fill)
+        except ValueError:
+            raise OnnxplainError(f"--fill must be 'mean' or a number, not '{fill}'") from None
+    else:
+        occ["fill"] = "mean"
+    return {"occlusion": occ, "rise": {"n_masks": n_masks, "cells": cells}}
 
 
 def _check_method(method: str) -> str:
@@ -359,9 +373,9 @@ def export(
 
     t0 = time.perf_counter()
     _check_method(method)
-    from .explainer import FORWARD_CAMS, SUPERPIXEL
+    from .explainer import BLACKBOX, FORWARD_CAMS, SUPERPIXEL
 
-    if method in FORWARD_CAMS or method in SUPERPIXEL:
+    if method in FORWARD_CAMS or method in SUPERPIXEL or method in BLACKBOX:
         raise OnnxplainError(f"{method} runs many forward passes from Python and has no single explanation graph; "
                              "use `onnxplain explain` (or Explainer) for it")
     if target_mode not in ("class", "weights"):
@@ -507,7 +521,13 @@ def explain(
     n_segments: Optional[int] = typer.Option(None, "--n-segments", min=1,
                                              help="lime, kernelshap with slic: about how many superpixels (50)."),
     fill: str = typer.Option("mean", "--fill", help="lime, kernelshap: hidden superpixels get their mean colour "
-                             "('mean') or this value (tensor space)."),
+                             "('mean') or this value (tensor space); occlusion: patches likewise (item mean)."),
+    window: int = typer.Option(8, "--window", min=1, help="occlusion: patch size in pixels."),
+    stride: Optional[int] = typer.Option(None, "--stride", min=1, help="occlusion: patch step (default: --window)."),
+    blur: Optional[float] = typer.Option(None, "--blur", min=0.0, help="occlusion: patches show the image blurred "
+                                         "with this Gaussian sigma instead of --fill."),
+    n_masks: int = typer.Option(2000, "--n-masks", min=1, help="rise: random masks."),
+    cells: int = typer.Option(7, "--cells", min=1, help="rise: mask grid cells per side."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Items per onnxruntime call."),
     alpha: float = typer.Option(0.75, "--alpha", min=0.0, max=1.0, help="Heatmap opacity at full strength."),
     shared_scale: bool = typer.Option(False, "--shared-scale", help="One colour scale per grid row (all methods)."),
@@ -553,16 +573,17 @@ def explain(
         ex.check_input(it.tensor[None])
     if target is not None:
         ex.check_target(target, 1)
-    from .explainer import FORWARD_CAMS, LOOPED, SUPERPIXEL
+    from .explainer import BLACKBOX, FORWARD_CAMS, LOOPED, SUPERPIXEL
 
     superpixel = _superpixel_params(segmentation, n_segments, fill)
+    blackbox = _blackbox_params(window, stride, fill, blur, n_masks, cells)
     if unit is not None:
         from .featurevis import check_cli_unit
 
         unit = check_cli_unit(ex, methods, unit, target)
     with _status("building explanation graphs"):
         for m in methods:  # unsupported ops etc. surface here, before anything is written
-            if unit is None and m not in FORWARD_CAMS and m not in SUPERPIXEL:
+            if unit is None and m not in FORWARD_CAMS and m not in SUPERPIXEL and m not in BLACKBOX:
                 ex.graph("gradient" if m in LOOPED else m, "class")
 
     out_dir = Path(out_dir)
@@ -599,7 +620,7 @@ def explain(
                     res = ex.run(x, m, target=target, steps=steps, samples=samples, noise=noise, seed=seed,
                                  batch_size=batch_size, baseline=baseline, unit=unit,
                                  progress=(lambda d, t, m=m: bar(description=f"{m} ({d}/{t} passes)")),
-                                 **(superpixel if m in SUPERPIXEL else {}))
+                                 **(superpixel if m in SUPERPIXEL else blackbox.get(m, {})))
                 for k, i in enumerate(range(s, e)):
                     a = res.attribution[k]
                     results[m][i] = a

@@ -195,3 +195,26 @@ class Driver:
         """The explained scalar of each row of ``xs`` [M, ...] (see the module docstring)."""
         xs = np.asarray(xs)
         return self.score_rows(lambda i, j: xs[i:j], len(xs), target, batch_size, progress)
+
+
+def for_explainer(explainer) -> Driver:
+    """The Explainer's shared driver (built once; the black-box methods all use it)."""
+    drivers = explainer.__dict__.setdefault("_drivers", {})
+    if "driver" not in drivers:
+        o = explainer.options
+        drivers["driver"] = Driver(explainer.canonical, output=o.output, probabilities=o.probabilities,
+                                   providers=explainer.providers, input=o.input, class_axis=o.class_axis)
+    return drivers["driver"]
+
+
+def class_scores(drv: Driver, y: np.ndarray, targets: np.ndarray, score: str = "logit") -> np.ndarray:
+    """Row scores from the explained tensor ``y`` [M, ...] at ``targets`` [M] (resolved, >= 0):
+    ``score="softmax"`` takes the softmax over the classes first (unless the driver already explains
+    probabilities), ``"logit"`` the value itself. float64 [M]."""
+    if score not in ("softmax", "logit"):
+        raise OnnxplainError(f"score must be 'softmax' or 'logit', not '{score}'")
+    z = drv.per_class(y)
+    if score == "softmax" and not drv.probabilities:
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        z = e / e.sum(axis=1, keepdims=True)
+    return z[np.arange(len(z)), targets]

@@ -15,6 +15,7 @@ from .session import make_session
 LOOPED = ("integrated_gradients", "smoothgrad", "smoothgrad_sq")  # driven from Python over the gradient graph
 FORWARD_CAMS = ("scorecam", "ablationcam")  # forward passes only, driven from Python (methods/cam_forward.py)
 SUPERPIXEL = ("lime", "kernelshap")  # black-box, over superpixels (methods/lime.py)
+BLACKBOX = ("occlusion", "rise")  # black-box, sliding patches / random masks (methods/occlusion.py, rise.py)
 
 
 @dataclass
@@ -128,8 +129,14 @@ class Explainer:
         ("slic", "quickshift", "felzenszwalb"), ``segments`` (explicit labels), ``fill`` ("mean" or
         a number), ``kernel_width`` (LIME, 0.25), ``alpha`` (LIME's ridge) and the segmentation's own
         parameters (``n_segments``, ``compactness``, ``kernel_size``, ``scale``, ...).
+
+        ``occlusion`` (:mod:`onnxplain.methods.occlusion`) takes ``window``, ``stride``, ``fill`` (a number
+        or "mean") and ``blur`` (a Gaussian sigma: blurred patches instead of ``fill``); ``rise``
+        (:mod:`onnxplain.methods.rise`) takes ``n_masks``, ``cells``, ``p`` and ``seed``. Both take
+        ``score`` ("softmax" or "logit") and ``progress``; their forward passes are batched by
+        :class:`onnxplain.driver.Driver` (the largest batch that fits, up to 64; ``batch_size`` is not used).
         """
-        if params and method not in SUPERPIXEL:
+        if params and method not in SUPERPIXEL + BLACKBOX:
             raise OnnxplainError(f"unexpected options for {method}: {', '.join(sorted(params))}")
         x = self.check_input(x)
         n = len(x)
@@ -147,6 +154,15 @@ class Explainer:
             attribution, _, chosen, outputs = cam_forward.explain(
                 self, x, method, t, target_weights, layer=layer, batch_size=batch_size, score=score,
                 progress=progress)
+            return Explanation(attribution=attribution, target=chosen, outputs=outputs)
+        if method in BLACKBOX:
+            from .methods import occlusion, rise
+
+            mod = occlusion if method == "occlusion" else rise
+            extra = {"seed": seed} if method == "rise" else {}
+            attribution, chosen, outputs = mod.explain(
+                self, x, self.check_target(target, n), target_weights, score=score, progress=progress,
+                **extra, **params)
             return Explanation(attribution=attribution, target=chosen, outputs=outputs)
         if method in SUPERPIXEL:
             from .methods import lime

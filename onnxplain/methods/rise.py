@@ -1,0 +1,97 @@
+"""RISE (Petsiuk, Das & Saenko, BMVC 2018): Randomized Input Sampling for Explanation.
+
+``n_masks`` random binary grids of ``cells`` x ``cells`` (each cell on with probability ``p``)
+are upsampled bilinearly to ``(cells + 1) * cell`` pixels per axis, ``cell = ceil(H / cells)``
+(likewise W), shifted by a random offset in ``[0, cell)`` per axis and cropped to H x W: smooth
+masks in [0, 1] whose cell borders fall anywhere. Each item is multiplied by each mask (all
+channels alike) and scored through :class:`onnxplain.driver.Driver`; the saliency is the
+score-weighted mean of the masks,
+
+    S = sum_i score_i * mask_i / (n_masks * p).
+
+The upsampling is bilinear with half-pixel centres and clamped edges (ONNX ``Resize`` linear,
+as :func:`onnxplain.methods.cam_forward.upsample`). Score: the target's softmax probability
+(``score="softmax"``, default, as in the paper) or its logit (``"logit"``); with
+``probabilities=True`` the explained output itself. ``seed`` fixes the masks (the same masks for
+every item of a call); masks are made chunk by chunk, never all at once. Output: ``[N, 1, H, W]``
+(NCHW) or ``[N, H, W, 1]`` (NHWC).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..errors import OnnxplainError
+from .cam_forward import _interp_matrix
+from .occlusion import spatial_axes
+
+CHUNK = 256  # masks per driver call (the driver batches inside)
+
+
+class Masks:
+    """The RISE masks of one seed, made on demand: ``masks[i:j]`` -> float64 [j - i, H, W]."""
+
+    def __init__(self, n: int, size, cells: int = 7, p: float = 0.5, seed: int = 0):
+        if n < 1:
+            raise OnnxplainError(f"n_masks must be at least 1, got {n}")
+        if cells < 1:
+            raise OnnxplainError(f"cells must be at least 1, got {cells}")
+        if not 0 < p <= 1:
+            raise OnnxplainError(f"p must be in (0, 1], got {p}")
+        rng = np.random.default_rng(seed)
+        h, w = size
+        self.n, self.size, self.p = n, (h, w), p
+        self.grids = (rng.random((n, cells, cells)) < p).astype(np.float64)
+        ch, cw = math.ceil(h / cells), math.ceil(w / cells)
+        self.shifts = np.stack([rng.integers(0, ch, n), rng.integers(0, cw, n)], axis=1)
+        self.mh = _interp_matrix((cells + 1) * ch, cells)  # [(cells+1)*ch, cells]
+        self.mw = _interp_matrix((cells + 1) * cw, cells)
+
+    def __getitem__(self, sl: slice) -> np.ndarray:
+        h, w = self.size
+        i, j, _ = sl.indices(self.n)
+        out = np.empty((j - i, h, w), dtype=np.float64)
+        for q, r in enumerate(range(i, j)):
+            dy, dx = self.shifts[r]
+            out[q] = self.mh[dy:dy + h] @ self.grids[r] @ self.mw[dx:dx + w].T
+        return out
+
+
+def explain(explainer, x: np.ndarray, target: np.ndarray | None, target_weights=None, *, n_masks: int = 2000,
+            cells: int = 7, p: float = 0.5, seed: int = 0, score: str = "softmax", batch_size: int | None = None,
+            progress=None, **unknown):
+    """RISE saliency for ``x`` [N, ...]; returns (attribution, targets, model outputs)."""
+    from ..driver import SCORE, class_scores, for_explainer
+
+    if unknown:
+        raise OnnxplainError(f"unexpected options for rise: {', '.join(sorted(unknown))}")
+    if target_weights is not None:
+        raise OnnxplainError("RISE explains one class per item; target weights are not supported")
+    drv = for_explainer(explainer)
+    axes = spatial_axes(x, explainer.options.channel_axis)
+    c = explainer.options.channel_axis % 4
+    h, w = x.shape[axes[0]], x.shape[axes[1]]
+    masks = Masks(int(n_masks), (h, w), int(cells), float(p), seed)
+    n = len(x)
+    base = drv.outputs(x, batch_size)
+    z = drv.per_class(base[SCORE])
+    t = np.full(n, -1, dtype=np.int64) if target is None else np.asarray(target, dtype=np.int64)
+    chosen = np.where(t < 0, z.argmax(axis=1), t).astype(np.int64)
+    sal = np.zeros((n, h, w), dtype=np.float64)
+    total, done = n * masks.n, 0
+    for i0 in range(0, masks.n, CHUNK):
+        m = masks[i0:i0 + CHUNK]  # [k, H, W]
+        mk = np.expand_dims(m, c).astype(x.dtype)  # channel axis of size 1 for broadcasting
+        for item in range(n):
+            def rows(a, b, item=item):
+                return x[item:item + 1] * mk[a:b]
+
+            prog = None if progress is None else (lambda d, _t, base_done=done: progress(base_done + d, total))
+            y = drv.outputs_rows(rows, len(m), batch_size, prog)[SCORE]
+            s = class_scores(drv, y, np.full(len(m), chosen[item]), score)
+            sal[item] += np.tensordot(s, m, axes=1)
+            done += len(m)
+    attribution = np.expand_dims(sal / (masks.n * masks.p), c).astype(x.dtype)
+    outputs = {k: v for k, v in base.items() if k != SCORE}
+    return attribution, chosen, outputs
