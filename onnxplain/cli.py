@@ -203,11 +203,12 @@ def _status(message: str):
 
 
 def _methods():
-    from .explainer import BLACKBOX, FORWARD_CAMS, SUPERPIXEL
+    from .explainer import BLACKBOX, FORWARD_CAMS, PERTURBATION, SUPERPIXEL
     from .methods import HEADS
 
     # forward CAMs and the superpixel methods are driven from Python, not graph heads
-    return {**HEADS, **dict.fromkeys(FORWARD_CAMS), **dict.fromkeys(SUPERPIXEL), **dict.fromkeys(BLACKBOX)}
+    return {**HEADS, **dict.fromkeys(FORWARD_CAMS), **dict.fromkeys(SUPERPIXEL), **dict.fromkeys(BLACKBOX),
+            **dict.fromkeys(PERTURBATION)}
 
 
 def _opt_rules():
@@ -240,7 +241,7 @@ def _superpixel_params(segmentation: str, n_segments: Optional[int], fill: str) 
 
 
 def _blackbox_params(window: int, stride: Optional[int], fill: str, blur: Optional[float], n_masks: int,
-                     cells: int) -> dict:
+                     cells: int, iterations: int = 300, area: float = 0.1) -> dict:
     """Explainer.run keywords of occlusion and rise from the CLI options."""
     occ = {"window": window, "stride": stride, "blur": blur}
     if fill != "mean":
@@ -250,7 +251,9 @@ def _blackbox_params(window: int, stride: Optional[int], fill: str, blur: Option
             raise OnnxplainError(f"--fill must be 'mean' or a number, not '{fill}'") from None
     else:
         occ["fill"] = "mean"
-    return {"occlusion": occ, "rise": {"n_masks": n_masks, "cells": cells}}
+    pert = {"iterations": iterations} if blur is None else {"iterations": iterations, "blur": blur}
+    return {"occlusion": occ, "rise": {"n_masks": n_masks, "cells": cells}, "meaningful_perturbation": pert,
+            "extremal_perturbation": {**pert, "area": area}}
 
 
 def _check_method(method: str) -> str:
@@ -373,9 +376,9 @@ def export(
 
     t0 = time.perf_counter()
     _check_method(method)
-    from .explainer import BLACKBOX, FORWARD_CAMS, SUPERPIXEL
+    from .explainer import BLACKBOX, FORWARD_CAMS, PERTURBATION, SUPERPIXEL
 
-    if method in FORWARD_CAMS or method in SUPERPIXEL or method in BLACKBOX:
+    if method in FORWARD_CAMS or method in SUPERPIXEL or method in BLACKBOX + PERTURBATION:
         raise OnnxplainError(f"{method} runs many forward passes from Python and has no single explanation graph; "
                              "use `onnxplain explain` (or Explainer) for it")
     if target_mode not in ("class", "weights"):
@@ -528,6 +531,9 @@ def explain(
                                          "with this Gaussian sigma instead of --fill."),
     n_masks: int = typer.Option(2000, "--n-masks", min=1, help="rise: random masks."),
     cells: int = typer.Option(7, "--cells", min=1, help="rise: mask grid cells per side."),
+    iterations: int = typer.Option(300, "--iterations", min=0, help="meaningful/extremal_perturbation: Adam steps "
+                                   "(--blur: their blur sigma, default 10)."),
+    area: float = typer.Option(0.1, "--area", min=0.0, max=1.0, help="extremal_perturbation: fraction kept."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Items per onnxruntime call."),
     alpha: float = typer.Option(0.75, "--alpha", min=0.0, max=1.0, help="Heatmap opacity at full strength."),
     shared_scale: bool = typer.Option(False, "--shared-scale", help="One colour scale per grid row (all methods)."),
@@ -573,17 +579,17 @@ def explain(
         ex.check_input(it.tensor[None])
     if target is not None:
         ex.check_target(target, 1)
-    from .explainer import BLACKBOX, FORWARD_CAMS, LOOPED, SUPERPIXEL
+    from .explainer import BLACKBOX, FORWARD_CAMS, LOOPED, PERTURBATION, SUPERPIXEL
 
     superpixel = _superpixel_params(segmentation, n_segments, fill)
-    blackbox = _blackbox_params(window, stride, fill, blur, n_masks, cells)
+    blackbox = _blackbox_params(window, stride, fill, blur, n_masks, cells, iterations, area)
     if unit is not None:
         from .featurevis import check_cli_unit
 
         unit = check_cli_unit(ex, methods, unit, target)
     with _status("building explanation graphs"):
         for m in methods:  # unsupported ops etc. surface here, before anything is written
-            if unit is None and m not in FORWARD_CAMS and m not in SUPERPIXEL and m not in BLACKBOX:
+            if unit is None and m not in FORWARD_CAMS and m not in SUPERPIXEL and m not in BLACKBOX + PERTURBATION:
                 ex.graph("gradient" if m in LOOPED else m, "class")
 
     out_dir = Path(out_dir)

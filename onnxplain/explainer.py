@@ -16,6 +16,7 @@ LOOPED = ("integrated_gradients", "smoothgrad", "smoothgrad_sq")  # driven from 
 FORWARD_CAMS = ("scorecam", "ablationcam")  # forward passes only, driven from Python (methods/cam_forward.py)
 SUPERPIXEL = ("lime", "kernelshap")  # black-box, over superpixels (methods/lime.py)
 BLACKBOX = ("occlusion", "rise")  # black-box, sliding patches / random masks (methods/occlusion.py, rise.py)
+PERTURBATION = ("meaningful_perturbation", "extremal_perturbation")  # masks optimised over the gradient graph
 
 
 @dataclass
@@ -135,8 +136,12 @@ class Explainer:
         (:mod:`onnxplain.methods.rise`) takes ``n_masks``, ``cells``, ``p`` and ``seed``. Both take
         ``score`` ("softmax" or "logit") and ``progress``; their forward passes are batched by
         :class:`onnxplain.driver.Driver` (the largest batch that fits, up to 64; ``batch_size`` is not used).
+
+        ``meaningful_perturbation``/``extremal_perturbation`` (:mod:`onnxplain.methods.perturbation`) take
+        ``iterations``, ``lr``, ``mask_size``, ``blur``, ``l1``, ``tv``, ``beta``, ``area``, ``area_weight``,
+        ``jitter``, ``seed``, ``score`` and ``progress``.
         """
-        if params and method not in SUPERPIXEL + BLACKBOX:
+        if params and method not in SUPERPIXEL + BLACKBOX + PERTURBATION:
             raise OnnxplainError(f"unexpected options for {method}: {', '.join(sorted(params))}")
         x = self.check_input(x)
         n = len(x)
@@ -163,6 +168,13 @@ class Explainer:
             attribution, chosen, outputs = mod.explain(
                 self, x, self.check_target(target, n), target_weights, score=score, progress=progress,
                 **extra, **params)
+            return Explanation(attribution=attribution, target=chosen, outputs=outputs)
+        if method in PERTURBATION:
+            from .methods import perturbation
+
+            attribution, chosen, outputs = perturbation.explain(
+                self, x, self.check_target(target, n), target_weights, method=method, score=score, seed=seed,
+                progress=progress, **params)
             return Explanation(attribution=attribution, target=chosen, outputs=outputs)
         if method in SUPERPIXEL:
             from .methods import lime

@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 PERCENTILE = 99.5
-UNSIGNED_METHODS = ("saliency", "smoothgrad_sq", "scorecam", "ablationcam", "rise")
+UNSIGNED_METHODS = ("saliency", "smoothgrad_sq", "scorecam", "ablationcam", "rise", "meaningful_perturbation",
+                    "extremal_perturbation")
 
 _RDBU_R = np.array([  # -1 .. +1 in 11 steps: dark blue, ..., near-white, ..., dark red
     (5, 48, 97), (33, 102, 172), (67, 147, 195), (146, 197, 222), (209, 229, 240), (247, 247, 247),
