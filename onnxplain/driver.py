@@ -18,7 +18,6 @@ On CUDA (:func:`onnxplain.session.cuda_usable`) the session uses the CUDA provid
 from __future__ import annotations
 
 import numpy as np
-import onnx
 
 from .errors import OnnxplainError
 

@@ -55,6 +55,17 @@ def spatial_axes(x: np.ndarray, channel_axis: int) -> tuple[int, int]:
     return a[0], a[1]
 
 
+def start(explainer, x: np.ndarray, method: str, target_weights, unknown: dict):
+    """The checks every perturbation method begins with; returns (the shared driver, the spatial axes)."""
+    from ..driver import for_explainer
+
+    if unknown:
+        raise OnnxplainError(f"unexpected options for {method}: {', '.join(sorted(unknown))}")
+    if target_weights is not None:
+        raise OnnxplainError(f"{method} explains one class per item; target weights are not supported")
+    return for_explainer(explainer), spatial_axes(x, explainer.options.channel_axis)
+
+
 def windows(h: int, w: int, window, stride):
     """The list of (y0, y1, x0, x1) windows, row-major."""
     wh, ww = _pair(window, "window")
@@ -91,14 +102,9 @@ def explain(explainer, x: np.ndarray, target: np.ndarray | None, target_weights=
             fill=0.0, blur: float | None = None, score: str = "softmax", batch_size: int | None = None,
             progress=None, **unknown):
     """Occlusion maps for ``x`` [N, ...]; returns (attribution, targets, model outputs)."""
-    from ..driver import SCORE, class_scores, for_explainer
+    from ..driver import SCORE, class_scores
 
-    if unknown:
-        raise OnnxplainError(f"unexpected options for occlusion: {', '.join(sorted(unknown))}")
-    if target_weights is not None:
-        raise OnnxplainError("occlusion explains one class per item; target weights are not supported")
-    drv = for_explainer(explainer)
-    axes = spatial_axes(x, explainer.options.channel_axis)
+    drv, axes = start(explainer, x, "occlusion", target_weights, unknown)
     h, w = x.shape[axes[0]], x.shape[axes[1]]
     stride = window if stride is None else stride
     wins = windows(h, w, window, stride)

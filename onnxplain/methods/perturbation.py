@@ -47,7 +47,7 @@ import numpy as np
 
 from ..errors import OnnxplainError
 from .cam_forward import _interp_matrix
-from .occlusion import fill_source, spatial_axes
+from .occlusion import fill_source, spatial_axes, start
 
 METHODS = ("meaningful_perturbation", "extremal_perturbation")
 
@@ -194,10 +194,7 @@ def explain(explainer, x: np.ndarray, target: np.ndarray | None, target_weights=
     """Perturbation masks for ``x`` [N, ...]; returns (attribution, targets, model outputs)."""
     from ..driver import SCORE, class_scores
 
-    if unknown:
-        raise OnnxplainError(f"unexpected options for {method}: {', '.join(sorted(unknown))}")
-    if target_weights is not None:
-        raise OnnxplainError(f"{method} explains one class per item; target weights are not supported")
+    drv, _ = start(explainer, x, method, target_weights, unknown)
     iterations, jitter = int(iterations), int(jitter)
     if iterations < 0:
         raise OnnxplainError(f"iterations must be non-negative, got {iterations}")
@@ -205,10 +202,6 @@ def explain(explainer, x: np.ndarray, target: np.ndarray | None, target_weights=
         raise OnnxplainError(f"jitter must be non-negative, got {jitter}")
     if not lr > 0:
         raise OnnxplainError(f"lr must be positive, got {lr}")
-    from ..driver import for_explainer
-
-    drv = for_explainer(explainer)
-    spatial_axes(x, explainer.options.channel_axis)
     n = len(x)
     base = drv.outputs(x, batch_size)
     z = drv.per_class(base[SCORE])

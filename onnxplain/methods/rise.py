@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import OnnxplainError
 from .cam_forward import _interp_matrix
-from .occlusion import spatial_axes
+from .occlusion import start
 
 CHUNK = 256  # masks per driver call (the driver batches inside)
 
@@ -62,14 +62,9 @@ def explain(explainer, x: np.ndarray, target: np.ndarray | None, target_weights=
             cells: int = 7, p: float = 0.5, seed: int = 0, score: str = "softmax", batch_size: int | None = None,
             progress=None, **unknown):
     """RISE saliency for ``x`` [N, ...]; returns (attribution, targets, model outputs)."""
-    from ..driver import SCORE, class_scores, for_explainer
+    from ..driver import SCORE, class_scores
 
-    if unknown:
-        raise OnnxplainError(f"unexpected options for rise: {', '.join(sorted(unknown))}")
-    if target_weights is not None:
-        raise OnnxplainError("RISE explains one class per item; target weights are not supported")
-    drv = for_explainer(explainer)
-    axes = spatial_axes(x, explainer.options.channel_axis)
+    drv, axes = start(explainer, x, "rise", target_weights, unknown)
     c = explainer.options.channel_axis % 4
     h, w = x.shape[axes[0]], x.shape[axes[1]]
     masks = Masks(int(n_masks), (h, w), int(cells), float(p), seed)
