@@ -215,6 +215,15 @@ def test_batching_invariance_on_a_cnn():
         np.testing.assert_allclose(big.scores, one.scores, rtol=1e-6, atol=1e-7)
 
 
+def test_steps_beyond_units_and_no_images():
+    drv = Driver(linear_model(np.ones((1, 1, 4, 4))))
+    x = np.ones((1, 1, 4, 4), np.float32)
+    c = deletion(drv, x, np.zeros((1, 4, 4)), [0], steps=1000, score="logit")  # at most one step per pixel
+    np.testing.assert_allclose(c.scores[0], 16 - np.arange(17), atol=1e-5)
+    empty = region_perturbation(drv, np.ones((0, 1, 4, 4), np.float32), np.zeros((0, 4, 4)), [], region=2)
+    assert empty.scores.shape == (0, 5) and aopc(empty).shape == (0,) and empty.auc().shape == (0,)
+
+
 def test_progress_counts_rows():
     drv = Driver(linear_model(np.ones((1, 1, 4, 4))))
     seen = []

@@ -67,8 +67,13 @@ def _check(x, heatmap, target):
     t = np.asarray(target)
     if t.ndim == 0:
         t = np.full(len(x), t)
-    if t.shape != (len(x),) or not np.issubdtype(t.dtype, np.integer) or np.any(t < 0):
-        raise OnnxplainError(f"target must be {len(x)} class indices >= 0 (one per image), got {t.tolist()}")
+    if t.size == 0:
+        t = t.astype(np.int64)
+    if t.shape != (len(x),) or not np.issubdtype(t.dtype, np.integer):
+        raise OnnxplainError(f"target must be {len(x)} integer class indices (one per image), "
+                             f"got {t.dtype} of shape {list(t.shape)}")
+    if np.any(t < 0):
+        raise OnnxplainError(f"target must be resolved class indices >= 0, got {int(t.min())}")
     return x, h, t.astype(np.int64)
 
 
@@ -156,18 +161,22 @@ def _curve(drv, x, ranks, counts, other, target, insert, score, batch_size, prog
         r = np.arange(i, j)
         img, k = r // k1, r % k1
         hit = ranks[img] < counts[k][:, None, None]
-        return np.where(hit[:, None], swap[img], keep[img]).astype(np.float32)
+        return np.where(hit[:, None], swap[img], keep[img]).astype(np.float32, copy=False)
 
+    fraction = counts / counts[-1]
+    if n == 0:
+        return Curve(fraction=fraction, scores=np.zeros((0, k1)))
     total = n * k1
     tt = np.repeat(target, k1)
     if score == "logit":
         s = drv.score_rows(rows, total, tt, batch_size=batch_size, progress=progress)
     else:
         y = drv.outputs_rows(rows, total, batch_size=batch_size, progress=progress)[SCORE]
-        if len(y) and np.any(tt >= drv.per_class(y).shape[1]):
-            raise OnnxplainError(f"target out of range: the model has {drv.per_class(y).shape[1]} classes")
+        classes = drv.per_class(y).shape[1]
+        if np.any(tt >= classes):
+            raise OnnxplainError(f"target out of range: the model has {classes} classes")
         s = class_scores(drv, y, tt, "softmax")
-    return Curve(fraction=counts / counts[-1], scores=np.asarray(s, dtype=np.float64).reshape(n, k1))
+    return Curve(fraction=fraction, scores=np.asarray(s, dtype=np.float64).reshape(n, k1))
 
 
 def region_perturbation(drv, x, heatmap, target, *, region: int = 8, order: str = "morf", steps=None,
