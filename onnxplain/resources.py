@@ -18,6 +18,7 @@ from .errors import OnnxplainError
 
 DEMO_MODEL = ("models", "demo", "shapes_cnn.onnx")
 DEMO_CARD = ("models", "demo", "MODEL_CARD.md")
+SHUFFLED_MODEL = ("models", "demo", "shapes_cnn_shuffled.onnx")  # trained on shuffled labels
 
 _stack = contextlib.ExitStack()
 atexit.register(_stack.close)
@@ -65,13 +66,18 @@ def models_dir() -> Path | None:
     return find("models")
 
 
-def demo_model() -> Path:
+def demo_model(parts=DEMO_MODEL) -> Path:
     """The shipped demo classifier; a one-line error when it is missing from this install."""
-    path = find(*DEMO_MODEL)
+    path = find(*parts)
     if path is None or not path.is_file():
-        raise OnnxplainError("the demo model models/demo/shapes_cnn.onnx is not part of this installation "
+        raise OnnxplainError(f"the demo model {'/'.join(parts)} is not part of this installation "
                              "(looked inside the onnxplain package and in the source checkout)")
     return path
+
+
+def shuffled_model() -> Path:
+    """The demo architecture trained on shuffled labels (data-randomisation sanity check)."""
+    return demo_model(SHUFFLED_MODEL)
 
 
 def demo_card() -> Path | None:
