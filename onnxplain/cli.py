@@ -752,6 +752,9 @@ def evaluate_cmd(
                                                   "the shipped one)."),
     region: int = typer.Option(8, "--region", min=1, help="Region perturbation: region side in pixels."),
     steps: int = typer.Option(64, "--steps", min=1, help="Perturbation curves: points after the first."),
+    fill: str = typer.Option("mean", "--fill", help="Pixel flipping and region perturbation: perturbed pixels "
+                             "take the image's channel mean ('mean'), uniform noise ('uniform'), a blurred copy "
+                             "('blur') or a number."),
     radius: float = typer.Option(0.02, "--radius", min=0.0, help="Max-sensitivity: noise bound, a fraction of "
                                  "the image's value range."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Items per onnxruntime call when explaining."),
@@ -794,8 +797,13 @@ def evaluate_cmd(
     else:
         wanted = [m for m in E.METRICS if not (m in E.LOCALISATION and masks is None)
                   and not (m == "data_randomisation" and shuffled_model is None)]
-    settings = E.Settings(n_sanity=n_sanity, region=region, steps=steps, radius=radius, batch_size=batch_size,
-                          seed=seed)
+    if fill not in ("mean", "uniform", "blur"):
+        try:
+            fill = float(fill)
+        except ValueError:
+            raise OnnxplainError(f"--fill must be mean, uniform, blur or a number, not '{fill}'") from None
+    settings = E.Settings(n_sanity=n_sanity, region=region, steps=steps, fill=fill, radius=radius,
+                          batch_size=batch_size, seed=seed)
     t0 = time.perf_counter()
     with _running("evaluating"):
         from .metrics.sanity import weight_layers

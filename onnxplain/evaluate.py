@@ -51,7 +51,7 @@ class Column:
 COLUMNS = (
     Column("seconds", None, "s/img", "↓", "seconds per image (explaining only; graph building excluded)"),
     Column("pixel_flipping", "pixel_flipping", "PF AOPC", "↑",
-           "pixel flipping (Bach et al. 2015): AOPC of the logit, most relevant pixels first, uniform noise"),
+           "pixel flipping (Bach et al. 2015): AOPC of the logit, most relevant pixels first"),
     Column("region_morf", "region_perturbation", "RP MoRF", "↑",
            "region perturbation (Samek et al. 2017): AOPC, most relevant regions first"),
     Column("region_lerf", "region_perturbation", "RP LeRF", "↓",
@@ -88,6 +88,7 @@ class Settings:
     n_sanity: int = 4  # images for the randomisation tests and max-sensitivity
     region: int = 8  # region perturbation: region side in pixels
     steps: int = 64  # perturbation curves: points after the unperturbed one
+    fill: object = "mean"  # pixel flipping / region perturbation: "mean", "uniform", "blur" or a number
     radius: float = 0.02  # max-sensitivity: noise bound, a fraction of each image's value range
     noise_samples: int = 8  # max-sensitivity: noisy copies per image
     batch_size: int = 16
@@ -331,7 +332,7 @@ def evaluate(model, images, labels=None, masks=None, methods=None, metrics=None,
         if "pixel_flipping" in metrics:
             step(description=f"{m}: pixel flipping")
             c = faith.region_perturbation(drv, images, maps, targets, region=1, order="morf", steps=s.steps,
-                                          seed=s.seed)
+                                          fill=s.fill, seed=s.seed)
             ev.curves.setdefault("pixel_flipping", {})[m] = c
             keep("pixel_flipping")[m] = faith.aopc(c)
             step(advance=1)
@@ -339,7 +340,7 @@ def evaluate(model, images, labels=None, masks=None, methods=None, metrics=None,
             step(description=f"{m}: region perturbation")
             for order in ("morf", "lerf"):
                 c = faith.region_perturbation(drv, images, maps, targets, region=s.region, order=order,
-                                              steps=s.steps, seed=s.seed)
+                                              steps=s.steps, fill=s.fill, seed=s.seed)
                 ev.curves.setdefault(f"region_{order}", {})[m] = c
                 keep(f"region_{order}")[m] = faith.aopc(c)
             step(advance=1)
