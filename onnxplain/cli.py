@@ -761,7 +761,7 @@ def evaluate_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON instead of the table."),
 ):
     """Score methods by faithfulness, localisation, class sensitivity, robustness and sanity checks."""
-    from . import evaluate as E
+    from . import evaluation as E
     from .data import make_shapes
     from .resources import SHUFFLED_MODEL, demo_model, find
 

@@ -13,7 +13,7 @@ from onnx import numpy_helper as nh
 from scipy.stats import spearmanr
 from typer.testing import CliRunner
 
-from onnxplain import evaluate as E
+from onnxplain import evaluation as E
 from onnxplain.cli import app
 from onnxplain.errors import OnnxplainError
 from onnxplain.metrics import sanity
