@@ -5,11 +5,19 @@ Dev-only script (needs torch).  Reproduce with:
     python models/demo/train_demo.py
 
 It writes models/demo/shapes_cnn.onnx and prints held-out accuracy.
+
+With --shuffle-labels it instead trains the same architecture on randomly
+permuted training labels until it memorises them, and writes
+models/demo/shapes_cnn_shuffled.onnx: the model for the data randomisation
+test of Adebayo et al. (2018), "Sanity Checks for Saliency Maps".
+
+    python models/demo/train_demo.py --shuffle-labels
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
@@ -60,17 +68,39 @@ def evaluate(model, x, y, batch=500):
     return (torch.cat(preds) == y).float().mean().item()
 
 
+DEFAULTS = dict(n_train=24000, epochs=8, batch=128, lr=3e-3,
+                out=HERE / "shapes_cnn.onnx")
+# Memorising random labels: a small training set, many epochs, a constant
+# learning rate and no flip augmentation (a flipped image is a new image that
+# would need its own random label).
+SHUFFLED_DEFAULTS = dict(n_train=500, epochs=300, batch=32, lr=1e-3,
+                         target_train_acc=0.95,
+                         out=HERE / "shapes_cnn_shuffled.onnx")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n-train", type=int, default=24000)
+    ap.add_argument("--shuffle-labels", action="store_true",
+                    help="train on permuted labels (data randomisation test); "
+                         "changes the defaults below, see SHUFFLED_DEFAULTS")
+    ap.add_argument("--n-train", type=int, default=None)
     ap.add_argument("--n-val", type=int, default=2000)
-    ap.add_argument("--epochs", type=int, default=8)
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--batch", type=int, default=None)
+    ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--target-train-acc", type=float, default=None,
+                    help="--shuffle-labels only: stop once eval-mode accuracy on "
+                         "the shuffled training labels reaches this")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=HERE / "shapes_cnn.onnx")
+    ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    defaults = SHUFFLED_DEFAULTS if args.shuffle_labels else DEFAULTS
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.shuffle_labels:
+        return main_shuffled(args)
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -124,7 +154,69 @@ def main():
     print(f"total time: {time.time() - t0:.0f}s")
 
 
-def export(model, path):
+def main_shuffled(args):
+    """Data randomisation test model (Adebayo et al., 2018, "Sanity Checks for
+    Saliency Maps"): same architecture and images, labels permuted by a fixed
+    seed, trained to (near) memorisation of the training set."""
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    t0 = time.time()
+    xtr, ytrue, _ = make_shapes(args.n_train, seed=args.seed)
+    xva, yva, _ = make_shapes(args.n_val, seed=args.seed + 1000)
+    yshuf = ytrue[np.random.default_rng(args.seed).permutation(args.n_train)]
+    print(f"data: {args.n_train} train / {args.n_val} val in {time.time() - t0:.1f}s; "
+          f"shuffled labels agree with true ones on {np.mean(yshuf == ytrue):.4f}")
+    xtr, ytr = torch.from_numpy(xtr), torch.from_numpy(yshuf)
+    ytrue = torch.from_numpy(ytrue)
+    xva, yva = torch.from_numpy(xva), torch.from_numpy(yva)
+
+    model = ShapesCNN()
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    loss_fn = nn.CrossEntropyLoss()
+    gen = torch.Generator().manual_seed(args.seed)
+    # SIGINT stops after the current epoch and still exports.  The learning
+    # rate is constant, so stopping after epoch k gives the same model as
+    # running with --epochs k.
+    stop = []
+    signal.signal(signal.SIGINT, lambda *_: stop.append(True))
+    t_train = time.time()
+    for epoch in range(args.epochs):
+        model.train()
+        perm = torch.randperm(args.n_train, generator=gen)
+        total, correct, loss_sum = 0, 0, 0.0
+        for i in range(0, args.n_train, args.batch):
+            idx = perm[i:i + args.batch]
+            logits = model(xtr[idx])
+            loss = loss_fn(logits, ytr[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            loss_sum += loss.item() * len(idx)
+            correct += (logits.argmax(1) == ytr[idx]).sum().item()
+            total += len(idx)
+        line = (f"epoch {epoch + 1}/{args.epochs}: loss {loss_sum / total:.4f} "
+                f"train acc (train mode) {correct / total:.4f}")
+        done = epoch + 1 == args.epochs
+        if (epoch + 1) % 5 == 0 or done or correct / total >= args.target_train_acc:
+            fit = evaluate(model, xtr, ytr)
+            line += f" shuffled train acc {fit:.4f}"
+            done = done or fit >= args.target_train_acc
+        print(f"{line} ({time.time() - t_train:.0f}s)", flush=True)
+        if done or stop:
+            print(f"stopped after epoch {epoch + 1}" + (" (SIGINT)" if stop else ""))
+            break
+    print(f"training time: {time.time() - t_train:.0f}s")
+    print(f"accuracy on shuffled training labels: {evaluate(model, xtr, ytr):.4f}")
+    print(f"accuracy on true training labels: {evaluate(model, xtr, ytrue):.4f}")
+    print(f"held-out accuracy on true labels: {evaluate(model, xva, yva):.4f}")
+
+    model.eval()
+    export(model, args.out, shuffled=True)
+    verify(model, args.out, xva[:64].numpy())
+    print(f"total time: {time.time() - t0:.0f}s")
+
+
+def export(model, path, shuffled=False):
     dummy = torch.zeros(1, 3, 64, 64)
     # TrainingMode.PRESERVE skips the eval-mode peephole pass that would fold
     # BatchNorm into Conv; the model is in eval mode, so BN exports as an
@@ -141,6 +233,10 @@ def export(model, path):
                     "a cluttered 64x64 RGB image. Input 'image' float32 [N,3,64,64] "
                     "in [0,1]; output 'logits' [N,5] for classes "
                     + ", ".join(CLASS_NAMES) + " (no softmax).")
+    if shuffled:
+        m.doc_string += (" TRAINED ON RANDOMLY PERMUTED LABELS (data randomisation "
+                         "sanity check, Adebayo et al. 2018): its predictions are "
+                         "meaningless by design.")
     onnx.save(m, str(path))
     print(f"saved {path}")
 
