@@ -114,8 +114,7 @@ class Evaluation:
         return [c for c in COLUMNS if c.key in self.values]
 
     def mean(self, key: str, method: str) -> float:
-        v = np.asarray(self.values[key].get(method, [np.nan]), dtype=np.float64)
-        return float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
+        return nanmean(self.values[key].get(method, [np.nan]))
 
     def sem(self, key: str, method: str) -> float:
         v = np.asarray(self.values[key].get(method, [np.nan]), dtype=np.float64)
@@ -175,12 +174,22 @@ class Evaluation:
                                 "about": c.about} for c in self.columns()},
             "summary": self.rows(),
             "per_image": {k: {m: num(v) for m, v in d.items()} for k, d in self.values.items()},
-            "curves": {k: {m: {"fraction": num(c.fraction), "mean": num(np.nanmean(c.scores, axis=0))}
+            "curves": {k: {m: {"fraction": num(c.fraction), "mean": num(nanmean(c.scores, axis=0))}
                            for m, c in d.items()} for k, d in self.curves.items()},
             "sanity": {k: {m: [{"layer": r["layer"], **{s: num(r[s]) for s in ("spearman", "spearman_abs", "ssim")}}
                                for r in rows] for m, rows in d.items()} for k, d in self.sanity.items()},
             "layers": self.layers,
         }
+
+
+def nanmean(v, axis=None):
+    """The mean of the finite values (NaN where there are none), without numpy's warning."""
+    v = np.asarray(v, dtype=np.float64)
+    ok = np.isfinite(v)
+    n = ok.sum(axis=axis)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(ok, v, 0.0).sum(axis=axis) / n
+    return float(out) if np.ndim(out) == 0 else out
 
 
 def _fmt(v: float) -> str:
@@ -438,7 +447,7 @@ def curve_plots(ev: Evaluation) -> dict:
 
     out = {}
     for key, by_method in ev.curves.items():
-        series = {m: (c.fraction, np.nanmean(c.scores, axis=0)) for m, c in by_method.items()}
+        series = {m: (c.fraction, nanmean(c.scores, axis=0)) for m, c in by_method.items()}
         xlabel = "fraction inserted" if key == "insertion" else "fraction perturbed"
         ylabel = "softmax score" if key in ("deletion", "insertion") else "logit"
         out[key] = line_chart(series, f"{CURVES[key]}, mean of {ev.n} images", xlabel, ylabel)
@@ -450,7 +459,7 @@ def sanity_profile(ev: Evaluation, kind: str = "cascading") -> np.ndarray:
     from .plots import line_chart
 
     labels = ["original"] + [short_layer(r["layer"]) for r in next(iter(ev.sanity[kind].values()))]
-    series = {m: (np.arange(len(labels)), [1.0] + [float(np.nanmean(r["spearman_abs"])) for r in rows])
+    series = {m: (np.arange(len(labels)), [1.0] + [nanmean(r["spearman_abs"]) for r in rows])
               for m, rows in ev.sanity[kind].items()}
     title = ("cascading randomisation, top layer first" if kind == "cascading" else f"{kind} randomisation") + \
         f", mean of {ev.n_sanity} images"

@@ -200,3 +200,15 @@ def test_cli_errors_are_one_line(run, tmp_path, make, args, message):
     assert r.exit_code == 2, r.output
     assert message in r.output and len(r.output.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_data_randomisation_with_the_shipped_shuffled_label_model():
+    """Adebayo et al. 2018, data randomisation: the gradient of a model trained on shuffled labels
+    is not the gradient of the trained model."""
+    from onnxplain.data import make_shapes
+    from onnxplain.resources import demo_model, shuffled_model
+
+    x, y, _ = make_shapes(2, seed=5)
+    ev = E.evaluate(str(demo_model()), x, y, methods=["gradient"], metrics=["data_randomisation"],
+                    shuffled_model=str(shuffled_model()), settings=E.Settings(n_sanity=2))
+    assert ev.mean("data_randomisation", "gradient") < 0.5
