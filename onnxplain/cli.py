@@ -752,9 +752,11 @@ def evaluate_cmd(
                                                   "the shipped one)."),
     region: int = typer.Option(8, "--region", min=1, help="Region perturbation: region side in pixels."),
     steps: int = typer.Option(64, "--steps", min=1, help="Perturbation curves: points after the first."),
-    fill: str = typer.Option("mean", "--fill", help="Pixel flipping and region perturbation: perturbed pixels "
-                             "take the image's channel mean ('mean'), uniform noise ('uniform'), a blurred copy "
-                             "('blur') or a number."),
+    fill: str = typer.Option("mean", "--fill", help="Pixel flipping, region perturbation, deletion: removed "
+                             "pixels take the image's channel mean ('mean'), uniform noise ('uniform'), a blurred "
+                             "copy ('blur') or a number."),
+    fraction: float = typer.Option(0.25, "--fraction", min=0.0, max=1.0, help="Pixel flipping and region "
+                                   "perturbation: stop once this share of the image is perturbed."),
     radius: float = typer.Option(0.02, "--radius", min=0.0, help="Max-sensitivity: noise bound, a fraction of "
                                  "the image's value range."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Items per onnxruntime call when explaining."),
@@ -802,7 +804,7 @@ def evaluate_cmd(
             fill = float(fill)
         except ValueError:
             raise OnnxplainError(f"--fill must be mean, uniform, blur or a number, not '{fill}'") from None
-    settings = E.Settings(n_sanity=n_sanity, region=region, steps=steps, fill=fill, radius=radius,
+    settings = E.Settings(n_sanity=n_sanity, region=region, steps=steps, fill=fill, fraction=fraction, radius=radius,
                           batch_size=batch_size, seed=seed)
     t0 = time.perf_counter()
     with _running("evaluating"):

@@ -51,12 +51,15 @@ class Column:
 COLUMNS = (
     Column("seconds", None, "s/img", "↓", "seconds per image (explaining only; graph building excluded)"),
     Column("pixel_flipping", "pixel_flipping", "PF AOPC", "↑",
-           "pixel flipping (Bach et al. 2015): AOPC of the logit, most relevant pixels first"),
+           "pixel flipping (Bach et al. 2015): AOPC of the logit, most relevant pixels first, over the first "
+           "--fraction of the image"),
     Column("region_morf", "region_perturbation", "RP MoRF", "↑",
-           "region perturbation (Samek et al. 2017): AOPC, most relevant regions first"),
+           "region perturbation (Samek et al. 2017): AOPC, most relevant regions first, over the first "
+           "--fraction of the regions"),
     Column("region_lerf", "region_perturbation", "RP LeRF", "↓",
            "region perturbation: AOPC, least relevant regions first"),
-    Column("deletion", "deletion", "del AUC", "↓", "deletion (Petsiuk et al. 2018): AUC of the softmax score"),
+    Column("deletion", "deletion", "del AUC", "↓",
+           "deletion (Petsiuk et al. 2018): AUC of the softmax score as pixels take the --fill value"),
     Column("insertion", "insertion", "ins AUC", "↑", "insertion (Petsiuk et al. 2018): AUC from a blurred image"),
     Column("pointing_game", "pointing_game", "point", "↑", "pointing game (Zhang et al. 2016): the maximum in the mask"),
     Column("relevance_mass", "relevance_mass", "mass", "↑",
@@ -88,7 +91,8 @@ class Settings:
     n_sanity: int = 4  # images for the randomisation tests and max-sensitivity
     region: int = 8  # region perturbation: region side in pixels
     steps: int = 64  # perturbation curves: points after the unperturbed one
-    fill: object = "mean"  # pixel flipping / region perturbation: "mean", "uniform", "blur" or a number
+    fill: object = "mean"  # pixel flipping, region perturbation, deletion: "mean", "uniform", "blur" or a number
+    fraction: float = 0.25  # pixel flipping / region perturbation: share of the image perturbed (AOPC's L)
     radius: float = 0.02  # max-sensitivity: noise bound, a fraction of each image's value range
     noise_samples: int = 8  # max-sensitivity: noisy copies per image
     batch_size: int = 16
@@ -341,7 +345,7 @@ def evaluate(model, images, labels=None, masks=None, methods=None, metrics=None,
         if "pixel_flipping" in metrics:
             step(description=f"{m}: pixel flipping")
             c = faith.region_perturbation(drv, images, maps, targets, region=1, order="morf", steps=s.steps,
-                                          fill=s.fill, seed=s.seed)
+                                          fill=s.fill, fraction=s.fraction, seed=s.seed)
             ev.curves.setdefault("pixel_flipping", {})[m] = c
             keep("pixel_flipping")[m] = faith.aopc(c)
             step(advance=1)
@@ -349,14 +353,15 @@ def evaluate(model, images, labels=None, masks=None, methods=None, metrics=None,
             step(description=f"{m}: region perturbation")
             for order in ("morf", "lerf"):
                 c = faith.region_perturbation(drv, images, maps, targets, region=s.region, order=order,
-                                              steps=s.steps, fill=s.fill, seed=s.seed)
+                                              steps=s.steps, fill=s.fill, fraction=s.fraction,
+                                              seed=s.seed)
                 ev.curves.setdefault(f"region_{order}", {})[m] = c
                 keep(f"region_{order}")[m] = faith.aopc(c)
             step(advance=1)
-        for name, fn in (("deletion", faith.deletion), ("insertion", faith.insertion)):
+        for name, fn, start in (("deletion", faith.deletion, s.fill), ("insertion", faith.insertion, "blur")):
             if name in metrics:
                 step(description=f"{m}: {name}")
-                c = fn(drv, images, maps, targets, steps=s.steps)
+                c = fn(drv, images, maps, targets, steps=s.steps, baseline=start)
                 ev.curves.setdefault(name, {})[m] = c
                 keep(name)[m] = c.auc()
                 step(advance=1)

@@ -53,7 +53,7 @@ def line_chart(series: dict, title: str = "", xlabel: str = "", ylabel: str = ""
     legend_w = max(_text_size(probe, n, small)[0] for n in names) + 40
     w, h = size
     left, right, top, bottom = 62, legend_w + 12, 30 if title else 12, 42 if not xticklabels else 90
-    plot_w, plot_h = max(50, w - left - right), max(50, h - top - bottom)
+    plot_w, plot_h = max(50, w - left - right), max(50, h - top - bottom, 15 * len(names) + 8)  # legend fits
     canvas = Image.new("RGB", (left + plot_w + right, top + plot_h + bottom), "white")
     d = ImageDraw.Draw(canvas)
 

@@ -140,6 +140,22 @@ def test_fewer_steps_sample_the_full_curve():
     np.testing.assert_allclose(part.scores, full.scores[:, np.round(idx).astype(int)], rtol=1e-6)
 
 
+def test_fraction_stops_the_curve_early():
+    rng = np.random.default_rng(4)
+    w = rng.normal(size=(1, 1, 6, 6))
+    x = rng.normal(size=(2, 1, 6, 6)).astype(np.float32)
+    heat = rng.normal(size=(2, 6, 6))
+    drv = Driver(linear_model(w))
+    t = np.zeros(2, np.int64)
+    full = region_perturbation(drv, x, heat, t, region=1, fill=0.0)
+    part = region_perturbation(drv, x, heat, t, region=1, fill=0.0, fraction=0.25)  # 9 of 36 pixels
+    np.testing.assert_allclose(part.fraction, np.arange(10) / 36)
+    np.testing.assert_allclose(part.scores, full.scores[:, :10], rtol=1e-6)
+    assert aopc(part) == pytest.approx(np.mean(full.scores[:, :1] - full.scores[:, :10], axis=1))
+    with pytest.raises(OnnxplainError, match="fraction"):
+        region_perturbation(drv, x, heat, t, fraction=0.0)
+
+
 def test_default_steps_capped_at_64():
     drv = Driver(linear_model(np.ones((1, 1, 10, 10))))
     x = np.ones((1, 1, 10, 10), np.float32)
@@ -361,6 +377,6 @@ def test_nan_heatmap_and_bad_baseline(region_drv, region_x):
     with pytest.raises(OnnxplainError, match="non-finite"):
         deletion(region_drv, region_x, heat, [0, 0])
     with pytest.raises(OnnxplainError, match="baseline"):
-        insertion(region_drv, region_x, np.zeros((2, H, W)), [0, 0], baseline="uniform")
+        insertion(region_drv, region_x, np.zeros((2, H, W)), [0, 0], baseline="noise")
     with pytest.raises(OnnxplainError, match="steps"):
         deletion(region_drv, region_x, np.zeros((2, H, W)), [0, 0], steps=-3)

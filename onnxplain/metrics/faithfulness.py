@@ -147,9 +147,9 @@ def step_counts(units: int, steps: int) -> np.ndarray:
 
 
 # ---- the curve ------------------------------------------------------------------------------------
-def _curve(drv, x, ranks, counts, other, target, insert, score, batch_size, progress) -> Curve:
+def _curve(drv, x, ranks, counts, other, target, insert, score, batch_size, progress, units=None) -> Curve:
     """Score every image at every step: pixels whose rank < counts[k] take ``other`` (deletion) or
-    keep x with the rest ``other`` (insertion)."""
+    keep x with the rest ``other`` (insertion). ``fraction = counts / units`` (default: the last count)."""
     from ..driver import SCORE, class_scores
 
     if score not in ("logit", "softmax"):
@@ -163,7 +163,7 @@ def _curve(drv, x, ranks, counts, other, target, insert, score, batch_size, prog
         hit = ranks[img] < counts[k][:, None, None]
         return np.where(hit[:, None], swap[img], keep[img]).astype(np.float32, copy=False)
 
-    fraction = counts / counts[-1]
+    fraction = counts / (counts[-1] if units is None else units)
     if n == 0:
         return Curve(fraction=fraction, scores=np.zeros((0, k1)))
     total = n * k1
@@ -180,30 +180,37 @@ def _curve(drv, x, ranks, counts, other, target, insert, score, batch_size, prog
 
 
 def region_perturbation(drv, x, heatmap, target, *, region: int = 8, order: str = "morf", steps=None,
-                        fill="uniform", seed: int = 0, score: str = "logit", batch_size=None,
-                        progress=None) -> Curve:
+                        fill="uniform", seed: int = 0, score: str = "logit", fraction: float = 1.0,
+                        batch_size=None, progress=None) -> Curve:
     """Samek et al. (2017), "Evaluating the visualization of what a deep neural network has
     learned": rank the non-overlapping ``region x region`` patches by summed relevance; at step k
     the k most (``order="morf"``) or least (``"lerf"``) relevant patches are replaced by ``fill``
     (see :func:`fill_image`). ``region=1`` is pixel flipping (Bach et al. 2015). ``steps``: curve
     steps (default one per region, capped at 64: several regions per step when there are more).
-    ``scores[:, 0]`` is the unperturbed score; ``fraction`` is the fraction of regions replaced."""
+    ``scores[:, 0]`` is the unperturbed score; ``fraction`` is the fraction of regions replaced.
+    ``fraction`` (0-1] stops the curve once that share of the regions is replaced (Samek et al.
+    perturb the first L = 100 regions of a 224 x 224 image, about 16%): the steps then resolve the
+    start of the curve, where explanations differ, rather than its common tail."""
     x, h, t = _check(x, heatmap, target)
     region = _int_at_least_1(region, "region")
     if order not in ("morf", "lerf"):
         raise OnnxplainError(f"order must be 'morf' or 'lerf', not '{order}'")
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float, np.integer, np.floating)) \
+            or not 0 < fraction <= 1:
+        raise OnnxplainError(f"fraction must be in (0, 1], got {fraction!r}")
     units = -(-x.shape[2] // region) * -(-x.shape[3] // region)
-    steps = min(units, MAX_STEPS) if steps is None else _int_at_least_1(steps, "steps")
+    used = max(1, int(np.ceil(fraction * units - 1e-9)))
+    steps = min(used, MAX_STEPS) if steps is None else _int_at_least_1(steps, "steps")
     other = fill_image(x, fill, seed)
-    return _curve(drv, x, region_ranks(h, region, order), step_counts(units, steps), other, t,
-                  False, score, batch_size, progress)
+    return _curve(drv, x, region_ranks(h, region, order), step_counts(used, steps), other, t,
+                  False, score, batch_size, progress, units=units)
 
 
 def _petsiuk(drv, x, heatmap, target, steps, baseline, score, batch_size, progress, insert) -> Curve:
     x, h, t = _check(x, heatmap, target)
     steps = _int_at_least_1(steps, "steps")
-    if isinstance(baseline, str) and baseline not in ("blur", "mean"):
-        raise OnnxplainError(f"baseline must be 'blur', 'mean', a number or an array, not '{baseline}'")
+    if isinstance(baseline, str) and baseline not in ("blur", "mean", "uniform"):
+        raise OnnxplainError(f"baseline must be 'blur', 'mean', 'uniform', a number or an array, not '{baseline}'")
     other = fill_image(x, baseline)
     counts = step_counts(x.shape[2] * x.shape[3], steps)
     return _curve(drv, x, region_ranks(h, 1, "morf"), counts, other, t, insert, score, batch_size, progress)
