@@ -789,7 +789,8 @@ def evaluate_cmd(
     else:
         images, labels, masks = E.load_data(data)
         if n is not None:
-            images, labels, masks = images[:n], None if labels is None else labels[:n], None if masks is None else masks[:n]
+            images = images[:n]
+            labels, masks = (None if a is None else a[:n] for a in (labels, masks))
         source = f"{len(images)} images from {data}"
     chosen = E.resolve(methods, E.all_methods(), "method") if methods else list(E.DEFAULT_METHODS)
     for m in chosen:

@@ -403,14 +403,13 @@ def _sanity(ev: Evaluation, model, shuffled_model, explain: _Maps, x, t, s: Sett
             other = _Maps(randomised, s, size)
             for m in ev.methods:
                 step(description=f"{kind}: {label}: {m}")
-                row = sanity.randomisation_scores(lambda _, xx, tt: other(m, xx, tt), x, t, [(label, None)],
+                row = sanity.randomisation_scores(lambda _, xx, tt, m=m: other(m, xx, tt), x, t, [(label, None)],
                                                   reference[m])[0]
                 _constant_is_uncorrelated(row, reference[m])
                 ev.sanity.setdefault(kind, {}).setdefault(m, []).append(row)
                 if kind == "cascading":
                     ev.cascade_maps[m].append(row["maps"][0])
                 step(advance=1)
-            del other
         for m in ev.methods:
             rows = ev.sanity[kind][m]
             if kind == "cascading":

@@ -1,7 +1,7 @@
 """The black-box driver: batched scores equal single runs; fixed-batch-1 models made batchable."""
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import numpy_helper
 
 from models import tiny_cnn
 from onnxplain.driver import Driver
