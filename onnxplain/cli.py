@@ -734,7 +734,7 @@ def demo(
 def evaluate_cmd(
     model: str = typer.Argument(..., help="The ONNX model, or 'demo' for the shipped shapes classifier.",
                                 show_default=False),
-    data: str = typer.Argument(..., help="An .npz file: 'images' [N, C, H, W] float (model-ready), optional "
+    data: str = typer.Argument(..., help="An .npz file: 'images' float, model-ready (NCHW or NHWC), optional "
                                "'labels' [N] int (default: the predicted classes) and 'masks' [N, H, W] bool; "
                                "or 'shapes' for generated shapes images with ground-truth masks.", show_default=False),
     methods: Optional[list[str]] = typer.Option(None, "--methods", "-m", help="Methods, comma-separated or "
@@ -760,6 +760,8 @@ def evaluate_cmd(
     radius: float = typer.Option(0.02, "--radius", min=0.0, help="Max-sensitivity: noise bound, a fraction of "
                                  "the image's value range."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Items per onnxruntime call when explaining."),
+    layout: Optional[str] = typer.Option(None, "--layout", help="NCHW or NHWC: the layout of the model input and "
+                                         "of the data's images (default: from the model input)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON instead of the table."),
 ):
     """Score methods by faithfulness, localisation, class sensitivity, robustness and sanity checks."""
@@ -780,11 +782,17 @@ def evaluate_cmd(
         raise OnnxplainError(f"--out-dir {out_dir} exists and is not a folder")
     with _running("loading the model"):
         from .explainer import Explainer
+        from .preprocess import infer_layout
 
         shape = Explainer(str(path)).x.shape
+    if layout is not None and layout.upper() not in ("NCHW", "NHWC"):
+        raise OnnxplainError(f"--layout must be NCHW or NHWC, not '{layout}'")
+    layout = (layout or infer_layout(shape) or "NCHW").upper()
     if data == "shapes":
-        size = shape[-1] if shape and isinstance(shape[-1], int) and shape[-1] > 0 else 64
-        images, labels, masks = make_shapes(n or 16, seed=seed, size=size)
+        side = (shape[1] if layout == "NHWC" else shape[2]) if shape and len(shape) == 4 else None
+        images, labels, masks = make_shapes(n or 16, seed=seed, size=side if isinstance(side, int) and side > 0 else 64)
+        if layout == "NHWC":
+            images = np.ascontiguousarray(images.transpose(0, 2, 3, 1))
         source = f"{len(images)} generated shapes images (seed {seed})"
     else:
         images, labels, masks = E.load_data(data)
@@ -815,7 +823,7 @@ def evaluate_cmd(
         with _Progress(E.count_steps(chosen, wanted, layers), "evaluate") as bar:
             ev = E.evaluate(str(path), images, labels, masks, methods=chosen, metrics=wanted,
                             shuffled_model=None if shuffled_model is None else str(shuffled_model),
-                            settings=settings, progress=bar)
+                            settings=settings, progress=bar, layout=layout)
     files = E.write(ev, out_dir)
     if as_json:
         typer.echo(json.dumps(ev.to_json()["summary"], indent=1))

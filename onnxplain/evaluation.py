@@ -204,7 +204,7 @@ def _fmt(v: float) -> str:
 
 # ---- data ----------------------------------------------------------------------------------------------
 def load_data(path) -> tuple:
-    """``images`` [N, C, H, W] float, optional ``labels`` [N] int and ``masks`` [N, H, W] bool from
+    """``images`` (the model's layout), optional ``labels`` [N] int and ``masks`` [N, H, W] bool from
     an ``.npz`` file (keys ``images`` or ``x``, ``labels`` or ``y``, ``masks``)."""
     path = Path(path)
     if not path.is_file():
@@ -217,12 +217,11 @@ def load_data(path) -> tuple:
     images = d.get("images", d.get("x"))
     if images is None:
         raise OnnxplainError(f"{path} has no 'images' array (keys: {', '.join(d) or 'none'})")
-    labels = d.get("labels", d.get("y"))
-    masks = d.get("masks")
-    return check_data(images, labels, masks)
+    return images, d.get("labels", d.get("y")), d.get("masks")  # validated by evaluate()
 
 
 def check_data(images, labels=None, masks=None) -> tuple:
+    """Validated ``(images [N, C, H, W] float, labels [N] int64 or None, masks [N, H, W] bool or None)``."""
     images = np.asarray(images)
     if images.ndim != 4 or not np.issubdtype(images.dtype, np.floating):
         raise OnnxplainError(f"images must be a float array [N, C, H, W], got {images.dtype} {list(images.shape)}")
@@ -287,29 +286,59 @@ def all_methods() -> tuple:
 
 
 class _Maps:
-    """Explains with one model and turns attributions into maps; graphs are built once per method."""
+    """Explains with one model and turns attributions into maps; graphs are built once per method.
+    Takes and gives NCHW; an NHWC model gets its own layout."""
 
-    def __init__(self, model, settings: Settings, size):
+    def __init__(self, model, settings: Settings, size=None, layout: str | None = None):
         from .explainer import Explainer
+        from .preprocess import infer_layout
 
-        self.explainer = Explainer(model)
+        self.explainer = ex = Explainer(model)
+        layout = (layout or infer_layout(ex.x.shape) or "NCHW").upper()
+        if layout not in ("NCHW", "NHWC"):
+            raise OnnxplainError(f"layout must be NCHW or NHWC, not '{layout}'")
+        self.nhwc = layout == "NHWC"
+        ex.options.channel_axis = 3 if self.nhwc else 1
         self.settings, self.size = settings, size
 
     def __call__(self, method: str, x, target) -> np.ndarray:
         s = self.settings
-        res = self.explainer.run(x, method, target=np.asarray(target), batch_size=s.batch_size, seed=s.seed,
-                                 **s.method_params.get(method, {}))
-        return heatmaps(res.attribution, self.size)
+        res = self.explainer.run(to_model(x, self.nhwc), method, target=np.asarray(target), batch_size=s.batch_size,
+                                 seed=s.seed, **s.method_params.get(method, {}))
+        a = res.attribution
+        return heatmaps(np.moveaxis(a, -1, 1) if self.nhwc and a.ndim == 4 else a, self.size)
+
+
+def to_model(x: np.ndarray, nhwc: bool) -> np.ndarray:
+    """NCHW images in the model's layout."""
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if nhwc else x
+
+
+class _NHWCDriver:
+    """A driver fed NCHW rows for an NHWC model: the metrics build rows in NCHW, the model takes NHWC."""
+
+    def __init__(self, drv):
+        self.drv = drv
+
+    def __getattr__(self, name):
+        return getattr(self.drv, name)
+
+    def score_rows(self, rows, n, target, **kw):
+        return self.drv.score_rows(lambda i, j: to_model(rows(i, j), True), n, target, **kw)
+
+    def outputs_rows(self, rows, n, **kw):
+        return self.drv.outputs_rows(lambda i, j: to_model(rows(i, j), True), n, **kw)
 
 
 def evaluate(model, images, labels=None, masks=None, methods=None, metrics=None, shuffled_model=None,
-             settings: Settings | None = None, progress=None) -> Evaluation:
+             settings: Settings | None = None, progress=None, layout: str | None = None) -> Evaluation:
     """Evaluate ``methods`` on ``images`` by ``metrics`` (names from :data:`METRICS`).
 
-    ``labels`` are the classes explained (default: the predicted ones); ``masks`` the ground-truth
-    regions the localisation metrics need; ``shuffled_model`` the same architecture trained on
-    shuffled labels, which data randomisation needs. ``progress(advance=1, description=...)`` is
-    called after each step (see :func:`count_steps`).
+    ``images`` are in the model's layout, ``layout`` "NCHW" or "NHWC" (default: from the model's
+    input, NCHW when unclear); ``labels`` are the classes explained (default: the predicted ones);
+    ``masks`` [N, H, W] the ground-truth regions the localisation metrics need; ``shuffled_model``
+    the same architecture trained on shuffled labels, which data randomisation needs.
+    ``progress(advance=1, description=...)`` is called after each step (see :func:`count_steps`).
     """
     from .driver import SCORE, for_explainer
     from .metrics import faithfulness as faith
@@ -317,6 +346,11 @@ def evaluate(model, images, labels=None, masks=None, methods=None, metrics=None,
     from .metrics import robustness as rob
 
     s = settings or Settings()
+    explain = _Maps(model, s, layout=layout)
+    nhwc = explain.nhwc
+    images = np.asarray(images)
+    if nhwc and images.ndim == 4:
+        images = images.transpose(0, 3, 1, 2)  # the metrics work in NCHW
     images, labels, masks = check_data(images, labels, masks)
     methods = resolve(methods, all_methods(), "method") if methods is not None else list(DEFAULT_METHODS)
     metrics = resolve(metrics, METRICS, "metric")
@@ -326,11 +360,12 @@ def evaluate(model, images, labels=None, masks=None, methods=None, metrics=None,
     if "data_randomisation" in metrics and shuffled_model is None:
         raise OnnxplainError("data_randomisation needs a model trained on shuffled labels (--shuffled-model)")
     step = progress or (lambda **k: None)
-    size = images.shape[2:]
-    explain = _Maps(model, s, size)
-    explain.explainer.check_input(images[:1])
+    size = explain.size = images.shape[2:]
+    explain.explainer.check_input(to_model(images[:1], nhwc))
     drv = for_explainer(explain.explainer)
-    logits = drv.per_class(drv.outputs(images)[SCORE])
+    logits = drv.per_class(drv.outputs(to_model(images, nhwc))[SCORE])
+    if nhwc:
+        drv = _NHWCDriver(drv)
     targets = logits.argmax(axis=1) if labels is None else explain.explainer.check_target(labels, len(images))
     n, k = len(images), min(s.n_sanity, len(images))
     ev = Evaluation(methods=methods, metrics=metrics, n=n, n_sanity=k, image=images[0])
@@ -380,11 +415,12 @@ def evaluate(model, images, labels=None, masks=None, methods=None, metrics=None,
                 lambda x, t: explain(m, x, t), images[:k], targets[:k], radius=s.radius, samples=s.noise_samples,
                 seed=s.seed)
             step(advance=1)
-    _sanity(ev, model, shuffled_model, explain, images[:k], targets[:k], s, size, step)
+    _sanity(ev, model, shuffled_model, explain, images[:k], targets[:k], s, size, step, nhwc)
     return ev
 
 
-def _sanity(ev: Evaluation, model, shuffled_model, explain: _Maps, x, t, s: Settings, size, step) -> None:
+def _sanity(ev: Evaluation, model, shuffled_model, explain: _Maps, x, t, s: Settings, size, step,
+            nhwc: bool = False) -> None:
     """The randomisation tests, one randomised model at a time (every method on each)."""
     from .metrics import sanity
 
@@ -400,7 +436,7 @@ def _sanity(ev: Evaluation, model, shuffled_model, explain: _Maps, x, t, s: Sett
         else:
             models = (sanity.cascading if kind == "cascading" else sanity.independent)(model, seed=s.seed)
         for label, randomised in models:
-            other = _Maps(randomised, s, size)
+            other = _Maps(randomised, s, size, "NHWC" if nhwc else "NCHW")
             for m in ev.methods:
                 step(description=f"{kind}: {label}: {m}")
                 row = sanity.randomisation_scores(lambda _, xx, tt, m=m: other(m, xx, tt), x, t, [(label, None)],

@@ -89,6 +89,25 @@ def test_randomisation_scores_match_an_independent_computation(region_eval):
     assert region_eval.layers == [name]
 
 
+def test_an_nhwc_model_gives_the_same_answers(region_eval):
+    """The same region reader taking [N, 8, 8, 3] images (channels last, summed by the model)."""
+    w = np.repeat(np.stack([REGION.ravel(), OTHER.ravel()], axis=1), 3, axis=0).astype(np.float32)
+    nodes = [h.make_node("Flatten", ["x"], ["f"], name="flat"), h.make_node("MatMul", ["f", "W"], ["logits"], name="fc")]
+    g = h.make_graph(nodes, "regions_nhwc", [h.make_tensor_value_info("x", T.FLOAT, ["N", SIDE, SIDE, 3])],
+                     [h.make_tensor_value_info("logits", T.FLOAT, ["N", 2])], [nh.from_array(w, "W")])
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+    m.ir_version = 8
+    x, y, masks = region_data()
+    nhwc = np.repeat(x.transpose(0, 2, 3, 1), 3, axis=3)
+    ev = E.evaluate(m, nhwc, y, masks, methods=["gradient", "saliency"],
+                    metrics=["relevance_mass", "class_sensitivity", "max_sensitivity"])
+    assert ev.values["relevance_mass"]["gradient"] == pytest.approx(np.ones(5))
+    assert ev.values["relevance_mass"]["saliency"] == pytest.approx(np.ones(5))
+    assert ev.values["class_sensitivity"]["gradient"] == pytest.approx(region_eval.values["class_sensitivity"]["gradient"])
+    with pytest.raises(OnnxplainError, match="layout must be"):
+        E.evaluate(m, nhwc, y, masks, methods=["gradient"], metrics=["relevance_mass"], layout="CHW")
+
+
 def test_tables_and_files(region_eval, tmp_path):
     files = E.write(region_eval, tmp_path)
     names = {f.name for f in files}
