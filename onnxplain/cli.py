@@ -739,7 +739,10 @@ def evaluate_cmd(
                                "or 'shapes' for generated shapes images with ground-truth masks.", show_default=False),
     methods: Optional[list[str]] = typer.Option(None, "--methods", "-m", help="Methods, comma-separated or "
                                                 "repeated; 'all' for every one (default: 12 representative ones)."),
-    metrics: Optional[list[str]] = typer.Option(None, "--metrics", help="Metrics, comma-separated or repeated "
+    metrics: Optional[list[str]] = typer.Option(None, "--metrics", help="Metrics, comma-separated or repeated: "
+                                                "pixel_flipping, region_perturbation, deletion, insertion, "
+                                                "pointing_game, relevance_mass, relevance_rank, class_sensitivity, "
+                                                "max_sensitivity, cascading, independent, data_randomisation, all "
                                                 "(default: every one the data allow)."),
     out_dir: Path = typer.Option(Path("eval_out"), "--out-dir", "-d", help="Folder for the table and plots."),
     n: Optional[int] = typer.Option(None, "--n", min=1, help="Images: 'shapes' generates this many (16); "
