@@ -124,14 +124,18 @@ def test_pixel_flipping_matches_slow_loop_and_aopc_formula():
         assert aopc(c)[n] == pytest.approx(aopc_loop, rel=1e-4, abs=1e-4)
 
 
-def test_fewer_steps_sample_the_full_curve():
-    rng = np.random.default_rng(3)
-    w = rng.normal(size=(1, 1, 6, 6))
+def random_linear_case(seed):
+    """A random linear model on [2, 1, 6, 6] inputs, a random heatmap, and its full pixel-flipping curve."""
+    rng = np.random.default_rng(seed)
+    drv = Driver(linear_model(rng.normal(size=(1, 1, 6, 6))))
     x = rng.normal(size=(2, 1, 6, 6)).astype(np.float32)
     heat = rng.normal(size=(2, 6, 6))
-    drv = Driver(linear_model(w))
     t = np.zeros(2, np.int64)
-    full = region_perturbation(drv, x, heat, t, region=1, fill=0.0)
+    return drv, x, heat, t, region_perturbation(drv, x, heat, t, region=1, fill=0.0)
+
+
+def test_fewer_steps_sample_the_full_curve():
+    drv, x, heat, t, full = random_linear_case(3)
     part = region_perturbation(drv, x, heat, t, region=1, fill=0.0, steps=5)
     assert part.scores.shape == (2, 6) and part.fraction[0] == 0 and part.fraction[-1] == 1
     idx = part.fraction * 36
@@ -141,13 +145,7 @@ def test_fewer_steps_sample_the_full_curve():
 
 
 def test_fraction_stops_the_curve_early():
-    rng = np.random.default_rng(4)
-    w = rng.normal(size=(1, 1, 6, 6))
-    x = rng.normal(size=(2, 1, 6, 6)).astype(np.float32)
-    heat = rng.normal(size=(2, 6, 6))
-    drv = Driver(linear_model(w))
-    t = np.zeros(2, np.int64)
-    full = region_perturbation(drv, x, heat, t, region=1, fill=0.0)
+    drv, x, heat, t, full = random_linear_case(4)
     part = region_perturbation(drv, x, heat, t, region=1, fill=0.0, fraction=0.25)  # 9 of 36 pixels
     np.testing.assert_allclose(part.fraction, np.arange(10) / 36)
     np.testing.assert_allclose(part.scores, full.scores[:, :10], rtol=1e-6)
