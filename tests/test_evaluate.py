@@ -26,12 +26,12 @@ OTHER = np.zeros((SIDE, SIDE), bool)
 OTHER[5:8, 0:3] = True  # class 1 only these 9
 
 
-def region_model(path=None) -> onnx.ModelProto:
+def region_model(path=None, batch="N") -> onnx.ModelProto:
     """x [N,1,8,8] -> Flatten -> MatMul W [64,2]: logit_c = sum of x over class c's region."""
     w = np.stack([REGION.ravel(), OTHER.ravel()], axis=1).astype(np.float32)
     nodes = [h.make_node("Flatten", ["x"], ["f"], name="flat"), h.make_node("MatMul", ["f", "W"], ["logits"], name="fc")]
-    g = h.make_graph(nodes, "regions", [h.make_tensor_value_info("x", T.FLOAT, ["N", 1, SIDE, SIDE])],
-                     [h.make_tensor_value_info("logits", T.FLOAT, ["N", 2])], [nh.from_array(w, "W")])
+    g = h.make_graph(nodes, "regions", [h.make_tensor_value_info("x", T.FLOAT, [batch, 1, SIDE, SIDE])],
+                     [h.make_tensor_value_info("logits", T.FLOAT, [batch, 2])], [nh.from_array(w, "W")])
     m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
     m.ir_version = 8
     if path is not None:
@@ -106,6 +106,15 @@ def test_an_nhwc_model_gives_the_same_answers(region_eval):
     assert ev.values["class_sensitivity"]["gradient"] == pytest.approx(region_eval.values["class_sensitivity"]["gradient"])
     with pytest.raises(OnnxplainError, match="layout must be"):
         E.evaluate(m, nhwc, y, masks, methods=["gradient"], metrics=["relevance_mass"], layout="CHW")
+
+
+def test_a_fixed_batch_1_model_gives_the_same_answers(region_eval):
+    x, y, masks = region_data()
+    ev = E.evaluate(region_model(batch=1), x, y, masks, methods=["gradient"],
+                    metrics=["relevance_rank", "class_sensitivity", "max_sensitivity", "region_perturbation"],
+                    settings=E.Settings(n_sanity=3, steps=8, region=2, fill=0.0))
+    for key in ("relevance_rank", "class_sensitivity", "max_sensitivity", "region_morf"):
+        assert ev.values[key]["gradient"] == pytest.approx(region_eval.values[key]["gradient"])
 
 
 def test_tables_and_files(region_eval, tmp_path):
