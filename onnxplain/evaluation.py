@@ -525,14 +525,14 @@ def cascade_grid(ev: Evaluation) -> np.ndarray:
 
 def write(ev: Evaluation, out_dir) -> list:
     """Write the table (CSV, JSON, Markdown) and the pictures into ``out_dir``; returns the paths."""
-    from .render import save_png
+    from .render import save_png, save_text
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = []
     for name, text in (("evaluation.csv", ev.to_csv()), ("evaluation.json", json.dumps(ev.to_json(), indent=1)),
                        ("evaluation.md", ev.markdown() + "\n")):
-        files.append(_write_text(out / name, text))
+        files.append(save_text(text, out / name))
     for key, picture in curve_plots(ev).items():
         files.append(save_png(picture, out / f"curve_{key}.png"))
     for kind in ("cascading", "independent"):
@@ -541,19 +541,6 @@ def write(ev: Evaluation, out_dir) -> list:
     if ev.cascade_maps and len(next(iter(ev.cascade_maps.values()))) > 1:
         files.append(save_png(cascade_grid(ev), out / "sanity_cascade_maps.png"))
     return files
-
-
-def _write_text(path: Path, text: str) -> Path:
-    import os
-
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
 
 
 def time_ratios(ev: Evaluation, reference: str = "gradient") -> dict:

@@ -317,35 +317,35 @@ def grid(rows, titles=None, row_titles=None, cell: tuple[int, int] | None = None
     return np.asarray(canvas, dtype=np.uint8)
 
 
-def save_png(image: np.ndarray, path) -> Path:
-    """Write an RGB uint8 image as PNG (via a temporary file, so a crash leaves no half file)."""
+def write_atomic(path, write, suffix: str = "") -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``, so a
+    crash leaves no half-written file. ``suffix`` ends the temporary name (``np.save`` adds .npy)."""
     import os
-
-    from PIL import Image
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{suffix}")
     try:
-        Image.fromarray(_as_rgb(image)).save(tmp, format="PNG")
+        write(tmp)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def save_png(image: np.ndarray, path) -> Path:
+    """Write an RGB uint8 image as PNG, atomically."""
+    from PIL import Image
+
+    return write_atomic(path, lambda tmp: Image.fromarray(_as_rgb(image)).save(tmp, format="PNG"))
 
 
 def save_npy(array: np.ndarray, path) -> Path:
-    """``np.save`` via a temporary file."""
-    import os
+    """``np.save``, atomically."""
+    return write_atomic(path, lambda tmp: np.save(tmp, np.asarray(array)), suffix=".npy")
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npy")
-    try:
-        np.save(tmp, np.asarray(array))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+
+def save_text(text: str, path) -> Path:
+    """Write UTF-8 text, atomically."""
+    return write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
