@@ -202,15 +202,6 @@ def _status(message: str):
         yield
 
 
-def _methods():
-    from .explainer import BLACKBOX, FORWARD_CAMS, PERTURBATION, SUPERPIXEL
-    from .methods import HEADS
-
-    # forward CAMs and the superpixel methods are driven from Python, not graph heads
-    return {**HEADS, **dict.fromkeys(FORWARD_CAMS), **dict.fromkeys(SUPERPIXEL), **dict.fromkeys(BLACKBOX),
-            **dict.fromkeys(PERTURBATION)}
-
-
 def _opt_rules():
     return typer.Option(None, "--rules", help="A rule-set file (TOML) replacing the method's rules/<method>.toml.")
 
@@ -257,9 +248,10 @@ def _blackbox_params(window: int, stride: Optional[int], fill: str, blur: Option
 
 
 def _check_method(method: str) -> str:
-    heads = _methods()
-    if method not in heads:
-        raise OnnxplainError(f"unknown method '{method}' (choose from: {', '.join(sorted(heads))})")
+    from .explainer import all_methods
+
+    if method not in all_methods():
+        raise OnnxplainError(f"unknown method '{method}' (choose from: {', '.join(sorted(all_methods()))})")
     return method
 
 
@@ -784,7 +776,7 @@ def evaluate_cmd(
     if out_dir.exists() and not out_dir.is_dir():
         raise OnnxplainError(f"--out-dir {out_dir} exists and is not a folder")
     with _running("loading the model"):
-        from .explainer import Explainer
+        from .explainer import Explainer, all_methods
         from .preprocess import infer_layout
 
         shape = Explainer(str(path)).x.shape
@@ -803,9 +795,7 @@ def evaluate_cmd(
             images = images[:n]
             labels, masks = (None if a is None else a[:n] for a in (labels, masks))
         source = f"{len(images)} images from {data}"
-    chosen = E.resolve(methods, E.all_methods(), "method") if methods else list(E.DEFAULT_METHODS)
-    for m in chosen:
-        _check_method(m)
+    chosen = E.resolve(methods, all_methods(), "method") if methods else list(E.DEFAULT_METHODS)
     if metrics:
         wanted = E.resolve(metrics, E.METRICS, "metric")
     else:

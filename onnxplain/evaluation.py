@@ -278,13 +278,6 @@ def resolve(names, allowed, what: str) -> list:
     return list(dict.fromkeys(out))
 
 
-def all_methods() -> tuple:
-    from .explainer import BLACKBOX, FORWARD_CAMS, PERTURBATION, SUPERPIXEL
-    from .methods import HEADS
-
-    return tuple(HEADS) + FORWARD_CAMS + BLACKBOX + SUPERPIXEL + PERTURBATION
-
-
 class _Maps:
     """Explains with one model and turns attributions into maps; graphs are built once per method.
     Takes and gives NCHW; an NHWC model gets its own layout."""
@@ -352,6 +345,8 @@ def evaluate(model, images, labels=None, masks=None, methods=None, metrics=None,
     if nhwc and images.ndim == 4:
         images = images.transpose(0, 3, 1, 2)  # the metrics work in NCHW
     images, labels, masks = check_data(images, labels, masks)
+    from .explainer import all_methods
+
     methods = resolve(methods, all_methods(), "method") if methods is not None else list(DEFAULT_METHODS)
     metrics = resolve(metrics, METRICS, "metric")
     if masks is None and set(metrics) & set(LOCALISATION):

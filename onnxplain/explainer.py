@@ -19,6 +19,13 @@ BLACKBOX = ("occlusion", "rise")  # black-box, sliding patches / random masks (m
 PERTURBATION = ("meaningful_perturbation", "extremal_perturbation")  # masks optimised over the gradient graph
 
 
+def all_methods() -> tuple:
+    """Every method name :meth:`Explainer.run` takes: the graph heads, then those driven from Python."""
+    from .methods import HEADS
+
+    return tuple(HEADS) + FORWARD_CAMS + BLACKBOX + SUPERPIXEL + PERTURBATION
+
+
 @dataclass
 class Explanation:
     attribution: np.ndarray  # raw, signed; the explained input's shape (saliency: one channel)
