@@ -163,12 +163,13 @@ def _running(what: str):
 class _Progress:
     """A rich progress bar on stderr when it is a terminal; silent otherwise."""
 
-    def __init__(self, total: int, label: str):
+    def __init__(self, total: int | None, label: str):
+        """``total=None``: set later, by a call with ``total=``."""
         from rich.console import Console
 
         self.console = Console(stderr=True)
         self.bar = None
-        if self.console.is_terminal and total > 0:
+        if self.console.is_terminal and (total is None or total > 0):
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -184,9 +185,9 @@ class _Progress:
         if self.bar:
             self.bar.stop()
 
-    def __call__(self, advance: int = 0, description: str | None = None):
+    def __call__(self, advance: int = 0, description: str | None = None, total: int | None = None):
         if self.bar:
-            self.bar.update(self.task, advance=advance, description=description)
+            self.bar.update(self.task, advance=advance, description=description, total=total)
 
 
 @contextlib.contextmanager
@@ -777,12 +778,9 @@ def evaluate_cmd(
         raise OnnxplainError(f"--out-dir {out_dir} exists and is not a folder")
     with _running("loading the model"):
         from .explainer import Explainer, all_methods
-        from .preprocess import infer_layout
 
-        shape = Explainer(str(path)).x.shape
-    if layout is not None and layout.upper() not in ("NCHW", "NHWC"):
-        raise OnnxplainError(f"--layout must be NCHW or NHWC, not '{layout}'")
-    layout = (layout or infer_layout(shape) or "NCHW").upper()
+        explainer = Explainer(str(path))
+    shape, layout = explainer.x.shape, E.layout_of(explainer, layout)
     if data == "shapes":
         side = (shape[1] if layout == "NHWC" else shape[2]) if shape and len(shape) == 4 else None
         images, labels, masks = make_shapes(n or 16, seed=seed, size=side if isinstance(side, int) and side > 0 else 64)
@@ -810,11 +808,8 @@ def evaluate_cmd(
                           batch_size=batch_size, seed=seed)
     t0 = time.perf_counter()
     with _running("evaluating"):
-        from .metrics.sanity import weight_layers
-
-        layers = len(weight_layers(str(path))) if set(wanted) & {"cascading", "independent"} else 0
-        with _Progress(E.count_steps(chosen, wanted, layers), "evaluate") as bar:
-            ev = E.evaluate(str(path), images, labels, masks, methods=chosen, metrics=wanted,
+        with _Progress(None, "evaluate") as bar:
+            ev = E.evaluate(explainer, images, labels, masks, methods=chosen, metrics=wanted,
                             shuffled_model=None if shuffled_model is None else str(shuffled_model),
                             settings=settings, progress=bar, layout=layout)
     files = E.write(ev, out_dir)

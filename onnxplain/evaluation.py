@@ -278,19 +278,25 @@ def resolve(names, allowed, what: str) -> list:
     return list(dict.fromkeys(out))
 
 
+def layout_of(explainer, layout: str | None = None) -> str:
+    """"NCHW" or "NHWC": ``layout`` checked, or the explainer's input's (NCHW when unclear)."""
+    from .preprocess import infer_layout
+
+    layout = (layout or infer_layout(explainer.x.shape) or "NCHW").upper()
+    if layout not in ("NCHW", "NHWC"):
+        raise OnnxplainError(f"layout must be NCHW or NHWC, not '{layout}'")
+    return layout
+
+
 class _Maps:
-    """Explains with one model and turns attributions into maps; graphs are built once per method.
-    Takes and gives NCHW; an NHWC model gets its own layout."""
+    """Explains with one model (a path, a ModelProto or an Explainer) and turns attributions into
+    maps; graphs are built once per method. Takes and gives NCHW; an NHWC model gets its own layout."""
 
     def __init__(self, model, settings: Settings, size=None, layout: str | None = None):
         from .explainer import Explainer
-        from .preprocess import infer_layout
 
-        self.explainer = ex = Explainer(model)
-        layout = (layout or infer_layout(ex.x.shape) or "NCHW").upper()
-        if layout not in ("NCHW", "NHWC"):
-            raise OnnxplainError(f"layout must be NCHW or NHWC, not '{layout}'")
-        self.nhwc = layout == "NHWC"
+        self.explainer = ex = model if isinstance(model, Explainer) else Explainer(model)
+        self.nhwc = layout_of(ex, layout) == "NHWC"
         ex.options.channel_axis = 3 if self.nhwc else 1
         self.settings, self.size = settings, size
 
@@ -327,11 +333,13 @@ def evaluate(model, images, labels=None, masks=None, methods=None, metrics=None,
              settings: Settings | None = None, progress=None, layout: str | None = None) -> Evaluation:
     """Evaluate ``methods`` on ``images`` by ``metrics`` (names from :data:`METRICS`).
 
-    ``images`` are in the model's layout, ``layout`` "NCHW" or "NHWC" (default: from the model's
+    ``model`` is a path, a ModelProto or an :class:`~onnxplain.explainer.Explainer`. ``images`` are
+    in the model's layout, ``layout`` "NCHW" or "NHWC" (default: from the model's
     input, NCHW when unclear); ``labels`` are the classes explained (default: the predicted ones);
     ``masks`` [N, H, W] the ground-truth regions the localisation metrics need; ``shuffled_model``
     the same architecture trained on shuffled labels, which data randomisation needs.
-    ``progress(advance=1, description=...)`` is called after each step (see :func:`count_steps`).
+    ``progress(total=...)`` is called once with the number of steps, then
+    ``progress(advance=1, description=...)`` after each.
     """
     from .driver import SCORE, for_explainer
     from .metrics import faithfulness as faith
@@ -346,6 +354,7 @@ def evaluate(model, images, labels=None, masks=None, methods=None, metrics=None,
         images = images.transpose(0, 3, 1, 2)  # the metrics work in NCHW
     images, labels, masks = check_data(images, labels, masks)
     from .explainer import all_methods
+    from .metrics import sanity
 
     methods = resolve(methods, all_methods(), "method") if methods is not None else list(DEFAULT_METHODS)
     metrics = resolve(metrics, METRICS, "metric")
@@ -355,6 +364,9 @@ def evaluate(model, images, labels=None, masks=None, methods=None, metrics=None,
     if "data_randomisation" in metrics and shuffled_model is None:
         raise OnnxplainError("data_randomisation needs a model trained on shuffled labels (--shuffled-model)")
     step = progress or (lambda **k: None)
+    source = explain.explainer.canonical.model  # the model as loaded: what randomisation redraws
+    layers = [lay.name for lay in sanity.weight_layers(source)] if {"cascading", "independent"} & set(metrics) else []
+    step(total=count_steps(methods, metrics, len(layers)))
     size = explain.size = images.shape[2:]
     explain.explainer.check_input(to_model(images[:1], nhwc))
     drv = for_explainer(explain.explainer)
@@ -363,7 +375,7 @@ def evaluate(model, images, labels=None, masks=None, methods=None, metrics=None,
         drv = _NHWCDriver(drv)
     targets = logits.argmax(axis=1) if labels is None else explain.explainer.check_target(labels, len(images))
     n, k = len(images), min(s.n_sanity, len(images))
-    ev = Evaluation(methods=methods, metrics=metrics, n=n, n_sanity=k, image=images[0])
+    ev = Evaluation(methods=methods, metrics=metrics, n=n, n_sanity=k, image=images[0], layers=layers)
     keep = lambda key: ev.values.setdefault(key, {})  # noqa: E731
     for m in methods:
         step(description=f"{m}: explaining")
@@ -410,7 +422,7 @@ def evaluate(model, images, labels=None, masks=None, methods=None, metrics=None,
                 lambda x, t: explain(m, x, t), images[:k], targets[:k], radius=s.radius, samples=s.noise_samples,
                 seed=s.seed)
             step(advance=1)
-    _sanity(ev, model, shuffled_model, explain, images[:k], targets[:k], s, size, step, nhwc)
+    _sanity(ev, source, shuffled_model, explain, images[:k], targets[:k], s, size, step, nhwc)
     return ev
 
 
@@ -423,7 +435,6 @@ def _sanity(ev: Evaluation, model, shuffled_model, explain: _Maps, x, t, s: Sett
     if not kinds:
         return
     reference = {m: explain(m, x, t) for m in ev.methods}
-    ev.layers = [layer.name for layer in sanity.weight_layers(model)]
     ev.cascade_maps = {m: [reference[m][0]] for m in ev.methods}
     for kind in kinds:
         if kind == "data_randomisation":
@@ -468,7 +479,7 @@ def short_layer(name: str) -> str:
 
 
 def count_steps(methods, metrics, n_layers: int) -> int:
-    """How many ``progress(advance=1)`` calls :func:`evaluate` makes (for a progress bar)."""
+    """How many ``progress(advance=1)`` calls :func:`evaluate` makes."""
     per_method = 1 + sum(m in metrics for m in ("pixel_flipping", "region_perturbation", "deletion", "insertion",
                                                   "class_sensitivity", "max_sensitivity"))
     models = n_layers * (("cascading" in metrics) + ("independent" in metrics)) + ("data_randomisation" in metrics)
