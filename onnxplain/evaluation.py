@@ -445,9 +445,7 @@ def _sanity(ev: Evaluation, model, shuffled_model, explain: _Maps, x, t, s: Sett
             other = _Maps(randomised, s, size, "NHWC" if nhwc else "NCHW")
             for m in ev.methods:
                 step(description=f"{kind}: {label}: {m}")
-                row = sanity.randomisation_scores(lambda _, xx, tt, m=m: other(m, xx, tt), x, t, [(label, None)],
-                                                  reference[m])[0]
-                _constant_is_uncorrelated(row, reference[m])
+                row = sanity.score_maps(label, other(m, x, t), reference[m])
                 ev.sanity.setdefault(kind, {}).setdefault(m, []).append(row)
                 if kind == "cascading":
                     ev.cascade_maps[m].append(row["maps"][0])
@@ -462,14 +460,6 @@ def _sanity(ev: Evaluation, model, shuffled_model, explain: _Maps, x, t, s: Sett
                 ev.values.setdefault("independent", {})[m] = np.mean([r["spearman_abs"] for r in rows], axis=0)
             else:
                 ev.values.setdefault("data_randomisation", {})[m] = rows[0]["spearman_abs"]
-
-
-def _constant_is_uncorrelated(row: dict, reference: np.ndarray) -> None:
-    """A randomised model whose map became constant (a CAM after its ReLU, often) shares no ordering
-    with a non-constant original map: its rank correlation counts as 0, not as undefined."""
-    for i, (a, b) in enumerate(zip(row["maps"], reference)):
-        if np.ptp(a) == 0 and np.ptp(b) > 0:
-            row["spearman"][i] = row["spearman_abs"][i] = 0.0
 
 
 def short_layer(name: str) -> str:

@@ -297,3 +297,15 @@ def test_demo_gradient_full_cascading_randomisation_decorrelates(demo):
     assert rows[0]["layer"] == steps[-1][0] == "/features/features.0/Conv"
     assert rows[0]["maps"].shape == ref.shape
     assert np.nanmean(rows[0]["spearman_abs"]) < 0.3  # trained vs trained: 1 (test above)
+
+
+def test_a_map_that_became_constant_has_rank_correlation_zero():
+    from onnxplain.metrics.sanity import score_maps
+
+    ramp = np.arange(16, dtype=float).reshape(1, 4, 4)
+    reference = np.concatenate([ramp, ramp, np.zeros((1, 4, 4))])
+    maps = np.concatenate([np.zeros((1, 4, 4)), ramp, np.zeros((1, 4, 4))])
+    row = score_maps("fc", maps, reference)
+    assert row["spearman_abs"][0] == 0.0 and row["spearman"][0] == 0.0  # lost all its ordering
+    assert row["spearman_abs"][1] == pytest.approx(1.0)  # unchanged
+    assert np.isnan(row["spearman_abs"][2])  # constant before and after: undefined

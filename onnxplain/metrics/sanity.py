@@ -162,22 +162,33 @@ def randomisation_scores(explain: Callable, x, target, models: Iterable[tuple[st
     ``explain(model, x, target) -> heatmaps [N, H, W]`` does the explaining; ``models`` is what
     :func:`cascading` or :func:`independent` yields; ``reference`` is the original model's heatmaps
     ``[N, H, W]`` (``explain(original, x, target)``). Returns one row per model:
-    ``{"layer", "spearman": [N], "spearman_abs": [N], "ssim": [N], "maps": [N, H, W]}``.
-    ``progress(done, total)`` is called after each model when ``models`` has a length, else
+    ``{"layer", "spearman": [N], "spearman_abs": [N], "ssim": [N], "maps": [N, H, W]}``
+    (:func:`score_maps`). ``progress(done, total)`` is called after each model when ``models`` has a length, else
     ``progress(done, None)``.
     """
     reference = _check_maps(reference, len(x), "the reference maps")
     total = len(models) if hasattr(models, "__len__") else None
     rows = []
     for label, model in models:
-        maps = _check_maps(explain(model, x, target), len(x), f"the maps of '{label}'")
-        if maps.shape != reference.shape:
-            raise OnnxplainError(f"the maps of '{label}' have shape {maps.shape}, the reference {reference.shape}")
-        scores = [compare(r, m) for r, m in zip(reference, maps)]
-        row = {"layer": label, "maps": maps}
-        for key in ("spearman", "spearman_abs", "ssim"):
-            row[key] = np.array([s[key] for s in scores])
-        rows.append(row)
+        rows.append(score_maps(label, explain(model, x, target), reference))
         if progress is not None:
             progress(len(rows), total)
     return rows
+
+
+def score_maps(label: str, maps, reference) -> dict:
+    """One row of :func:`randomisation_scores`: the maps ``[N, H, W]`` of a randomised model
+    compared with the original's, image by image. A map that became constant (a CAM after its
+    ReLU, often) while the original is not shares no ordering with it: its rank correlations count
+    as 0, not as undefined."""
+    reference = _check_maps(reference, len(reference), "the reference maps")
+    maps = _check_maps(maps, len(reference), f"the maps of '{label}'")
+    if maps.shape != reference.shape:
+        raise OnnxplainError(f"the maps of '{label}' have shape {maps.shape}, the reference {reference.shape}")
+    scores = [compare(r, m) for r, m in zip(reference, maps)]
+    row = {"layer": label, "maps": maps}
+    for key in ("spearman", "spearman_abs", "ssim"):
+        row[key] = np.array([s[key] for s in scores])
+    lost = (np.ptp(maps, axis=(1, 2)) == 0) & (np.ptp(reference, axis=(1, 2)) > 0)
+    row["spearman"][lost] = row["spearman_abs"][lost] = 0.0
+    return row
