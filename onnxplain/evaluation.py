@@ -133,11 +133,7 @@ class Evaluation:
         head = f"{'method':<{width}} " + " ".join(f"{c.title + ' ' + c.better:>11}" for c in cols)
         lines = [head]
         for m in self.methods:
-            cells = []
-            for c in cols:
-                v = self.mean(c.key, m)
-                cells.append(f"{'-' if not np.isfinite(v) else _fmt(v):>11}")
-            lines.append(f"{m:<{width}} " + " ".join(cells))
+            lines.append(f"{m:<{width}} " + " ".join(f"{_fmt(self.mean(c.key, m)):>11}" for c in cols))
         return "\n".join(lines)
 
     def markdown(self) -> str:

@@ -38,6 +38,16 @@ def _dashed(draw, points, color, width, dash):
             t += on + off
 
 
+def _rotated(draw, text: str, font, angle: float):
+    """``text`` in black on a transparent RGBA image turned by ``angle`` degrees (to paste with itself as mask)."""
+    from PIL import Image, ImageDraw
+
+    tw, th = _text_size(draw, text, font)
+    img = Image.new("RGBA", (tw + 2, th + 4), (255, 255, 255, 0))
+    ImageDraw.Draw(img).text((0, 0), text, fill="black", font=font)
+    return img.rotate(angle, expand=True)
+
+
 def line_chart(series: dict, title: str = "", xlabel: str = "", ylabel: str = "", size=(640, 400),
                xticklabels: list[str] | None = None, ylim: tuple[float, float] | None = None) -> np.ndarray:
     """One line per entry of ``series`` (``name -> (x, y)``), with axes, ticks and a legend on the
@@ -85,10 +95,7 @@ def line_chart(series: dict, title: str = "", xlabel: str = "", ylabel: str = ""
         d.line([(xx, top), (xx, top + plot_h)], fill=grey)
         label = xticklabels[k] if xticklabels else f"{t:.3g}"
         if xticklabels:  # rotated, so long layer names fit
-            tw, th = _text_size(d, label, small)
-            txt = Image.new("RGBA", (tw + 2, th + 4), (255, 255, 255, 0))
-            ImageDraw.Draw(txt).text((0, 0), label, fill="black", font=small)
-            txt = txt.rotate(45, expand=True)
+            txt = _rotated(d, label, small, 45)
             canvas.paste(txt, (int(xx - txt.width + 4), top + plot_h + 4), txt)
         else:
             tw, _ = _text_size(d, label, small)
@@ -122,9 +129,6 @@ def line_chart(series: dict, title: str = "", xlabel: str = "", ylabel: str = ""
         tw, th = _text_size(d, xlabel, small)
         d.text((left + (plot_w - tw) / 2, canvas.height - th - 6), xlabel, fill="black", font=small)
     if ylabel:
-        tw, th = _text_size(d, ylabel, small)
-        txt = Image.new("RGBA", (tw + 2, th + 4), (255, 255, 255, 0))
-        ImageDraw.Draw(txt).text((0, 0), ylabel, fill="black", font=small)
-        txt = txt.rotate(90, expand=True)
+        txt = _rotated(d, ylabel, small, 90)
         canvas.paste(txt, (4, int(top + (plot_h - txt.height) / 2)), txt)
     return np.asarray(canvas, dtype=np.uint8)
