@@ -12,9 +12,7 @@ so that machine noise hits all alike. Prints medians, passes per second and the 
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
-import platform
 import sys
 
 import numpy as np
@@ -22,12 +20,11 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 sys.path.insert(1, str(pathlib.Path(__file__).parent.parent))  # this checkout's onnxplain, not an installed one
 import archs  # noqa: E402
-from bench_gradient import interleaved  # noqa: E402
+from bench_gradient import interleaved, machine  # noqa: E402
 
-import onnxplain  # noqa: E402
 from onnxplain.explainer import Explainer  # noqa: E402
 from onnxplain.methods.occlusion import windows  # noqa: E402
-from onnxplain.session import default_providers, make_session  # noqa: E402
+from onnxplain.session import make_session  # noqa: E402
 
 
 def main():
@@ -36,8 +33,7 @@ def main():
     p.add_argument("--n-masks", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=64)
     args = p.parse_args()
-    print(f"onnxplain {onnxplain.__version__}; {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-          f"providers {default_providers()}")
+    print(machine())
     model = archs.resnet18()
     rng = np.random.default_rng(0)
     x = rng.random((1, 3, 224, 224), dtype=np.float32)

@@ -13,9 +13,7 @@ and their ratios to the forward pass.
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
-import platform
 import sys
 
 import numpy as np
@@ -23,10 +21,10 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 sys.path.insert(1, str(pathlib.Path(__file__).parent.parent))  # this checkout's onnxplain, not an installed one
 import archs  # noqa: E402
-from bench_gradient import interleaved  # noqa: E402
+from bench_gradient import interleaved, machine  # noqa: E402
 
 import onnxplain  # noqa: E402
-from onnxplain.session import default_providers, make_session  # noqa: E402
+from onnxplain.session import make_session  # noqa: E402
 
 
 def main():
@@ -34,8 +32,7 @@ def main():
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=64)
     args = p.parse_args()
-    print(f"onnxplain {onnxplain.__version__}; {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-          f"providers {default_providers()}")
+    print(machine())
     model = archs.resnet18()
     x = np.random.default_rng(0).random((1, 3, 224, 224), dtype=np.float32)
     fwd = make_session(model)

@@ -10,6 +10,7 @@ explanation graph of a ~6,600-node transformer stack.
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 import platform
 import statistics
@@ -23,6 +24,14 @@ import archs  # noqa: E402
 
 import onnxplain  # noqa: E402
 from onnxplain.session import default_providers, make_session  # noqa: E402
+
+
+def machine() -> str:
+    """One line: onnxplain version, CPU, cores and onnxruntime providers (every bench prints it)."""
+    import onnxruntime
+
+    return (f"onnxplain {onnxplain.__version__}; {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+            f"onnxruntime {onnxruntime.__version__}, providers {default_providers()}")
 
 
 def interleaved(fns: dict, repeats: int) -> dict:
@@ -72,8 +81,7 @@ def main():
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--ig-steps", type=int, default=32)
     args = p.parse_args()
-    print(f"onnxplain {onnxplain.__version__}; {platform.processor() or platform.machine()}; "
-          f"providers {default_providers()}")
+    print(machine())
     for name, make in [("resnet18", archs.resnet18), ("mobilenet_v2", archs.mobilenet_v2)]:
         bench_model(name, make(), args.repeats, args.ig_steps)
     stack = archs.transformer_stack()

@@ -12,14 +12,12 @@ the ratio to the gradient.
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
-import platform
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 sys.path.insert(1, str(pathlib.Path(__file__).parent.parent))  # this checkout's onnxplain
-from bench_gradient import interleaved  # noqa: E402
+from bench_gradient import interleaved, machine  # noqa: E402
 
 import onnxplain  # noqa: E402
 from onnxplain.data import make_shapes  # noqa: E402
@@ -48,8 +46,7 @@ def main():
 
     med = interleaved({k: call(k, p) for k, p in METHODS.items()}, args.repeats)
     base = med["gradient"]
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus, onnxruntime "
-          f"{__import__('onnxruntime').__version__}; {args.n} images per call, median of {args.repeats}")
+    print(f"{machine()}; {args.n} images per call, median of {args.repeats}")
     print(f"{'method':<26} {'ms/image':>10} {'x gradient':>11}")
     for k, v in med.items():
         print(f"{k:<26} {v / args.n * 1e3:>10.2f} {v / base:>11.1f}")
