@@ -101,7 +101,10 @@ def fill_image(x: np.ndarray, fill, seed: int = 0) -> np.ndarray:
     """What perturbed pixels take, [N, C, H, W] like ``x``:
     ``"uniform"``: U[min(x_n), max(x_n)] per pixel and channel of image n (Samek et al. 2017),
     drawn from ``default_rng([seed, n])``; ``"mean"``: the image's per-channel mean; ``"blur"``:
-    :func:`blur`; a number: that constant; an array: x's shape (or broadcastable to it)."""
+    :func:`blur`; a number: that constant; an array: x's shape (or broadcastable to it). The mean
+    and constant fills are occlusion's (:func:`onnxplain.methods.occlusion.fill_source`)."""
+    from ..methods.occlusion import fill_source
+
     if isinstance(fill, str):
         if fill == "uniform":
             out = np.empty_like(x)
@@ -109,13 +112,12 @@ def fill_image(x: np.ndarray, fill, seed: int = 0) -> np.ndarray:
                 rng = np.random.default_rng([int(seed), n])
                 out[n] = rng.uniform(float(x[n].min()), float(x[n].max()), size=x.shape[1:])
             return out
-        if fill == "mean":
-            return np.broadcast_to(x.mean(axis=(2, 3), keepdims=True, dtype=np.float64), x.shape).astype(x.dtype)
         if fill == "blur":
             return blur(x)
-        raise OnnxplainError(f"fill must be 'uniform', 'mean', 'blur', a number or an array, not '{fill}'")
+        if fill != "mean":
+            raise OnnxplainError(f"fill must be 'uniform', 'mean', 'blur', a number or an array, not '{fill}'")
     try:
-        return np.broadcast_to(np.asarray(fill, dtype=x.dtype), x.shape)
+        return fill_source(x, (2, 3), fill, None)
     except (ValueError, TypeError):
         raise OnnxplainError(f"fill/baseline must broadcast to x's shape {list(x.shape)}") from None
 
