@@ -230,13 +230,12 @@ def check_data(images, labels=None, masks=None) -> tuple:
             raise OnnxplainError(f"labels must be {n} integers, got {labels.dtype} {list(labels.shape)}")
         labels = labels.astype(np.int64)
     if masks is not None:
+        from .metrics.localisation import as_mask
+
         masks = np.asarray(masks)
         if masks.shape != (n, h, w):
             raise OnnxplainError(f"masks must have shape {[n, h, w]} (one per image), got {list(masks.shape)}")
-        if masks.dtype != bool:
-            if not np.isin(masks, (0, 1)).all():
-                raise OnnxplainError("masks must be boolean (or 0/1)")
-            masks = masks.astype(bool)
+        masks = as_mask(masks, "masks")
     return images, labels, masks
 
 

@@ -24,11 +24,17 @@ def check_maps(heatmap, mask) -> tuple[np.ndarray, np.ndarray]:
     h = h.astype(np.float64)
     if not np.isfinite(h).all():
         raise OnnxplainError("heatmap contains non-finite values (nan or inf)")
+    return h, as_mask(m)
+
+
+def as_mask(m, what: str = "mask") -> np.ndarray:
+    """``m`` as a bool array: bool, or numbers that are all 0 or 1; OnnxplainError otherwise."""
+    m = np.asarray(m)
     if m.dtype != bool:
         if not np.issubdtype(m.dtype, np.number) or not np.isin(m, (0, 1)).all():
-            raise OnnxplainError(f"mask must be boolean or 0/1, got dtype {m.dtype} with other values")
+            raise OnnxplainError(f"{what} must be boolean or 0/1, got dtype {m.dtype} with other values")
         m = m.astype(bool)
-    return h, m
+    return m
 
 
 def pointing_game(heatmap, mask, tolerance: float = 0) -> np.ndarray:
