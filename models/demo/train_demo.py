@@ -124,27 +124,11 @@ def main():
 
     t_train = time.time()
     for epoch in range(args.epochs):
-        model.train()
-        perm = torch.randperm(args.n_train, generator=gen)
-        total, correct, loss_sum = 0, 0, 0.0
-        for i in range(0, args.n_train, args.batch):
-            idx = perm[i:i + args.batch]
-            xb, yb = xtr[idx], ytr[idx]
-            # Random flips keep the label (all classes are flip-symmetric sets).
-            if torch.rand(1, generator=gen).item() < 0.5:
-                xb = xb.flip(3)
-            logits = model(xb)
-            loss = loss_fn(logits, yb)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            loss_sum += loss.item() * len(idx)
-            correct += (logits.argmax(1) == yb).sum().item()
-            total += len(idx)
+        # Random flips keep the label (all classes are flip-symmetric sets).
+        loss, train_acc = train_epoch(model, opt, loss_fn, xtr, ytr, args.batch, gen, flip=True, sched=sched)
         acc = evaluate(model, xva, yva)
-        print(f"epoch {epoch + 1}/{args.epochs}: loss {loss_sum / total:.4f} "
-              f"train acc {correct / total:.4f} val acc {acc:.4f} "
+        print(f"epoch {epoch + 1}/{args.epochs}: loss {loss:.4f} "
+              f"train acc {train_acc:.4f} val acc {acc:.4f} "
               f"({time.time() - t_train:.0f}s)")
     print(f"training time: {time.time() - t_train:.0f}s")
 
@@ -152,6 +136,31 @@ def main():
     export(model, args.out)
     verify(model, args.out, xva[:64].numpy())
     print(f"total time: {time.time() - t0:.0f}s")
+
+
+def train_epoch(model, opt, loss_fn, xtr, ytr, batch, gen, flip, sched=None):
+    """One pass over the training set in a random order; with ``flip``, each batch is mirrored
+    with probability 1/2. Returns (mean loss, train-mode accuracy)."""
+    model.train()
+    n = len(xtr)
+    perm = torch.randperm(n, generator=gen)
+    total, correct, loss_sum = 0, 0, 0.0
+    for i in range(0, n, batch):
+        idx = perm[i:i + batch]
+        xb, yb = xtr[idx], ytr[idx]
+        if flip and torch.rand(1, generator=gen).item() < 0.5:
+            xb = xb.flip(3)
+        logits = model(xb)
+        loss = loss_fn(logits, yb)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+        loss_sum += loss.item() * len(idx)
+        correct += (logits.argmax(1) == yb).sum().item()
+        total += len(idx)
+    return loss_sum / total, correct / total
 
 
 def main_shuffled(args):
@@ -181,23 +190,11 @@ def main_shuffled(args):
     signal.signal(signal.SIGINT, lambda *_: stop.append(True))
     t_train = time.time()
     for epoch in range(args.epochs):
-        model.train()
-        perm = torch.randperm(args.n_train, generator=gen)
-        total, correct, loss_sum = 0, 0, 0.0
-        for i in range(0, args.n_train, args.batch):
-            idx = perm[i:i + args.batch]
-            logits = model(xtr[idx])
-            loss = loss_fn(logits, ytr[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            loss_sum += loss.item() * len(idx)
-            correct += (logits.argmax(1) == ytr[idx]).sum().item()
-            total += len(idx)
-        line = (f"epoch {epoch + 1}/{args.epochs}: loss {loss_sum / total:.4f} "
-                f"train acc (train mode) {correct / total:.4f}")
+        loss, train_acc = train_epoch(model, opt, loss_fn, xtr, ytr, args.batch, gen, flip=False)
+        line = (f"epoch {epoch + 1}/{args.epochs}: loss {loss:.4f} "
+                f"train acc (train mode) {train_acc:.4f}")
         done = epoch + 1 == args.epochs
-        if (epoch + 1) % 5 == 0 or done or correct / total >= args.target_train_acc:
+        if (epoch + 1) % 5 == 0 or done or train_acc >= args.target_train_acc:
             fit = evaluate(model, xtr, ytr)
             line += f" shuffled train acc {fit:.4f}"
             done = done or fit >= args.target_train_acc
