@@ -22,9 +22,9 @@ sys.path.insert(1, str(pathlib.Path(__file__).parent.parent))  # this checkout's
 import archs  # noqa: E402
 from bench_gradient import interleaved, machine  # noqa: E402
 
-from onnxplain.explainer import Explainer  # noqa: E402
+from onnxplain.runtime.explainer import Explainer  # noqa: E402
 from onnxplain.methods.occlusion import windows  # noqa: E402
-from onnxplain.session import make_session  # noqa: E402
+from onnxplain.runtime.session import make_session  # noqa: E402
 
 
 def main():

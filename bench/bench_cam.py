@@ -24,7 +24,7 @@ import archs  # noqa: E402
 from bench_gradient import interleaved, machine  # noqa: E402
 
 import onnxplain  # noqa: E402
-from onnxplain.session import make_session  # noqa: E402
+from onnxplain.runtime.session import make_session  # noqa: E402
 
 
 def main():

@@ -23,7 +23,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import archs  # noqa: E402
 
 import onnxplain  # noqa: E402
-from onnxplain.session import default_providers, make_session  # noqa: E402
+from onnxplain.runtime.session import default_providers, make_session  # noqa: E402
 
 
 def machine() -> str:

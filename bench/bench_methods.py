@@ -20,8 +20,8 @@ sys.path.insert(1, str(pathlib.Path(__file__).parent.parent))  # this checkout's
 from bench_gradient import interleaved, machine  # noqa: E402
 
 import onnxplain  # noqa: E402
-from onnxplain.data import make_shapes  # noqa: E402
-from onnxplain.resources import demo_model  # noqa: E402
+from onnxplain.io.shapes_data import make_shapes  # noqa: E402
+from onnxplain.io.resources import demo_model  # noqa: E402
 
 METHODS = {
     "gradient": {}, "input_x_gradient": {}, "integrated_gradients": {}, "smoothgrad": {}, "guided_backprop": {},

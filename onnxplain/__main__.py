@@ -1,4 +1,4 @@
 """`python -m onnxplain` runs the command line."""
-from .cli import app
+from onnxplain.cli import app
 
 app()

@@ -22,7 +22,7 @@ import numpy as np
 import typer
 from typer.core import TyperGroup
 
-from .errors import OnnxplainError
+from onnxplain.errors import OnnxplainError
 
 # ---- one-line errors ------------------------------------------------------------------------------
 USER_ERROR = 2
@@ -211,7 +211,7 @@ def _rules_file(path: Optional[Path]) -> Optional[str]:
     """Validate a --rules file up front, so a bad one fails before any model work."""
     if path is None:
         return None
-    from .ruleset import load_ruleset
+    from onnxplain.rules.ruleset import load_ruleset
 
     load_ruleset(path)
     return str(path)
@@ -249,7 +249,7 @@ def _blackbox_params(window: int, stride: Optional[int], fill: str, blur: Option
 
 
 def _check_method(method: str) -> str:
-    from .explainer import all_methods
+    from onnxplain.runtime.explainer import all_methods
 
     if method not in all_methods():
         raise OnnxplainError(f"unknown method '{method}' (choose from: {', '.join(sorted(all_methods()))})")
@@ -282,7 +282,7 @@ def _human(nbytes: int) -> str:
 
 
 def _fmt_io(vi) -> str:
-    from .report import _value_info, fmt_shape
+    from onnxplain.graph.describe import _value_info, fmt_shape
 
     d = _value_info(vi)
     return f"{d['name']} {d['dtype']} {fmt_shape(d['shape'])}"
@@ -318,7 +318,7 @@ def _opt_prefix_tokens():
 # ---- commands ------------------------------------------------------------------------------------------
 def _version_callback(value: bool):
     if value:
-        from . import __version__
+        from onnxplain import __version__
 
         typer.echo(f"onnxplain {__version__}")
         raise typer.Exit()
@@ -336,7 +336,7 @@ def version():
     import onnx
     import onnxruntime
 
-    from . import __version__
+    from onnxplain import __version__
 
     typer.echo(f"onnxplain {__version__} (onnx {onnx.__version__}, onnxruntime {onnxruntime.__version__})")
 
@@ -364,12 +364,12 @@ def export(
     """Write the explanation graph of MODEL: the model plus a backward pass and an `attribution` output."""
     import onnx
 
-    from .explanation import Options, build
-    from .load import load_model
+    from onnxplain.graph.rewrite import Options, build
+    from onnxplain.graph.load import load_model
 
     t0 = time.perf_counter()
     _check_method(method)
-    from .explainer import BLACKBOX, FORWARD_CAMS, PERTURBATION, SUPERPIXEL
+    from onnxplain.runtime.explainer import BLACKBOX, FORWARD_CAMS, PERTURBATION, SUPERPIXEL
 
     if method in FORWARD_CAMS or method in SUPERPIXEL or method in BLACKBOX + PERTURBATION:
         raise OnnxplainError(f"{method} runs many forward passes from Python and has no single explanation graph; "
@@ -419,7 +419,7 @@ def _check_and_save(graph, out: Path, onnx, in_memory_limit: int = 2**31 - 2**26
     Graphs over ``in_memory_limit`` bytes (protobuf cannot serialise 2 GB) are written to a
     temporary folder beside ``out`` (weights as external data), checked by path, then moved in.
     """
-    from .load import save_model_atomic
+    from onnxplain.graph.load import save_model_atomic
 
     def failed(exc):
         return OnnxplainError(f"the explanation graph fails onnx.checker.check_model(full_check=True): "
@@ -538,11 +538,11 @@ def explain(
                                        "of a class: LAYER:CHANNEL[:Y:X] (gradient, deconvnet, guided_backprop)."),
 ):
     """Explain images with one or more methods; writes <stem>.<method>.png (overlay) and .npy (raw)."""
-    from . import preprocess, render
-    from .builder import np_dtype
-    from .explainer import Explainer
-    from .explanation import class_axis_of
-    from .report import _dims, fmt_shape
+    from onnxplain.io import preprocess, render
+    from onnxplain.graph.builder import np_dtype
+    from onnxplain.runtime.explainer import Explainer
+    from onnxplain.graph.rewrite import class_axis_of
+    from onnxplain.graph.describe import _dims, fmt_shape
 
     methods = list(dict.fromkeys(_check_method(m) for m in (method or ["gradient"])))
     for p in images:
@@ -572,12 +572,12 @@ def explain(
         ex.check_input(it.tensor[None])
     if target is not None:
         ex.check_target(target, 1)
-    from .explainer import BLACKBOX, FORWARD_CAMS, LOOPED, PERTURBATION, SUPERPIXEL
+    from onnxplain.runtime.explainer import BLACKBOX, FORWARD_CAMS, LOOPED, PERTURBATION, SUPERPIXEL
 
     superpixel = _superpixel_params(segmentation, n_segments, fill)
     blackbox = _blackbox_params(window, stride, fill, blur, n_masks, cells, iterations, area)
     if unit is not None:
-        from .featurevis import check_cli_unit
+        from onnxplain.methods.featurevis import check_cli_unit
 
         unit = check_cli_unit(ex, methods, unit, target)
     with _status("building explanation graphs"):
@@ -688,7 +688,7 @@ def inspect_cmd(
     probabilities: bool = _opt_prob(),
 ):
     """Show inputs, outputs, op types with gradient-rule coverage, the explained path and CAM layers."""
-    from .report import describe, format_text
+    from onnxplain.graph.describe import describe, format_text
 
     _existing(model)
     info = describe(model, input=input, output=output, probabilities=probabilities)
@@ -704,8 +704,8 @@ def demo(
     samples: int = typer.Option(16, "--samples", min=1, help="smoothgrad: noisy copies."),
 ):
     """Explain the shipped shapes classifier with every white-box method; writes demo_methods.png."""
-    from .demo import METHODS, format_table, run_demo
-    from .resources import demo_model
+    from onnxplain.io.demo import METHODS, format_table, run_demo
+    from onnxplain.io.resources import demo_model
 
     path = demo_model()
     out_dir = Path(out_dir)
@@ -761,9 +761,9 @@ def evaluate_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON instead of the table."),
 ):
     """Score methods by faithfulness, localisation, class sensitivity, robustness and sanity checks."""
-    from . import evaluation as E
-    from .data import make_shapes
-    from .resources import SHUFFLED_MODEL, demo_model, find
+    from onnxplain.evaluation import runner as E
+    from onnxplain.io.shapes_data import make_shapes
+    from onnxplain.io.resources import SHUFFLED_MODEL, demo_model, find
 
     if model == "demo":
         path = demo_model()
@@ -777,7 +777,7 @@ def evaluate_cmd(
     if out_dir.exists() and not out_dir.is_dir():
         raise OnnxplainError(f"--out-dir {out_dir} exists and is not a folder")
     with _running("loading the model"):
-        from .explainer import Explainer, all_methods
+        from onnxplain.runtime.explainer import Explainer, all_methods
 
         explainer = Explainer(str(path))
     shape, layout = explainer.x.shape, E.layout_of(explainer, layout)

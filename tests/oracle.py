@@ -19,7 +19,7 @@ from onnx.reference.op_run import OpRun
 from onnx.reference.ops.op_resize import Resize as _ReferenceResize
 
 import onnxplain
-from onnxplain.session import make_session
+from onnxplain.runtime.session import make_session
 
 F32, F64 = TensorProto.FLOAT, TensorProto.DOUBLE
 # inputs that stay float32 whatever the data type (Resize/Upsample scales)

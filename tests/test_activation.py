@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from oracle import X, assert_case, case, gradient_graph
 
-from onnxplain.session import make_session
+from onnxplain.runtime.session import make_session
 
 r = np.random.default_rng(2)
 n = r.normal

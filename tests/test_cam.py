@@ -23,10 +23,10 @@ from onnx import TensorProto, helper
 from oracle import gradient_graph, run_ref, to_float64
 
 import onnxplain
-from onnxplain.canonicalize import canonicalize
+from onnxplain.graph.canonicalize import canonicalize
 from onnxplain.errors import OnnxplainError
-from onnxplain.session import make_session
-from onnxplain.taps import find_tap
+from onnxplain.runtime.session import make_session
+from onnxplain.graph.taps import find_tap
 
 ROOT = Path(__file__).resolve().parents[1]
 ZOO = ROOT / "tests" / "zoo"
@@ -239,7 +239,7 @@ def test_layer_by_node_name_and_off_path_layer():
 
 
 def test_prefix_tokens_option_and_ambiguity():
-    from onnxplain.taps import token_layout
+    from onnxplain.graph.taps import token_layout
 
     assert token_layout(17, [1, 3, 32, 32]) == (1, (4, 4))
     assert token_layout(17, [1, 3, 32, 32], prefix_tokens=1) == (1, (4, 4))
@@ -263,7 +263,7 @@ def test_no_automatic_layer_on_a_segmenter_or_tabular_model():
 
 
 def test_inspect_shows_the_cam_choice():
-    from onnxplain.report import describe
+    from onnxplain.graph.describe import describe
 
     for name, expected in (("vit_ts17.onnx", "/blocks/blocks.1/norm1/LayerNormalization_output_0"),
                            ("resnet_ts13.onnx", "/layer3/Relu_1_output_0")):
@@ -297,7 +297,7 @@ def test_cli_export_layer_and_prefix_tokens(tmp_path):
 
 
 def test_cli_explain_renders_cam_overlays(tmp_path):
-    from onnxplain.data import make_shapes
+    from onnxplain.io.shapes_data import make_shapes
 
     images, _, _ = make_shapes(1, seed=3)
     np.save(tmp_path / "s.npy", images[0])
@@ -338,7 +338,7 @@ def test_every_zoo_image_classifier_gets_an_automatic_layer(entry):
 
 
 def test_renderer_copes_with_one_channel_maps():
-    from onnxplain import render
+    from onnxplain.io import render
 
     assert render.to_2d(np.ones((1, 5, 6)), channel_axis=2).shape == (5, 6)  # [1, H, W] in an NHWC run
     assert render.to_2d(np.ones((1, 5, 6)), channel_axis=0).shape == (5, 6)

@@ -9,9 +9,9 @@ from oracle import check_vjp, run_ref, to_float64
 from models import tiny_cnn
 from onnxplain import Explainer
 from onnxplain.errors import OnnxplainError
-from onnxplain.featurevis import parse_unit, unit_weights
+from onnxplain.methods.featurevis import parse_unit, unit_weights
 from onnxplain.methods import cam_forward as cf
-from onnxplain.session import make_session
+from onnxplain.runtime.session import make_session
 
 
 def _x(n=3, seed=0):

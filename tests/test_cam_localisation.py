@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from onnxplain import Explainer
-from onnxplain.data import make_shapes
+from onnxplain.io.shapes_data import make_shapes
 
 MODEL = os.path.join(os.path.dirname(__file__), "..", "models", "demo", "shapes_cnn.onnx")
 N, SEED, DILATE = 100, 12345, 3

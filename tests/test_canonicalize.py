@@ -3,7 +3,7 @@ import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 from oracle import run_ref, to_float64
 
-from onnxplain.canonicalize import canonicalize, export_graph, find_logits
+from onnxplain.graph.canonicalize import canonicalize, export_graph, find_logits
 
 rng = np.random.default_rng(0)
 

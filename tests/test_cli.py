@@ -342,7 +342,7 @@ def test_inspect_json(cli, files):
 
 
 def test_demo_end_to_end(cli, tmp_path):
-    from onnxplain.resources import demo_model
+    from onnxplain.io.resources import demo_model
 
     assert demo_model().is_file()
     res = cli("demo", "--out-dir", tmp_path, "--n", 2, "--steps", 4, "--samples", 4)
@@ -358,7 +358,7 @@ def test_demo_end_to_end(cli, tmp_path):
 
 def test_run_demo_logic_with_a_stand_in_model(tmp_path):
     """The demo pipeline on a small random CNN of the demo's interface ([N,3,64,64] -> 5 logits)."""
-    from onnxplain.demo import METHODS, format_table, mask_mass, run_demo
+    from onnxplain.io.demo import METHODS, format_table, mask_mass, run_demo
 
     r = np.random.default_rng(0)
     inits = [nh.from_array((r.normal(size=(4, 3, 5, 5)) * 0.2).astype(np.float32), "W"),
@@ -383,7 +383,7 @@ def test_run_demo_logic_with_a_stand_in_model(tmp_path):
 
 
 def test_resources_find_the_checkout_folders():
-    from onnxplain import resources
+    from onnxplain.io import resources
 
     assert resources.rules_dir() == ROOT / "rules"
     assert resources.models_dir() == ROOT / "models"
@@ -393,7 +393,7 @@ def test_resources_find_the_checkout_folders():
 def test_path_based_check_for_big_graphs(files, tmp_path):
     """The >2 GB branch (forced with a zero limit): checked on disk, moved in, no temporaries left."""
     from onnxplain.cli import _check_and_save
-    from onnxplain.explanation import build
+    from onnxplain.graph.rewrite import build
 
     graph = build(str(files["tiny"]), "gradient")
     out = tmp_path / "new" / "g.onnx"

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from onnxplain.cli import app
 from onnxplain.methods import HEADS
-from onnxplain.session import make_session
+from onnxplain.runtime.session import make_session
 
 runner = CliRunner()
 

@@ -1,9 +1,9 @@
-"""Tests for the synthetic shapes task in onnxplain.data."""
+"""Tests for the synthetic shapes task in onnxplain.io.shapes_data."""
 
 import numpy as np
 import pytest
 
-from onnxplain.data import CLASS_NAMES, make_shapes
+from onnxplain.io.shapes_data import CLASS_NAMES, make_shapes
 
 
 def test_deterministic_per_seed():

@@ -21,8 +21,8 @@ from oracle import X, case, run_ref, to_float64
 
 import onnxplain
 from onnxplain import Explainer
-from onnxplain.load import load_model, opset_of
-from onnxplain.session import make_session
+from onnxplain.graph.load import load_model, opset_of
+from onnxplain.runtime.session import make_session
 
 F32 = TensorProto.FLOAT
 ZOO = pathlib.Path(__file__).parent / "zoo"
@@ -707,7 +707,7 @@ def test_explainer_fixed_batch_one_with_baseline(name):
 
 
 def test_rule_set_file_loads_and_lists_the_rules():
-    from onnxplain.ruleset import builtin_ruleset
+    from onnxplain.rules.ruleset import builtin_ruleset
 
     rs = builtin_ruleset("deeplift")
     rules = {e.rule for e in rs.entries}

@@ -4,8 +4,8 @@ import onnx
 from onnx import numpy_helper
 
 from models import tiny_cnn
-from onnxplain.driver import Driver
-from onnxplain.session import make_session
+from onnxplain.runtime.driver import Driver
+from onnxplain.runtime.session import make_session
 
 
 def _singles(model, xs, name="logits"):

@@ -6,7 +6,7 @@ import pytest
 from oracle import Case, X, assert_case, case, gradient_graph
 from onnx import TensorProto, helper
 
-from onnxplain.session import make_session
+from onnxplain.runtime.session import make_session
 
 r = np.random.default_rng(3)
 n = r.normal

@@ -13,10 +13,10 @@ from onnx import numpy_helper as nh
 from scipy.stats import spearmanr
 from typer.testing import CliRunner
 
-from onnxplain import evaluation as E
+from onnxplain.evaluation import runner as E
 from onnxplain.cli import app
 from onnxplain.errors import OnnxplainError
-from onnxplain.metrics import sanity
+from onnxplain.evaluation.metrics import sanity
 
 # ---- a model that reads one region per class ---------------------------------------------------
 SIDE = 8
@@ -166,8 +166,8 @@ def test_localisation_without_masks_and_unknown_names():
 def test_guided_backprop_survives_cascading_randomisation_better_than_the_gradient():
     """Adebayo et al. 2018, Fig. 2: guided backprop's maps stay close to the trained model's as the
     layers are randomised from the top, the gradient's do not."""
-    from onnxplain.data import make_shapes
-    from onnxplain.resources import demo_model
+    from onnxplain.io.shapes_data import make_shapes
+    from onnxplain.io.resources import demo_model
 
     x, y, _ = make_shapes(3, seed=11)
     ev = E.evaluate(str(demo_model()), x, y, methods=["gradient", "guided_backprop"], metrics=["cascading"],
@@ -233,8 +233,8 @@ def test_cli_errors_are_one_line(run, tmp_path, make, args, message):
 def test_data_randomisation_with_the_shipped_shuffled_label_model():
     """Adebayo et al. 2018, data randomisation: the gradient of a model trained on shuffled labels
     is not the gradient of the trained model."""
-    from onnxplain.data import make_shapes
-    from onnxplain.resources import demo_model, shuffled_model
+    from onnxplain.io.shapes_data import make_shapes
+    from onnxplain.io.resources import demo_model, shuffled_model
 
     x, y, _ = make_shapes(2, seed=5)
     ev = E.evaluate(str(demo_model()), x, y, methods=["gradient"], metrics=["data_randomisation"],

@@ -7,7 +7,7 @@ from oracle import check_vjp
 
 import onnxplain
 from onnxplain import Explainer, Options, OnnxplainError, UnsupportedOpsError
-from onnxplain.session import make_session
+from onnxplain.runtime.session import make_session
 
 rng = np.random.default_rng(0)
 X = rng.normal(size=(3, 3, 8, 8)).astype(np.float32)

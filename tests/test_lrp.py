@@ -25,11 +25,11 @@ from oracle import X, case, run_ref, to_float64
 
 import onnxplain
 from onnxplain import OnnxplainError
-from onnxplain.load import load_model, opset_of
+from onnxplain.graph.load import load_model, opset_of
 from onnxplain.methods.lrp import METHODS
-from onnxplain.resources import rules_dir
-from onnxplain.ruleset import load_ruleset
-from onnxplain.session import make_session
+from onnxplain.io.resources import rules_dir
+from onnxplain.rules.ruleset import load_ruleset
+from onnxplain.runtime.session import make_session
 
 ZOO = pathlib.Path(__file__).parent / "zoo"
 MANIFEST = json.loads((ZOO / "manifest.json").read_text())

@@ -6,9 +6,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from scipy.ndimage import gaussian_filter
 
-from onnxplain.driver import Driver
+from onnxplain.runtime.driver import Driver
 from onnxplain.errors import OnnxplainError
-from onnxplain.metrics.faithfulness import Curve, aopc, deletion, insertion, region_perturbation
+from onnxplain.evaluation.metrics.faithfulness import Curve, aopc, deletion, insertion, region_perturbation
 
 from models import tiny_cnn
 

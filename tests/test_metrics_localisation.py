@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from onnxplain.errors import OnnxplainError
-from onnxplain.metrics.localisation import pointing_game, relevance_mass, relevance_rank
+from onnxplain.evaluation.metrics.localisation import pointing_game, relevance_mass, relevance_rank
 
 H = W = 32
 

@@ -7,7 +7,7 @@ from scipy.stats import spearmanr
 
 from onnxplain import Explainer
 from onnxplain.errors import OnnxplainError
-from onnxplain.metrics.robustness import class_sensitivity, least_likely, max_sensitivity
+from onnxplain.evaluation.metrics.robustness import class_sensitivity, least_likely, max_sensitivity
 
 N, C, H, W, K = 3, 1, 8, 8, 4
 RNG = np.random.default_rng(0)

@@ -6,7 +6,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxplain.errors import OnnxplainError
-from onnxplain.metrics import sanity
+from onnxplain.evaluation.metrics import sanity
 from models import with_ops
 
 CLASSES = 10
@@ -268,8 +268,8 @@ def test_scores_reject_maps_of_the_wrong_shape():
 # ---- the demo model, true gradients -------------------------------------------------------
 @pytest.fixture(scope="module")
 def demo():
-    from onnxplain.data import make_shapes
-    from onnxplain.resources import demo_model
+    from onnxplain.io.shapes_data import make_shapes
+    from onnxplain.io.resources import demo_model
     images, labels, _ = make_shapes(3, seed=7, size=64)
     return demo_model(), images, labels.astype(np.int64)
 
@@ -300,7 +300,7 @@ def test_demo_gradient_full_cascading_randomisation_decorrelates(demo):
 
 
 def test_a_map_that_became_constant_has_rank_correlation_zero():
-    from onnxplain.metrics.sanity import score_maps
+    from onnxplain.evaluation.metrics.sanity import score_maps
 
     ramp = np.arange(16, dtype=float).reshape(1, 4, 4)
     reference = np.concatenate([ramp, ramp, np.zeros((1, 4, 4))])

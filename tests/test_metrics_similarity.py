@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from onnxplain.metrics.similarity import compare, ranks, spearman, ssim
+from onnxplain.evaluation.metrics.similarity import compare, ranks, spearman, ssim
 
 
 def test_ranks_average_ties():

@@ -5,10 +5,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from models import tiny_cnn
 from onnxplain.errors import OnnxplainError
-from onnxplain.explainer import Explainer
+from onnxplain.runtime.explainer import Explainer
 from onnxplain.methods import occlusion as occ
 from onnxplain.methods.rise import Masks
-from onnxplain.session import make_session
+from onnxplain.runtime.session import make_session
 
 
 def _occlusion_loop(model, x, target, window, stride, fill):

@@ -4,9 +4,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxplain.errors import OnnxplainError
-from onnxplain.explainer import Explainer
+from onnxplain.runtime.explainer import Explainer
 from onnxplain.methods.perturbation import Problem
-from onnxplain.session import make_session
+from onnxplain.runtime.session import make_session
 
 SIZE, REGION = 32, (8, 20, 12, 24)
 

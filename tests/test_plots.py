@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from onnxplain.plots import PALETTE, _ticks, line_chart
+from onnxplain.io.plots import PALETTE, _ticks, line_chart
 
 
 def test_ticks_are_round_and_cover_the_range():

@@ -10,7 +10,7 @@ import pytest
 from oracle import X, assert_case, case, gradient_graph, run_ref, to_float64
 from onnx import TensorProto, helper
 
-from onnxplain.session import make_session
+from onnxplain.runtime.session import make_session
 
 r = np.random.default_rng(3)
 n = r.normal

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from onnxplain import preprocess as pp
+from onnxplain.io import preprocess as pp
 from onnxplain.errors import OnnxplainError
 
 PIXEL = np.array([255, 0, 51], dtype=np.uint8)  # R, G, B

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from oracle import X, assert_case, case, gradient_graph, run_ref, to_float64
 
-from onnxplain.session import make_session
+from onnxplain.runtime.session import make_session
 
 r = np.random.default_rng(4)
 n = r.normal

@@ -2,7 +2,7 @@
 import importlib
 import pathlib
 
-from onnxplain.vjp import load_all
+from onnxplain.rules.vjp import load_all
 
 HERE = pathlib.Path(__file__).parent
 

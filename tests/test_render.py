@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from onnxplain import render
+from onnxplain.io import render
 
 
 def lightness(rgb):

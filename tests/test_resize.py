@@ -7,7 +7,7 @@ from onnx import TensorProto, helper
 from oracle import X, assert_case, case, check_vjp, gradient_graph
 
 from onnxplain.errors import OnnxplainError
-from onnxplain.vjp.resize import interpolation_matrix
+from onnxplain.rules.vjp.resize import interpolation_matrix
 
 r = np.random.default_rng(3)
 n = r.normal

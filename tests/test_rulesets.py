@@ -9,8 +9,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnxplain
 from onnxplain import Explainer, OnnxplainError
-from onnxplain.resources import rules_dir
-from onnxplain.ruleset import load_ruleset
+from onnxplain.io.resources import rules_dir
+from onnxplain.rules.ruleset import load_ruleset
 
 RULES = sorted(pathlib.Path(rules_dir()).glob("*.toml"))
 rng = np.random.default_rng(3)

@@ -2,7 +2,7 @@
 import subprocess
 import sys
 
-from onnxplain.session import cuda_usable, default_providers
+from onnxplain.runtime.session import cuda_usable, default_providers
 
 SCRIPT = """
 import sys

@@ -167,7 +167,7 @@ def test_static_slice_indices_match_onnxruntime():
 
     import onnxruntime as ort
 
-    from onnxplain.vjp.shape import slice_indices
+    from onnxplain.rules.vjp.shape import slice_indices
 
     node = helper.make_node("Slice", ["x", "s", "e", "a", "p"], ["y"])
     ins = [helper.make_tensor_value_info(k, TensorProto.INT64, [1]) for k in "sep"]

@@ -13,7 +13,7 @@ import onnx
 import pytest
 from oracle import check_vjp, gradient_graph
 
-from onnxplain.load import load_model, opset_of
+from onnxplain.graph.load import load_model, opset_of
 
 ZOO = pathlib.Path(__file__).parent / "zoo"
 MANIFEST = json.loads((ZOO / "manifest.json").read_text())

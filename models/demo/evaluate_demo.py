@@ -4,7 +4,7 @@ Reproduce with:
 
     python models/demo/evaluate_demo.py            # n=5000, seed=12345
 
-Data come fresh from onnxplain.data.make_shapes with a seed that training
+Data come fresh from onnxplain.io.shapes_data.make_shapes with a seed that training
 never used (training used seed 0, its validation split seed 1000).
 """
 
@@ -18,9 +18,9 @@ import numpy as np
 import onnxruntime as ort
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parents[1]))  # repo root, for onnxplain.data
+sys.path.insert(0, str(HERE.parents[1]))  # repo root, for onnxplain.io.shapes_data
 
-from onnxplain.data import CLASS_NAMES, make_shapes  # noqa: E402
+from onnxplain.io.shapes_data import CLASS_NAMES, make_shapes  # noqa: E402
 
 
 def main():

@@ -1,4 +1,4 @@
-"""Train the demo CNN on onnxplain.data shapes and export it to ONNX.
+"""Train the demo CNN on onnxplain.io.shapes_data shapes and export it to ONNX.
 
 Dev-only script (needs torch).  Reproduce with:
 
@@ -29,9 +29,9 @@ import torch
 from torch import nn
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parents[1]))  # repo root, for onnxplain.data
+sys.path.insert(0, str(HERE.parents[1]))  # repo root, for onnxplain.io.shapes_data
 
-from onnxplain.data import CLASS_NAMES, make_shapes  # noqa: E402
+from onnxplain.io.shapes_data import CLASS_NAMES, make_shapes  # noqa: E402
 
 
 def stage(cin, cout, pool=True):

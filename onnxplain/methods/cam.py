@@ -1,6 +1,6 @@
 """The Grad-CAM family as graph taps: maps built from a layer's activation A and its gradient.
 
-The layer is :func:`onnxplain.taps.find_tap`'s (``Options.layer``, default the automatic choice);
+The layer is :func:`onnxplain.graph.taps.find_tap`'s (``Options.layer``, default the automatic choice);
 a token map [N, T, D] is first read as a grid [N, D, h, w]. With G = dY/dA (Y = sum(seed * logits)),
 channels k and positions ij:
 
@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import OnnxplainError
+from onnxplain.errors import OnnxplainError
 
 EPS_PP = 1e-6  # Grad-CAM++'s denominator guard
 EPS_X = 1e-7  # XGrad-CAM's
 
 
 def _tap(ctx):
-    from ..taps import find_tap
+    from onnxplain.graph.taps import find_tap
 
     o = ctx.options
     return find_tap(ctx.can, o.layer, o.prefix_tokens, x=ctx.x, logits=ctx.logits, nodes=ctx.forward_nodes)

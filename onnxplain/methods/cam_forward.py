@@ -40,7 +40,7 @@ from dataclasses import replace
 import numpy as np
 import onnx
 
-from ..errors import OnnxplainError
+from onnxplain.errors import OnnxplainError
 
 METHODS = ("scorecam", "ablationcam")
 MASK, LOGITS, ACT = "cam_mask", "cam_logits", "cam_activation"
@@ -50,7 +50,7 @@ MASK, LOGITS, ACT = "cam_mask", "cam_logits", "cam_activation"
 def tap_graph(model, options, layer: str | None = None, head_only: bool = False):
     """The model with ``cam_mask`` multiplied into ``layer`` and the extra outputs described above.
 
-    ``layer`` None: the automatic choice of :func:`onnxplain.taps.find_tap` (the map feeding the
+    ``layer`` None: the automatic choice of :func:`onnxplain.graph.taps.find_tap` (the map feeding the
     pooling/flatten head; for token models see there). Returns (onnx.ModelProto, Tap).
 
     ``head_only``: only the part of the model after the layer, with the layer itself as an input
@@ -61,15 +61,15 @@ def tap_graph(model, options, layer: str | None = None, head_only: bool = False)
     """
     import onnx_graphsurgeon as gs
 
-    from ..builder import Builder, np_dtype
-    from ..canonicalize import canonicalize, export_graph, find_logits
+    from onnxplain.graph.builder import Builder, np_dtype
+    from onnxplain.graph.canonicalize import canonicalize, export_graph, find_logits
 
     can = canonicalize(model)
     g = can.graph
     x = can.input(options.input)
     out = can.output(options.output)
     logits = out if options.probabilities else find_logits(g, out)[0]
-    from ..taps import find_tap
+    from onnxplain.graph.taps import find_tap
 
     tap = find_tap(can, layer, getattr(options, "prefix_tokens", None), x=x, logits=logits)
     t = tap.tensor
@@ -154,7 +154,7 @@ class ForwardCam:
     """One tap graph + session; run() computes Score-CAM or Ablation-CAM for a batch."""
 
     def __init__(self, explainer, layer: str | None = None):
-        from ..session import make_session
+        from onnxplain.runtime.session import make_session
 
         options = explainer.options
         self.model, self.tap = tap_graph(explainer.canonical.model, options, layer)
@@ -171,7 +171,7 @@ class ForwardCam:
 
     def head_session(self):
         if not self._head_tried:
-            from ..session import make_session
+            from onnxplain.runtime.session import make_session
 
             self._head_tried = True
             m, _ = tap_graph(self._explainer.canonical.model, self.options, self._layer, head_only=True)
@@ -319,8 +319,8 @@ def reference(model, x: np.ndarray, method: str, layer: str, target: int = -1, s
     """A slow, direct definition for tests: one onnxruntime run per perturbed input, unbatched.
 
     Returns the layer-resolution map [N, 1, h, w]."""
-    from ..explanation import Options
-    from ..session import make_session
+    from onnxplain.graph.rewrite import Options
+    from onnxplain.runtime.session import make_session
 
     options = replace(Options(), probabilities=probabilities)
     m, tap = tap_graph(model, options, layer)

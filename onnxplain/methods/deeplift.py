@@ -2,7 +2,7 @@
 
 ``deeplift``: attribution = (x - x') * m_x, where x' is the ``baseline`` input (default zeros,
 broadcast to x's shape) and m_x the multipliers carried back by the rules of rules/deeplift.toml
-(see :mod:`onnxplain.rules_deeplift`). The seed is the gradient's, so completeness reads
+(see :mod:`onnxplain.rules.deeplift`). The seed is the gradient's, so completeness reads
 
     sum(attribution) = sum(seed * (logits(x) - logits(x'))).
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import OnnxplainError
+from onnxplain.errors import OnnxplainError
 
 
 def deeplift(ctx):

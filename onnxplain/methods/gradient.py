@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import OnnxplainError
+from onnxplain.errors import OnnxplainError
 
 
 def gradient(ctx):

@@ -1,6 +1,6 @@
 """Black-box explanations over superpixels: LIME and KernelSHAP, driven from Python.
 
-Both explain one image at a time through :class:`onnxplain.driver.Driver` (batched forward
+Both explain one image at a time through :class:`onnxplain.runtime.driver.Driver` (batched forward
 passes of perturbed copies; fixed-batch-1 models handled there) and share:
 
 **Superpixels.** The input item is turned into an HWC float image (channels on axis 1 of the
@@ -43,7 +43,7 @@ import math
 
 import numpy as np
 
-from ..errors import OnnxplainError
+from onnxplain.errors import OnnxplainError
 
 METHODS = ("lime", "kernelshap")
 SEGMENTATIONS = ("slic", "quickshift", "felzenszwalb")
@@ -230,7 +230,7 @@ def explain(explainer, x: np.ndarray, method: str, target: np.ndarray | None, ta
             kernel_width: float = 0.25, alpha: float = 1.0, batch_size: int | None = None, progress=None,
             **seg_params):
     """LIME / KernelSHAP for ``x`` [N, ...]; returns (attribution [N,1,H,W], targets, outputs)."""
-    from ..driver import SCORE, Driver
+    from onnxplain.runtime.driver import SCORE, Driver
 
     if method not in METHODS:
         raise OnnxplainError(f"unknown superpixel method '{method}' (choose from: {', '.join(METHODS)})")

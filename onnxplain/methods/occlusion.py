@@ -5,7 +5,7 @@ For each item: a ``window`` (h, w) patch slides over the two spatial axes with `
 Inside the patch every channel is replaced by ``fill`` (a number, default 0, or ``"mean"``: the
 item's per-channel mean) or, with ``blur=sigma``, by the item blurred with a Gaussian of that
 sigma (spatial axes only, edges reflected). Each occluded copy is one forward pass through
-:class:`onnxplain.driver.Driver` (batched). The drop of a window is ``f(x) - f(x_occluded)``; the
+:class:`onnxplain.runtime.driver.Driver` (batched). The drop of a window is ``f(x) - f(x_occluded)``; the
 result at a pixel is the mean drop over all windows that cover it (positive: the pixel supports
 the target).
 
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import OnnxplainError
+from onnxplain.errors import OnnxplainError
 
 
 def _pair(v, name) -> tuple[int, int]:
@@ -57,7 +57,7 @@ def spatial_axes(x: np.ndarray, channel_axis: int) -> tuple[int, int]:
 
 def start(explainer, x: np.ndarray, method: str, target_weights, unknown: dict):
     """The checks every perturbation method begins with; returns (the shared driver, the spatial axes)."""
-    from ..driver import for_explainer
+    from onnxplain.runtime.driver import for_explainer
 
     if unknown:
         raise OnnxplainError(f"unexpected options for {method}: {', '.join(sorted(unknown))}")
@@ -102,7 +102,7 @@ def explain(explainer, x: np.ndarray, target: np.ndarray | None, target_weights=
             fill=0.0, blur: float | None = None, score: str = "softmax", batch_size: int | None = None,
             progress=None, **unknown):
     """Occlusion maps for ``x`` [N, ...]; returns (attribution, targets, model outputs)."""
-    from ..driver import SCORE, class_scores
+    from onnxplain.runtime.driver import SCORE, class_scores
 
     drv, axes = start(explainer, x, "occlusion", target_weights, unknown)
     h, w = x.shape[axes[0]], x.shape[axes[1]]

@@ -28,7 +28,7 @@ geometrically from ``area_weight / 1000`` to ``area_weight`` (300) over the iter
 Score: the target's softmax probability (``score="softmax"``, default, as in the papers) or its
 logit (``"logit"``); with ``probabilities=True`` the explained output itself. Its gradient with
 respect to ``x'`` comes from the gradient graph in weights mode (seed ``p_t (onehot_t - p)`` for
-the softmax, ``onehot_t`` otherwise) after a forward pass through :class:`onnxplain.driver.Driver`
+the softmax, ``onehot_t`` otherwise) after a forward pass through :class:`onnxplain.runtime.driver.Driver`
 for the logits; the chain rule gives ``dS/dM = sum_channels g * (x - blur(x))``. Adam (``lr`` 0.1,
 ``iterations`` 300) with the mask clipped to [0, 1] after every step; all items of a batch are
 optimised together (independently). ``jitter`` (pixels, default 0) rolls the perturbed image by a
@@ -45,9 +45,9 @@ import math
 
 import numpy as np
 
-from ..errors import OnnxplainError
-from .cam_forward import _interp_matrix
-from .occlusion import fill_source, spatial_axes, start
+from onnxplain.errors import OnnxplainError
+from onnxplain.methods.cam_forward import _interp_matrix
+from onnxplain.methods.occlusion import fill_source, spatial_axes, start
 
 METHODS = ("meaningful_perturbation", "extremal_perturbation")
 
@@ -68,7 +68,7 @@ class Problem:
 
     def __init__(self, explainer, x, chosen, method, *, mask_size=None, blur=10.0, l1=1e-4, tv=1e-2, beta=3.0,
                  area=0.1, area_weight=300.0, score="softmax", batch_size=None):
-        from ..driver import for_explainer
+        from onnxplain.runtime.driver import for_explainer
 
         if method not in METHODS:
             raise OnnxplainError(f"unknown perturbation method '{method}'")
@@ -123,7 +123,7 @@ class Problem:
     # ---- score ----------------------------------------------------------------------------
     def score_and_grad(self, xp):
         """The target score of each row of ``xp`` [N, ...] (float64 [N]) and its gradient w.r.t. ``xp``."""
-        from ..driver import SCORE, class_scores
+        from onnxplain.runtime.driver import SCORE, class_scores
 
         xq = xp.astype(self.x.dtype)
         y = self.drv.outputs(xq, self.batch_size)[SCORE]
@@ -192,7 +192,7 @@ def explain(explainer, x: np.ndarray, target: np.ndarray | None, target_weights=
             area_weight: float = 300.0, jitter: int = 0, seed: int = 0, score: str = "softmax",
             batch_size: int | None = None, progress=None, **unknown):
     """Perturbation masks for ``x`` [N, ...]; returns (attribution, targets, model outputs)."""
-    from ..driver import SCORE, class_scores
+    from onnxplain.runtime.driver import SCORE, class_scores
 
     drv, _ = start(explainer, x, method, target_weights, unknown)
     iterations, jitter = int(iterations), int(jitter)

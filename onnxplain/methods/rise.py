@@ -4,7 +4,7 @@
 are upsampled bilinearly to ``(cells + 1) * cell`` pixels per axis, ``cell = ceil(H / cells)``
 (likewise W), shifted by a random offset in ``[0, cell)`` per axis and cropped to H x W: smooth
 masks in [0, 1] whose cell borders fall anywhere. Each item is multiplied by each mask (all
-channels alike) and scored through :class:`onnxplain.driver.Driver`; the saliency is the
+channels alike) and scored through :class:`onnxplain.runtime.driver.Driver`; the saliency is the
 score-weighted mean of the masks,
 
     S = sum_i score_i * mask_i / (n_masks * p).
@@ -22,9 +22,9 @@ import math
 
 import numpy as np
 
-from ..errors import OnnxplainError
-from .cam_forward import _interp_matrix
-from .occlusion import start
+from onnxplain.errors import OnnxplainError
+from onnxplain.methods.cam_forward import _interp_matrix
+from onnxplain.methods.occlusion import start
 
 CHUNK = 256  # masks per driver call (the driver batches inside)
 
@@ -62,7 +62,7 @@ def explain(explainer, x: np.ndarray, target: np.ndarray | None, target_weights=
             cells: int = 7, p: float = 0.5, seed: int = 0, score: str = "softmax", batch_size: int | None = None,
             progress=None, **unknown):
     """RISE saliency for ``x`` [N, ...]; returns (attribution, targets, model outputs)."""
-    from ..driver import SCORE, class_scores
+    from onnxplain.runtime.driver import SCORE, class_scores
 
     drv, axes = start(explainer, x, "rise", target_weights, unknown)
     c = explainer.options.channel_axis % 4

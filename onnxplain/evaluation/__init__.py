@@ -1,0 +1,1 @@
+"""Evaluating explanations: the metric functions (``metrics/``) and the method x metric runner."""

@@ -1,0 +1,1 @@
+"""ONNX in: load safely, canonicalise, and rewrite into an explanation graph (forward + backward + head)."""

@@ -1,0 +1,193 @@
+"""Build the explanation graph: the forward graph plus a backward subgraph and a method head.
+
+The contract (see README):
+
+* inputs: every original input, plus ``target`` (int64 [N], default ``[-1]`` = argmax) or, in
+  weights mode, ``target_weights`` (the explained output's shape); ``baseline`` where a method
+  uses one (default zeros);
+* outputs: every original output, plus ``attribution`` and, in class mode, ``target_index``
+  (the class that was explained for each item).
+
+The explained scalar is ``sum(seed * logits)``; a class index becomes a one-hot seed on the
+class axis. By default the logits feeding a final Softmax/LogSoftmax/Sigmoid are explained.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx import numpy_helper
+
+from onnxplain import __version__
+from onnxplain.graph.backward import Backward, GradientRules
+from onnxplain.graph.builder import Builder, np_dtype, rank
+from onnxplain.graph.canonicalize import Canonical, canonicalize, export_graph, find_logits
+from onnxplain.errors import OnnxplainError
+
+RESERVED = ("target", "target_weights", "baseline", "attribution", "target_index", "attribution_layer")
+
+
+@dataclass
+class Options:
+    """What to explain and how; every field has a sensible default."""
+
+    input: str | None = None  # explained input (default: first float input)
+    output: str | None = None  # explained output (default: first float output)
+    probabilities: bool = False  # explain the Softmax/Sigmoid output instead of its logits
+    target_mode: str = "class"  # "class" (int64 target) or "weights" (a seed tensor)
+    class_axis: int | None = None  # default: 1 for rank-4 outputs, else the last axis
+    channel_axis: int = 1  # for saliency's reduction over channels
+    steps: int = 32  # integrated gradients
+    samples: int = 16  # smoothgrad
+    noise: float = 0.15  # smoothgrad: sigma / (max(x) - min(x))
+    seed: int = 0
+    rules: object = None  # a rule-set file (or RuleSet) replacing the method's own rules/<method>.toml
+    layer: str | None = None  # CAM methods: the tapped layer (tensor or node name; default: automatic)
+    prefix_tokens: int | None = None  # CAM methods on token maps: tokens before the patch grid
+
+
+@dataclass
+class Context:
+    """What a method head needs: the graph, the explained tensors and a backward pass."""
+
+    can: Canonical
+    b: Builder
+    x: gs.Variable
+    logits: gs.Tensor
+    seed: gs.Tensor
+    options: Options
+    defaults: dict = field(default_factory=dict)  # input name -> default initializer value
+    forward_nodes: list = field(default_factory=list)  # the model's own nodes, before any emission
+    extra_outputs: list = field(default_factory=list)  # (name, tensor, shape) more outputs a head adds
+    meta: dict = field(default_factory=dict)  # more metadata_props a head records (e.g. the CAM layer)
+
+    def backward(self, seed=None, x=None, logits=None, nodes=None, rules=None):
+        rules = rules or (self.rules("gradient") if self.options.rules else GradientRules())
+        bw = Backward(self.can.graph, self.b, rules)
+        x = x if x is not None else self.x
+        logits = logits if logits is not None else self.logits
+        seed = seed if seed is not None else self.seed
+        return bw.run([(logits, seed)], [x], nodes=nodes)[x.name]
+
+    def rules(self, method: str, **env):
+        """The rule set for ``method`` (the user's file if given, else rules/<method>.toml), bound
+        to an :class:`~onnxplain.rules.ruleset.Env` for this graph."""
+        from onnxplain.rules.ruleset import Env, RuleSet, builtin_ruleset, load_ruleset
+
+        given = self.options.rules
+        ruleset = given if isinstance(given, RuleSet) else load_ruleset(given) if given else builtin_ruleset(method)
+        first = {n.name for n in self.forward_nodes if any(t.name == self.x.name for t in n.inputs)}
+        return ruleset.bind(Env(x=self.x, first=first, **env))
+
+    def add_input(self, name, dtype, shape, default=None):
+        v = gs.Variable(name, dtype=dtype, shape=shape)
+        self.can.graph.inputs.append(v)
+        if default is not None:
+            self.defaults[name] = np.asarray(default, dtype=dtype)
+        return v
+
+    def clone_forward(self, replace: dict, batch_symbol: str):
+        """Copy the nodes that depend on ``replace``'s tensors (weights stay shared).
+
+        Returns (mapping old name -> new tensor, cloned nodes). Dimensions equal to the explained
+        input's batch dimension are renamed ``batch_symbol`` in the copies' shapes.
+        """
+        b = self.b
+        old_batch = self.x.shape[0] if self.x.shape else None
+        mapping, cloned = dict(replace), []
+        for node in self.forward_nodes:
+            if not any(t.name in mapping for t in node.inputs):
+                continue
+            ins = [mapping.get(t.name, t) for t in node.inputs]
+            outs = []
+            for t in node.outputs:
+                shape = None if t.shape is None else [batch_symbol if d == old_batch else d for d in t.shape]
+                v = gs.Variable(b.name(f"{t.name}:copy"), dtype=t.dtype, shape=shape)
+                mapping[t.name] = v
+                outs.append(v)
+            copy = gs.Node(node.op, name=b.name(node.name or node.op), attrs=dict(node.attrs), inputs=ins,
+                           outputs=outs, domain=node.domain)
+            self.can.graph.nodes.append(copy)
+            cloned.append(copy)
+        return mapping, cloned
+
+
+def class_axis_of(logits, options: Options) -> int:
+    r = rank(logits)
+    if r is None or r < 2:
+        raise OnnxplainError(f"explained output '{logits.name}' needs a batch axis for class targets; "
+                             "use target weights instead")
+    ax = options.class_axis if options.class_axis is not None else (1 if r == 4 else r - 1)
+    return ax % r
+
+
+def class_seed(ctx: Context):
+    """target [N] (-1 = argmax) -> one-hot seed of the logits' shape, and the resolved targets."""
+    b, logits = ctx.b, ctx.logits
+    r, ax = rank(logits), class_axis_of(logits, ctx.options)
+    batch = ctx.x.shape[0] if ctx.x.shape else "batch"
+    target = ctx.add_input("target", np.int64, [batch if isinstance(batch, str) else "target_batch"], default=[-1])
+    others = [i for i in range(1, r) if i != ax]
+    scores = b.reduce("ReduceSum", logits, others, keepdims=False) if others else logits
+    argmax = b.ArgMax(scores, axis=1, keepdims=0)
+    chosen = b.Where(b.Less(target, b.ints([0])), argmax, target)
+    depth = b.squeeze(b.slice(b.Shape(logits), [ax], [ax + 1], [0]), [0])  # a scalar, as OneHot's spec prefers
+    onehot = b.OneHot(chosen, depth, b.const([0, 1], like=logits), axis=-1)
+    if others:
+        onehot = b.Expand(b.unsqueeze(onehot, others), b.Shape(logits))
+    return onehot, chosen
+
+
+def build(model, method: str = "gradient", options: Options | None = None, **kw) -> onnx.ModelProto:
+    """Return the explanation graph of ``model`` for ``method`` as an ``onnx.ModelProto``."""
+    from onnxplain.methods import HEADS
+
+    options = options or Options(**kw)
+    if method not in HEADS:
+        raise OnnxplainError(f"unknown method '{method}' (choose from: {', '.join(sorted(HEADS))})")
+    if options.target_mode not in ("class", "weights"):
+        raise OnnxplainError(f"target mode must be 'class' or 'weights', not '{options.target_mode}'")
+    can = model if isinstance(model, Canonical) else canonicalize(model)
+    graph = can.graph
+    taken = [n for n in RESERVED if n in graph.tensors()]
+    if taken:
+        raise OnnxplainError(f"the model already has tensors named {taken}; these names are reserved")
+    b = Builder(graph, can.opset)
+    x = can.input(options.input)
+    out = can.output(options.output)
+    logits = out if options.probabilities else find_logits(graph, out)[0]
+    ctx = Context(can, b, x, logits, None, options, forward_nodes=list(graph.nodes))
+    if options.target_mode == "weights":
+        ctx.seed = ctx.add_input("target_weights", np_dtype(logits), logits.shape)
+        chosen = None
+    else:
+        ctx.seed, chosen = class_seed(ctx)
+    attribution, shape = HEADS[method](ctx)
+    graph.outputs.append(_named(b, attribution, "attribution", np_dtype(x), shape))
+    if chosen is not None:
+        graph.outputs.append(_named(b, chosen, "target_index", np.int64, [ctx.x.shape[0] if ctx.x.shape else "batch"]))
+    for name, tensor, tshape in ctx.extra_outputs:
+        graph.outputs.append(_named(b, tensor, name, np_dtype(x), tshape))
+    graph.cleanup()
+    graph.toposort()
+    m = export_graph(graph, can.model)
+    keep = [vi for vi in m.graph.value_info if vi.type.tensor_type.HasField("shape")]
+    del m.graph.value_info[:]
+    m.graph.value_info.extend(keep)
+    for name, value in ctx.defaults.items():
+        m.graph.initializer.append(numpy_helper.from_array(value, name))
+    if m.ir_version < 4:
+        m.ir_version = 4  # inputs with default initializers
+    meta = {"onnxplain.version": __version__, "onnxplain.method": method, "onnxplain.input": x.name,
+            "onnxplain.explained": logits.name, "onnxplain.target_mode": options.target_mode, **ctx.meta}
+    for k, v in meta.items():
+        m.metadata_props.add(key=k, value=v)
+    return m
+
+
+def _named(b: Builder, t, name: str, dtype, shape):
+    out = b.Identity(t)
+    out.name, out.dtype, out.shape = name, dtype, shape
+    return out

@@ -1,0 +1,309 @@
+"""Image preprocessing for the CLI: load, resize, normalise, lay out, and invert for display.
+
+One formula covers every preset; ``p`` is a pixel value in 0..255 in the tensor's channel
+order (RGB, or BGR with ``bgr``)::
+
+    x = (p * scale - mean) / std
+
+``mean`` and ``std`` are per channel and given in the tensor's channel order (after the BGR
+swap). Presets (explicit options override a preset's fields):
+
+============  =====================================================  ==================
+preset        formula                                                range of ``x``
+============  =====================================================  ==================
+``raw01``     ``p / 255`` (the default)                              [0, 1]
+``imagenet``  ``(p / 255 - (.485, .456, .406)) / (.229, .224, .225)``  about [-2.1, 2.6]
+``caffe``     BGR, ``p - (103.939, 116.779, 123.68)``, no std         about [-124, 152]
+``tf``        ``p / 127.5 - 1``                                      [-1, 1]
+============  =====================================================  ==================
+
+Presets fix no layout: it is read off the model input (1 or 3 channels on axis 1 -> NCHW, on the
+last axis -> NHWC) unless ``layout`` is given. Images are resized (bilinear, no crop) to the model input's static height and width unless
+``size`` says otherwise. The resized RGB uint8 image is kept for display, so an overlay never
+has to undo the normalisation; :func:`to_display` inverts it for ``.npy`` inputs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from onnxplain.errors import OnnxplainError
+
+LAYOUTS = ("NCHW", "NHWC")
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """A fully or partly resolved preprocessing recipe (``None`` = not decided yet)."""
+
+    scale: float = 1 / 255
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    bgr: bool = False
+    layout: str | None = None  # NCHW | NHWC; None = infer from the model input
+    size: tuple[int, int] | None = None  # (H, W); None = the model input's static H, W
+
+    def channels_ok(self, channels: int) -> None:
+        for name, v in (("mean", self.mean), ("std", self.std)):
+            if len(v) not in (1, channels):
+                raise OnnxplainError(f"--{name} has {len(v)} values but the model input has {channels} channel(s)")
+        if any(s == 0 for s in self.std):
+            raise OnnxplainError("--std values must be non-zero")
+        if self.scale == 0 or not np.isfinite(self.scale):
+            raise OnnxplainError("--scale must be a finite non-zero number")
+
+
+PRESETS: dict[str, Preprocess] = {
+    "raw01": Preprocess(scale=1 / 255),
+    "imagenet": Preprocess(scale=1 / 255, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
+    "caffe": Preprocess(scale=1.0, mean=(103.939, 116.779, 123.68), bgr=True),
+    "tf": Preprocess(scale=1 / 127.5, mean=(1.0,)),
+}
+
+
+# ---- parsing helpers for CLI strings ----------------------------------------------------------
+def parse_number(text: str, what: str) -> float:
+    """``"0.5"``, ``"1/255"`` or ``"1e-3"`` -> float."""
+    try:
+        return float(Fraction(text.strip())) if "/" in text else float(text)
+    except (ValueError, ZeroDivisionError):
+        raise OnnxplainError(f"{what}: '{text}' is not a number (examples: 0.5, 1/255)") from None
+
+
+def parse_numbers(text: str, what: str) -> tuple[float, ...]:
+    """``"0.485,0.456,0.406"`` or ``"0.485 0.456 0.406"`` -> a tuple of floats."""
+    parts = [p for p in text.replace(",", " ").split() if p]
+    if not parts:
+        raise OnnxplainError(f"{what}: no values given")
+    return tuple(parse_number(p, what) for p in parts)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"224"`` -> (224, 224); ``"160x224"``, ``"160,224"`` or ``"160 224"`` -> (160, 224) as (H, W)."""
+    parts = [p for p in text.lower().replace("x", " ").replace(",", " ").split() if p]
+    try:
+        dims = [int(p) for p in parts]
+    except ValueError:
+        dims = []
+    if len(dims) == 1:
+        dims = dims * 2
+    if len(dims) != 2 or min(dims) < 1:
+        raise OnnxplainError(f"--size: '{text}' is not a size (examples: --size 224, --size 160 224)")
+    return dims[0], dims[1]
+
+
+def resolve(preset: str | None = None, *, scale=None, mean=None, std=None, bgr: bool | None = None,
+            layout: str | None = None, size=None) -> Preprocess:
+    """A preset with explicit options on top (strings are parsed as on the command line)."""
+    name = (preset or "raw01").lower()
+    if name not in PRESETS:
+        raise OnnxplainError(f"unknown preset '{preset}' (choose from: {', '.join(PRESETS)})")
+    p = PRESETS[name]
+    if scale is not None:
+        p = replace(p, scale=parse_number(scale, "--scale") if isinstance(scale, str) else float(scale))
+    if mean is not None:
+        p = replace(p, mean=parse_numbers(mean, "--mean") if isinstance(mean, str) else tuple(map(float, mean)))
+    if std is not None:
+        p = replace(p, std=parse_numbers(std, "--std") if isinstance(std, str) else tuple(map(float, std)))
+    if bgr is not None:
+        p = replace(p, bgr=bool(bgr))
+    if layout is not None:
+        lay = layout.upper()
+        if lay not in LAYOUTS:
+            raise OnnxplainError(f"--layout must be NCHW or NHWC, not '{layout}'")
+        p = replace(p, layout=lay)
+    if size is not None:
+        p = replace(p, size=parse_size(size) if isinstance(size, str) else (int(size[0]), int(size[1])))
+    return p
+
+
+# ---- the model's expectations -------------------------------------------------------------------
+def infer_layout(shape) -> str | None:
+    """NCHW when axis 1 has 1 or 3 channels, NHWC when the last axis has; None when unclear."""
+    if shape is None or len(shape) != 4:
+        return None
+    if shape[1] in (1, 3):
+        return "NCHW"
+    if shape[3] in (1, 3):
+        return "NHWC"
+    return None
+
+
+def for_model(p: Preprocess, shape) -> Preprocess:
+    """Fill in layout and size from the model input's shape ([N, C, H, W] or [N, H, W, C])."""
+    if shape is None or len(shape) != 4:
+        rank = "unknown" if shape is None else len(shape)
+        raise OnnxplainError(f"image files need a rank-4 image input (NCHW or NHWC), the model input has rank {rank}; "
+                             "pass preprocessed .npy arrays instead")
+    layout = p.layout or infer_layout(shape)
+    if layout is None:
+        raise OnnxplainError(f"cannot tell the layout of input shape {_fmt(shape)} (1 or 3 channels on axis 1 or 3); "
+                             "pass --layout NCHW or NHWC")
+    c = shape[1] if layout == "NCHW" else shape[3]
+    if isinstance(c, int) and c not in (1, 3):
+        raise OnnxplainError(f"input shape {_fmt(shape)} with layout {layout} has {c} channels; images give 1 or 3")
+    size = p.size
+    if size is None:
+        h, w = (shape[2], shape[3]) if layout == "NCHW" else (shape[1], shape[2])
+        if isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0:
+            size = (h, w)
+    return replace(p, layout=layout, size=size)
+
+
+def channels_of(p: Preprocess, shape) -> int:
+    c = shape[1] if p.layout == "NCHW" else shape[3]
+    return c if isinstance(c, int) and c > 0 else 3
+
+
+# ---- images ---------------------------------------------------------------------------------------
+def load_image(path) -> np.ndarray:
+    """PNG/JPEG/... -> RGB uint8 [H, W, 3] (EXIF orientation applied, alpha dropped)."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.exists():
+        raise OnnxplainError(f"no such file: {path}")
+    if not path.is_file():
+        raise OnnxplainError(f"not a file: {path}")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                a = np.asarray(im, dtype=np.float64)
+                a = (a - a.min()) / max(float(a.max() - a.min()), 1e-12) * 255
+                im = Image.fromarray(a.astype(np.uint8))
+            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise OnnxplainError(f"cannot read image {path}: {' '.join(str(exc).split()) or type(exc).__name__}") from None
+
+
+def resize(rgb: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    """Bilinear resize of an RGB uint8 image to (H, W); no-op when ``size`` is None or equal."""
+    from PIL import Image
+
+    if size is None or tuple(rgb.shape[:2]) == tuple(size):
+        return rgb
+    h, w = size
+    return np.asarray(Image.fromarray(rgb).resize((w, h), Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
+def to_tensor(rgb: np.ndarray, p: Preprocess, channels: int = 3, dtype=np.float32) -> np.ndarray:
+    """RGB uint8 [H, W, 3] (already resized) -> one item, [C, H, W] or [H, W, C], normalised."""
+    x = rgb.astype(np.float64)
+    if channels == 1:
+        x = (x @ np.array([0.299, 0.587, 0.114]))[..., None]  # ITU-R 601 luma
+    elif p.bgr:
+        x = x[..., ::-1]
+    p.channels_ok(x.shape[-1])
+    x = (x * p.scale - np.asarray(p.mean)) / np.asarray(p.std)
+    if p.layout != "NHWC":
+        x = x.transpose(2, 0, 1)
+    return np.ascontiguousarray(x, dtype=dtype)
+
+
+def to_display(x: np.ndarray, p: Preprocess) -> np.ndarray:
+    """Invert :func:`to_tensor` for one item -> RGB uint8 [H, W, 3].
+
+    Values that do not map back into 0..255 (an array preprocessed some other way) are
+    min-max stretched instead, so something sensible is always shown.
+    """
+    x = np.nan_to_num(np.asarray(x, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    if x.ndim != 3:
+        raise OnnxplainError(f"cannot show an item of shape {list(x.shape)} as an image")
+    if p.layout != "NHWC":
+        x = x.transpose(1, 2, 0)
+    c = x.shape[-1]
+    mean = np.asarray(p.mean) if len(p.mean) in (1, c) else np.zeros(1)
+    std = np.asarray(p.std) if len(p.std) in (1, c) else np.ones(1)
+    pix = (x * std + mean) / p.scale
+    if c == 3 and p.bgr:
+        pix = pix[..., ::-1]
+    if c == 1:
+        pix = np.repeat(pix, 3, axis=-1)
+    elif c != 3:
+        pix = np.repeat(pix.mean(axis=-1, keepdims=True), 3, axis=-1)
+    lo, hi = float(pix.min()), float(pix.max())
+    if lo < -1 or hi > 256:  # not this recipe's numbers: stretch
+        pix = (pix - lo) / max(hi - lo, 1e-12) * 255
+    return np.clip(np.rint(pix), 0, 255).astype(np.uint8)
+
+
+@dataclass
+class Item:
+    """One input to explain: the model tensor (no batch axis) and the image to draw on."""
+
+    name: str  # file stem, made unique
+    source: Path
+    tensor: np.ndarray
+    display: np.ndarray | None  # RGB uint8 [H, W, 3], or None for non-image inputs
+
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+def load_items(paths, p: Preprocess | None, shape, dtype=np.float32) -> list[Item]:
+    """Load images and ``.npy`` arrays; ``p`` must be resolved with :func:`for_model` for images.
+
+    A ``.npy`` file holds one preprocessed item (the input's shape without the batch axis) or a
+    batch of them; a batch of N gives items ``<stem>_0`` .. ``<stem>_{N-1}``.
+    """
+    rank = None if shape is None else len(shape)
+    items: list[Item] = []
+    for path in map(Path, paths):
+        if path.suffix.lower() == ".npy":
+            arr = _load_npy(path)
+            if rank is not None and arr.ndim == rank - 1:
+                arr = arr[None]
+            if rank is not None and arr.ndim != rank:
+                raise OnnxplainError(f"{path}: array of shape {list(arr.shape)} does not fit the model input "
+                                     f"{_fmt(shape)} (with or without the batch axis)")
+            for i, a in enumerate(arr):
+                name = path.stem if len(arr) == 1 else f"{path.stem}_{i}"
+                disp = None
+                if p is not None and a.ndim == 3 and p.layout is not None:
+                    c = a.shape[0] if p.layout == "NCHW" else a.shape[-1]
+                    if c in (1, 3):
+                        disp = to_display(a, p)
+                items.append(Item(name, path, np.asarray(a), disp))
+        else:
+            if p is None:
+                raise OnnxplainError(f"{path}: image files need a rank-4 image input; pass a preprocessed .npy array")
+            rgb = resize(load_image(path), p.size)
+            items.append(Item(path.stem, path, to_tensor(rgb, p, channels_of(p, shape), dtype), rgb))
+    _unique_names(items)
+    return items
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise OnnxplainError(f"no such file: {path}")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise OnnxplainError(f"cannot read {path} as a .npy array ({type(exc).__name__})") from None
+    if not isinstance(arr, np.ndarray):
+        raise OnnxplainError(f"{path} does not hold a single array")
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise OnnxplainError(f"{path}: array must be float, got {arr.dtype}")
+    return arr
+
+
+def _unique_names(items: list[Item]) -> None:
+    seen: dict[str, int] = {}
+    for it in items:
+        base = it.name
+        k = seen.get(base, 0)
+        seen[base] = k + 1
+        if k:
+            while f"{base}-{k}" in seen:
+                k += 1
+            it.name = f"{base}-{k}"
+            seen[it.name] = 1
+
+
+def _fmt(shape) -> str:
+    return "[" + ", ".join(str(d) if isinstance(d, int) else (d or "?") for d in shape) + "]"

@@ -1,0 +1,1 @@
+"""Running explanations: onnxruntime sessions, the batched forward driver and the :class:`Explainer` API."""
