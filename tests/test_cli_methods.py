@@ -6,7 +6,7 @@ from models import tiny_cnn
 from typer.testing import CliRunner
 
 from onnxplain.cli import app
-from onnxplain.methods import HEADS
+from onnxplain.methods.catalog import METHODS
 from onnxplain.runtime.session import make_session
 
 runner = CliRunner()
@@ -42,16 +42,21 @@ def test_rules_file_changes_the_exported_graph(model, tmp_path):
     assert not np.allclose(outs["default"], outs["mine"])
 
 
-@pytest.mark.parametrize("method", sorted(HEADS))
+EXPORTABLE = sorted(m.name for m in METHODS if m.exportable)
+SMALL = {"integrated_gradients": ["--steps", "4"], "smoothgrad": ["--samples", "2"], "smoothgrad_sq": ["--samples", "2"]}
+
+
+@pytest.mark.parametrize("method", EXPORTABLE)
 def test_every_method_exports_and_explains(model, tmp_path, method):
     out = tmp_path / "e.onnx"
-    r = runner.invoke(app, ["export", str(model), "-m", method, "-o", str(out), "--steps", "4", "--samples", "2"])
+    r = runner.invoke(app, ["export", str(model), "-m", method, "-o", str(out), *SMALL.get(method, [])])
     assert r.exit_code == 0, r.output
     onnx.checker.check_model(onnx.load(str(out)), full_check=True)
     x = np.random.default_rng(1).normal(size=(1, 3, 8, 8)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
+    small = SMALL.get(method, []) + (["--baseline", "0.1"] if METHODS.get(method).option("baseline") else [])
     r = runner.invoke(app, ["explain", str(model), str(tmp_path / "x.npy"), "-m", method, "-d", str(tmp_path / "o"),
-                            "--steps", "4", "--samples", "2", "--baseline", "0.1"])
+                            *small])
     assert r.exit_code == 0, r.output
     a = np.load(tmp_path / "o" / f"x.{method}.npy")
     assert np.isfinite(a).all() and np.abs(a).max() > 0

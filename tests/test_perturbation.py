@@ -149,7 +149,7 @@ def test_errors():
     model, _ = texture_model()
     ex = Explainer(model)
     x = texture_images()
-    with pytest.raises(OnnxplainError, match="unexpected options"):
+    with pytest.raises(OnnxplainError, match="meaningful_perturbation does not take 'window'"):
         ex.run(x, "meaningful_perturbation", window=3)
     with pytest.raises(OnnxplainError, match="area"):
         ex.run(x, "extremal_perturbation", area=1.5, iterations=1)

@@ -297,10 +297,17 @@ class _Maps:
 
     def __call__(self, method: str, x, target) -> np.ndarray:
         s = self.settings
+        shared = lookup(method).takes({"seed": s.seed})
         res = self.explainer.run(to_model(x, self.nhwc), method, target=np.asarray(target), batch_size=s.batch_size,
-                                 seed=s.seed, **s.method_params.get(method, {}))
+                                 **shared, **s.method_params.get(method, {}))
         a = res.attribution
         return heatmaps(np.moveaxis(a, -1, 1) if self.nhwc and a.ndim == 4 else a, self.size)
+
+
+def lookup(name: str):
+    from onnxplain.methods.catalog import method
+
+    return method(name)
 
 
 def to_model(x: np.ndarray, nhwc: bool) -> np.ndarray:

@@ -142,11 +142,14 @@ def class_seed(ctx: Context):
 
 def build(model, method: str = "gradient", options: Options | None = None, **kw) -> onnx.ModelProto:
     """Return the explanation graph of ``model`` for ``method`` as an ``onnx.ModelProto``."""
-    from onnxplain.methods import HEADS
+    from onnxplain.methods.catalog import method as lookup
 
     options = options or Options(**kw)
-    if method not in HEADS:
-        raise OnnxplainError(f"unknown method '{method}' (choose from: {', '.join(sorted(HEADS))})")
+    entry = lookup(method)
+    if entry.head is None:
+        raise OnnxplainError(f"{entry.name} runs {entry.kind} passes from Python and has no single explanation "
+                             "graph; use `onnxplain explain` (or Explainer) for it")
+    method = entry.name
     if options.target_mode not in ("class", "weights"):
         raise OnnxplainError(f"target mode must be 'class' or 'weights', not '{options.target_mode}'")
     can = model if isinstance(model, Canonical) else canonicalize(model)
@@ -164,7 +167,7 @@ def build(model, method: str = "gradient", options: Options | None = None, **kw)
         chosen = None
     else:
         ctx.seed, chosen = class_seed(ctx)
-    attribution, shape = HEADS[method](ctx)
+    attribution, shape = entry.head(ctx)
     graph.outputs.append(_named(b, attribution, "attribution", np_dtype(x), shape))
     if chosen is not None:
         graph.outputs.append(_named(b, chosen, "target_index", np.int64, [ctx.x.shape[0] if ctx.x.shape else "batch"]))

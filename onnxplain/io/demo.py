@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from onnxplain.io import render
+from onnxplain.methods.catalog import method
 
 METHODS = ("gradient", "saliency", "input_x_gradient", "smoothgrad", "integrated_gradients", "guided_backprop",
            "deconvnet", "lrp_epsilon_plus", "deeplift", "gradcam", "hirescam")
@@ -65,12 +66,13 @@ def run_demo(out_dir, n: int = 6, seed: int = SEED, methods=METHODS, steps: int 
     maps = {}
     for m in methods:
         step(description=f"{m}: building graph")
-        ex.run(images[:1], m, target=labels[:1], steps=steps, samples=samples)  # graph + session, untimed
+        kw = method(m).takes({"steps": steps, "samples": samples})
+        ex.run(images[:1], m, target=labels[:1], **kw)  # graph + session, untimed
         attr, outs = [], []
         t0 = time.perf_counter()
         for i in range(n):
             step(description=f"{m}: image {i + 1}/{n}")
-            res = ex.run(images[i:i + 1], m, target=labels[i:i + 1], steps=steps, samples=samples)
+            res = ex.run(images[i:i + 1], m, target=labels[i:i + 1], **kw)
             attr.append(res.attribution)
             outs.append(res.outputs)
             step(advance=1)

@@ -24,8 +24,6 @@ from pathlib import Path
 import numpy as np
 
 PERCENTILE = 99.5
-UNSIGNED_METHODS = ("saliency", "smoothgrad_sq", "scorecam", "ablationcam", "rise", "meaningful_perturbation",
-                    "extremal_perturbation")
 
 _RDBU_R = np.array([  # -1 .. +1 in 11 steps: dark blue, ..., near-white, ..., dark red
     (5, 48, 97), (33, 102, 172), (67, 147, 195), (146, 197, 222), (209, 229, 240), (247, 247, 247),
@@ -36,11 +34,12 @@ _YLORRD = np.array([  # 0 .. 1 in 9 steps
 
 
 def is_signed(method: str) -> bool:
-    """Whether a method's maps are signed (diverging colours) or non-negative (sequential)."""
-    return method not in UNSIGNED_METHODS and method not in RELU_CAMS
+    """Whether a method's maps are signed (diverging colours) or not (sequential): the method table's ``map``."""
+    from onnxplain.methods.catalog import method as lookup
+
+    return lookup(method).signed
 
 
-RELU_CAMS = ("gradcam", "gradcam_pp", "hirescam", "layercam", "xgradcam")  # maps after a ReLU: non-negative
 
 
 def to_2d(attribution: np.ndarray, channel_axis: int = 0) -> np.ndarray:

@@ -1,17 +1,6 @@
-"""Method heads: each turns the backward pass into an ``attribution`` tensor inside the graph.
+"""Attribution methods, one module per method or family; :mod:`~onnxplain.methods.catalog` lists them all.
 
-``HEADS[name](ctx) -> (attribution tensor, its shape)``.
+Graph heads (``head(ctx) -> (attribution tensor, its shape)``) live in ``gradient``, ``modified``,
+``lrp``, ``deeplift`` and ``cam``; Python-driven methods in ``cam_forward``, ``occlusion``, ``rise``,
+``lime`` and ``perturbation``; ``featurevis`` explains inner units.
 """
-from onnxplain.methods.gradient import HEADS as _GRADIENT_HEADS
-from onnxplain.methods.modified import HEADS as _MODIFIED_HEADS
-
-HEADS = {**_GRADIENT_HEADS, **_MODIFIED_HEADS}
-from onnxplain.methods.lrp import HEADS as _LRP_HEADS  # noqa: E402
-
-HEADS.update(_LRP_HEADS)
-from onnxplain.methods.deeplift import HEADS as _DEEPLIFT_HEADS  # noqa: E402
-
-HEADS.update(_DEEPLIFT_HEADS)
-from onnxplain.methods.cam import HEADS as _CAM_HEADS  # noqa: E402
-
-HEADS.update(_CAM_HEADS)

@@ -153,10 +153,12 @@ def cam_map(weights: np.ndarray, grid: np.ndarray) -> np.ndarray:
 class ForwardCam:
     """One tap graph + session; run() computes Score-CAM or Ablation-CAM for a batch."""
 
-    def __init__(self, explainer, layer: str | None = None):
+    def __init__(self, explainer, layer: str | None = None, prefix_tokens: int | None = None):
+        from dataclasses import replace
+
         from onnxplain.runtime.session import make_session
 
-        options = explainer.options
+        options = explainer.options if prefix_tokens is None else replace(explainer.options, prefix_tokens=prefix_tokens)
         self.model, self.tap = tap_graph(explainer.canonical.model, options, layer)
         self.session = make_session(self.model, explainer.providers)
         self.names = [o.name for o in self.session.get_outputs()]
@@ -247,16 +249,18 @@ def _score(y: np.ndarray, seed: np.ndarray, options, use_softmax: bool) -> np.nd
 
 
 def explain(explainer, x: np.ndarray, method: str, target: np.ndarray | None, target_weights=None, *,
-            layer: str | None = None, batch_size: int = 64, score: str = "softmax", progress=None, fast: bool = True):
+            layer: str | None = None, batch_size: int = 64, score: str = "softmax", progress=None, fast: bool = True,
+            prefix_tokens: int | None = None):
     """Score-CAM / Ablation-CAM for ``x``; returns (attribution, layer map, targets, model outputs)."""
     if method not in METHODS:
         raise OnnxplainError(f"unknown forward CAM '{method}' (choose from: {', '.join(METHODS)})")
     if score not in ("softmax", "logit"):
         raise OnnxplainError(f"score must be 'softmax' or 'logit', not '{score}'")
     cams = explainer.__dict__.setdefault("_forward_cams", {})
-    key = layer if layer is not None else getattr(explainer.options, "layer", None)
+    layer = layer if layer is not None else explainer.options.layer
+    key = layer if prefix_tokens is None else (layer, prefix_tokens)
     if key not in cams:
-        cams[key] = ForwardCam(explainer, key)
+        cams[key] = ForwardCam(explainer, layer, prefix_tokens)
     fc = cams[key]
     n = len(x)
     # the plain pass: activations, logits, targets

@@ -96,7 +96,7 @@ def _layer_shape(explainer, layer: str, x: np.ndarray):
     return (len(x), *sess.run([layer], {explainer.x.name: xs})[0].shape[1:])
 
 
-def explain_unit(explainer, x: np.ndarray, method: str, unit, batch_size: int = 16):
+def explain_unit(explainer, x: np.ndarray, method: str, unit, batch_size: int = 16, params: dict | None = None):
     """(attribution, outputs) for the unit ``unit`` of an inner layer, through ``method``'s rules."""
     from onnxplain.runtime.session import make_session
 
@@ -108,9 +108,10 @@ def explain_unit(explainer, x: np.ndarray, method: str, unit, batch_size: int = 
     shape = _layer_shape(explainer, layer, x)
     w = unit_weights(shape, unit, x.dtype)
     sessions = explainer.__dict__.setdefault("_unit_sessions", {})
-    key = (method, layer)
+    params = params or {}
+    key = (method, layer, tuple(sorted(params.items())))
     if key not in sessions:
-        graph = explainer.graph(method, "weights", output=layer, probabilities=True)
+        graph = explainer.graph(method, "weights", output=layer, probabilities=True, **params)
         sessions[key] = make_session(graph, explainer.providers)
     sess = sessions[key]
     names = [o.name for o in sess.get_outputs()]
@@ -132,7 +133,7 @@ def explain_unit(explainer, x: np.ndarray, method: str, unit, batch_size: int = 
 
 def check_cli_unit(explainer, methods, text: str, target=None) -> tuple:
     """Validate ``--unit`` before anything runs; builds the unit graphs (errors surface here)."""
-    unit = parse_unit(text)
+    unit = parse_unit(text) if isinstance(text, str) else text
     if target is not None:
         raise OnnxplainError("give either --unit or --target, not both")
     bad = [m for m in methods if m not in METHODS]

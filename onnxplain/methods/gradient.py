@@ -94,6 +94,40 @@ HEADS = {
 
 
 # ---- numpy copies for the Python driver -------------------------------------------------
+def run_looped(explainer, x, target, opts, progress=None, *, method: str):
+    """IG and SmoothGrad from Python: the gradient graph over copies of each item (fixed-batch models too).
+
+    The target is resolved on ``x`` itself, then every copy explains that same target."""
+    from onnxplain.runtime.result import Explanation
+
+    bs, name = opts["batch_size"], explainer.x.name
+    feeds = explainer.feeds(x, target)
+    first = explainer.run_graph("gradient", target.mode, feeds, batch_size=bs)
+    if target.mode == "class":
+        feeds["target"] = first.target
+    n = len(x)
+    if method == "integrated_gradients":
+        base = explainer.check_baseline(0.0 if opts["baseline"] is None else opts["baseline"], x)
+        alphas, weights = ig_alphas(opts["steps"])  # alphas[-1] = 1: the pass at x above
+        copies = [interpolate(x[i], base[i], alphas[:-1]) for i in range(n)]
+    else:
+        rng = np.random.default_rng(opts["seed"])
+        copies = [noisy(x[i], opts["samples"], opts["noise"], rng) for i in range(n)]
+    attribution = np.empty_like(x)
+    for i, c in enumerate(copies):
+        k = len(c)
+        rep = {key: np.repeat(v[i:i + 1], k, axis=0) for key, v in feeds.items() if key != name}
+        g = explainer.run_graph("gradient", target.mode, {name: c, **rep}, batch_size=bs).attribution if k else c
+        if method == "integrated_gradients":
+            g = np.concatenate([g, first.attribution[i:i + 1]])
+            attribution[i] = (x[i] - base[i]) * np.tensordot(weights, g, axes=1).astype(x.dtype)
+        else:
+            attribution[i] = (g * g if method == "smoothgrad_sq" else g).mean(axis=0)
+        if progress is not None:
+            progress(i + 1, n)
+    return Explanation(attribution, first.target, first.outputs)
+
+
 def ig_alphas(steps: int) -> tuple[np.ndarray, np.ndarray]:
     """Trapezoid-rule points on [0, 1] and their weights (summing to 1); the last point is 1, x itself,
     so the gradient at x (needed anyway to resolve an arg-max target) is one of the ``steps`` passes."""

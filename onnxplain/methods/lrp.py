@@ -16,6 +16,16 @@ METHODS = ("lrp_0", "lrp_epsilon", "lrp_epsilon_plus", "lrp_epsilon_plus_flat", 
            "lrp_epsilon_alpha2_beta1")
 
 
+SUMMARIES = {
+    "lrp_0": "LRP-0 on every layer linear in its input",
+    "lrp_epsilon": "LRP-epsilon on every layer linear in its input",
+    "lrp_epsilon_plus": "epsilon on dense layers, z+ on convolutions",
+    "lrp_epsilon_plus_flat": "epsilon-plus with the flat rule on the first layer",
+    "lrp_epsilon_gamma_box": "z^B on the first layer, gamma on convolutions, epsilon on dense layers",
+    "lrp_epsilon_alpha2_beta1": "alpha=2, beta=1 on convolutions, epsilon on dense layers",
+}
+
+
 def _lrp(method):
     def head(ctx):
         top = ctx.b.Mul(ctx.seed, ctx.logits)

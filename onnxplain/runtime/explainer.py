@@ -1,36 +1,25 @@
 """The Python API: ``Explainer(model).explain(x, method=..., target=...)``."""
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 import onnx
 
-from onnxplain.graph.canonicalize import canonicalize
 from onnxplain.errors import OnnxplainError
+from onnxplain.graph.canonicalize import canonicalize
 from onnxplain.graph.rewrite import Options, build
-from onnxplain.methods.gradient import ig_alphas, interpolate, noisy
+from onnxplain.runtime.result import Explanation
 from onnxplain.runtime.session import make_session
+from onnxplain.targets import Target
 
-LOOPED = ("integrated_gradients", "smoothgrad", "smoothgrad_sq")  # driven from Python over the gradient graph
-FORWARD_CAMS = ("scorecam", "ablationcam")  # forward passes only, driven from Python (methods/cam_forward.py)
-SUPERPIXEL = ("lime", "kernelshap")  # black-box, over superpixels (methods/lime.py)
-BLACKBOX = ("occlusion", "rise")  # black-box, sliding patches / random masks (methods/occlusion.py, rise.py)
-PERTURBATION = ("meaningful_perturbation", "extremal_perturbation")  # masks optimised over the gradient graph
 
 
 def all_methods() -> tuple:
-    """Every method name :meth:`Explainer.run` takes: the graph heads, then those driven from Python."""
-    from onnxplain.methods import HEADS
+    """Every method name :meth:`Explainer.run` takes, in the method table's order."""
+    from onnxplain.methods.catalog import METHODS
 
-    return tuple(HEADS) + FORWARD_CAMS + BLACKBOX + SUPERPIXEL + PERTURBATION
-
-
-@dataclass
-class Explanation:
-    attribution: np.ndarray  # raw, signed; the explained input's shape (saliency: one channel)
-    target: np.ndarray | None  # the class explained for each item (class mode)
-    outputs: dict  # the model's own outputs for x
+    return METHODS.names()
 
 
 class Explainer:
@@ -59,10 +48,11 @@ class Explainer:
             self._graphs[key] = build(canonicalize(self.canonical.model), method, options)
         return self._graphs[key]
 
-    def _session(self, method, target_mode):
-        key = (method, target_mode)
+    def _session(self, method, target_mode, params: dict | None = None):
+        params = params or {}
+        key = (method, target_mode, tuple(sorted(params.items())))
         if key not in self._sessions:
-            self._sessions[key] = make_session(self.graph(method, target_mode), self.providers)
+            self._sessions[key] = make_session(self.graph(method, target_mode, **params), self.providers)
         return self._sessions[key]
 
     @property
@@ -111,122 +101,69 @@ class Explainer:
             raise OnnxplainError(f"target {t.tolist()} out of range: the model has {c} classes (use -1 for argmax)")
         return np.ascontiguousarray(t)
 
+    def check_baseline(self, baseline, x: np.ndarray) -> np.ndarray:
+        """The baseline broadcast to ``x``'s shape, in its dtype; a one-line error when it cannot be."""
+        try:
+            return np.ascontiguousarray(np.broadcast_to(np.asarray(baseline, x.dtype), x.shape))
+        except (TypeError, ValueError):
+            raise OnnxplainError(f"the baseline (shape {list(np.shape(baseline))}) does not broadcast to the "
+                                 f"input's shape {list(x.shape)}") from None
+
+    def check_weights(self, weights, x: np.ndarray) -> np.ndarray:
+        w = np.asarray(weights)
+        if not (np.issubdtype(w.dtype, np.floating) or np.issubdtype(w.dtype, np.integer)):
+            raise OnnxplainError(f"target_weights must be a float array, got {w.dtype}")
+        if not np.all(np.isfinite(w)):
+            raise OnnxplainError("target_weights contain NaN or infinite values")
+        return np.ascontiguousarray(w.astype(x.dtype))
+
+    def target(self, x: np.ndarray, target=None, target_weights=None) -> Target:
+        """What to explain for the batch ``x``: one class per item (default: the arg-max) or a weight tensor."""
+        if target_weights is not None:
+            if target is not None:
+                raise OnnxplainError("give either target or target_weights, not both")
+            return Target(None, self.check_weights(target_weights, x), True)
+        return Target(self.check_target(target, len(x)), None, target is not None)
+
     # ---- running --------------------------------------------------------------------------
-    def _run(self, method, target_mode, feeds: dict, batch_size: int):
-        """Run an explanation graph over the batch axis in chunks; concatenates every output."""
-        sess = self._session(method, target_mode)
+    def feeds(self, x: np.ndarray, target: Target) -> dict:
+        """The explanation graph's inputs for ``x`` and ``target``."""
+        if target.weights is not None:
+            return {self.x.name: x, "target_weights": target.weights}
+        return {self.x.name: x, "target": target.classes}
+
+    def run_graph(self, method: str, mode: str, feeds: dict, params: dict | None = None,
+                  batch_size: int = 16) -> Explanation:
+        """Run ``method``'s explanation graph (built with ``params``) over the batch axis in chunks."""
+        params = params or {}
+        if "baseline" in feeds and "baseline" not in {i.name for i in self.graph(method, mode, **params).graph.input}:
+            feeds = {k: v for k, v in feeds.items() if k != "baseline"}
+        sess = self._session(method, mode, params)
         names = [o.name for o in sess.get_outputs()]
         n = len(feeds[self.x.name])
         step = 1 if self.fixed_batch == 1 else max(1, batch_size)
         parts = [sess.run(names, {k: v[i:i + step] for k, v in feeds.items()}) for i in range(0, n, step)]
-        return {name: np.concatenate([p[j] for p in parts]) for j, name in enumerate(names)}
-
-    def run(self, x, method: str = "gradient", target=None, target_weights=None, baseline=None, *,
-            steps: int = 32, samples: int | None = None, noise: float = 0.15, seed: int = 0,
-            batch_size: int = 16, unit=None, layer: str | None = None, score: str = "softmax",
-            progress=None, **params) -> Explanation:
-        """Explain ``x`` ([N, ...]); returns attribution, explained targets and the model outputs.
-
-        ``unit=("layer", c[, y, x])`` explains one channel/unit of an inner tensor instead of a class
-        (:mod:`onnxplain.methods.featurevis`). ``scorecam``/``ablationcam`` (:mod:`onnxplain.methods.cam_forward`)
-        take ``layer`` (default: the automatic CAM layer), ``score`` (Score-CAM: "softmax" or "logit")
-        and ``progress(done, total)``; their forward passes run ``batch_size`` at a time.
-
-        ``lime``/``kernelshap`` (:mod:`onnxplain.methods.lime`) take ``samples`` (default 1000 /
-        2048; smoothgrad's default is 16), ``seed``, ``progress`` and the keywords ``segmentation``
-        ("slic", "quickshift", "felzenszwalb"), ``segments`` (explicit labels), ``fill`` ("mean" or
-        a number), ``kernel_width`` (LIME, 0.25), ``alpha`` (LIME's ridge) and the segmentation's own
-        parameters (``n_segments``, ``compactness``, ``kernel_size``, ``scale``, ...).
-
-        ``occlusion`` (:mod:`onnxplain.methods.occlusion`) takes ``window``, ``stride``, ``fill`` (a number
-        or "mean") and ``blur`` (a Gaussian sigma: blurred patches instead of ``fill``); ``rise``
-        (:mod:`onnxplain.methods.rise`) takes ``n_masks``, ``cells``, ``p`` and ``seed``. Both take
-        ``score`` ("softmax" or "logit") and ``progress``; their forward passes are batched by
-        :class:`onnxplain.runtime.driver.Driver` (the largest batch that fits, up to 64; ``batch_size`` is not used).
-
-        ``meaningful_perturbation``/``extremal_perturbation`` (:mod:`onnxplain.methods.perturbation`) take
-        ``iterations``, ``lr``, ``mask_size``, ``blur``, ``l1``, ``tv``, ``beta``, ``area``, ``area_weight``,
-        ``jitter``, ``seed``, ``score`` and ``progress``.
-        """
-        if params and method not in SUPERPIXEL + BLACKBOX + PERTURBATION:
-            raise OnnxplainError(f"unexpected options for {method}: {', '.join(sorted(params))}")
-        x = self.check_input(x)
-        n = len(x)
-        if unit is not None:
-            from onnxplain.methods.featurevis import explain_unit
-
-            if target is not None or target_weights is not None:
-                raise OnnxplainError("give either a unit or a target, not both")
-            attribution, outputs = explain_unit(self, x, method, unit, batch_size)
-            return Explanation(attribution=attribution, target=None, outputs=outputs)
-        if method in FORWARD_CAMS:
-            from onnxplain.methods import cam_forward
-
-            t = None if target_weights is not None else self.check_target(target, n)
-            attribution, _, chosen, outputs = cam_forward.explain(
-                self, x, method, t, target_weights, layer=layer, batch_size=batch_size, score=score,
-                progress=progress)
-            return Explanation(attribution=attribution, target=chosen, outputs=outputs)
-        if method in BLACKBOX:
-            from onnxplain.methods import occlusion, rise
-
-            mod = occlusion if method == "occlusion" else rise
-            extra = {"seed": seed} if method == "rise" else {}
-            attribution, chosen, outputs = mod.explain(
-                self, x, self.check_target(target, n), target_weights, score=score, progress=progress,
-                **extra, **params)
-            return Explanation(attribution=attribution, target=chosen, outputs=outputs)
-        if method in PERTURBATION:
-            from onnxplain.methods import perturbation
-
-            attribution, chosen, outputs = perturbation.explain(
-                self, x, self.check_target(target, n), target_weights, method=method, score=score, seed=seed,
-                progress=progress, **params)
-            return Explanation(attribution=attribution, target=chosen, outputs=outputs)
-        if method in SUPERPIXEL:
-            from onnxplain.methods import lime
-
-            attribution, chosen, outputs = lime.explain(
-                self, x, method, self.check_target(target, n), target_weights, samples=samples,
-                seed=seed, batch_size=batch_size, progress=progress, **params)
-            return Explanation(attribution=attribution, target=chosen, outputs=outputs)
-        if target_weights is not None:
-            if target is not None:
-                raise OnnxplainError("give either target or target_weights, not both")
-            mode, feeds = "weights", {self.x.name: x, "target_weights": np.asarray(target_weights, dtype=x.dtype)}
-        else:
-            mode, feeds = "class", {self.x.name: x, "target": self.check_target(target, n)}
-        if method not in LOOPED:
-            if baseline is not None and "baseline" in {i.name for i in self.graph(method, mode).graph.input}:
-                feeds["baseline"] = np.ascontiguousarray(np.broadcast_to(np.asarray(baseline, x.dtype), x.shape))
-            res = self._run(method, mode, feeds, batch_size)
-            return self._explanation(res, res["attribution"])
-        # copies per item, over the gradient graph; the target is resolved on x itself
-        first = self._run("gradient", mode, feeds, batch_size)
-        if mode == "class":
-            feeds["target"] = first["target_index"]
-        if method == "integrated_gradients":
-            base = np.zeros_like(x) if baseline is None else np.broadcast_to(np.asarray(baseline, x.dtype), x.shape)
-            alphas, weights = ig_alphas(steps)  # alphas[-1] = 1: the pass at x above
-            copies = [interpolate(x[i], base[i], alphas[:-1]) for i in range(n)]
-        else:
-            rng = np.random.default_rng(seed)
-            copies = [noisy(x[i], 16 if samples is None else samples, noise, rng) for i in range(n)]
-        attribution = np.empty_like(x)
-        for i, c in enumerate(copies):
-            k = len(c)
-            rep = {name: np.repeat(v[i:i + 1], k, axis=0) for name, v in feeds.items() if name != self.x.name}
-            g = self._run("gradient", mode, {self.x.name: c, **rep}, batch_size)["attribution"] if k else c
-            if method == "integrated_gradients":
-                g = np.concatenate([g, first["attribution"][i:i + 1]])
-                attribution[i] = (x[i] - base[i]) * np.tensordot(weights, g, axes=1).astype(x.dtype)
-            else:
-                attribution[i] = (g * g if method == "smoothgrad_sq" else g).mean(axis=0)
-        return self._explanation(first, attribution)
-
-    def _explanation(self, res, attribution):
+        res = {name: np.concatenate([p[j] for p in parts]) for j, name in enumerate(names)}
         outputs = {k: v for k, v in res.items() if k not in ("attribution", "target_index")}
-        return Explanation(attribution=attribution, target=res.get("target_index"), outputs=outputs)
+        return Explanation(attribution=res["attribution"], target=res.get("target_index"), outputs=outputs)
+
+    def run(self, x, method: str = "gradient", target=None, target_weights=None, *, progress=None,
+            **options) -> Explanation:
+        """Explain ``x`` ([N, ...]) with ``method``; returns attribution, explained targets and the outputs.
+
+        ``method`` is any name or alias of the method table (:data:`onnxplain.methods.catalog.METHODS`;
+        the README lists them with their options). ``target``: a class per item (``-1``: the arg-max);
+        ``target_weights``: a weight tensor of the explained output's shape (the explained scalar is
+        ``sum(w * output)``). ``options`` are the method's own (``steps=``, ``layer=``, ``window=``, ...)
+        and ``batch_size``; an option the method does not take is an error, never ignored.
+        ``progress(done, total)`` is called as long methods advance.
+        """
+        from onnxplain.methods.catalog import method as lookup
+
+        m = lookup(method)
+        opts = m.settings(options)
+        x = self.check_input(x)
+        return m.run(self, x, self.target(x, target, target_weights), opts, progress)
 
     def explain(self, x, method: str = "gradient", target=None, **kw) -> np.ndarray:
         """The attribution for ``x`` as a numpy array (see :meth:`run` for the options)."""

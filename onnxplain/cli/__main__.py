@@ -1,0 +1,4 @@
+"""``python -m onnxplain.cli``."""
+from onnxplain.cli import main
+
+main()

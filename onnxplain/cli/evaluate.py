@@ -1,0 +1,121 @@
+"""`onnxplain evaluate`: score methods with faithfulness, localisation and sanity metrics."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import typer
+
+from onnxplain.errors import OnnxplainError
+
+from onnxplain.cli.app import app
+from onnxplain.cli.common import Progress, existing, running
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    model: str = typer.Argument(..., help="The ONNX model, or 'demo' for the shipped shapes classifier.",
+                                show_default=False),
+    data: str = typer.Argument(..., help="An .npz file: 'images' float, model-ready (NCHW or NHWC), optional "
+                               "'labels' [N] int (default: the predicted classes) and 'masks' [N, H, W] bool; "
+                               "or 'shapes' for generated shapes images with ground-truth masks.", show_default=False),
+    methods: Optional[list[str]] = typer.Option(None, "--methods", "-m", help="Methods, comma-separated or "
+                                                "repeated; 'all' for every one (default: 12 representative ones)."),
+    metrics: Optional[list[str]] = typer.Option(None, "--metrics", help="Metrics, comma-separated or repeated: "
+                                                "pixel_flipping, region_perturbation, deletion, insertion, "
+                                                "pointing_game, relevance_mass, relevance_rank, class_sensitivity, "
+                                                "max_sensitivity, cascading, independent, data_randomisation, all "
+                                                "(default: every one the data allow)."),
+    out_dir: Path = typer.Option(Path("eval_out"), "--out-dir", "-d", help="Folder for the table and plots."),
+    n: Optional[int] = typer.Option(None, "--n", min=1, help="Images: 'shapes' generates this many (16); "
+                                    "an .npz gives its first N (default: all)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the generated images, the noise and the randomisation."),
+    n_sanity: int = typer.Option(4, "--n-sanity", min=1, help="Images for the randomisation tests and "
+                                 "max-sensitivity (the first ones)."),
+    shuffled_model: Optional[Path] = typer.Option(None, "--shuffled-model", help="The same architecture trained "
+                                                  "on shuffled labels, for data randomisation (default for 'demo': "
+                                                  "the shipped one)."),
+    region: int = typer.Option(8, "--region", min=1, help="Region perturbation: region side in pixels."),
+    steps: int = typer.Option(64, "--steps", min=1, help="Perturbation curves: points after the first."),
+    fill: str = typer.Option("mean", "--fill", help="Pixel flipping, region perturbation, deletion: removed "
+                             "pixels take the image's channel mean ('mean'), uniform noise ('uniform'), a blurred "
+                             "copy ('blur') or a number."),
+    fraction: float = typer.Option(0.25, "--fraction", min=0.0, max=1.0, help="Pixel flipping and region "
+                                   "perturbation: stop once this share of the image is perturbed."),
+    radius: float = typer.Option(0.02, "--radius", min=0.0, help="Max-sensitivity: noise bound, a fraction of "
+                                 "the image's value range."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Items per onnxruntime call when explaining."),
+    layout: Optional[str] = typer.Option(None, "--layout", help="NCHW or NHWC: the layout of the model input and "
+                                         "of the data's images (default: from the model input)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON instead of the table."),
+):
+    """Score methods by faithfulness, localisation, class sensitivity, robustness and sanity checks."""
+    from onnxplain.evaluation import runner as E
+    from onnxplain.io.shapes_data import make_shapes
+    from onnxplain.io.resources import SHUFFLED_MODEL, demo_model, find
+
+    if model == "demo":
+        path = demo_model()
+        if shuffled_model is None:
+            shuffled_model = find(*SHUFFLED_MODEL)
+    else:
+        path = existing(Path(model))
+    if shuffled_model is not None:
+        existing(Path(shuffled_model))
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OnnxplainError(f"--out-dir {out_dir} exists and is not a folder")
+    with running("loading the model"):
+        from onnxplain.runtime.explainer import Explainer, all_methods
+
+        explainer = Explainer(str(path))
+    shape, layout = explainer.x.shape, E.layout_of(explainer, layout)
+    if data == "shapes":
+        side = (shape[1] if layout == "NHWC" else shape[2]) if shape and len(shape) == 4 else None
+        images, labels, masks = make_shapes(n or 16, seed=seed, size=side if isinstance(side, int) and side > 0 else 64)
+        if layout == "NHWC":
+            images = np.ascontiguousarray(images.transpose(0, 2, 3, 1))
+        source = f"{len(images)} generated shapes images (seed {seed})"
+    else:
+        images, labels, masks = E.load_data(data)
+        if n is not None:
+            images = images[:n]
+            labels, masks = (None if a is None else a[:n] for a in (labels, masks))
+        source = f"{len(images)} images from {data}"
+    chosen = E.resolve(methods, all_methods(), "method") if methods else list(E.DEFAULT_METHODS)
+    if metrics:
+        wanted = E.resolve(metrics, E.METRICS, "metric")
+    else:
+        wanted = [m for m in E.METRICS if not (m in E.LOCALISATION and masks is None)
+                  and not (m == "data_randomisation" and shuffled_model is None)]
+    if fill not in ("mean", "uniform", "blur"):
+        try:
+            fill = float(fill)
+        except ValueError:
+            raise OnnxplainError(f"--fill must be mean, uniform, blur or a number, not '{fill}'") from None
+    settings = E.Settings(n_sanity=n_sanity, region=region, steps=steps, fill=fill, fraction=fraction, radius=radius,
+                          batch_size=batch_size, seed=seed)
+    t0 = time.perf_counter()
+    with running("evaluating"):
+        with Progress(None, "evaluate") as bar:
+            ev = E.evaluate(explainer, images, labels, masks, methods=chosen, metrics=wanted,
+                            shuffled_model=None if shuffled_model is None else str(shuffled_model),
+                            settings=settings, progress=bar, layout=layout)
+    files = E.write(ev, out_dir)
+    if as_json:
+        typer.echo(json.dumps(ev.to_json()["summary"], indent=1))
+        return
+    typer.echo(f"model  {path}")
+    typer.echo(f"data   {source}; explained: {'the labels' if labels is not None else 'the predicted classes'}; "
+               f"sanity checks on the first {ev.n_sanity}")
+    typer.echo(ev.table())
+    ratios = E.time_ratios(ev)
+    if ratios:
+        typer.echo("time per image relative to gradient: " + ", ".join(f"{m} {r:.3g}x" for m, r in ratios.items()))
+    typer.echo("↑/↓: higher/lower is better; what each column means: " + str(out_dir / "evaluation.json"))
+    typer.echo(f"wrote {len(files)} files to {out_dir} in {time.perf_counter() - t0:.1f} s")
+
+

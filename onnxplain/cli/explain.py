@@ -1,0 +1,186 @@
+"""`onnxplain explain`: attribution maps for images or arrays, with overlays and a comparison grid."""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import typer
+
+from onnxplain.errors import OnnxplainError
+
+from onnxplain.cli.app import app
+from onnxplain.cli.common import Progress, class_label, class_names, existing, method_settings, opt_class_axis, opt_input, opt_output, opt_prob, parse_methods, rules_file, running, same_file, status, with_method_options
+
+
+@app.command()
+@with_method_options()
+def explain(
+    model: Path = typer.Argument(..., help="The ONNX model.", show_default=False),
+    images: list[Path] = typer.Argument(..., help="Images (PNG, JPEG, ...) or preprocessed .npy arrays.",
+                                        show_default=False),
+    method: list[str] = typer.Option(["gradient"], "--method", "-m",
+                                     help="Attribution methods, comma-separated or repeated (several: a comparison "
+                                          "grid is written too); any spelling or alias of the README's table."),
+    target: Optional[int] = typer.Option(None, "--target", "-t", help="Class to explain (default: the predicted one)."),
+    out_dir: Path = typer.Option(Path("out"), "--out-dir", "-d", help="Folder for the PNG and NPY files."),
+    input: Optional[str] = opt_input(),
+    output: Optional[str] = opt_output(),
+    probabilities: bool = opt_prob(),
+    class_axis: Optional[int] = opt_class_axis(),
+    preset: str = typer.Option("raw01", "--preset", help="raw01 (p/255), imagenet, caffe (BGR, mean in 0-255), tf ([-1, 1])."),
+    size: Optional[str] = typer.Option(None, "--size", help="Resize to H W (or one int for both); default: the model's."),
+    mean: Optional[str] = typer.Option(None, "--mean", help="Per-channel mean, subtracted after --scale (tensor channel order)."),
+    std: Optional[str] = typer.Option(None, "--std", help="Per-channel std, divided after the mean."),
+    layout: Optional[str] = typer.Option(None, "--layout", help="NCHW or NHWC (default: from the model input)."),
+    bgr: Optional[bool] = typer.Option(None, "--bgr/--rgb", help="Channel order of the tensor (default: the preset's)."),
+    scale: Optional[str] = typer.Option(None, "--scale", help="Pixel multiplier, e.g. 1/255 (default: the preset's)."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="Text file with one class name per line."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Items per onnxruntime call."),
+    alpha: float = typer.Option(0.75, "--alpha", min=0.0, max=1.0, help="Heatmap opacity at full strength."),
+    shared_scale: bool = typer.Option(False, "--shared-scale", help="One colour scale per grid row (all methods)."),
+    **method_options,
+):
+    """Explain images with one or more methods; writes <stem>.<method>.png (overlay) and .npy (raw)."""
+    from onnxplain.io import preprocess, render
+    from onnxplain.graph.builder import np_dtype
+    from onnxplain.runtime.explainer import Explainer
+    from onnxplain.graph.rewrite import class_axis_of
+    from onnxplain.graph.describe import _dims, fmt_shape
+
+    methods = parse_methods(method or ["gradient"])
+    settings = method_settings(methods, method_options)
+    for p in images:
+        if p.suffix.lower() == ".npy":
+            existing(p)
+        else:
+            existing(p, "image file")
+    existing(model)
+    recipe = preprocess.resolve(preset, scale=scale, mean=mean, std=std, bgr=bgr, layout=layout, size=size)
+
+    for s in settings.values():
+        if s.get("rules") is not None:
+            s["rules"] = rules_file(Path(s["rules"]))
+    ex = Explainer(str(model), input=input, output=output, probabilities=probabilities, class_axis=class_axis)
+    shape = ex.x.shape
+    has_images = any(p.suffix.lower() != ".npy" for p in images)
+    try:
+        recipe = preprocess.for_model(recipe, shape)
+    except OnnxplainError:
+        if has_images:
+            raise
+        recipe = None  # .npy only, not an image input: attributions are written, no overlays
+    if recipe is not None and recipe.layout == "NHWC":
+        ex.options = replace(ex.options, channel_axis=3)
+    items = preprocess.load_items(images, recipe, shape, dtype=np_dtype(ex.x) or np.float32)
+    for it in items:  # validate everything before the first run: nothing half-written on bad input
+        ex.check_input(it.tensor[None])
+    if target is not None:
+        ex.check_target(target, 1)
+    unit = next((s["unit"] for s in settings.values() if s.get("unit") is not None), None)
+    if unit is not None:
+        from onnxplain.methods.featurevis import check_cli_unit
+
+        check_cli_unit(ex, [m.name for m in methods], unit, target)
+    with status("building explanation graphs"):
+        for m in methods:
+            if unit is None and m.exportable:
+                params = {k: settings[m.name][k] for k in ("layer", "prefix_tokens", "rules")
+                          if settings[m.name].get(k) is not None}
+                ex.graph("gradient" if m.kind == "looped" else m.name, "class", **params)
+    methods = [m.name for m in methods]
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OnnxplainError(f"--out-dir {out_dir} exists and is not a folder")
+    inputs = [model, *images] + ([labels] if labels else [])
+    planned = [out_dir / f"{it.name}.{m}.{ext}" for it in items for m in methods for ext in ("png", "npy")]
+    for path in planned:
+        for src in inputs:
+            if same_file(path, src):
+                raise OnnxplainError(f"refusing to overwrite the input file {src}; choose another --out-dir")
+
+    names = class_names(ex.canonical.model, labels)
+    out_t = ex.canonical.output(ex.options.output)
+    cax = class_axis_of(out_t, ex.options) if out_t.shape is not None else 1
+    item_channel_axis = -1 if recipe is not None and recipe.layout == "NHWC" else 0
+
+    results = {m: [None] * len(items) for m in methods}
+    summary = [None] * len(items)
+    groups, start = [], 0
+    while start < len(items):  # consecutive runs of same-shaped items, at most batch_size long
+        end = start + 1
+        while end < len(items) and end - start < batch_size and items[end].tensor.shape == items[start].tensor.shape:
+            end += 1
+        groups.append((start, end))
+        start = end
+    written = []
+    with Progress(len(methods) * len(items), "explaining") as bar:
+        for m in methods:
+            for s, e in groups:
+                bar(description=f"{m}")
+                x = np.stack([it.tensor for it in items[s:e]])
+                with running(f"running {m}"):
+                    res = ex.run(x, m, target=target, batch_size=batch_size,
+                                 progress=(lambda d, t, m=m: bar(description=f"{m} ({d}/{t} passes)")),
+                                 **{k: v for k, v in settings[m].items() if k != "batch_size"})
+                for k, i in enumerate(range(s, e)):
+                    a = res.attribution[k]
+                    results[m][i] = a
+                    if summary[i] is None:
+                        summary[i] = _prediction(res, k, out_t.name, cax)
+                    written.append(render.save_npy(a, out_dir / f"{items[i].name}.{m}.npy"))
+                    if items[i].display is not None:
+                        a2 = render.to_2d(a, channel_axis=item_channel_axis)
+                        pic = render.overlay(items[i].display, a2, signed=render.is_signed(m), alpha=alpha)
+                        written.append(render.save_png(pic, out_dir / f"{items[i].name}.{m}.png"))
+                bar(advance=e - s)
+
+    # one line per item: prediction, explained target, score
+    w = max(len(it.source.name if it.source.suffix.lower() != ".npy" else it.name) for it in items)
+    for it, s in zip(items, summary):
+        label = it.source.name if it.source.suffix.lower() != ".npy" else it.name
+        pred, tgt, score = s
+        parts = [f"{label:<{w}}"]
+        if pred is not None:
+            parts.append(f"predicted {class_label(pred, names)}")
+        parts.append(f"target {class_label(tgt, names) if tgt is not None else '(weights)'}")
+        if score is not None:
+            parts.append(f"score {out_t.name}[{tgt}] = {score:.4g}")
+        typer.echo("  ".join(parts))
+
+    if len(methods) > 1:
+        shown = [i for i, it in enumerate(items) if it.display is not None][:32]
+        if shown:
+            rows, row_titles = [], []
+            for i in shown:
+                maps = [render.to_2d(results[m][i], channel_axis=item_channel_axis) for m in methods]
+                common = render.shared_scale(maps) if shared_scale else None
+                rows.append([items[i].display] + [render.overlay(items[i].display, a2, signed=render.is_signed(m),
+                                                                 alpha=alpha, scale=common)
+                                                  for a2, m in zip(maps, methods)])
+                row_titles.append(items[i].name)
+            bars = (["signed"] if any(render.is_signed(m) for m in methods) else []) + \
+                (["positive"] if any(not render.is_signed(m) for m in methods) else [])
+            note = "colour scale: 99.5th percentile of |a|, " + ("shared across each row" if shared_scale else "per map")
+            pic = render.grid(rows, titles=["image", *methods], row_titles=row_titles, colorbars=bars, note=note)
+            written.append(render.save_png(pic, out_dir / "comparison.png"))
+            if len([it for it in items if it.display is not None]) > len(shown):
+                typer.echo(f"comparison grid shows the first {len(shown)} images")
+    typer.echo(f"wrote {len(written)} files to {out_dir}/ (input {ex.x.name} {fmt_shape(_dims(shape))})")
+
+
+def _prediction(res, k: int, out_name: str, cax: int):
+    """(predicted class, explained target, score of the explained output at the target) for item k."""
+    tgt = int(res.target[k]) if res.target is not None else None
+    out = res.outputs.get(out_name)
+    if out is None or out.ndim < 2:
+        return None, tgt, None
+    o = np.moveaxis(np.asarray(out[k:k + 1], dtype=np.float64), cax, 1)
+    scores = o.reshape(o.shape[0], o.shape[1], -1).sum(axis=2)[0]
+    pred = int(np.argmax(scores))
+    score = float(scores[tgt]) if tgt is not None and 0 <= tgt < len(scores) else None
+    return pred, tgt, score
+
+

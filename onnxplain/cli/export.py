@@ -1,0 +1,138 @@
+"""`onnxplain export`: write the explanation graph of a model."""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from onnxplain.errors import OnnxplainError
+
+from onnxplain.methods.catalog import method as lookup
+from onnxplain.cli.app import app, one_line
+from onnxplain.cli.common import existing, fmt_io, human, method_settings, opt_class_axis, opt_input, opt_output, opt_prob, rules_file, same_file, status, with_method_options
+
+# the options of the table that change how an explanation graph is built
+GRAPH_OPTIONS = ("steps", "samples", "noise", "seed", "rules", "layer", "prefix_tokens")
+
+
+@app.command()
+@with_method_options(names=GRAPH_OPTIONS)
+def export(
+    model: Path = typer.Argument(..., help="The ONNX model to explain.", show_default=False),
+    method: str = typer.Option("gradient", "--method", "-m", help="Attribution method (one with a graph head: "
+                               "see the README's table)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Where to write the explanation graph (.onnx).",
+                             show_default=False),
+    input: Optional[str] = opt_input(),
+    output: Optional[str] = opt_output(),
+    probabilities: bool = opt_prob(),
+    target_mode: str = typer.Option("class", "--target-mode",
+                                    help="class: an int64 'target' input; weights: a 'target_weights' seed tensor."),
+    class_axis: Optional[int] = opt_class_axis(),
+    **method_options,
+):
+    """Write the explanation graph of MODEL: the model plus a backward pass and an `attribution` output."""
+    import onnx
+
+    from onnxplain.graph.rewrite import Options, build
+    from onnxplain.graph.load import load_model
+
+    t0 = time.perf_counter()
+    entry = lookup(method)
+    if not entry.exportable:
+        raise OnnxplainError(f"{entry.name} runs {entry.kind} passes from Python and has no single explanation "
+                             "graph; use `onnxplain explain` (or Explainer) for it")
+    method = entry.name
+    settings = method_settings([entry], method_options)[method]
+    if settings.get("rules") is not None:
+        settings["rules"] = rules_file(Path(settings["rules"]))
+    if target_mode not in ("class", "weights"):
+        raise OnnxplainError(f"--target-mode must be 'class' or 'weights', not '{target_mode}'")
+    existing(model)
+    if out.exists() and out.is_dir():
+        raise OnnxplainError(f"output {out} is a directory; give a file name such as {out / 'explained.onnx'}")
+    if same_file(model, out):
+        raise OnnxplainError(f"refusing to overwrite the input model {model}; choose another -o/--out")
+    if out.suffix.lower() != ".onnx":
+        raise OnnxplainError(f"output {out} should end in .onnx")
+
+    src = load_model(model)
+    before = len(src.graph.node)
+    graph_params = {k: v for k, v in settings.items() if k in GRAPH_OPTIONS and v is not None}
+    options = Options(input=input, output=output, probabilities=probabilities, target_mode=target_mode,
+                      class_axis=class_axis, **graph_params)
+    with status(f"building the {method} graph"):
+        graph = build(src, method, options)
+    _check_and_save(graph, out, onnx)
+    elapsed = time.perf_counter() - t0
+
+    meta = {p.key: p.value for p in graph.metadata_props}
+    params = "".join(f", {k} {graph_params[k]}" for k in ("steps", "samples", "noise") if k in graph_params)
+    typer.echo(f"wrote {out} ({human(out.stat().st_size)}) in {elapsed:.2f} s")
+    typer.echo(f"  method   {method} (target mode {target_mode}{params})")
+    explained = meta.get("onnxplain.explained", "?")
+    inner = "" if explained in {o.name for o in src.graph.output} | {output} else " (the logits under the Softmax/Sigmoid)"
+    typer.echo(f"  explains input '{meta.get('onnxplain.input', '?')}' -> '{explained}'{inner}")
+    if "onnxplain.layer" in meta:
+        grid = meta.get("onnxplain.layer_grid")
+        typer.echo(f"  layer    '{meta['onnxplain.layer']}'" + (f" (tokens: {grid})" if grid else ""))
+    typer.echo(f"  nodes    {before} -> {len(graph.graph.node)}")
+    inits = {t.name for t in graph.graph.initializer}
+    ins = [vi for vi in graph.graph.input if vi.name not in inits or vi.name in ("target", "baseline")]
+    typer.echo("  inputs   " + "; ".join(fmt_io(vi) for vi in ins))
+    typer.echo("  outputs  " + "; ".join(fmt_io(vi) for vi in graph.graph.output))
+    typer.echo("  check    onnx.checker full_check passed")
+
+
+def _check_and_save(graph, out: Path, onnx, in_memory_limit: int = 2**31 - 2**26) -> None:
+    """Full ONNX check, then an atomic write; nothing is written when the check fails.
+
+    Graphs over ``in_memory_limit`` bytes (protobuf cannot serialise 2 GB) are written to a
+    temporary folder beside ``out`` (weights as external data), checked by path, then moved in.
+    """
+    from onnxplain.graph.load import save_model_atomic
+
+    def failed(exc):
+        return OnnxplainError(f"the explanation graph fails onnx.checker.check_model(full_check=True): "
+                              f"{one_line(exc, 300)}; nothing was written (please report this)")
+
+    try:
+        small = graph.ByteSize() < in_memory_limit
+    except Exception:
+        small = False
+    if small:
+        try:
+            onnx.checker.check_model(graph, full_check=True)
+        except Exception as exc:
+            raise failed(exc) from None
+        save_model_atomic(graph, out)
+        return
+    # over protobuf's 2 GB limit: check the written files (model + external data) before moving them in
+    made = not out.parent.exists()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmpdir = Path(tempfile.mkdtemp(prefix=".onnxplain-export-", dir=out.parent))
+    ok = False
+    try:
+        tmp = save_model_atomic(graph, tmpdir / out.name)
+        try:
+            onnx.checker.check_model(str(tmp), full_check=True)
+        except Exception as exc:
+            raise failed(exc) from None
+        data = tmpdir / (out.name + ".data")
+        if data.exists():
+            os.replace(data, out.parent / data.name)
+        os.replace(tmp, out)
+        ok = True
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+        if made and not ok:
+            with contextlib.suppress(OSError):
+                out.parent.rmdir()
+
+
