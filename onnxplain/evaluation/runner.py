@@ -265,6 +265,8 @@ def resolve(names, allowed, what: str) -> list:
             if part == "all":
                 out += list(allowed)
             elif part:
+                if what == "method":  # any spelling or alias of the method table, with "did you mean"
+                    part = lookup(part).name
                 if part not in allowed:
                     raise OnnxplainError(f"unknown {what} '{part}' (choose from: {', '.join(allowed)}, or all)")
                 out.append(part)

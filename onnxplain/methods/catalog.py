@@ -132,9 +132,8 @@ def _head(name, family, summary, paper, head, options=(), aliases=(), map="signe
                   shape, head)
 
 
-def _cam(name, summary, paper, aliases=(), map="non-negative", extra=()):
-    return _head(name, "CAM", summary, paper, cam.HEADS[name], (LAYER, PREFIX, *extra), aliases, map,
-                 "[N, 1, H, W]")
+def _cam(name, summary, paper, aliases=(), map="non-negative", extra=(), shape="[N, 1, H, W]"):
+    return _head(name, "CAM", summary, paper, cam.HEADS[name], (LAYER, PREFIX, *extra), aliases, map, shape)
 
 
 METHODS = Table((
@@ -175,7 +174,7 @@ METHODS = Table((
     _cam("layercam", "ReLU of the layer times ReLU of its gradient", "Jiang et al. 2021"),
     _cam("xgradcam", "gradient weights normalised by the activation sum", "Fu et al. 2020"),
     _cam("guided_gradcam", "Grad-CAM times guided backprop", "Selvaraju et al. 2017", map="signed",
-         extra=(RULES,)),
+         extra=(RULES,), shape="the input's"),
     Method("scorecam", "CAM (forward passes)", "forward", "non-negative",
            "channels weighted by the score of the input masked with each", "Wang et al. 2020",
            partial(run_forward_cam, method="scorecam"), (LAYER, PREFIX, SCORE), shape="[N, 1, H, W]"),
@@ -189,7 +188,7 @@ METHODS = Table((
             Option("fill", float, 0.0, "what hidden patches show: a value in tensor space or 'mean' (the item's)",
                    choices=("mean",)),
             Option("blur", float, None, "patches show the image blurred with this Gaussian sigma instead of fill",
-                   min=0), SCORE)),
+                   min=0), SCORE), shape="[N, 1, H, W]"),
     Method("rise", "perturbation", "black-box", "offset", "mean score of random masks, weighted by each mask",
            "Petsiuk et al. 2018", run_rise,
            (Option("n_masks", int, 2000, "random masks", min=1),
