@@ -18,3 +18,12 @@ class UnsupportedOpsError(OnnxplainError):
         super().__init__(
             f"rule set '{ruleset}' has no rule for {len(self.nodes)} node(s) on the explained path: {listed}"
         )
+
+
+class ShapeError(OnnxplainError):
+    """A rule needs a size or rank that is only known at run time.
+
+    The Python API and ``onnxplain explain`` know the input's shape and specialise the graph to it
+    (:mod:`onnxplain.graph.specialise`) when they meet this; ``onnxplain export`` asks for
+    ``--input-shape``.
+    """

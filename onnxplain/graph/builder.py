@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxplain.errors import OnnxplainError
+from onnxplain.errors import OnnxplainError, ShapeError
 
 FLOAT_DTYPES = {np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)}
 _BOOL_OPS = {"Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Not", "And", "Or", "Xor", "IsNaN", "IsInf"}
@@ -175,7 +175,7 @@ class Builder:
         """
         rx = rank(x)
         if rx is None or gshape is None:
-            raise OnnxplainError(f"cannot reduce a broadcast cotangent to '{x.name}': its rank is unknown")
+            raise ShapeError(f"cannot reduce a broadcast cotangent to '{x.name}': its rank is unknown")
         lead = len(gshape) - rx
         axes, unknown = list(range(lead)), False
         for i, (dx, dg) in enumerate(zip(x.shape, list(gshape)[lead:])):

@@ -24,7 +24,7 @@ from onnxplain import __version__
 from onnxplain.graph.backward import Backward, GradientRules
 from onnxplain.graph.builder import Builder, np_dtype, rank
 from onnxplain.graph.canonicalize import Canonical, canonicalize, export_graph, find_logits
-from onnxplain.errors import OnnxplainError
+from onnxplain.errors import OnnxplainError, ShapeError
 
 RESERVED = ("target", "target_weights", "baseline", "attribution", "target_index", "attribution_layer")
 
@@ -116,10 +116,15 @@ class Context:
 
 def class_axis_of(logits, options: Options) -> int:
     r = rank(logits)
-    if r is None or r < 2:
+    if r is None:
+        raise ShapeError(f"explained output '{logits.name}' has an unknown rank; class targets need its batch and "
+                         "class axes")
+    if r < 2:
         raise OnnxplainError(f"explained output '{logits.name}' needs a batch axis for class targets; "
                              "use target weights instead")
     ax = options.class_axis if options.class_axis is not None else (1 if r == 4 else r - 1)
+    if not -r <= ax < r:
+        raise OnnxplainError(f"class axis {ax} is out of range for explained output '{logits.name}' of rank {r}")
     return ax % r
 
 

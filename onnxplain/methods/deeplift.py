@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxplain.errors import OnnxplainError
+from onnxplain.errors import OnnxplainError, ShapeError
 
 
 def deeplift(ctx):
     b, x = ctx.b, ctx.x
     if x.shape is None:
-        raise OnnxplainError(f"deeplift needs the rank of input '{x.name}'")
+        raise ShapeError(f"deeplift needs the rank of input '{x.name}'")
     r = len(x.shape)
     baseline = ctx.add_input("baseline", x.dtype, [None] * r, default=np.zeros([1] * r))
     ref_x = b.Expand(baseline, b.Shape(x))

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxplain.errors import OnnxplainError
+from onnxplain.errors import OnnxplainError, ShapeError
 
 
 def gradient(ctx):
@@ -40,7 +40,7 @@ def _batch_of_copies(ctx, method):
         raise OnnxplainError(f"{method} inside the graph needs a dynamic batch axis, and input '{ctx.x.name}' has a "
                              f"fixed batch of {batch}; use `onnxplain explain` or Explainer.explain, which loop")
     if ctx.x.shape is None:
-        raise OnnxplainError(f"{method} inside the graph needs the rank of input '{ctx.x.name}'")
+        raise ShapeError(f"{method} inside the graph needs the rank of input '{ctx.x.name}'")
 
 
 def _copies_backward(ctx, copies, n):

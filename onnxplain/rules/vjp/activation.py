@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 
 from onnxplain.graph.builder import rank
-from onnxplain.errors import OnnxplainError
+from onnxplain.errors import OnnxplainError, ShapeError
 from onnxplain.rules.vjp import attr, vjp
 
 SELU_ALPHA = 1.67326319217681884765625  # ONNX Selu defaults
@@ -246,7 +246,7 @@ def _softmax_axes(b, node):
         return [attr(node, "axis", -1)]
     axis, r = attr(node, "axis", 1), rank(_x(node))
     if r is None:
-        raise OnnxplainError(f"{node.op} '{node.name}' (opset {b.opset}) needs an input of known rank")
+        raise ShapeError(f"{node.op} '{node.name}' (opset {b.opset}) needs an input of known rank")
     return list(range(axis % r if r else 0, r))
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 
 from onnxplain.graph.builder import rank, static_shape
-from onnxplain.errors import OnnxplainError
+from onnxplain.errors import OnnxplainError, ShapeError
 from onnxplain.rules.vjp import attr, vjp
 
 ELL = "..."
@@ -52,7 +52,7 @@ def einsum(b, node, g):
             raise OnnxplainError(f"Einsum '{node.name}': repeated letters within one operand ('{eq}': diagonals "
                                  "or traces) are not supported")
     if any(ELL in t and rank(x) is None for x, t in zip(xs, terms)):
-        raise OnnxplainError(f"Einsum '{node.name}': operands with '...' need a known rank")
+        raise ShapeError(f"Einsum '{node.name}': operands with '...' need a known rank")
     ell = [(rank(x) - len(t) + 1) if ELL in t else 0 for x, t in zip(xs, terms)]
     e_out = max(ell) if ELL in out else 0
     grads = []

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from onnxplain.graph.builder import rank
-from onnxplain.errors import OnnxplainError
+from onnxplain.errors import OnnxplainError, ShapeError
 from onnxplain.rules.vjp import attr, vjp
 from onnxplain.rules.vjp.shape import apply_matrix, const_value, dim, input_or_none, known_rank, shape_vector, slice_indices, text
 
@@ -110,9 +110,9 @@ def _axis_plan(node, crop: bool):
     roi_t, scales_t, sizes_t = (input_or_none(node, i) for i in (1, 2, 3))
     roi, scales, sizes = (const_value(t) for t in (roi_t, scales_t, sizes_t))
     if scales_t is not None and scales is None:
-        raise OnnxplainError(f"Resize '{node.name}': the scales must be constant")
+        raise ShapeError(f"Resize '{node.name}': the scales must be constant")
     if crop and roi_t is not None and roi is None:
-        raise OnnxplainError(f"Resize '{node.name}': the roi must be constant")
+        raise ShapeError(f"Resize '{node.name}': the roi must be constant")
     scales, sizes, roi = (None if v is None or v.size == 0 else v for v in (scales, sizes, roi))
     axes = [int(a) % r for a in attr(node, "axes", None) or range(r)]
     plan = {a: [None, None, 1.0, (0.0, 1.0)] for a in range(r)}  # n_in, n_out, scale, roi
@@ -145,7 +145,7 @@ def _axis_plan(node, crop: bool):
             elif isinstance(tok, int) and plan[a][0] is not None:
                 plan[a][1], plan[a][2] = tok, _ratio(tok, plan[a][0])
             else:
-                raise OnnxplainError(f"Resize '{node.name}': sizes are computed at run time and the size of axis {a} "
+                raise ShapeError(f"Resize '{node.name}': sizes are computed at run time and the size of axis {a} "
                                      "is not known statically; the gradient needs static sizes on resized axes")
     return [(a, *plan[a]) for a in axes]
 
@@ -214,7 +214,7 @@ def resize(b, node, g):
                 np.array_equal(interpolation_matrix(k, k, 1.0, **kw), np.eye(k)) for k in _IDENTITY_PROBES)):
             continue
         if n_in is None or n_out is None:
-            raise OnnxplainError(f"Resize '{node.name}': axis {a} is resized but its size is not known statically; "
+            raise ShapeError(f"Resize '{node.name}': axis {a} is resized but its size is not known statically; "
                                  "the gradient needs static sizes on resized axes")
         if attr(node, "antialias", 0) and mode != "nearest" and scale < 1:
             raise OnnxplainError(f"Resize '{node.name}': antialiased downscaling is not supported")

@@ -13,7 +13,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxplain.graph.builder import np_dtype, rank, static_shape
-from onnxplain.errors import OnnxplainError
+from onnxplain.errors import OnnxplainError, ShapeError
 from onnxplain.rules.vjp import attr, vjp
 
 INT_MAX = int(np.iinfo(np.int64).max)
@@ -199,7 +199,7 @@ def _slice_entries(b, node):
     r = known_rank(node, x)
     starts, ends, axes, steps = (input_or_none(node, i) for i in (1, 2, 3, 4))
     if axes is not None and const_value(axes) is None:
-        raise OnnxplainError(f"Slice '{node.name}': the axes must be constant")
+        raise ShapeError(f"Slice '{node.name}': the axes must be constant")
     n = len(const_value(starts)) if const_value(starts) is not None else dim(starts, 0)
     if n is None:
         raise OnnxplainError(f"Slice '{node.name}': the number of sliced axes must be known")
@@ -351,10 +351,10 @@ def _pad_amounts(node, r):
     """(begin, end) pad per axis from the pads (and, from opset 18, axes) inputs."""
     pads, axes = const_value(input_or_none(node, 1)), input_or_none(node, 3)
     if pads is None:
-        raise OnnxplainError(f"Pad '{node.name}': the pads must be constant")
+        raise ShapeError(f"Pad '{node.name}': the pads must be constant")
     ax = [int(a) % r for a in const_value(axes)] if axes is not None else list(range(r))
     if axes is not None and const_value(axes) is None:
-        raise OnnxplainError(f"Pad '{node.name}': the axes must be constant")
+        raise ShapeError(f"Pad '{node.name}': the axes must be constant")
     begin, end = [0] * r, [0] * r
     for i, a in enumerate(ax):
         begin[a], end[a] = int(pads[i]), int(pads[len(ax) + i])
