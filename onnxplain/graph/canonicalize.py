@@ -16,7 +16,9 @@ import onnx_graphsurgeon as gs
 
 from onnxplain.graph.builder import is_float
 from onnxplain.errors import OnnxplainError
+from onnxplain.graph.dequantize import dequantize
 from onnxplain.graph.load import load_model, opset_of
+from onnxplain.graph.precision import to_float32
 
 SQUASHING = ("Softmax", "LogSoftmax", "Sigmoid")
 PASS_THROUGH = ("Identity", "Dropout")
@@ -213,7 +215,7 @@ def canonicalize(model, fold: bool = True, fold_bn: bool = True) -> Canonical:
     """Load (if a path), infer shapes, drop pass-through nodes, fold constants and BN, sort."""
     model = load_model(model)
     opset = opset_of(model)
-    graph = gs.import_onnx(infer_shapes(model))
+    graph = gs.import_onnx(infer_shapes(dequantize(to_float32(model))))
     _drop_pass_through(graph)
     if fold_bn:
         fold_batchnorm(graph)
