@@ -253,7 +253,7 @@ def _export(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def find_logits(graph: gs.Graph, out):
-    """Walk back from ``out`` through Softmax/LogSoftmax/Sigmoid (and Identity) to the logits.
+    """Walk back from ``out`` through Softmax/LogSoftmax/Sigmoid (and Identity, float Casts) to the logits.
 
     Returns (logits tensor, list of op types stripped).
     """
@@ -261,7 +261,7 @@ def find_logits(graph: gs.Graph, out):
     t = out
     while t.inputs:
         producer = t.inputs[0]
-        if producer.op in SQUASHING or producer.op == "Identity":
+        if producer.op in SQUASHING or producer.op == "Identity" or producer.op == "Cast" and is_float(producer.inputs[0]):
             stripped.append(producer.op)
             t = producer.inputs[0]
         else:
