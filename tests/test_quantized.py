@@ -91,7 +91,7 @@ def qcase(id, shape, scale, zp, qtype, axis=None, opset=13, op="QuantizeLinear")
     model = qdq_model(shape, scale, zp, qtype, axis, opset)
     x = interesting(shape, scale, zp, qtype, axis)
     c = Case(op, model, {"x": x}, ["x"], "y", id)
-    c.extra = dict(scale=scale, zp=zp, qtype=qtype, axis=axis)
+    c.extra = {"scale": scale, "zp": zp, "qtype": qtype, "axis": axis}
     return c
 
 
@@ -282,7 +282,7 @@ def test_dequantized_graph_computes_the_original(name):
     assert np.abs(got - want).max() <= tol * 1.001
     # the explanation graph's own forward outputs too (dynamic quantisation's range is the whole batch's)
     res = onnxplain.Explainer(model).run(x, batch_size=len(x))
-    assert np.abs(list(res.outputs.values())[0] - want).max() <= tol * 1.001
+    assert np.abs(next(iter(res.outputs.values())) - want).max() <= tol * 1.001
 
 
 @pytest.mark.parametrize("name", sorted(QUANT_ZOO))
@@ -301,11 +301,13 @@ def test_qoperator_gradient_equals_its_qdq_form():
     w = r.integers(-127, 128, size=(4, 2, 3, 3)).astype(np.int8)
     ws = np.float32(0.01)
     inits = [numpy_helper.from_array(np.float32(0.05), "xs"), numpy_helper.from_array(np.uint8(128), "xzp"),
-             numpy_helper.from_array(w, "w"), numpy_helper.from_array(ws, "ws"), numpy_helper.from_array(np.int8(0), "wzp"),
+             numpy_helper.from_array(w, "w"), numpy_helper.from_array(ws, "ws"),
+             numpy_helper.from_array(np.int8(0), "wzp"),
              numpy_helper.from_array(np.float32(0.1), "ys"), numpy_helper.from_array(np.uint8(120), "yzp"),
              numpy_helper.from_array(r.integers(-500, 500, size=4).astype(np.int32), "b")]
     qop = [helper.make_node("QuantizeLinear", ["x", "xs", "xzp"], ["xq"]),
-           helper.make_node("QLinearConv", ["xq", "xs", "xzp", "w", "ws", "wzp", "ys", "yzp", "b"], ["yq"], pads=[1, 1, 1, 1]),
+           helper.make_node("QLinearConv", ["xq", "xs", "xzp", "w", "ws", "wzp", "ys", "yzp", "b"], ["yq"],
+                            pads=[1, 1, 1, 1]),
            helper.make_node("DequantizeLinear", ["yq", "ys", "yzp"], ["y"])]
     wf = numpy_helper.from_array(w.astype(np.float32) * ws, "wf")
     bf = numpy_helper.from_array((numpy_helper.to_array(inits[-1]).astype(np.float32) * np.float32(0.05) * ws), "bf")
@@ -314,9 +316,11 @@ def test_qoperator_gradient_equals_its_qdq_form():
            helper.make_node("Conv", ["xd", "wf", "bf"], ["yf"], pads=[1, 1, 1, 1]),
            helper.make_node("QuantizeLinear", ["yf", "ys", "yzp"], ["yq"]),
            helper.make_node("DequantizeLinear", ["yq", "ys", "yzp"], ["y"])]
-    io = ([helper.make_tensor_value_info("x", T.FLOAT, [1, 2, 5, 5])], [helper.make_tensor_value_info("y", T.FLOAT, [1, 4, 5, 5])])
-    models = [helper.make_model(helper.make_graph(n, "g", *io, inits + extra), opset_imports=[helper.make_opsetid("", 13)],
-                                ir_version=8) for n, extra in ((qop, []), (qdq, [wf, bf]))]
+    io = ([helper.make_tensor_value_info("x", T.FLOAT, [1, 2, 5, 5])],
+          [helper.make_tensor_value_info("y", T.FLOAT, [1, 4, 5, 5])])
+    models = [helper.make_model(helper.make_graph(n, "g", *io, inits + extra),
+                                opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+              for n, extra in ((qop, []), (qdq, [wf, bf]))]
     x = r.normal(size=(1, 2, 5, 5)).astype(np.float32) * 3
     wt = r.normal(size=(1, 4, 5, 5)).astype(np.float32)
     g_qop, g_qdq = (gradient(m, {"x": x}, wt)[1] for m in models)
@@ -360,7 +364,8 @@ def _as_float32(model: onnx.ModelProto) -> onnx.ModelProto:
     return m
 
 
-@pytest.mark.parametrize("name, low, tol", [("cnn_fp16.onnx", np.float16, 2e-3), ("cnn_bf16.onnx", ml_dtypes.bfloat16, 1e-6)])
+@pytest.mark.parametrize("name, low, tol", [("cnn_fp16.onnx", np.float16, 2e-3),
+                                            ("cnn_bf16.onnx", ml_dtypes.bfloat16, 1e-6)])
 @pytest.mark.parametrize("method", ["gradient", "gradcam", "deeplift"])
 def test_low_precision_gradient_matches_float32(name, low, tol, method):
     model = onnx.load(str(ZOO / name))
@@ -372,7 +377,7 @@ def test_low_precision_gradient_matches_float32(name, low, tol, method):
     a, b = res.attribution.astype(np.float32), ref.attribution
     assert np.abs(b).max() > 0
     np.testing.assert_allclose(a, b, rtol=0, atol=tol * np.abs(b).max())
-    out, ref_out = list(res.outputs.values())[0].astype(np.float32), list(ref.outputs.values())[0]
+    out, ref_out = next(iter(res.outputs.values())).astype(np.float32), next(iter(ref.outputs.values()))
     np.testing.assert_allclose(out, ref_out, rtol=0, atol=tol * np.abs(ref_out).max())
 
 
@@ -381,7 +386,7 @@ def test_float16_graph_keeps_float16_inputs_and_outputs():
     m = onnxplain.build(model, "gradient")
     types = {vi.name: vi.type.tensor_type.elem_type for vi in list(m.graph.input) + list(m.graph.output)}
     assert types["x"] == T.FLOAT16 and types["probs"] == T.FLOAT16 and types["attribution"] == T.FLOAT16
-    assert m.metadata_props and dict((p.key, p.value) for p in m.metadata_props)["onnxplain.explained"] != "probs"
+    assert m.metadata_props and {p.key: p.value for p in m.metadata_props}["onnxplain.explained"] != "probs"
     x = np.random.default_rng(7).normal(size=(2, 3, 16, 16)).astype(np.float16)
     sess = ort.InferenceSession(m.SerializeToString())
     probs, a = sess.run(["probs", "attribution"], {"x": x, "target": np.array([1, 2])})

@@ -261,7 +261,8 @@ def find_logits(graph: gs.Graph, out):
     t = out
     while t.inputs:
         producer = t.inputs[0]
-        if producer.op in SQUASHING or producer.op == "Identity" or producer.op == "Cast" and is_float(producer.inputs[0]):
+        float_cast = producer.op == "Cast" and is_float(producer.inputs[0])  # e.g. a float16 model's output
+        if producer.op in SQUASHING or producer.op == "Identity" or float_cast:
             stripped.append(producer.op)
             t = producer.inputs[0]
         else:

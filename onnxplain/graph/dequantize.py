@@ -125,7 +125,8 @@ class _Dequantizer:
         consts = all(isinstance(t, gs.Constant) for t in (q, s, zp) if t is not None)
         if consts:
             sv = np.float32(1) if s is None else s.values
-            out = gs.Constant(f"{q.name}:dequantized", dequantize_constant(q.values, sv, None if zp is None else zp.values, axis))
+            zv = None if zp is None else zp.values
+            out = gs.Constant(f"{q.name}:dequantized", dequantize_constant(q.values, sv, zv, axis))
         else:
             out = self.fresh(q.name, np.float32)
             scale = s if s is not None else gs.Constant(f"{q.name}:unit_scale", np.array(1, np.float32))

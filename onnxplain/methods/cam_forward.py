@@ -200,7 +200,8 @@ class ForwardCam:
             if self.fixed and k < step:  # a fixed batch: pad with copies of the last row
                 xs = np.concatenate([xs, np.repeat(xs[-1:], step - k, 0)])
                 ms = np.concatenate([ms, np.repeat(ms[-1:], step - k, 0)])
-            res = session.run(names, {x_name: np.ascontiguousarray(xs), MASK: np.ascontiguousarray(ms, dtype=mask_type)})
+            ms = np.ascontiguousarray(ms, dtype=mask_type)
+            res = session.run(names, {x_name: np.ascontiguousarray(xs), MASK: ms})
             parts.append([r[:k] for r in res])
             if progress is not None:
                 progress(min(i + step, n), n)
