@@ -38,6 +38,11 @@ VALUE_FREE = {"CastLike": {1}, "Shape": {0}, "Size": {0}, "EyeLike": {0}, "Rando
               "RandomUniformLike": {0}, "RandomNormal": set(), "Bernoulli": {0}}
 
 
+# integer outputs that carry a cotangent: a quantiser's output stands for the real x / s + zp that it
+# rounds (straight-through, onnxplain/rules/vjp/quantize.py); DynamicQuantizeLinear's scale is a constant
+CARRIES = {"QuantizeLinear": (0,), "DynamicQuantizeLinear": (0,)}
+
+
 def _value_inputs(node):
     skip = VALUE_FREE.get(node.op, ())
     return [t for i, t in enumerate(node.inputs) if i not in skip]
@@ -50,8 +55,8 @@ def explained_path(nodes, wrt_names, seed_names):
     for node in nodes:
         if any(t.name in fwd for t in _value_inputs(node)):
             active.append(node)
-            for t in node.outputs:
-                if is_float(t) or t.dtype is None:
+            for k, t in enumerate(node.outputs):
+                if k in CARRIES[node.op] if node.op in CARRIES else is_float(t) or t.dtype is None:
                     fwd.add(t.name)
     back = set(seed_names)
     path = []

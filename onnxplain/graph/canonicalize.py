@@ -16,7 +16,9 @@ import onnx_graphsurgeon as gs
 
 from onnxplain.graph.builder import is_float
 from onnxplain.errors import OnnxplainError
+from onnxplain.graph.dequantize import dequantize
 from onnxplain.graph.load import load_model, opset_of
+from onnxplain.graph.precision import to_float32
 
 SQUASHING = ("Softmax", "LogSoftmax", "Sigmoid")
 PASS_THROUGH = ("Identity", "Dropout")
@@ -213,7 +215,7 @@ def canonicalize(model, fold: bool = True, fold_bn: bool = True) -> Canonical:
     """Load (if a path), infer shapes, drop pass-through nodes, fold constants and BN, sort."""
     model = load_model(model)
     opset = opset_of(model)
-    graph = gs.import_onnx(infer_shapes(model))
+    graph = gs.import_onnx(infer_shapes(dequantize(to_float32(model))))
     _drop_pass_through(graph)
     if fold_bn:
         fold_batchnorm(graph)
@@ -251,7 +253,7 @@ def _export(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def find_logits(graph: gs.Graph, out):
-    """Walk back from ``out`` through Softmax/LogSoftmax/Sigmoid (and Identity) to the logits.
+    """Walk back from ``out`` through Softmax/LogSoftmax/Sigmoid (and Identity, float Casts) to the logits.
 
     Returns (logits tensor, list of op types stripped).
     """
@@ -259,7 +261,8 @@ def find_logits(graph: gs.Graph, out):
     t = out
     while t.inputs:
         producer = t.inputs[0]
-        if producer.op in SQUASHING or producer.op == "Identity":
+        float_cast = producer.op == "Cast" and is_float(producer.inputs[0])  # e.g. a float16 model's output
+        if producer.op in SQUASHING or producer.op == "Identity" or float_cast:
             stripped.append(producer.op)
             t = producer.inputs[0]
         else:

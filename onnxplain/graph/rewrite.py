@@ -196,6 +196,8 @@ def build(model, method: str = "gradient", options: Options | None = None, **kw)
 
 
 def _named(b: Builder, t, name: str, dtype, shape):
+    if np_dtype(t) is not None and np_dtype(t) != np.dtype(dtype):  # e.g. a float32 CAM for a float16 input
+        t = b.Cast(t, to=onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype)))
     out = b.Identity(t)
     out.name, out.dtype, out.shape = name, dtype, shape
     return out

@@ -44,6 +44,7 @@ from onnxplain.errors import OnnxplainError
 
 METHODS = ("scorecam", "ablationcam")
 MASK, LOGITS, ACT = "cam_mask", "cam_logits", "cam_activation"
+_ORT_FLOATS = {"tensor(float16)": np.float16, "tensor(float)": np.float32, "tensor(double)": np.float64}
 
 
 # ---- the tap graph --------------------------------------------------------------------------------
@@ -192,6 +193,8 @@ class ForwardCam:
         names = [o.name for o in session.get_outputs()]
         x_name = x_name or self.x_name
         step = self.fixed or max(1, batch_size)
+        # the mask has the tapped layer's type, which is float32 inside a float16 model (graph/precision.py)
+        mask_type = next((_ORT_FLOATS.get(i.type) for i in session.get_inputs() if i.name == MASK), None)
         parts = []
         for i in range(0, n, step):
             xs, ms = rows(i, min(i + step, n))
@@ -199,7 +202,8 @@ class ForwardCam:
             if self.fixed and k < step:  # a fixed batch: pad with copies of the last row
                 xs = np.concatenate([xs, np.repeat(xs[-1:], step - k, 0)])
                 ms = np.concatenate([ms, np.repeat(ms[-1:], step - k, 0)])
-            res = session.run(names, {x_name: np.ascontiguousarray(xs), MASK: np.ascontiguousarray(ms)})
+            ms = np.ascontiguousarray(ms, dtype=mask_type)
+            res = session.run(names, {x_name: np.ascontiguousarray(xs), MASK: ms})
             parts.append([r[:k] for r in res])
             if progress is not None:
                 progress(min(i + step, n), n)

@@ -75,6 +75,8 @@ class Explainer:
     # ---- validation -----------------------------------------------------------------------
     def check_input(self, x) -> np.ndarray:
         x = np.asarray(x)
+        if x.dtype.name == "bfloat16":  # ml_dtypes' bfloat16 (no numpy type): bfloat16 models take float32
+            x = x.astype(np.float32)
         want = self.x.shape
         if not np.issubdtype(x.dtype, np.floating):
             raise OnnxplainError(f"input '{self.x.name}' must be a float array, got {x.dtype}")

@@ -36,4 +36,7 @@ def make_session(model: onnx.ModelProto | str, providers: list[str] | None = Non
     if threads:
         opts.intra_op_num_threads = threads
     src = model if isinstance(model, str) else model.SerializeToString()
-    return ort.InferenceSession(src, sess_options=opts, providers=providers or default_providers())
+    # WeightBiasQuantization re-quantises the float weights of DequantizeLinear -> Conv -> QuantizeLinear with
+    # scales of its own, so a dequantised QOperator model would no longer compute what the original did
+    return ort.InferenceSession(src, sess_options=opts, providers=providers or default_providers(),
+                                disabled_optimizers=["WeightBiasQuantization"])

@@ -49,6 +49,6 @@ def attr(node, key, default=None):
 
 def load_all() -> dict[str, Rule]:
     """Import every family module so that the table is complete."""
-    from onnxplain.rules.vjp import activation, einsum, elementwise, linear, normalization, pooling, reduction, resize, shape  # noqa: F401
+    from onnxplain.rules.vjp import activation, einsum, elementwise, linear, normalization, pooling, quantize, reduction, resize, shape  # noqa: F401
 
     return VJP
