@@ -185,3 +185,21 @@ def first_float(model: onnx.ModelProto, start: str) -> str | None:
             if o:
                 frontier.add(o)
     return None
+
+
+def specialised(model: onnx.ModelProto, name: str | None, shape) -> onnx.ModelProto:
+    """``model`` with input ``name`` fixed to ``shape`` (None: unchanged), and the ranks that shape
+    inference still leaves unknown probed with one run on a zero input of that shape (batch 1
+    where the batch axis is dynamic)."""
+    if shape is None or name is None:
+        return model
+    fixed = fix_shape(model, name, shape)
+    from onnxplain.graph.canonicalize import infer_shapes
+
+    inferred = infer_shapes(fixed)
+    if not unknown_shapes(inferred):
+        return fixed
+    vi = next(v for v in fixed.graph.input if v.name == name)
+    dims = [d.dim_value if d.HasField("dim_value") else 1 for d in vi.type.tensor_type.shape.dim]
+    zero = np.zeros(dims, dtype=_np_dtype(vi.type.tensor_type.elem_type))
+    return probe_shapes(inferred, {name: zero})

@@ -27,7 +27,7 @@ def run_head(explainer, x, target, opts, progress=None, *, method: str):
                                             {"rules": opts["rules"]} if opts.get("rules") else None)
         return Explanation(attribution, None, outputs)
     params = {k: opts[k] for k in GRAPH_PARAMS if opts.get(k) is not None}
-    feeds = explainer.feeds(x, target)
+    feeds = explainer.graph_feeds(x, target)
     if opts.get("baseline") is not None:
         feeds["baseline"] = explainer.check_baseline(opts["baseline"], x)
     return explainer.run_graph(method, target.mode, feeds, params, batch_size=opts["batch_size"])

@@ -101,7 +101,7 @@ def run_looped(explainer, x, target, opts, progress=None, *, method: str):
     from onnxplain.runtime.result import Explanation
 
     bs, name = opts["batch_size"], explainer.x.name
-    feeds = explainer.feeds(x, target)
+    feeds = explainer.graph_feeds(x, target)
     first = explainer.run_graph("gradient", target.mode, feeds, batch_size=bs)
     if target.mode == "class":
         feeds["target"] = first.target

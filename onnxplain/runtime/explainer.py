@@ -6,8 +6,10 @@ from dataclasses import replace
 import numpy as np
 import onnx
 
-from onnxplain.errors import OnnxplainError
+from onnxplain.errors import OnnxplainError, ShapeError
+from onnxplain.graph.specialise import bind, first_float, promote, side_inputs, specialised
 from onnxplain.graph.canonicalize import canonicalize
+from onnxplain.graph.load import load_model
 from onnxplain.graph.rewrite import Options, build
 from onnxplain.runtime.result import Explanation
 from onnxplain.runtime.session import make_session
@@ -31,14 +33,38 @@ class Explainer:
 
     def __init__(self, model, *, input: str | None = None, output: str | None = None,
                  probabilities: bool = False, class_axis: int | None = None, channel_axis: int = 1,
-                 rules=None, providers: list[str] | None = None):
-        self.canonical = canonicalize(model)
-        self.options = Options(input=input, output=output, probabilities=probabilities,
-                               class_axis=class_axis, channel_axis=channel_axis, rules=rules)
-        self.providers = providers
-        self.x = self.canonical.input(input)
+                 rules=None, providers: list[str] | None = None, feeds: dict | None = None,
+                 input_shape=None):
+        """``feeds``: values for the model's other inputs (recurrent state, sample rate, masks), constants
+        of the explanation. ``input``: a graph input or any inner float tensor; an integer input (token
+        ids, bytes) is explained through the first float tensor it produces (its embedding).
+        ``input_shape``: specialise the explained input to this shape (the batch axis stays dynamic);
+        :meth:`run` does so by itself when a rule needs a size only known at run time."""
+        source = load_model(model)
+        self.source, self.feeds, self.providers = source, dict(feeds or {}), providers
+        self._kw = dict(output=output, probabilities=probabilities, class_axis=class_axis,
+                        channel_axis=channel_axis, rules=rules, providers=providers)
         self._graphs: dict = {}
         self._sessions: dict = {}
+        self._children: dict = {}
+        self.entry, self.inner = explained_tensor(source, input)
+        self.shape = None if input_shape is None else tuple(int(d) for d in input_shape)
+        if self.inner is not None:  # explained through an inner float tensor (an embedding): see run()
+            model = promote(bind(source, self.feeds), self.inner)
+            input = self.inner
+            channel_axis = -1  # [N, T, D] token embeddings: the features are on the last axis
+        else:
+            model = specialised(bind(source, self.feeds), self.entry, self.shape)
+        self.canonical = canonicalize(model)
+        self.x = self.canonical.input(input if self.inner is not None else self.entry)
+        self.options = Options(input=self.x.name, output=output, probabilities=probabilities,
+                               class_axis=class_axis, channel_axis=channel_axis, rules=rules)
+        missing = [vi.name for vi in side_inputs(model, self.x.name)
+                   if self.inner is None or vi.name not in {i.name for i in source.graph.input}]
+        if missing:
+            raise OnnxplainError(f"the model's input(s) {', '.join(map(repr, missing))} need values: pass "
+                                 f"feeds={{'{missing[0]}': ...}} (command line: --feed {missing[0]}=FILE.npy or "
+                                 f"--feed {missing[0]}=VALUE)")
 
     # ---- graphs and sessions --------------------------------------------------------------
     def graph(self, method: str = "gradient", target_mode: str = "class", **params) -> onnx.ModelProto:
@@ -128,7 +154,7 @@ class Explainer:
         return Target(self.check_target(target, len(x)), None, target is not None)
 
     # ---- running --------------------------------------------------------------------------
-    def feeds(self, x: np.ndarray, target: Target) -> dict:
+    def graph_feeds(self, x: np.ndarray, target: Target) -> dict:
         """The explanation graph's inputs for ``x`` and ``target``."""
         if target.weights is not None:
             return {self.x.name: x, "target_weights": target.weights}
@@ -164,12 +190,113 @@ class Explainer:
 
         m = lookup(method)
         opts = m.settings(options)
+        if self.inner is not None:
+            return self._run_inner(x, m, target, target_weights, opts, progress)
         x = self.check_input(x)
-        return m.run(self, x, self.target(x, target, target_weights), opts, progress)
+        t = self.target(x, target, target_weights)
+        try:
+            return m.run(self, x, t, opts, progress)
+        except ShapeError:
+            if self.shape is not None:
+                raise
+        # a rule needs a size or rank only known at run time: the same explanation on the input's own shape
+        return self.child(shape=x.shape[1:]).run(x, m.name, target, target_weights, progress=progress, **options)
+
+    def child(self, shape=None, feeds: dict | None = None) -> Explainer:
+        """This explainer specialised to an input ``shape`` (without the batch axis) and/or more ``feeds``;
+        cached."""
+        feeds = {**self.feeds, **(feeds or {})}
+        key = (tuple(shape) if shape is not None else None,
+               tuple((k, np.asarray(v).tobytes(), np.shape(v)) for k, v in sorted(feeds.items())))
+        if key not in self._children:
+            full = None if shape is None else (None, *shape)
+            source = self.source
+            if self.inner is not None:  # the child explains the promoted tensor as its input
+                source, full = promote(source, self.inner), full
+            self._children[key] = Explainer(source, input=self.options.input if self.inner is not None else self.entry,
+                                            feeds=feeds, input_shape=full, **self._kw)
+        return self._children[key]
+
+    def _run_inner(self, ids, m, target, target_weights, opts, progress) -> Explanation:
+        """Explain an integer input through the float tensor it produces: per item, the ids are bound as
+        constants and the embedding is the explained input; ``token_scores`` sums the map over the
+        embedding axis (gradients times the embedding first, as grad x input)."""
+        ids = self.check_entry(ids)
+        n = len(ids)
+        emb = self._prefix().run([self.inner], {self.entry: ids})[0]
+        w = None if target_weights is None else np.asarray(target_weights)
+        t = None if target is None else np.broadcast_to(np.asarray(target), (n,))
+        parts = []
+        for i in range(n):
+            child = self.child(feeds={self.entry: ids[i:i + 1]})
+            parts.append(child.run(emb[i:i + 1], m.name, None if t is None else t[i:i + 1],
+                                   None if w is None else w[i:i + 1], progress=progress, **opts))
+        a = np.concatenate([p.attribution for p in parts])
+        outputs = {k: np.concatenate([p.outputs[k] for p in parts]) for k in parts[0].outputs}
+        per_token = a * emb if m.name in GRADIENT_MAPS and a.shape == emb.shape else a
+        outputs["token_scores"] = per_token.reshape(*per_token.shape[:2], -1).sum(axis=-1)
+        outputs["embedding"] = emb
+        target_out = None if parts[0].target is None else np.concatenate([p.target for p in parts])
+        return Explanation(a, target_out, outputs)
+
+    def _prefix(self):
+        if "prefix" not in self._sessions:
+            m = onnx.ModelProto()
+            m.CopyFrom(bind(self.source, self.feeds))
+            m.graph.output.append(onnx.helper.make_empty_tensor_value_info(self.inner))
+            self._sessions["prefix"] = make_session(m, self.providers)
+        return self._sessions["prefix"]
+
+    def check_entry(self, ids) -> np.ndarray:
+        """Token ids (or bytes) for the integer input the embedding is computed from."""
+        from onnxplain.graph.specialise import check_value
+
+        vi = next(v for v in self.source.graph.input if v.name == self.entry)
+        a = np.asarray(ids)
+        integer = vi.type.tensor_type.elem_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE,
+                                                        onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+        if a.dtype.kind not in ("iu" if integer else "iuf"):
+            raise OnnxplainError(f"input '{self.entry}' takes {'integers (token ids)' if integer else 'numbers'}, "
+                                 f"got {a.dtype}")
+        if a.ndim == 0 or len(a) == 0:
+            raise OnnxplainError(f"input '{self.entry}' needs a batch of at least one item")
+        return check_value(vi, a, "input")
 
     def explain(self, x, method: str = "gradient", target=None, **kw) -> np.ndarray:
         """The attribution for ``x`` as a numpy array (see :meth:`run` for the options)."""
         return self.run(x, method, target, **kw).attribution
+
+
+GRADIENT_MAPS = ("gradient", "smoothgrad", "guided_backprop", "deconvnet")  # maps to multiply by the embedding
+
+
+def explained_tensor(model: onnx.ModelProto, name: str | None):
+    """(graph input the user feeds, inner float tensor to explain or None) for ``input=name``."""
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+    inputs = {vi.name: vi for vi in model.graph.input}
+    inits = {t.name for t in model.graph.initializer}
+    real = [n for n in inputs if n not in inits]
+    if name is None:
+        name = next((n for n in real if inputs[n].type.tensor_type.elem_type in floats), None)
+        if name is None:
+            ints = [n for n in real if inputs[n].type.tensor_type.elem_type not in floats]
+            if not ints:
+                raise OnnxplainError("model has no input to explain")
+            name = ints[0]
+    if name in inputs:
+        if inputs[name].type.tensor_type.elem_type in floats:
+            return name, None
+        inner = first_float(model, name)
+        if inner is None:
+            raise OnnxplainError(f"input '{name}' is not a float tensor, and no float tensor is computed from it "
+                                 "(an embedding) to explain instead")
+        return name, inner
+    # an inner tensor: explained as if it were an input, with the graph inputs bound per item
+    real_float = [n for n in real if inputs[n].type.tensor_type.elem_type in floats]
+    entry = real[0] if real else None
+    if real_float and entry not in real_float:
+        entry = real_float[0]
+    return entry, name
 
 
 def _fmt(shape):
