@@ -49,6 +49,7 @@ def attr(node, key, default=None):
 
 def load_all() -> dict[str, Rule]:
     """Import every family module so that the table is complete."""
-    from onnxplain.rules.vjp import activation, einsum, elementwise, linear, normalization, pooling, reduction, resize, shape  # noqa: F401
+    from onnxplain.rules.vjp import (  # noqa: F401
+        activation, einsum, elementwise, linear, normalization, pooling, recurrent, reduction, resize, shape)
 
     return VJP
