@@ -30,9 +30,9 @@ FUNCS = {
     "thresholdedrelu": lambda x, a, b: np.where(x > a, x, 0),
     "scaledtanh": lambda x, a, b: a * np.tanh(b * x),
     "hardsigmoid": lambda x, a, b: np.minimum(np.maximum(a * x + b, 0), 1),
-    "elu": lambda x, a, b: np.where(x >= 0, x, a * (np.exp(x) - 1)),
+    "elu": lambda x, a, b: np.where(x >= 0, x, a * np.expm1(np.minimum(x, 0))),
     "softsign": lambda x, a, b: x / (1 + np.abs(x)),
-    "softplus": lambda x, a, b: np.log1p(np.exp(x)),
+    "softplus": lambda x, a, b: np.logaddexp(0, x),
 }
 TAKES = {"affine": (1, 1), "leakyrelu": (1, 0), "thresholdedrelu": (1, 0), "scaledtanh": (1, 1),
          "hardsigmoid": (1, 1), "elu": (1, 0)}

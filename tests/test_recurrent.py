@@ -7,6 +7,8 @@ forward are then compared with the exported gradient graph (run in float64 by on
 float32 graph is run in onnxruntime, except for layout=1, which onnxruntime's CPU kernels refuse.
 """
 import itertools
+import json
+import pathlib
 
 import numpy as np
 import onnx
@@ -14,9 +16,10 @@ import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
-from oracle import F32, X, Case, assert_case, case, gradient_graph, to_float64
+from oracle import F32, X, Case, assert_case, case, gradient_graph, run_ref, to_float64
 from rnn_reference import GRUByDefinition, LSTMByDefinition, RNNByDefinition
 
+from onnxplain import Explainer
 from onnxplain.errors import OnnxplainError
 
 r = np.random.default_rng(7)
@@ -217,3 +220,67 @@ def test_reference_layout1_matches_onnx_reference(op, direction):
     got = ReferenceEvaluator(m, new_ops=[LSTMByDefinition, GRUByDefinition, RNNByDefinition]).run(None, f64)
     for a, b in zip(got, want):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+# ---- whole recurrent models from the zoo, through the Python API ------------------------------------
+
+ZOO = pathlib.Path(__file__).parent / "zoo"
+RECURRENT_ZOO = [e for e in json.loads((ZOO / "manifest.json").read_text()) if e["family"] == "recurrent"]
+
+
+def _explained_f64(path, name):
+    """The float64 model with the explained tensor ``name`` added to its outputs."""
+    m64 = to_float64(onnx.load(str(path)))
+    m64.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.DOUBLE, None))
+    return m64
+
+
+def test_recurrent_zoo_has_each_op():
+    ops = {n.op_type for e in RECURRENT_ZOO for n in onnx.load(str(ZOO / e["file"])).graph.node}
+    assert {"LSTM", "GRU", "RNN"} <= ops
+
+
+@pytest.mark.parametrize("entry", RECURRENT_ZOO, ids=[e["file"] for e in RECURRENT_ZOO])
+def test_explainer_gradient_matches_finite_differences(entry):
+    """Explainer(path).explain(x, "gradient", target_weights=w) is the gradient of sum(w * logits), checked
+    against float64 central differences of the model (run by the spec-following reference)."""
+    path = ZOO / entry["file"]
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=entry["input_shape"]).astype(np.float32)
+    ex = Explainer(str(path))
+    meta = {p.key: p.value for p in ex.graph("gradient", "weights").metadata_props}
+    m64 = _explained_f64(path, meta["onnxplain.explained"])
+    name = entry["input"]
+
+    def logits(v):
+        return run_ref(m64, {name: v})[meta["onnxplain.explained"]]
+
+    x64 = x.astype(np.float64)
+    w = rng.normal(size=logits(x64).shape)
+    attribution = ex.explain(x, method="gradient", target_weights=w.astype(np.float32))
+    assert attribution.shape == x.shape
+    h = 1e-6
+    us = [rng.normal(size=x.shape) for _ in range(6)]
+    fd = np.array([np.sum(w * (logits(x64 + h * u) - logits(x64 - h * u))) / (2 * h) for u in us])
+    an = np.array([np.sum(attribution * u) for u in us])
+    err = np.linalg.norm(an - fd) / np.linalg.norm(fd)
+    assert err <= 1e-4, f"{entry['file']}: float32 explanation vs float64 finite differences: {err:.2e}"
+
+
+@pytest.mark.parametrize("entry", RECURRENT_ZOO, ids=[e["file"] for e in RECURRENT_ZOO])
+def test_explainer_default_target_is_the_argmax_class(entry):
+    """Without a target, the explained class is the argmax of the logits (summed over the time axis of
+    per-timestep logits): the same attribution as a one-hot seed on it at every time step."""
+    path = ZOO / entry["file"]
+    x = np.random.default_rng(5).normal(size=entry["input_shape"]).astype(np.float32)
+    ex = Explainer(str(path))
+    meta = {p.key: p.value for p in ex.graph("gradient", "weights").metadata_props}
+    logits = run_ref(_explained_f64(path, meta["onnxplain.explained"]), {entry["input"]: x.astype(np.float64)})[
+        meta["onnxplain.explained"]]
+    scores = logits.sum(axis=tuple(range(1, logits.ndim - 1)))
+    onehot = np.broadcast_to(np.eye(logits.shape[-1])[scores.argmax(-1)].reshape(
+        [len(x)] + [1] * (logits.ndim - 2) + [-1]), logits.shape).astype(np.float32)
+    got = ex.explain(x, method="gradient")
+    want = ex.explain(x, method="gradient", target_weights=onehot)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert np.abs(got).max() > 0
