@@ -16,7 +16,7 @@ import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
-from oracle import F32, X, Case, assert_case, case, gradient_graph, run_ref, to_float64
+from oracle import F32, Case, X, assert_case, case, gradient_graph, run_ref, to_float64
 from rnn_reference import GRUByDefinition, LSTMByDefinition, RNNByDefinition
 
 from onnxplain import Explainer
@@ -25,17 +25,18 @@ from onnxplain.errors import OnnxplainError
 r = np.random.default_rng(7)
 n = r.normal
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+REFERENCE = [LSTMByDefinition, GRUByDefinition, RNNByDefinition]
 
 
 def rnn_args(op, direction="forward", *, T=4, B=2, I=3, H=3, h0=True, c0=True, lens=None, peep=False, layout=0,
-             const_x=False, scale=0.6):
+             const_x=False, bias=True, scale=0.6):
     """Positional arguments of :func:`oracle.case` for one recurrent node: X, W, R, B, sequence_lens,
     initial_h[, initial_c, P]; ``X(...)`` marks the differentiated ones."""
     D, G = (2 if direction == "bidirectional" else 1), GATES[op]
     x = n(size=(B, T, I) if layout else (T, B, I))
     state = (B, D, H) if layout else (D, B, H)
     args = [x if const_x else X(x), n(size=(D, G * H, I)) * scale, n(size=(D, G * H, H)) * scale,
-            n(size=(D, 2 * G * H)) * 0.5, None if lens is None else np.array(lens, np.int32),
+            n(size=(D, 2 * G * H)) * 0.5 if bias else None, None if lens is None else np.array(lens, np.int32),
             X(n(size=state)) if h0 else None]
     if op == "LSTM":
         args += [X(n(size=state)) if c0 else None, n(size=(D, 3 * H)) * 0.5 if peep else None]
@@ -45,9 +46,9 @@ def rnn_args(op, direction="forward", *, T=4, B=2, I=3, H=3, h0=True, c0=True, l
 
 
 def rc(op, direction="forward", *, id, output=0, opset=14, dims=None, ort=True, layout=0, T=4, B=2, I=3, H=3,
-       h0=True, c0=True, lens=None, peep=False, const_x=False, **attrs):
+       h0=True, c0=True, lens=None, peep=False, const_x=False, bias=True, **attrs):
     args = rnn_args(op, direction, T=T, B=B, I=I, H=H, h0=h0, c0=c0, lens=lens, peep=peep, layout=layout,
-                    const_x=const_x)
+                    const_x=const_x, bias=bias)
     if layout:
         attrs["layout"] = 1
     return case(op, *args, outputs=3 if op == "LSTM" else 2, output=output, opset=opset, dims=dims, ort=ort,
@@ -92,6 +93,7 @@ CASES = [
     rc("RNN", "bidirectional", layout=1, lens=[4, 2], ort=False, id="rnn-bidi-layout1"),
     rc("RNN", h0=False, dims={"x0": [4, "N", 3]}, id="rnn-symbolic-batch"),
     rc("RNN", opset=11, lens=[3, 4], id="rnn-opset11"),
+    rc("RNN", "bidirectional", bias=False, id="rnn-bidi-no-bias"),
     # GRU
     rc("GRU", id="gru-forward"),
     rc("GRU", linear_before_reset=1, lens=[4, 2], id="gru-lbr-lens"),
@@ -108,6 +110,8 @@ CASES = [
     rc("GRU", layout=1, linear_before_reset=1, lens=[2, 4], ort=False, id="gru-layout1-lbr"),
     rc("GRU", const_x=True, id="gru-initial-h-only"),
     rc("GRU", opset=11, linear_before_reset=1, id="gru-opset11-lbr"),
+    rc("GRU", bias=False, id="gru-no-bias"),
+    rc("GRU", "bidirectional", bias=False, linear_before_reset=1, id="gru-bidi-lbr-no-bias"),
     rc("GRU", h0=False, dims={"x0": [4, "N", 3]}, linear_before_reset=1, id="gru-symbolic-batch"),
     # LSTM
     rc("LSTM", id="lstm-forward"),
@@ -131,6 +135,7 @@ CASES = [
     rc("LSTM", const_x=True, id="lstm-initial-states-only"),
     rc("LSTM", opset=22, lens=[4, 3], id="lstm-opset22"),
     rc("LSTM", opset=11, h0=False, c0=False, id="lstm-opset11"),
+    rc("LSTM", bias=False, peep=True, lens=[2, 4], id="lstm-no-bias-peepholes"),
     rc("LSTM", "bidirectional", h0=False, c0=False, dims={"x0": [4, "N", 3]}, id="lstm-bidi-symbolic-batch"),
     rc("LSTM", T=9, B=3, I=5, H=4, lens=[9, 5, 7], id="lstm-longer"),
     # every output used at once
@@ -164,7 +169,8 @@ def test_activation_count_is_checked():
 ORT_GRID = {
     "LSTM": [None, ["Relu", "Softsign", "Elu", "Sigmoid", "Tanh", "Softplus"],
              ["HardSigmoid", "ScaledTanh", "LeakyRelu", "Affine", "ThresholdedRelu", "Tanh"]],
-    "GRU": [None, ["HardSigmoid", "Softsign", "Sigmoid", "LeakyRelu"], ["Affine", "ScaledTanh", "Elu", "ThresholdedRelu"]],
+    "GRU": [None, ["HardSigmoid", "Softsign", "Sigmoid", "LeakyRelu"],
+            ["Affine", "ScaledTanh", "Elu", "ThresholdedRelu"]],
     "RNN": [None, ["Relu", "Softsign"], ["ScaledTanh", "Affine"], ["LeakyRelu", "ThresholdedRelu"],
             ["Elu", "HardSigmoid"], ["Softplus", "Sigmoid"]],
 }
@@ -203,7 +209,7 @@ def test_reference_matches_onnxruntime(op, direction, lens, act, clip, extra):
     m = _all_outputs(c)
     got = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, c.feeds)
     f64 = {k: v.astype(np.float64) for k, v in c.feeds.items()}
-    want = ReferenceEvaluator(to_float64(m), new_ops=[LSTMByDefinition, GRUByDefinition, RNNByDefinition]).run(None, f64)
+    want = ReferenceEvaluator(to_float64(m), new_ops=REFERENCE).run(None, f64)
     for a, b in zip(got, want):
         assert np.abs(a - b).max() <= 1e-5 * max(1.0, np.abs(b).max())
 
@@ -217,7 +223,7 @@ def test_reference_layout1_matches_onnx_reference(op, direction):
     m = to_float64(_all_outputs(c))
     f64 = {k: v.astype(np.float64) for k, v in c.feeds.items()}
     want = ReferenceEvaluator(m).run(None, f64)
-    got = ReferenceEvaluator(m, new_ops=[LSTMByDefinition, GRUByDefinition, RNNByDefinition]).run(None, f64)
+    got = ReferenceEvaluator(m, new_ops=REFERENCE).run(None, f64)
     for a, b in zip(got, want):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 

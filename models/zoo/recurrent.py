@@ -19,7 +19,7 @@ import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import opset_of, save_checked, update_manifest  # noqa: E402
+from _common import opset_of, save_checked, update_manifest
 
 RNG = np.random.default_rng(2024)
 F = TensorProto.FLOAT

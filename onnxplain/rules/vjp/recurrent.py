@@ -18,15 +18,15 @@ Where the spec is silent the rule follows onnxruntime's CPU kernels (``deep_cpu_
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxplain.graph.builder import np_dtype
 from onnxplain.errors import OnnxplainError
+from onnxplain.graph.builder import np_dtype
 from onnxplain.rules.vjp import attr, vjp
 
 
@@ -279,6 +279,64 @@ def _add(b, u, v):
     return v if u is None else u if v is None else b.Add(u, v)
 
 
+def _at(b, v, i: int, axis: int = 0):
+    """``v`` at index ``i`` of ``axis`` (the axis dropped); None stays None."""
+    return None if v is None else b.Gather(v, b.const(np.int64(i)), axis=axis)
+
+
+@dataclass
+class Masks:
+    """sequence_lens as float masks: live[t] = [t < len] and hold = 1 - live ([T, B, 1]), alive = [len > 0]."""
+
+    live: gs.Tensor
+    hold: gs.Tensor
+    alive: gs.Tensor
+
+
+def _masks(b, lens, T: int, dtype) -> Masks | None:
+    if lens is None:
+        return None
+    to = onnx.helper.np_dtype_to_tensor_dtype(dtype)
+    steps = b.const(np.arange(T).reshape(T, 1), dtype=np_dtype(lens) or np.int32)
+    live = b.unsqueeze(b.Cast(b.Less(steps, lens), to=to), [2])
+    alive = b.unsqueeze(b.Cast(b.Greater(lens, b.const(0, like=lens)), to=to), [1])
+    return Masks(live, b.Sub(_k(b, 1, live), live), alive)
+
+
+def _direction(b, node, cell, wd, xbias, x, T, reverse, masks, h, c, gy, dh, dc):
+    """One direction's BPTT: re-run the forward from (h, c), then the reverse recursion from the
+    cotangents gy ([T, B, H]), dh and dc ([B, H]) of its Y, Y_h and Y_c. Returns (dX, dh0, dc0)."""
+    step, back = CELLS[node.op]
+    xa = b.MatMul(x, b.transpose(wd, [1, 0]))
+    xa = xa if xbias is None else b.Add(xa, xbias)
+    tape = []
+    for t in range(T - 1, -1, -1) if reverse else range(T):
+        hn, cn, saved = step(b, cell, _at(b, xa, t), h, c)
+        tape.append((t, saved))
+        if masks is None:
+            h, c = hn, cn
+        else:  # past its length a batch item keeps its state
+            m = _at(b, masks.live, t)
+            h = b.Add(h, b.Mul(m, b.Sub(hn, h)))
+            c = None if c is None else b.Add(c, b.Mul(m, b.Sub(cn, c)))
+    if masks is not None:  # Y_h, Y_c of a length-0 item are zeros
+        dh, dc = [None if v is None else b.Mul(v, masks.alive) for v in (dh, dc)]
+    dh = cell.zero if dh is None else dh
+    dc = (cell.zero if dc is None else dc) if node.op == "LSTM" else None
+    da = {}
+    for t, saved in reversed(tape):
+        dhn, dcn = _add(b, dh, _at(b, gy, t)), dc
+        if masks is not None:
+            m, k = _at(b, masks.live, t), _at(b, masks.hold, t)
+            dhn, dcn = b.Mul(dhn, m), None if dc is None else b.Mul(dc, m)
+        da[t], dh_prev, dc_prev = back(b, cell, saved, dhn, dcn)
+        if masks is not None:
+            dh_prev, dc_prev = b.Add(dh_prev, b.Mul(dh, k)), None if dc is None else b.Add(dc_prev, b.Mul(dc, k))
+        dh, dc = dh_prev, dc_prev
+    stacked = b.Concat(*[b.unsqueeze(da[t], [0]) for t in range(T)], axis=0)
+    return b.MatMul(stacked, wd), dh, dc
+
+
 @vjp("LSTM", "GRU", "RNN")
 def recurrent(b, node, g):
     """Backpropagation through time (Werbos 1990, "Backpropagation through time: what it does and how
@@ -296,66 +354,24 @@ def recurrent(b, node, g):
     H = attr(node, "hidden_size", None) or (node.inputs[2].shape or [None])[-1]
     if not isinstance(H, int):
         raise OnnxplainError(f"{op} '{node.name}': hidden_size is neither an attribute nor the static last dim of R")
-    dtype = np_dtype(x)
     gy, gyh, gyc = (list(g) + [None] * 3)[:3]
     if layout:  # batch-first: work in [T, B, ...] and [dirs, B, H]
         x = b.transpose(x, [1, 0, 2])
         gy = None if gy is None else b.transpose(gy, [1, 2, 0, 3])
-        gyh, gyc = [None if t is None else b.transpose(t, [1, 0, 2]) for t in (gyh, gyc)]
-        h0, c0 = [None if t is None else b.transpose(t, [1, 0, 2]) for t in (h0, c0)]
-    zero = _zeros(b, x, H, dtype)
-    live = hold = alive = None
-    if lens is not None:  # live[t] = [t < len] as [B, 1]; alive = [len > 0]
-        steps = b.const(np.arange(T).reshape(T, 1), dtype=np_dtype(lens) or np.int32)
-        to = onnx.helper.np_dtype_to_tensor_dtype(dtype)
-        live = b.unsqueeze(b.Cast(b.Less(steps, lens), to=to), [2])
-        hold = b.Sub(_k(b, 1, live), live)
-        alive = b.unsqueeze(b.Cast(b.Greater(lens, b.const(0, like=lens)), to=to), [1])
-    step, back = CELLS[op]
-    all_acts = activations(node, dirs)
+        gyh, gyc, h0, c0 = [None if t is None else b.transpose(t, [1, 0, 2]) for t in (gyh, gyc, h0, c0)]
+    zero = _zeros(b, x, H, np_dtype(x))
+    masks = _masks(b, lens, T, np_dtype(x))
+    acts = activations(node, dirs)
     dx, dh0, dc0 = None, [], []
     for d in range(dirs):
-        cell, wd, xbias = _cell(b, node, d, H, all_acts[d], zero)
-        xa = b.MatMul(x, b.transpose(wd, [1, 0]))
-        if xbias is not None:
-            xa = b.Add(xa, xbias)
-        at = lambda t, v: b.Gather(v, b.const(np.int64(t)), axis=0)  # noqa: E731
-        pick = lambda v: None if v is None else b.Gather(v, b.const(np.int64(d)), axis=0)  # noqa: E731
-        h = zero if h0 is None else pick(h0)
-        c = (zero if c0 is None else pick(c0)) if op == "LSTM" else None
-        order = range(T - 1, -1, -1) if direction == "reverse" or d == 1 else range(T)
-        tape = []
-        for t in order:
-            hn, cn, saved = step(b, cell, at(t, xa), h, c)
-            tape.append((t, saved))
-            if live is None:
-                h, c = hn, cn
-            else:  # past its length a batch item keeps its state
-                m = at(t, live)
-                h = b.Add(h, b.Mul(m, b.Sub(hn, h)))
-                c = None if c is None else b.Add(c, b.Mul(m, b.Sub(cn, c)))
-        gy_d = None if gy is None else b.Gather(gy, b.const(np.int64(d)), axis=1)  # Y is [T, dirs, B, H]
-        dh, dc = pick(gyh), pick(gyc)
-        if alive is not None:
-            dh, dc = [None if v is None else b.Mul(v, alive) for v in (dh, dc)]
-        dh = zero if dh is None else dh
-        dc = (zero if dc is None else dc) if op == "LSTM" else None
-        da = {}
-        for t, saved in reversed(tape):
-            dhn = dh if gy_d is None else b.Add(dh, at(t, gy_d))
-            dcn = dc
-            if live is not None:
-                m, k = at(t, live), at(t, hold)
-                dhn, dcn = b.Mul(dhn, m), None if dc is None else b.Mul(dc, m)
-            da[t], dh_prev, dc_prev = back(b, cell, saved, dhn, dcn)
-            if live is not None:
-                dh_prev, dc_prev = b.Add(dh_prev, b.Mul(dh, k)), None if dc is None else b.Add(dc_prev, b.Mul(dc, k))
-            dh, dc = dh_prev, dc_prev
-        stacked = b.Concat(*[b.unsqueeze(da[t], [0]) for t in range(T)], axis=0)
-        dx = _add(b, dx, b.MatMul(stacked, wd))
+        cell, wd, xbias = _cell(b, node, d, H, acts[d], zero)
+        h = zero if h0 is None else _at(b, h0, d)
+        c = (zero if c0 is None else _at(b, c0, d)) if op == "LSTM" else None
+        dxd, dh, dc = _direction(b, node, cell, wd, xbias, x, T, direction == "reverse" or d == 1, masks, h, c,
+                                 _at(b, gy, d, axis=1), _at(b, gyh, d), _at(b, gyc, d))
+        dx = _add(b, dx, dxd)
         dh0.append(b.unsqueeze(dh, [0]))
-        if dc is not None:
-            dc0.append(b.unsqueeze(dc, [0]))
+        dc0 += [] if dc is None else [b.unsqueeze(dc, [0])]
     dh0 = b.Concat(*dh0, axis=0) if dirs > 1 else dh0[0]
     dc0 = (b.Concat(*dc0, axis=0) if dirs > 1 else dc0[0]) if dc0 else None
     if layout:
