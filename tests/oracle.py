@@ -20,6 +20,7 @@ from onnx.reference.ops.op_resize import Resize as _ReferenceResize
 
 import onnxplain
 from onnxplain.runtime.session import make_session
+from rnn_reference import GRUByDefinition, LSTMByDefinition, RNNByDefinition
 
 F32, F64 = TensorProto.FLOAT, TensorProto.DOUBLE
 # inputs that stay float32 whatever the data type (Resize/Upsample scales)
@@ -423,7 +424,8 @@ def run_ref(model: onnx.ModelProto, feeds: dict) -> dict:
                                              GlobalMaxPoolByDefinition, ResizeByDefinition, LpPoolByDefinition,
                                              BatchNormalizationByDefinition, LRNByDefinition,
                                              MeanVarianceNormalizationByDefinition, GroupNormalizationByDefinition,
-                                             GatherElementsByDefinition, MaxUnpoolByDefinition])
+                                             GatherElementsByDefinition, MaxUnpoolByDefinition, LSTMByDefinition,
+                                             GRUByDefinition, RNNByDefinition])
     names = [o.name for o in model.graph.output]
     return dict(zip(names, ref.run(None, feeds)))
 

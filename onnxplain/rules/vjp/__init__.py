@@ -49,6 +49,8 @@ def attr(node, key, default=None):
 
 def load_all() -> dict[str, Rule]:
     """Import every family module so that the table is complete."""
-    from onnxplain.rules.vjp import activation, einsum, elementwise, linear, normalization, pooling, quantize, reduction, resize, shape  # noqa: F401
+    from onnxplain.rules.vjp import (  # noqa: F401
+        activation, einsum, elementwise, linear, normalization, pooling, quantize, recurrent, reduction, resize,
+        shape)
 
     return VJP
