@@ -52,9 +52,9 @@ if_midgraph (float[2,4] x) => (float[2,3] y, float[2,5] a) {
     xw = MatMul (x, W1)
     hb = Add (xw, b1)
     h = Relu (hb)
-    sm = ReduceSum <keepdims = 0> (h)
-    thr = Constant <value = float {1.0}> ()
-    c = Greater (sm, thr)
+    xs = ReduceSum <keepdims = 0> (x)
+    thr = Constant <value = float {0.0}> ()
+    c = Greater (xs, thr)
     a, s = If (c) <
         then_branch = then_g () => (float[2,5] at, float[2,5] st) {
             at = Tanh (h)
