@@ -273,3 +273,21 @@ def test_guard_is_quiet_across_a_branch_switch():
 
 def test_guard_passes_nonzero_attributions_through_without_running_the_model():
     check_not_silently_zero("no-such-file.onnx", "x", np.ones(3), np.ones(3), np.array([0.0, 1.0, 0.0]))
+
+
+def test_unsupported_ops_inside_branches_are_listed_before_anything_is_emitted():
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[2,3] x) => (float[2,3] y) {
+        m = ReduceMean <keepdims = 0> (x)
+        zero = Constant <value = float {0.0}> ()
+        c = Greater (m, zero)
+        h = Atan (x)
+        y = If (c) <
+            then_branch = then_g () => (float[2,3] yt) { yt = Acos (h) },
+            else_branch = else_g () => (float[2,3] ye) { ye = Asin (x) }>
+    }"""
+    with pytest.raises(OnnxplainError) as err:
+        gradient_graph(onnx.parser.parse_model(text), "x", "y")
+    msg = str(err.value)
+    assert "3 node(s)" in msg and all(op in msg for op in ("Atan", "Acos", "Asin"))

@@ -40,6 +40,9 @@ class GradientRules:
         return self.table.get(key)
 
 
+# ops the walker differentiates itself, with the rule set's rules inside (no table entry)
+STRUCTURAL = {"If"}
+
 # inputs whose values never reach the output: only their type or shape is read
 VALUE_FREE = {"CastLike": {1}, "Shape": {0}, "Size": {0}, "EyeLike": {0}, "RandomNormalLike": {0},
               "RandomUniformLike": {0}, "RandomNormal": set(), "Bernoulli": {0}}
@@ -90,11 +93,8 @@ class Backward:
         fwd, path = explained_path(nodes, [t.name for t in wrt], [t.name for t, _ in seeds])
         self._fwd = fwd | outer_fwd
         self.rules.start(self._fwd)
-        for node in path:
-            if node.op in ("Loop", "Scan"):
-                raise OnnxplainError(refusal(node))
-        plan = [(node, self._vjp_if if node.op == "If" else self.rules.lookup(node)) for node in path]
-        missing = [(n.op, n.name) for n, rule in plan if rule is None]
+        plan = [(node, self._vjp_if if node.op in STRUCTURAL else self.rules.lookup(node)) for node in path]
+        missing = self._missing(path, self._fwd) if not outer_fwd else []  # branches: checked by the outermost
         if missing:
             raise UnsupportedOpsError(missing, self.rules.name)
 
@@ -131,6 +131,22 @@ class Backward:
             out[t.name] = g if g is not None else self.b.zeros_like(t)
         return out
 
+    def _missing(self, path, fwd) -> list:
+        """[(op, name)] of the nodes on ``path``, and on the paths inside its If branches, that have
+        no rule; a Loop or Scan left there (not unrollable) raises its own one-line error."""
+        missing = []
+        for node in path:
+            if node.op in ("Loop", "Scan"):
+                raise OnnxplainError(refusal(node))
+            if node.op in STRUCTURAL:
+                wrt = [t.name for t in captured(node) if t.name in fwd]
+                for g in subgraphs(node):
+                    inner_fwd, inner_path = explained_path(list(g.nodes), wrt, [t.name for t in g.outputs])
+                    missing += self._missing(inner_path, fwd | inner_fwd)
+            elif self.rules.lookup(node) is None:
+                missing.append((node.op, node.name))
+        return missing
+
     def _vjp_if(self, node, g_out) -> list:
         """The VJP of ``If(cond)``: ``If(cond)`` again, each branch a copy of the forward branch (its
         values are not visible outside it) followed by that copy's backward pass, by the same rules,
@@ -158,7 +174,6 @@ class Backward:
                 out.dtype, out.shape = t.dtype, t.shape
                 bg.outputs.append(out)
             branches[key] = bg
-        self._fwd = outer_fwd
         self.rules.start(outer_fwd)
         outs = self.b.emit("If", node.inputs[0], outputs=len(targets), dtype=[np_dtype(t) for t in targets],
                            **branches)
