@@ -81,33 +81,35 @@ def refusal(node) -> str:
     if n is None:
         return (f"Loop '{node.name}': trip count is only known at run time; {fix} a constant trip count "
                 f"<= {MAX_UNROLL} (export or specialise the model with fixed shapes and loop bounds)")
+    if n <= 0:
+        return f"Loop '{node.name}': trip count {n}: the Loop never runs; remove it from the model or give it iterations"
     if n > MAX_UNROLL:
         return f"Loop '{node.name}': trip count {n} exceeds the unrolling limit {MAX_UNROLL}; {fix} <= {MAX_UNROLL} iterations"
     return (f"Loop '{node.name}': its condition is computed at run time, so the number of iterations is unknown; "
             f"{fix} a condition that stays true (a fixed trip count <= {MAX_UNROLL})")
 
 
-def inline_control_flow(graph: gs.Graph, opset: int, b: Builder | None = None) -> int:
+def inline_control_flow(graph: gs.Graph, opset: int, b: Builder | None = None, known: dict | None = None) -> int:
     """Inline constant-condition Ifs and unroll static Loops/Scans in ``graph`` and its remaining
     subgraphs, repeatedly (an inlined branch may hold more). Returns the number of nodes replaced;
     the caller re-infers shapes when it is not 0."""
     if not any(n.op in ("If", "Loop", "Scan") for n in graph.nodes):
         return 0
     b = b or Builder(graph, opset, prefix="onnxplain/unroll")
-    b.known = getattr(b, "known", None) or dict(graph.tensors())  # outer tensors, found by name
+    known = known if known is not None else dict(graph.tensors())  # the outermost graph's tensors, by name
     done, changed = 0, True
     while changed:
         changed = False
         for node in list(graph.nodes):
             if node.op == "If" and constant_value(node.inputs[0]) is not None:
                 taken = bool(np.asarray(constant_value(node.inputs[0])).reshape(-1)[0])
-                _inline(node, node.attrs["then_branch" if taken else "else_branch"], b)
+                _inline(node, node.attrs["then_branch" if taken else "else_branch"], b, known)
             elif node.op == "Loop" and trip_count(node) is not None and 0 < trip_count(node) <= MAX_UNROLL \
                     and _condition_fixed(node):
-                _unroll_loop(node, b)
+                _unroll_loop(node, b, known)
             elif node.op == "Scan" and node.domain in (None, "") and opset >= 9 \
                     and (scan_length(node) or 0) > 0 and scan_length(node) <= MAX_UNROLL:
-                _unroll_scan(node, b)
+                _unroll_scan(node, b, known)
             else:
                 continue
             graph.nodes.remove(node)
@@ -115,7 +117,7 @@ def inline_control_flow(graph: gs.Graph, opset: int, b: Builder | None = None) -
             changed = True
     for node in graph.nodes:
         for sub in subgraphs(node):
-            done += inline_control_flow(sub, opset, b.into(sub))
+            done += inline_control_flow(sub, opset, b.into(sub), known)
     return done
 
 
@@ -131,7 +133,7 @@ def _write(b: Builder, value, out) -> None:
     b.graph.nodes.append(gs.Node("Identity", name=b.name("Identity_node"), inputs=[value], outputs=[out]))
 
 
-def _inline(node, branch: gs.Graph, b: Builder) -> None:
+def _inline(node, branch: gs.Graph, b: Builder, known: dict) -> None:
     b.scope = f"{b.prefix}/{node.name}"
     outs = _detach(node)
     defined = {t.name for n in branch.nodes for t in n.outputs}
@@ -143,20 +145,20 @@ def _inline(node, branch: gs.Graph, b: Builder) -> None:
             late.append((t, out))
     copy_nodes(branch, b, mapping)
     for t, out in late:
-        _write(b, _resolve(b, mapping.get(t.name, t)), out)
+        _write(b, _resolve(known, mapping.get(t.name, t)), out)
 
 
-def _run_body(b: Builder, body: gs.Graph, feeds: list) -> list:
+def _run_body(b: Builder, body: gs.Graph, feeds: list, known: dict) -> list:
     """Copy ``body`` once with its inputs bound to ``feeds``; returns the copy's outputs."""
     mapping = {t.name: v for t, v in zip(body.inputs, feeds)}
     copy_nodes(body, b, mapping)
-    return [_resolve(b, mapping.get(t.name, t)) for t in body.outputs]
+    return [_resolve(known, mapping.get(t.name, t)) for t in body.outputs]
 
 
-def _resolve(b: Builder, t):
+def _resolve(known: dict, t):
     """A subgraph output that names an outer tensor is imported as a separate, unconnected tensor of
     the same name; use the outer one."""
-    return t if t.inputs or isinstance(t, gs.Constant) else b.known.get(t.name, t)
+    return t if t.inputs or isinstance(t, gs.Constant) else known.get(t.name, t)
 
 
 def _stack(b: Builder, values: list, axis: int, out) -> None:
@@ -165,7 +167,7 @@ def _stack(b: Builder, values: list, axis: int, out) -> None:
                                  outputs=[out]))
 
 
-def _unroll_loop(node, b: Builder) -> None:
+def _unroll_loop(node, b: Builder, known: dict) -> None:
     body, n = node.attrs["body"], trip_count(node)
     state = list(node.inputs[2:])
     outs = _detach(node)
@@ -173,7 +175,7 @@ def _unroll_loop(node, b: Builder) -> None:
     scans: list = [[] for _ in range(len(body.outputs) - 1 - len(state))]
     for i in range(n):
         b.scope = f"{b.prefix}/{node.name}/{i}"
-        res = _run_body(b, body, [b.const(np.array(i, dtype=np.int64)), true] + state)
+        res = _run_body(b, body, [b.const(np.array(i, dtype=np.int64)), true] + state, known)
         state = res[1:1 + len(state)]
         for k, v in enumerate(res[1 + len(state):]):
             scans[k].append(v)
@@ -183,7 +185,7 @@ def _unroll_loop(node, b: Builder) -> None:
         _stack(b, values, 0, out)
 
 
-def _unroll_scan(node, b: Builder) -> None:
+def _unroll_scan(node, b: Builder, known: dict) -> None:
     body, steps = node.attrs["body"], scan_length(node)
     n_scan = node.attrs["num_scan_inputs"]
     n_state = len(node.inputs) - n_scan
@@ -199,7 +201,7 @@ def _unroll_scan(node, b: Builder) -> None:
         b.scope = f"{b.prefix}/{node.name}/{step}"
         slices = [b.Gather(s, b.const(np.array(steps - 1 - step if d else step, dtype=np.int64)), axis=a)
                   for s, a, d in zip(seqs, in_axes, in_dirs)]
-        res = _run_body(b, body, state + slices)
+        res = _run_body(b, body, state + slices, known)
         state = res[:n_state]
         for k, v in enumerate(res[n_state:]):
             scans[k].append(v)
