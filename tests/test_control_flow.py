@@ -317,3 +317,29 @@ def test_scan_with_two_sequences_and_reversed_output_unrolls():
     for wrt in ("x", "z"):
         res = check_vjp(model, {"x": x, "z": z}, wrt, "y")
         assert res.error <= 1e-6 and res.error_f32 <= 1e-4
+
+
+def test_static_loop_whose_body_holds_an_input_dependent_if():
+    """Unrolling copies the body's If four times (fresh names each time); each copy gets the If rule."""
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[2,3] x) => (float[2,3] y) {
+        M = Constant <value = int64 {4}> ()
+        cond = Constant <value = bool {1}> ()
+        y = Loop (M, cond, x) <body = body_g (int64 i, bool cin, float[2,3] v) => (bool cout, float[2,3] vn) {
+            cout = Identity (cin)
+            s = ReduceSum <keepdims = 0> (v)
+            zero = Constant <value = float {0.0}> ()
+            c = Greater (s, zero)
+            vn = If (c) <then_branch = then_g () => (float[2,3] a) { a = Sin (v) },
+                         else_branch = else_g () => (float[2,3] e) { q = Mul (v, x)
+                                                                     e = Add (q, v) }>
+        }>
+    }"""
+    model = onnx.parser.parse_model(text)
+    assert _ops(canonicalize(model)).count("If") == 4
+    for seed in (0, 2):  # sum(x) > 0 and < 0: the first iteration takes either branch
+        x = np.random.default_rng(seed).standard_normal((2, 3)).astype(np.float32)
+        res = check_vjp(model, {"x": x}, "x", "y")
+        assert res.error <= 1e-6 and res.error_f32 <= 1e-4
+    onnx.checker.check_model(gradient_graph(model, "x", "y"), full_check=True)
