@@ -2,8 +2,8 @@
 ``F(x) = sum(w * output(x))`` visibly changes with ``x`` is a path the walker did not see (a
 subgraph, a quantised op, an integer cast), not an answer. :func:`check_not_silently_zero` raises.
 
-Dependence is read from central differences in float32 along random directions,
-``d(h) = (F(x + h u) - F(x - h u)) / 2h``, at two steps ``h`` and ``h/4``. It counts when the
+Dependence is read from central differences in the model's precision (float32 as a rule) along
+random directions, ``d(h) = (F(x + h u) - F(x - h u)) / 2h``, at two steps ``h`` and ``h/4``. It counts when the
 change exceeds a tolerance relative to ``sum |w * output|`` *and* the two estimates agree (the
 linear regime). A step that crosses a discontinuity (an If switching branch, an ArgMax) makes
 ``d`` scale like ``1/h`` instead, and a locally constant output gives no change at all: in both
@@ -41,12 +41,13 @@ def check_not_silently_zero(model, input_name: str, x: np.ndarray, weights: np.n
     if np.any(np.asarray(attribution) != 0):
         return
     can, session, output = _open(model, input_name, output)
-    x = np.asarray(x, dtype=np.float32)
+    x = np.asarray(x)
+    x = x if x.dtype.kind == "f" else x.astype(np.float32)  # the model's own precision (float32 as a rule)
     w = np.asarray(weights, dtype=np.float64)
     feeds = dict(feeds or {})
 
     def F(v):
-        y = session.run([output], {**feeds, input_name: v.astype(np.float32)})[0]
+        y = session.run([output], {**feeds, input_name: v.astype(x.dtype)})[0]
         return float(np.sum(w * y.astype(np.float64))), float(np.sum(np.abs(w * y.astype(np.float64))))
 
     f0, scale = F(x)
@@ -60,7 +61,8 @@ def check_not_silently_zero(model, input_name: str, x: np.ndarray, weights: np.n
             raise OnnxplainError(
                 f"the attribution is identically zero, but the explained output '{output}' changes with input "
                 f"'{input_name}' (directional derivative {d[0]:.3g} by finite differences, F(x) = {f0:.4g}): "
-                f"{_suspects(can, input_name, output)}")
+                f"{_suspects(can, input_name, output)}; a gradient method cannot explain this model as it is: "
+                "use a perturbation method (occlusion, rise, lime, kernelshap)")
 
 
 def _open(model, input_name: str, output: str | None):
