@@ -3,11 +3,12 @@
 subgraph, a quantised op, an integer cast), not an answer. :func:`check_not_silently_zero` raises.
 
 Dependence is read from central differences in the model's precision (float32 as a rule) along
-random directions, ``d(h) = (F(x + h u) - F(x - h u)) / 2h``, at two steps ``h`` and ``h/4``. It counts when the
-change exceeds a tolerance relative to ``sum |w * output|`` *and* the two estimates agree (the
-linear regime). A step that crosses a discontinuity (an If switching branch, an ArgMax) makes
-``d`` scale like ``1/h`` instead, and a locally constant output gives no change at all: in both
-cases a zero gradient is the right answer and the guard stays quiet.
+random directions, ``d(h) = (F(x + h u) - F(x - h u)) / 2h``, at steps ``h/4, h, 4h, 16h``. It counts when
+the change exceeds a tolerance relative to ``sum |w * output|`` *and* two neighbouring estimates
+agree within a factor 2 (the linear regime). A step that crosses one discontinuity (an If switching branch, an
+ArgMax) makes ``d`` scale like ``1/h`` instead, and a locally constant output gives no change at
+all: in both cases a zero gradient is the right answer and the guard stays quiet. A staircase of
+many small steps (a quantised path) reads as a slope at the larger steps, and the guard fires.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def check_not_silently_zero(model, input_name: str, x: np.ndarray, weights: np.n
     ``model``: a :class:`~onnxplain.graph.canonicalize.Canonical`, an ``onnx.ModelProto``, a path, or an
     ``onnxruntime.InferenceSession`` of the canonical model (then no node can be named).
     ``output``: the explained tensor (default: the first float output); ``weights`` has its shape.
-    ``feeds``: values for the model's other inputs. ``step``: the larger step, relative to the RMS of
+    ``feeds``: values for the model's other inputs. ``step``: the middle step, relative to the RMS of
     ``x``; ``rtol``: the change that counts, relative to ``sum |weights * output(x)|``.
     """
     if np.any(np.asarray(attribution) != 0):
@@ -53,11 +54,12 @@ def check_not_silently_zero(model, input_name: str, x: np.ndarray, weights: np.n
     f0, scale = F(x)
     tol = rtol * scale + 1e-30
     h = step * max(float(np.sqrt(np.mean(x.astype(np.float64) ** 2))), 1e-3)
+    steps = (h / 4, h, 4 * h, 16 * h)
     rng = np.random.default_rng(seed)
     for _ in range(directions):
         u = rng.standard_normal(x.shape)
-        d = [(F(x + hh * u)[0] - F(x - hh * u)[0]) / (2 * hh) for hh in (h, h / 4)]
-        if abs(d[0]) * 2 * h > tol and abs(d[1] - d[0]) <= 0.5 * abs(d[0]):
+        d = [(F(x + hh * u)[0] - F(x - hh * u)[0]) / (2 * hh) for hh in steps]
+        if any(abs(d[i]) * 2 * steps[i] > tol and 0.5 <= d[i + 1] / d[i] <= 2 for i in range(len(steps) - 1)):
             raise OnnxplainError(
                 f"the attribution is identically zero, but the explained output '{output}' changes with input "
                 f"'{input_name}' (directional derivative {d[0]:.3g} by finite differences, F(x) = {f0:.4g}): "
