@@ -112,7 +112,7 @@ def inline_control_flow(graph: gs.Graph, opset: int, b: Builder | None = None, k
                 _unroll_scan(node, b, known)
             else:
                 continue
-            graph.nodes.remove(node)
+            graph.nodes = [n for n in graph.nodes if n is not node]  # (gs nodes compare by value)
             done += 1
             changed = True
     for node in graph.nodes:
