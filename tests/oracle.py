@@ -16,7 +16,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
+from onnx.reference.ops.op_loop import Loop as _ReferenceLoop
 from onnx.reference.ops.op_resize import Resize as _ReferenceResize
+from onnx.reference.ops.op_scan import Scan as _ReferenceScan
 
 import onnxplain
 from onnxplain.runtime.session import make_session
@@ -28,10 +30,15 @@ _KEEP_F32 = {("Resize", 2), ("Upsample", 1)}
 
 
 def to_float64(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A float64 copy of ``model``: tensors, Cast targets and constants, not Resize scales."""
+    """A float64 copy of ``model``: tensors, Cast targets and constants, not Resize scales; the
+    subgraphs of If/Loop/Scan likewise."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
-    g = m.graph
+    _graph_to_float64(m.graph)
+    return m
+
+
+def _graph_to_float64(g: onnx.GraphProto) -> None:
     keep = {n.input[i] for n in g.node for (op, i) in _KEEP_F32 if n.op_type == op and len(n.input) > i}
     for vi in list(g.input) + list(g.output):
         if vi.type.tensor_type.elem_type == F32:
@@ -46,7 +53,10 @@ def to_float64(model: onnx.ModelProto) -> onnx.ModelProto:
                 a.i = F64
             if a.type == onnx.AttributeProto.TENSOR and a.t.data_type == F32 and node.output[0] not in keep:
                 a.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(a.t).astype(np.float64), a.t.name))
-    return m
+            if a.type == onnx.AttributeProto.GRAPH:
+                _graph_to_float64(a.g)
+            for sub in a.graphs:
+                _graph_to_float64(sub)
 
 
 class ConvTransposeByDefinition(OpRun):
@@ -418,6 +428,74 @@ class ResizeByDefinition(_ReferenceResize):
 ResizeByDefinition.__name__ = "Resize"
 
 
+class LoopByDefinition(_ReferenceLoop):
+    """Loop from the spec: run the body while ``cond`` holds and the iteration count is below M;
+    scan outputs are the per-iteration values stacked on a new axis 0 (onnx.reference's own
+    concatenates them with np.vstack)."""
+
+    def _run(self, M, cond, *v_initial, context=None, body=None, attributes=None, bindings=None):
+        names_in, names_out = self.body.input_names, self.body.output_names
+        n = len(v_initial)
+        state = list(v_initial)
+        scans = [[] for _ in range(len(names_out) - 1 - n)]
+        it = 0
+        keep_going = True if cond is None else bool(cond)
+        while keep_going and (M is None or it < int(M)):
+            feeds = dict(context or {})
+            feeds[names_in[0]] = np.array(it, dtype=np.int64)
+            feeds[names_in[1]] = np.array(keep_going)
+            feeds.update(zip(names_in[2:], state))
+            out = self._run_body(feeds, attributes=attributes, bindings=bindings)
+            keep_going, state = bool(out[0]), list(out[1:1 + n])
+            for k, value in enumerate(out[1 + n:]):
+                scans[k].append(value)
+            it += 1
+        stacked = [np.stack(values) if values else np.empty((0,)) for values in scans]
+        return tuple(state + stacked)
+
+
+LoopByDefinition.__name__ = "Loop"
+
+
+class ScanByDefinition(_ReferenceScan):
+    """Scan from the spec, with any scan_input/output axes and directions (onnx.reference's own
+    supports only axis 0, forward)."""
+
+    def __init__(self, onnx_node, run_params):  # skip the parent's refusal of axes and directions
+        OpRun.__init__(self, onnx_node, run_params)
+        self.input_names, self.output_names = self.body.input_names, self.body.output_names
+
+    def _run(self, *args, context=None, body=None, num_scan_inputs=None, scan_input_axes=None,
+             scan_input_directions=None, scan_output_axes=None, scan_output_directions=None, attributes=None,
+             bindings=None):
+        n_state = len(args) - num_scan_inputs
+        states, seqs = list(args[:n_state]), args[n_state:]
+        in_axes = [a % s.ndim for a, s in zip(scan_input_axes or [0] * len(seqs), seqs)]
+        in_dirs = scan_input_directions or [0] * len(seqs)
+        steps = seqs[0].shape[in_axes[0]]
+        n_out = len(self.output_names) - n_state
+        results = [[] for _ in range(n_out)]
+        for t in range(steps):
+            feeds = dict(context or {})
+            feeds.update(zip(self.input_names[:n_state], states))
+            for name, seq, axis, d in zip(self.input_names[n_state:], seqs, in_axes, in_dirs):
+                feeds[name] = np.take(seq, steps - 1 - t if d else t, axis=axis)
+            out = self._run_body(feeds, bindings=bindings)
+            states = list(out[:n_state])
+            for k, value in enumerate(out[n_state:]):
+                results[k].append(value)
+        out_axes = scan_output_axes or [0] * n_out
+        out_dirs = scan_output_directions or [0] * n_out
+        stacked = []
+        for values, axis, d in zip(results, out_axes, out_dirs):
+            values = values[::-1] if d else values
+            stacked.append(np.stack(values, axis=axis % (values[0].ndim + 1)))
+        return tuple(states + stacked)
+
+
+ScanByDefinition.__name__ = "Scan"
+
+
 def run_ref(model: onnx.ModelProto, feeds: dict) -> dict:
     ref = ReferenceEvaluator(model, new_ops=[ConvTransposeByDefinition, ErfFloat64, GeluByDefinition, SoftmaxByOpset,
                                              LogSoftmaxByOpset, MaxPoolByDefinition, AveragePoolByDefinition,
@@ -425,7 +503,7 @@ def run_ref(model: onnx.ModelProto, feeds: dict) -> dict:
                                              BatchNormalizationByDefinition, LRNByDefinition,
                                              MeanVarianceNormalizationByDefinition, GroupNormalizationByDefinition,
                                              GatherElementsByDefinition, MaxUnpoolByDefinition, LSTMByDefinition,
-                                             GRUByDefinition, RNNByDefinition])
+                                             GRUByDefinition, RNNByDefinition, LoopByDefinition, ScanByDefinition])
     names = [o.name for o in model.graph.output]
     return dict(zip(names, ref.run(None, feeds)))
 

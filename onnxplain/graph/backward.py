@@ -5,6 +5,11 @@ being explained and backward from the seeds) in reverse topological order. For e
 the rule set for a rule, sums cotangents where a tensor fans out, and sums broadcast axes back
 to each input's shape. Integer tensors (shape arithmetic, indices) carry no cotangent.
 
+A node holding subgraphs (If, Loop, Scan) also depends on the outer tensors its subgraphs read by
+name (:func:`onnxplain.graph.subgraphs.captured`). An If gets a backward If on the same condition
+whose branches differentiate the forward branches; canonicalisation has already inlined Ifs on
+constant conditions and unrolled static Loops and Scans, so one left on the path is refused.
+
 Every node without a rule is collected first and reported in one error before anything is
 emitted. The cost is linear in the number of nodes.
 """
@@ -12,8 +17,10 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from onnxplain.graph.builder import Builder, is_float
+from onnxplain.graph.builder import Builder, is_float, np_dtype
 from onnxplain.errors import OnnxplainError, UnsupportedOpsError
+from onnxplain.graph.control_flow import refusal
+from onnxplain.graph.subgraphs import captured, copy_nodes, subgraphs
 from onnxplain.rules.vjp import Rule, load_all
 
 
@@ -33,6 +40,9 @@ class GradientRules:
         return self.table.get(key)
 
 
+# ops the walker differentiates itself, with the rule set's rules inside (no table entry)
+STRUCTURAL = {"If"}
+
 # inputs whose values never reach the output: only their type or shape is read
 VALUE_FREE = {"CastLike": {1}, "Shape": {0}, "Size": {0}, "EyeLike": {0}, "RandomNormalLike": {0},
               "RandomUniformLike": {0}, "RandomNormal": set(), "Bernoulli": {0}}
@@ -44,8 +54,10 @@ CARRIES = {"QuantizeLinear": (0,), "DynamicQuantizeLinear": (0,)}
 
 
 def _value_inputs(node):
+    """The inputs whose values reach the outputs, and the outer tensors the node's subgraphs read."""
     skip = VALUE_FREE.get(node.op, ())
-    return [t for i, t in enumerate(node.inputs) if i not in skip]
+    ins = [t for i, t in enumerate(node.inputs) if i not in skip]
+    return ins + captured(node) if subgraphs(node) else ins
 
 
 def explained_path(nodes, wrt_names, seed_names):
@@ -78,13 +90,16 @@ class Backward:
         self.b = builder
         self.rules = rules or GradientRules()
 
-    def run(self, seeds: list, wrt: list, nodes=None) -> dict:
-        """``seeds``: [(forward tensor, its cotangent)]; returns {wrt name: cotangent}."""
+    def run(self, seeds: list, wrt: list, nodes=None, outer_fwd: frozenset = frozenset()) -> dict:
+        """``seeds``: [(forward tensor, its cotangent)]; returns {wrt name: cotangent}.
+
+        ``outer_fwd``: the explained path's tensors in enclosing graphs, when this walks a branch."""
         nodes = list(self.graph.nodes) if nodes is None else nodes
         fwd, path = explained_path(nodes, [t.name for t in wrt], [t.name for t, _ in seeds])
-        self.rules.start(fwd)
-        plan = [(node, self.rules.lookup(node)) for node in path]
-        missing = [(n.op, n.name) for n, rule in plan if rule is None]
+        self._fwd = fwd | outer_fwd
+        self.rules.start(self._fwd)
+        plan = [(node, self._vjp_if if node.op in STRUCTURAL else self.rules.lookup(node)) for node in path]
+        missing = self._missing(path, self._fwd) if not outer_fwd else []  # branches: checked by the outermost
         if missing:
             raise UnsupportedOpsError(missing, self.rules.name)
 
@@ -96,6 +111,10 @@ class Backward:
             if all(g is None for g in g_out):
                 continue
             self.b.scope = f"{self.b.prefix}/{self.rules.name}/{node.name or node.op}"
+            if node.op == "If":
+                for t, g in self._vjp_if(node, g_out):
+                    pending.setdefault(t.name, []).append(g)
+                continue
             g_in = rule(self.b, node, g_out)
             if len(g_in) < len(node.inputs):
                 g_in = list(g_in) + [None] * (len(node.inputs) - len(g_in))
@@ -116,6 +135,57 @@ class Backward:
             g = self._take(pending, t)
             out[t.name] = g if g is not None else self.b.zeros_like(t)
         return out
+
+    def _missing(self, path, fwd) -> list:
+        """[(op, name)] of the nodes on ``path``, and on the paths inside its If branches, that have
+        no rule; a Loop or Scan left there (not unrollable) raises its own one-line error."""
+        missing = []
+        for node in path:
+            if node.op in ("Loop", "Scan"):
+                raise OnnxplainError(refusal(node))
+            if node.op in STRUCTURAL:
+                wrt = [t.name for t in captured(node) if t.name in fwd]
+                for g in subgraphs(node):
+                    inner_fwd, inner_path = explained_path(list(g.nodes), wrt, [t.name for t in g.outputs])
+                    missing += self._missing(inner_path, fwd | inner_fwd)
+            elif self.rules.lookup(node) is None:
+                missing.append((node.op, node.name))
+        return missing
+
+    def _vjp_if(self, node, g_out) -> list:
+        """The VJP of ``If(cond)``: ``If(cond)`` again, each branch a copy of the forward branch (its
+        values are not visible outside it) followed by that copy's backward pass, by the same rules,
+        from the output cotangents to the captured outer tensors on the explained path (zeros for
+        those a branch does not read). Returns [(captured tensor, its cotangent)]. ONNX spec: If."""
+        if getattr(getattr(self.rules, "env", None), "ref", None):
+            raise OnnxplainError(f"If '{node.name}': rule set '{self.rules.name}' reads baseline values, which are not "
+                                 "computed inside If branches; explain with gradient-based methods or fix the condition")
+        targets = [t for t in captured(node) if t.name in self._fwd and is_float(t)]
+        if not targets:
+            return []
+        outer_fwd = self._fwd
+        branches = {}
+        for key in ("then_branch", "else_branch"):
+            fg = node.attrs[key]
+            bg = gs.Graph(name=self.b.name(f"{key}_vjp"), opset=fg.opset)
+            sb = self.b.into(bg)
+            mapping: dict = {}
+            copies = copy_nodes(fg, sb, mapping)
+            seeds = [(mapping.get(t.name, t), g) for t, g in zip(fg.outputs, g_out) if g is not None]
+            grads = Backward(bg, sb, self.rules).run(seeds, targets, nodes=copies, outer_fwd=outer_fwd)
+            bg.outputs = []
+            for t in targets:
+                out = sb.Identity(grads[t.name])
+                out.dtype, out.shape = t.dtype, t.shape
+                bg.outputs.append(out)
+            branches[key] = bg
+        self.rules.start(outer_fwd)
+        outs = self.b.emit("If", node.inputs[0], outputs=len(targets), dtype=[np_dtype(t) for t in targets],
+                           **branches)
+        outs = outs if isinstance(outs, list) else [outs]
+        for o, t in zip(outs, targets):
+            o.shape = t.shape
+        return list(zip(targets, outs))
 
     def _take(self, pending, t):
         gs_ = pending.pop(t.name, None)

@@ -60,6 +60,14 @@ class Builder:
                 self._names.add(n)
                 return n
 
+    def into(self, graph: gs.Graph) -> "Builder":
+        """A builder emitting into ``graph`` (a subgraph) that shares this one's names and scope, so
+        names stay unique across scopes; constants are its own (each graph exports those it uses)."""
+        child = Builder.__new__(Builder)
+        child.__dict__.update(self.__dict__)
+        child.graph, child._consts = graph, {}
+        return child
+
     # ---- emission -----------------------------------------------------------------------
     def __getattr__(self, op: str):
         if not op[:1].isupper():
@@ -120,7 +128,7 @@ class Builder:
     def zeros_like(self, t):
         shape = t.shape
         if shape is not None and all(isinstance(d, int) for d in shape):
-            return self.const(np.zeros(shape, dtype=np_dtype(t)))
+            return self.const(np.zeros(shape), dtype=np_dtype(t))  # (dtype=, or const() narrows float64)
         value = np.zeros([1], dtype=np_dtype(t))
         return self.emit("ConstantOfShape", self.Shape(t), value=gs.Constant(self.name("zero"), value),
                          dtype=np_dtype(t))

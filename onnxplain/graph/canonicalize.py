@@ -1,4 +1,5 @@
-"""Canonicalisation: shapes inferred, Identity/Dropout removed, constants folded, logits found.
+"""Canonicalisation: shapes inferred, Identity/Dropout removed, constants folded, control flow
+inlined or unrolled where static, logits found.
 
 The result is a :class:`Canonical` holding the graphsurgeon graph in topological order, its
 opset, and the original model's metadata, ready for the backward rewrite.
@@ -16,6 +17,7 @@ import onnx_graphsurgeon as gs
 
 from onnxplain.graph.builder import is_float
 from onnxplain.errors import OnnxplainError
+from onnxplain.graph.control_flow import inline_control_flow
 from onnxplain.graph.dequantize import dequantize
 from onnxplain.graph.load import load_model, opset_of
 from onnxplain.graph.precision import to_float32
@@ -90,7 +92,18 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     for field in ("value_info", "output"):
         del getattr(out.graph, field)[:]
         getattr(out.graph, field).extend(getattr(inferred.graph, field))
+    _copy_subgraph_value_info(inferred.graph, out.graph)
     return out
+
+
+def _copy_subgraph_value_info(src: onnx.GraphProto, dst: onnx.GraphProto) -> None:
+    """Copy inferred shapes into If/Loop/Scan bodies (the two graphs have the same nodes)."""
+    for a_node, b_node in zip(src.node, dst.node):
+        for a, b in zip(a_node.attribute, b_node.attribute):
+            if a.type == onnx.AttributeProto.GRAPH and b.type == onnx.AttributeProto.GRAPH:
+                del b.g.value_info[:]
+                b.g.value_info.extend(a.g.value_info)
+                _copy_subgraph_value_info(a.g, b.g)
 
 
 @functools.lru_cache(maxsize=1)
@@ -225,6 +238,9 @@ def canonicalize(model, fold: bool = True, fold_bn: bool = True) -> Canonical:
             warnings.simplefilter("ignore")
             _quiet_fold(graph)
         # re-infer shapes: folded Shape/Reshape chains often become static
+        graph = gs.import_onnx(infer_shapes(_export(graph, model)))
+    if inline_control_flow(graph, opset):  # If on a constant condition, static Loop/Scan (control_flow.py)
+        graph.cleanup().toposort()
         graph = gs.import_onnx(infer_shapes(_export(graph, model)))
     graph.toposort()
     for i, node in enumerate(graph.nodes):

@@ -55,7 +55,7 @@ def _subgraph_nodes(graph: onnx.GraphProto) -> int:
 
 def describe(model, input: str | None = None, output: str | None = None, probabilities: bool = False) -> dict:
     """Everything ``onnxplain inspect`` reports, as a JSON-ready dict."""
-    from onnxplain.graph.backward import GradientRules, explained_path
+    from onnxplain.graph.backward import STRUCTURAL, GradientRules, explained_path
     from onnxplain.graph.canonicalize import canonicalize, find_logits
     from onnxplain.graph.load import load_model
 
@@ -73,7 +73,7 @@ def describe(model, input: str | None = None, output: str | None = None, probabi
         "subgraph_nodes": _subgraph_nodes(g),
         "parameters": int(sum(int(np.prod(t.dims)) for t in g.initializer)),
     }
-    table = GradientRules().table
+    table = {**GradientRules().table, **dict.fromkeys(STRUCTURAL)}  # If: the walker's own rule
     hist = Counter(_op_key(n.op_type, n.domain) for n in g.node)
 
     explained: dict = {}
