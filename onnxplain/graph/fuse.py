@@ -12,8 +12,8 @@ spec, https://onnx.ai/onnx/operators/):
   ``Min(Max(., 0), 6)`` or ``Min(Relu(.), 6)``) and ``x * HardSigmoid(x; 1/6, 1/2)``
   -> ``HardSwish`` (spec: y = x max(0, min(1, x/6 + 1/2)));
 * ``Clip(x + 3, 0, 6) / 6`` alone -> ``HardSigmoid(alpha=1/6, beta=1/2)``;
-* ``x * Sigmoid(alpha x)`` -> ``Swish(alpha)`` (spec, opset 24: y = x sigmoid(alpha x)): SiLU
-  (alpha = 1) and QuickGELU (alpha = 1.702);
+* ``x * Sigmoid(alpha x)``, alpha > 0 -> ``Swish(alpha)`` (spec, opset 24: y = x sigmoid(alpha x)):
+  SiLU (alpha = 1) and QuickGELU (alpha = 1.702);
 * ``0.5 x (1 + erf(x / sqrt 2))`` and ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``, in any
   order of the factors and sums -> ``Gelu`` with approximate = "none" / "tanh" (opset 20);
 * ``(x - mean(x)) / sqrt(mean((x - mean(x))^2) + eps) * gamma + beta`` (square as Pow or Mul,
@@ -330,7 +330,7 @@ def _product(ctx, root):
 
 def _gated(kind, params, a, k):
     """(pattern, op, attrs) for y = x (a + k gate(x)), or None."""
-    if kind == "Sigmoid" and a == 0 and _near(k, 1) and set(params) == {1}:
+    if kind == "Sigmoid" and a == 0 and _near(k, 1) and set(params) == {1} and params[1] > 0:
         alpha = params[1]
         name = "SiLU" if _near(alpha, 1) else "QuickGELU" if _near(alpha, QUICK_GELU) else "Swish"
         return f"decomposed {name}", "Swish", {"alpha": float(alpha)}
