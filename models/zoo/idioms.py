@@ -74,7 +74,8 @@ class Graph:
 def paddle_hardswish() -> onnx.ModelProto:
     """paddle2onnx's hardswish: Add(x, 3) -> Clip(., 0, 6) -> Mul(x, .) -> Div(., 6); hardsigmoid likewise."""
     g = Graph("paddle_hardswish")
-    three, zero, six, sixth = g.const([3.0], "three"), g.const(0.0, "zero"), g.const(6.0, "six"), g.const([1 / 6], "sixth")
+    three, zero, six = g.const([3.0], "three"), g.const(0.0, "zero"), g.const(6.0, "six")
+    sixth = g.const([1 / 6], "sixth")
 
     def hardswish_div(x, s):
         clip = g.op("Clip", g.op("Add", x, three, scope=s), zero, six, scope=s)

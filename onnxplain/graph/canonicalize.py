@@ -251,7 +251,7 @@ def _export(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
     m.ir_version = like.ir_version
     del m.opset_import[:]
     m.opset_import.extend(like.opset_import)
-    lower(m, graph.tensors())  # fused ops newer than the opset, back in primitives
+    lower(m, graph)  # fused decompositions back as the model wrote them
     return m
 
 

@@ -23,13 +23,16 @@ Fusion is exact: every constant of a pattern must equal its value to float32 rou
 :data:`RTOL`), and the result is the same function to float32 rounding. A pattern fuses only when
 its intermediate tensors feed nothing outside it and are not graph outputs.
 
-Opsets: the fused ops may be newer than the model's opset (Swish needs 24, Gelu 20). Raising the
-model's opset would change the meaning of other ops (Reduce* axes, Split, Squeeze, Resize, ...),
-so it is not done; instead the canonical graph, which is onnxplain's own, may hold the newer op,
-and :func:`lower`, run on every exported model, writes each op the opset lacks back in primitives
-valid at the model's opset (the op's ONNX function body), after the backward pass was built from
-the op's rules. Swish is always lowered: onnxruntime 1.31 has no Swish kernel (it inlines the
-function only at opset 24).
+Exports: the fused ops live in the canonical graph only, where the rules are chosen. When a graph
+is exported, :func:`lower` puts each fused node's own decomposition back (the model's nodes,
+constants and tensor names), so the explained graph computes the model's forward bit for bit and
+stays valid at the model's opset. The rules still come from the fused op: its backward nodes read
+only the pattern's input and output, which the decomposition writes. Fused ops that have no
+decomposition to restore (DeepLIFT's copies of the forward for the baseline, or an op in the model
+itself) are written in primitives (the op's ONNX function body) where the model's opset lacks the
+op (:data:`NEWER`). Raising the model's opset instead would change the meaning of other ops
+(Reduce* axes, Split, Squeeze, Resize, ...). Swish is always written out: onnxruntime 1.31 has no
+Swish kernel (it inlines the function only at opset 24).
 """
 from __future__ import annotations
 
@@ -77,6 +80,7 @@ def describe_fusions(fusions) -> str:
 def fuse(graph: gs.Graph) -> list[Fusion]:
     """Fuse every known decomposition in ``graph`` (topologically sorted, nodes named); returns the fusions."""
     ctx = _Ctx(graph)
+    ctx.order = {id(n): i for i, n in enumerate(graph.nodes)}
     fusions = []
     for root in reversed(list(graph.nodes)):  # a pattern's root comes after its inner nodes
         if id(root) in ctx.done or len(root.outputs) != 1:
@@ -109,6 +113,7 @@ class _Ctx:
         self.outputs = {t.name for t in graph.outputs}
         self.names = {n.name for n in graph.nodes}
         self.done: set = set()  # ids of nodes fused away
+        self.order: dict = {}  # id(node) -> its index in graph.nodes
 
     def inner(self, t):
         """The producer of ``t`` when ``t`` feeds exactly one node and is not a graph output."""
@@ -468,15 +473,30 @@ def _layernorm(ctx, root):
 
 def _apply(graph, ctx, root, nodes, pattern, op, inputs, attrs) -> Fusion:
     y = root.outputs[0]
-    unique = list({id(n): n for n in nodes}.values())
-    name = _name(ctx, unique, op)
-    at = next(i for i, n in enumerate(graph.nodes) if n is root)
+    unique = sorted({id(n): n for n in nodes}.values(), key=lambda n: ctx.order[id(n)])
+    name = _name(ctx, [root] + [n for n in unique if n is not root], op)
+    decomposition = (op, _snapshot(unique))
     for n in unique:
         n.inputs.clear()
         n.outputs.clear()
         ctx.done.add(id(n))
-    graph.nodes[at] = gs.Node(op, name=name, attrs=attrs, inputs=inputs, outputs=[y])
-    return Fusion(pattern, op, name, tuple(n.name for n in reversed(unique)))
+    node = gs.Node(op, name=name, attrs=attrs, inputs=inputs, outputs=[y])
+    node.decomposition = decomposition  # put back by lower() when the graph is exported
+    graph.nodes[ctx.order[id(root)]] = node
+    return Fusion(pattern, op, name, tuple(n.name for n in unique))
+
+
+def _snapshot(nodes):
+    """The pattern's nodes as NodeProtos (in order) and the values of the constants they read."""
+    protos, consts = [], {}
+    for n in nodes:
+        protos.append(helper.make_node(n.op, [t.name for t in n.inputs], [t.name for t in n.outputs], name=n.name,
+                                       domain=n.domain or None, **n.attrs))
+        for t in n.inputs:
+            v = _const(t)
+            if v is not None and t.name:
+                consts[t.name] = np.array(v)
+    return protos, consts
 
 
 def _name(ctx, nodes, op) -> str:
@@ -494,28 +514,38 @@ def _name(ctx, nodes, op) -> str:
 
 
 # ---- lowering -----------------------------------------------------------------------------------
-def lower(model: onnx.ModelProto, tensors: dict) -> int:
-    """Rewrite, in place, each fused op that ``model``'s opset lacks (see :data:`NEWER`) as its ONNX
-    function body in primitives; ``tensors`` maps names to graphsurgeon tensors (for dtypes and
-    ranks). Returns the number of nodes lowered."""
+def lower(model: onnx.ModelProto, graph: gs.Graph) -> int:
+    """In ``model``, exported from ``graph``: put back each fused node's decomposition, and write each
+    other op that the model's opset lacks (see :data:`NEWER`) as its ONNX function body in
+    primitives. Returns the number of nodes rewritten."""
     opset = next((i.version for i in model.opset_import if i.domain in ("", "ai.onnx")), None)
-    if opset is None:
+    originals = {n.name: n.decomposition for n in graph.nodes if getattr(n, "decomposition", None)}
+    if opset is None or not (originals or any(n.op_type in NEWER for n in model.graph.node)):
         return 0
+    tensors = graph.tensors()
+    taken = {o for n in model.graph.node for o in n.output} | {t.name for t in model.graph.initializer} | \
+            {t.name for t in model.graph.input}
     out, count = [], 0
     for node in model.graph.node:
+        op, (protos, consts) = originals.get(node.name, (None, ([], {})))
+        inner = {o for p in protos for o in p.output} - set(node.output)
+        if op == node.op_type and not inner & taken:
+            out.extend(protos)
+            for name, value in consts.items():
+                if name not in taken:
+                    model.graph.initializer.append(numpy_helper.from_array(value, name))
+                    taken.add(name)
+            count += 1
+            continue
         since = NEWER.get(node.op_type, 0)
         x = tensors.get(node.input[0]) if node.input else None
         if node.domain not in ("", "ai.onnx") or (since is not None and opset >= since) or x is None \
                 or np_dtype(x) is None or any(o for o in node.output[1:]):
             out.append(node)
             continue
-        body = _Body(node, np_dtype(x), opset)
-        nodes = body.lower(rank(x))
-        if nodes is None:
-            out.append(node)
-            continue
-        out.extend(nodes)
-        count += 1
+        nodes = _Body(node, np_dtype(x), opset).lower(rank(x))
+        out.extend(nodes or [node])
+        count += nodes is not None
     if count:
         del model.graph.node[:]
         model.graph.node.extend(out)
