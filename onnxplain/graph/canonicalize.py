@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ from onnxplain.graph.builder import is_float
 from onnxplain.errors import OnnxplainError
 from onnxplain.graph.control_flow import inline_control_flow
 from onnxplain.graph.dequantize import dequantize
+from onnxplain.graph.fuse import fuse as fuse_decompositions, lower
 from onnxplain.graph.load import load_model, opset_of
 from onnxplain.graph.precision import to_float32
 
@@ -31,6 +32,7 @@ class Canonical:
     graph: gs.Graph
     opset: int
     model: onnx.ModelProto  # the original (loaded) model, for metadata
+    fused: list = field(default_factory=list)  # graph.fuse.Fusion: decompositions fused into single ops
 
     def tensor(self, name: str):
         t = self.graph.tensors().get(name)
@@ -224,8 +226,9 @@ def fold_batchnorm(graph: gs.Graph) -> int:
     return folded
 
 
-def canonicalize(model, fold: bool = True, fold_bn: bool = True) -> Canonical:
-    """Load (if a path), infer shapes, drop pass-through nodes, fold constants and BN, sort."""
+def canonicalize(model, fold: bool = True, fold_bn: bool = True, fuse: bool = True) -> Canonical:
+    """Load (if a path), infer shapes, drop pass-through nodes, fold constants and BN, sort, and
+    fuse exporters' decompositions of activations and LayerNorm (:mod:`onnxplain.graph.fuse`)."""
     model = load_model(model)
     opset = opset_of(model)
     graph = gs.import_onnx(infer_shapes(dequantize(to_float32(model))))
@@ -245,7 +248,8 @@ def canonicalize(model, fold: bool = True, fold_bn: bool = True) -> Canonical:
     graph.toposort()
     for i, node in enumerate(graph.nodes):
         node.name = node.name or f"{node.op}_{i}"
-    return Canonical(graph=graph, opset=opset, model=model)
+    fused = fuse_decompositions(graph) if fuse else []
+    return Canonical(graph=graph, opset=opset, model=model, fused=fused)
 
 
 def _quiet_fold(graph: gs.Graph) -> None:
@@ -265,6 +269,7 @@ def _export(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
     m.ir_version = like.ir_version
     del m.opset_import[:]
     m.opset_import.extend(like.opset_import)
+    lower(m, graph)  # fused decompositions back as the model wrote them
     return m
 
 

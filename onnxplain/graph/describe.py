@@ -6,7 +6,8 @@
 :func:`describe` returns a JSON-ready dict: inputs/outputs with symbolic dims, opsets,
 producer, node count, an op-type histogram with gradient-rule coverage and explained-path
 counts, the explained tensors (and whether a Softmax/Sigmoid was stripped to reach the logits),
-the unsupported nodes on the explained path, and candidate layers for CAM methods.
+the unsupported nodes on the explained path, candidate layers for CAM methods, and the
+decompositions that canonicalisation fused into single ops (:mod:`onnxplain.graph.fuse`).
 :func:`format_text` renders it for the terminal.
 """
 from __future__ import annotations
@@ -57,6 +58,7 @@ def describe(model, input: str | None = None, output: str | None = None, probabi
     """Everything ``onnxplain inspect`` reports, as a JSON-ready dict."""
     from onnxplain.graph.backward import STRUCTURAL, GradientRules, explained_path
     from onnxplain.graph.canonicalize import canonicalize, find_logits
+    from onnxplain.graph.fuse import summary
     from onnxplain.graph.load import load_model
 
     proto = load_model(model)
@@ -80,8 +82,10 @@ def describe(model, input: str | None = None, output: str | None = None, probabi
     path_ops: Counter = Counter()
     unsupported: list = []
     cam: list = []
+    fused: list = []
     try:
         can = canonicalize(proto)
+        fused = can.fused
         x = can.input(input)
         out = can.output(output)
         logits, stripped = (out, []) if probabilities else find_logits(can.graph, out)
@@ -106,6 +110,9 @@ def describe(model, input: str | None = None, output: str | None = None, probabi
         for op in sorted(hist, key=lambda k: (-hist[k], k))
     ]
     info["explained"] = explained
+    info["fused"] = {"summary": summary(fused),
+                     "nodes": [{"pattern": f.pattern, "op": f.op, "name": f.node, "replaced": list(f.replaced)}
+                               for f in fused]}
     info["unsupported_on_path"] = unsupported
     info["cam_candidates"] = cam
     return info
@@ -163,6 +170,10 @@ def format_text(info: dict) -> str:
         else:
             out.append("          no Softmax/Sigmoid stripped: the output itself is explained")
         out.append(f"          {ex['path_nodes']} nodes on the explained path")
+    fused = info.get("fused", {}).get("summary")
+    if fused:
+        out.append("fused     " + ", ".join(f"{n} {p}" for p, n in fused.items())
+                   + " into single ops, so that they get their own rules")
     out.append("")
     ops = info["op_types"]
     w = max([len(r["op"]) for r in ops] + [7])

@@ -190,6 +190,9 @@ def gelu(b, node, g):
     phi(x) = e^(-x^2/2) / sqrt(2 pi);
     approximate="tanh":  y = x (1 + t) / 2,  t = tanh(u),  u = sqrt(2/pi) (x + 0.044715 x^3),
     y' = (1 + t) / 2 + x (1 - t^2) / 2 * sqrt(2/pi) (1 + 3 * 0.044715 x^2).
+    u is emitted as x (k + k 0.044715 x^2), k = sqrt(2/pi), and 1/2 factored out: spelled as in the
+    formula, or with 0.5 x, onnxruntime 1.31 merges these nodes with a decomposed GELU's in the forward
+    (common subexpressions), then its FastGeluFusion drops a node the backward still reads.
     """
     x = _x(node)
     half, one = _c(b, 0.5, x), _c(b, 1, x)
@@ -198,9 +201,9 @@ def gelu(b, node, g):
     approx = approx.decode() if isinstance(approx, bytes) else approx
     if approx == "tanh":
         k = math.sqrt(2 / math.pi)
-        t = b.Tanh(b.Mul(_c(b, k, x), b.Add(x, b.Mul(_c(b, 0.044715, x), b.Mul(x2, x)))))
+        t = b.Tanh(b.Mul(x, b.Add(_c(b, k, x), b.Mul(_c(b, k * 0.044715, x), x2))))
         du = b.Mul(_c(b, k, x), b.Add(one, b.Mul(_c(b, 3 * 0.044715, x), x2)))
-        d = b.Add(b.Mul(half, b.Add(one, t)), b.Mul(b.Mul(half, x), b.Mul(b.Sub(one, b.Mul(t, t)), du)))
+        d = b.Mul(half, b.Add(b.Add(one, t), b.Mul(x, b.Mul(b.Sub(one, b.Mul(t, t)), du))))
     elif approx == "none":
         cdf = b.Mul(half, b.Add(one, b.Erf(b.Mul(x, _c(b, 1 / math.sqrt(2), x)))))
         pdf = b.Mul(_c(b, 1 / math.sqrt(2 * math.pi), x), b.Exp(b.Mul(x2, _c(b, -0.5, x))))
