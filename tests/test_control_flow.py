@@ -220,8 +220,11 @@ def test_guard_fires_on_a_silent_zero_and_names_the_node():
     x = np.random.default_rng(1).uniform(-1, 1, (4, 16)).astype(np.float32)
     w = np.random.default_rng(2).standard_normal((4, 16)).astype(np.float32)
     can = canonicalize(model)
-    attribution = onnxplain.Explainer(model, probabilities=True).explain(x, target_weights=w)
-    assert not np.any(attribution)  # the walker's blind spot this guard is for
+    # the walker's blind spot this guard is for: the Explainer refuses its all-zero gradient
+    for method in ("gradient", "integrated_gradients", "lrp_epsilon", "deeplift"):
+        with pytest.raises(OnnxplainError, match="identically zero.*carry no gradient: Cast"):
+            onnxplain.Explainer(model, probabilities=True).explain(x, method, target_weights=w)
+    attribution = np.zeros_like(x)
     with pytest.raises(OnnxplainError, match="carry no gradient: Cast") as err:
         check_not_silently_zero(can, "x", x, w, attribution, output="y")
     assert "\n" not in str(err.value) and "Cast" in str(err.value)

@@ -82,8 +82,8 @@ def bind(model: onnx.ModelProto, values: dict) -> onnx.ModelProto:
 
 
 def fix_shape(model: onnx.ModelProto, name: str, shape, keep_batch: bool = True) -> onnx.ModelProto:
-    """A copy of ``model`` whose input ``name`` has the concrete ``shape`` (the batch axis stays
-    symbolic when ``keep_batch`` and it was)."""
+    """A copy of ``model`` whose input ``name`` has the concrete ``shape`` (None for an axis: as declared;
+    the batch axis stays symbolic when ``keep_batch`` and it was)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     vi = next((v for v in out.graph.input if v.name == name), None)
@@ -93,6 +93,8 @@ def fix_shape(model: onnx.ModelProto, name: str, shape, keep_batch: bool = True)
     if len(dims) != len(shape):
         raise OnnxplainError(f"input '{name}' has rank {len(dims)}, and the shape given has {len(shape)} axes")
     for i, (d, n) in enumerate(zip(dims, shape)):
+        if n is None:  # this axis stays as the model declares it
+            continue
         if d.HasField("dim_value") and d.dim_value > 0 and d.dim_value != n:
             raise OnnxplainError(f"input '{name}' has {d.dim_value} on axis {i}, not {n}")
         if i == 0 and keep_batch and not d.HasField("dim_value"):

@@ -48,7 +48,7 @@ class Explainer:
         self._sessions: dict = {}
         self._children: dict = {}
         self.entry, self.inner = explained_tensor(source, input)
-        self.shape = None if input_shape is None else tuple(int(d) for d in input_shape)
+        self.shape = None if input_shape is None else tuple(None if d is None else int(d) for d in input_shape)
         if self.inner is not None:  # explained through an inner float tensor (an embedding): see run()
             model = promote(bind(source, self.feeds), self.inner)
             input = self.inner
@@ -169,8 +169,14 @@ class Explainer:
         sess = self._session(method, mode, params)
         names = [o.name for o in sess.get_outputs()]
         n = len(feeds[self.x.name])
-        step = 1 if self.fixed_batch == 1 else max(1, batch_size)
-        parts = [sess.run(names, {k: v[i:i + step] for k, v in feeds.items()}) for i in range(0, n, step)]
+        step = self.fixed_batch or max(1, batch_size)
+        parts = []
+        for i in range(0, n, step):
+            chunk = {k: v[i:i + step] for k, v in feeds.items()}
+            k = len(chunk[self.x.name])
+            if self.fixed_batch and k < step:  # a fixed batch: pad with copies of the last row, drop them after
+                chunk = {key: np.concatenate([v, np.repeat(v[-1:], step - k, 0)]) for key, v in chunk.items()}
+            parts.append([r[:k] for r in sess.run(names, chunk)])
         res = {name: np.concatenate([p[j] for p in parts]) for j, name in enumerate(names)}
         outputs = {k: v for k, v in res.items() if k not in ("attribution", "target_index")}
         return Explanation(attribution=res["attribution"], target=res.get("target_index"), outputs=outputs)
@@ -195,12 +201,52 @@ class Explainer:
         x = self.check_input(x)
         t = self.target(x, target, target_weights)
         try:
-            return m.run(self, x, t, opts, progress)
+            res = m.run(self, x, t, opts, progress)
         except ShapeError:
             if self.shape is not None:
                 raise
+        else:
+            if m.family in GUARDED and opts.get("unit") is None:
+                self.guard(x, t, res)
+            return res
         # a rule needs a size or rank only known at run time: the same explanation on the input's own shape
         return self.child(shape=x.shape[1:]).run(x, m.name, target, target_weights, progress=progress, **options)
+
+    def guard(self, x: np.ndarray, target: Target, res: Explanation) -> None:
+        """Refuse an attribution that is identically zero for an item whose explained score changes
+        with the input (a path the walker did not see): :func:`onnxplain.graph.guard.check_not_silently_zero`."""
+        zero = [i for i in range(len(x)) if not np.any(res.attribution[i])]
+        if not zero:
+            return
+        from onnxplain.graph.canonicalize import find_logits
+        from onnxplain.graph.guard import check_not_silently_zero
+        from onnxplain.graph.rewrite import class_axis_of
+
+        out = self.canonical.output(self.options.output)
+        logits = out if self.options.probabilities else find_logits(self.canonical.graph, out)[0]
+        # one check over the batch (fixed-batch models take no other): the score of the all-zero items only
+        if target.weights is not None:
+            w = np.zeros_like(target.weights)
+            w[zero] = target.weights[zero]
+        else:
+            y = self._logits_session().run([logits.name], {self.x.name: x})[0]
+            w = np.zeros_like(y)
+            ax = class_axis_of(logits, self.options)
+            for i in zero:
+                np.moveaxis(w[i], ax - 1, 0)[int(res.target[i])] = 1.0
+        check_not_silently_zero(self.canonical, self.x.name, x, w, np.zeros_like(x), output=logits.name)
+
+    def _logits_session(self):
+        if "logits" not in self._sessions:
+            from onnxplain.graph.canonicalize import export_graph, find_logits
+
+            out = self.canonical.output(self.options.output)
+            logits = out if self.options.probabilities else find_logits(self.canonical.graph, out)[0]
+            m = export_graph(self.canonical.graph, self.canonical.model)
+            if logits.name not in {o.name for o in m.graph.output}:
+                m.graph.output.append(onnx.helper.make_empty_tensor_value_info(logits.name))
+            self._sessions["logits"] = make_session(m, self.providers)
+        return self._sessions["logits"]
 
     def child(self, shape=None, feeds: dict | None = None) -> Explainer:
         """This explainer specialised to an input ``shape`` (without the batch axis) and/or more ``feeds``;
@@ -267,6 +313,7 @@ class Explainer:
         return self.run(x, method, target, **kw).attribution
 
 
+GUARDED = ("gradient", "LRP", "DeepLIFT")  # families whose all-zero map is checked against finite differences
 GRADIENT_MAPS = ("gradient", "smoothgrad", "guided_backprop", "deconvnet")  # maps to multiply by the embedding
 
 

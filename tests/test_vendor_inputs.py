@@ -1,0 +1,199 @@
+"""Vendor models as shipped: side inputs fed by the user, integer (token) inputs, sizes and ranks
+known only at run time. Oracles: finite differences in float64 (onnx.reference) or closed forms."""
+import numpy as np
+import onnx
+import onnx.parser
+import pytest
+from onnx import numpy_helper
+from oracle import run_ref, to_float64
+
+from onnxplain import Explainer, OnnxplainError
+from onnxplain.graph.specialise import unknown_shapes
+
+rng = np.random.default_rng(0)
+
+
+def _with(text: str, **weights) -> onnx.ModelProto:
+    m = onnx.parser.parse_model(text)
+    for name, value in weights.items():
+        m.graph.initializer.append(numpy_helper.from_array(np.asarray(value, dtype=np.float32), name))
+    onnx.checker.check_model(m)
+    return m
+
+
+def _fd(model, feeds: dict, wrt: str, out: str, w: np.ndarray, h: float = 1e-6, directions: int = 4):
+    """Directional derivatives of sum(w * out) along random directions, float64, onnx.reference."""
+    m64 = to_float64(model)
+    f64 = {k: v.astype(np.float64) if v.dtype == np.float32 else v for k, v in feeds.items()}
+    r = np.random.default_rng(1)
+    us = [r.normal(size=f64[wrt].shape) for _ in range(directions)]
+
+    def F(v):
+        return float(np.sum(w * run_ref(m64, {**f64, wrt: v})[out]))
+
+    return us, np.array([(F(f64[wrt] + h * u) - F(f64[wrt] - h * u)) / (2 * h) for u in us])
+
+
+def _agrees(attribution, us, fd, tol=1e-4):
+    an = np.array([np.sum(attribution.astype(np.float64) * u) for u in us])
+    return float(np.linalg.norm(an - fd) / max(np.linalg.norm(fd), 1e-12)) < tol
+
+
+# ---- side inputs: a recurrent state and a sample rate that an If branches on ---------------------------
+SIDE = """
+<ir_version: 8, opset_import: ["" : 17]>
+side (float[N,4] x, float[1,4] state, int64 sr) => (float[N,3] y) {
+    k = Constant <value = int64 {16000}> ()
+    is16 = Equal (sr, k)
+    xs = If (is16) <
+        then_branch = g1 () => (float[N,4] a) { a = Mul (x, x) },
+        else_branch = g2 () => (float[N,4] b) { b = Sin (x) }
+    >
+    z = Add (xs, state)
+    y = MatMul (z, W)
+}
+"""
+
+
+def test_side_inputs_are_fed_and_bound_as_constants():
+    model = _with(SIDE, W=rng.normal(size=(4, 3)))
+    x = rng.normal(size=(2, 4)).astype(np.float32)
+    state = rng.normal(size=(1, 4)).astype(np.float32)
+    with pytest.raises(OnnxplainError, match=r"need values: pass feeds=\{'state': \.\.\.\} \(command line: --feed "
+                                             r"state=FILE.npy"):
+        Explainer(model)
+    w = rng.normal(size=(2, 3)).astype(np.float32)
+    for sr in (16000, 8000):  # each rate takes its own branch; the If folds once sr is a constant
+        ex = Explainer(model, feeds={"state": state, "sr": np.int64(sr)})
+        a = ex.explain(x, "gradient", target_weights=w)
+        us, fd = _fd(model, {"x": x, "state": state, "sr": np.array(sr, np.int64)}, "x", "y", w)
+        assert _agrees(a, us, fd), sr
+    assert not any(n.op == "If" for n in ex.canonical.graph.nodes)  # folded to its branch
+    with pytest.raises(OnnxplainError, match=r"feed 'state' expects shape \[1, 4\], got \[2, 4\]"):
+        Explainer(model, feeds={"state": np.zeros((2, 4)), "sr": 16000})
+    with pytest.raises(OnnxplainError, match="no input named 'rate'"):
+        Explainer(model, feeds={"rate": 1, "state": state, "sr": 16000})
+    with pytest.raises(OnnxplainError, match="feed 'sr' must hold integers"):
+        Explainer(model, feeds={"state": state, "sr": 16000.5})
+
+
+# ---- integer inputs: token ids explained through their embedding ----------------------------------------
+TOKENS = """
+<ir_version: 8, opset_import: ["" : 17]>
+tok (int64[N,6] ids) => (float[N,3] logits) {
+    e = Gather (table, ids)
+    zero = Constant <value = int64 {0}> ()
+    keep = Greater (ids, zero)
+    m = Cast <to = 1> (keep)
+    ax = Constant <value = int64[1] {2}> ()
+    m3 = Unsqueeze (m, ax)
+    em = Mul (e, m3)
+    pooled = ReduceMean <axes = [1], keepdims = 0> (em)
+    logits = MatMul (pooled, W)
+}
+"""
+
+
+def test_token_ids_are_explained_through_the_embedding():
+    table, W = rng.normal(size=(10, 5)), rng.normal(size=(5, 3))
+    model = _with(TOKENS, table=table, W=W)
+    ids = np.array([[3, 1, 4, 1, 5, 0], [2, 7, 0, 0, 9, 6]], dtype=np.int64)
+    ex = Explainer(model)
+    assert ex.entry == "ids" and ex.inner == "e"
+    res = ex.run(ids, "gradient", target=[1, 2])
+    mask = (ids > 0).astype(np.float64)
+    # closed form: d logits[k] / d e[t, d] = mask[t] / T * W[d, k]
+    want = np.stack([mask[i][:, None] / 6 * W[:, k][None, :] for i, k in enumerate([1, 2])])
+    np.testing.assert_allclose(res.attribution, want, rtol=1e-5, atol=1e-7)
+    emb = table[ids]
+    np.testing.assert_allclose(res.outputs["token_scores"], (emb * want).sum(-1), rtol=1e-5, atol=1e-7)
+    assert res.outputs["token_scores"][0, 5] == 0 and res.outputs["token_scores"][1, 2] == 0  # padding
+    # integrated gradients from a zero embedding: complete, and exact for a model linear in e
+    ig = ex.run(ids, "integrated_gradients", target=[1, 2], steps=4)
+    logits = (emb * mask[..., None]).mean(1) @ W
+    np.testing.assert_allclose(ig.outputs["token_scores"].sum(1), logits[[0, 1], [1, 2]], rtol=1e-5)
+    assert ex.run(ids, "lrp_epsilon").outputs["token_scores"].shape == (2, 6)
+    with pytest.raises(OnnxplainError, match="takes integers"):
+        ex.explain(ids.astype(np.float32))
+
+
+def test_an_inner_float_tensor_can_be_the_explained_input():
+    W = rng.normal(size=(4, 3))
+    model = _with("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    inner (float[N,4] x) => (float[N,3] y) {
+        h = Tanh (x)
+        y = MatMul (h, W)
+    }""", W=W)
+    x = rng.normal(size=(2, 4)).astype(np.float32)
+    a = Explainer(model, input="h").explain(x, "gradient", target=[0, 2])
+    np.testing.assert_allclose(a, W[:, [0, 2]].T, rtol=1e-6)  # dy_k/dh = W[:, k], whatever x
+
+
+# ---- sizes known only at run time: Resize to twice the input's own size ----------------------------------
+DYNAMIC = """
+<ir_version: 8, opset_import: ["" : 17]>
+dyn (float[N,2,H,W] x) => (float[N,3] y) {
+    s = Shape (x)
+    lo = Constant <value = int64[1] {0}> ()
+    two = Constant <value = int64[1] {2}> ()
+    hi = Constant <value = int64[1] {4}> ()
+    nc = Slice (s, lo, two)
+    hw = Slice (s, two, hi)
+    hw2 = Mul (hw, two)
+    sizes = Concat <axis = 0> (nc, hw2)
+    r = Resize <mode = "linear", coordinate_transformation_mode = "half_pixel"> (x, , , sizes)
+    c = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (r, K)
+    t = Tanh (c)
+    p = GlobalAveragePool (t)
+    f = Flatten (p)
+    y = MatMul (f, V)
+}
+"""
+
+
+@pytest.mark.parametrize("hw", [(5, 5), (4, 7)])
+def test_symbolic_sizes_specialise_to_the_input(hw):
+    model = _with(DYNAMIC, K=rng.normal(size=(4, 2, 3, 3)) * 0.5, V=rng.normal(size=(4, 3)))
+    x = rng.normal(size=(2, 2, *hw)).astype(np.float32)
+    ex = Explainer(model)
+    w = rng.normal(size=(2, 3)).astype(np.float32)
+    a = ex.explain(x, "gradient", target_weights=w)
+    us, fd = _fd(model, {"x": x}, "x", "y", w)
+    assert _agrees(a, us, fd)
+    assert ex.shape is None and len(ex._children) == 1  # the specialised child did the work
+
+
+# ---- ranks that shape inference loses (data-dependent Squeeze, as Paddle's exporter writes) ---------------
+UNRANKED = """
+<ir_version: 8, opset_import: ["" : 13]>
+unranked (float[N,4,1,1] x) => (float[N,3] prob) {
+    s = Shape (x)
+    two = Constant <value = int64[1] {2}> ()
+    end = Constant <value = int64[1] {4}> ()
+    sp = Slice (s, two, end)
+    one = Constant <value = int64 {1}> ()
+    isone = Equal (sp, one)
+    nz = NonZero (isone)
+    flat = Constant <value = int64[1] {-1}> ()
+    ax0 = Reshape (nz, flat)
+    twos = Constant <value = int64 {2}> ()
+    axes = Add (ax0, twos)
+    q = Squeeze (x, axes)
+    logits = MatMul (q, W)
+    prob = Softmax <axis = -1> (logits)
+}
+"""
+
+
+def test_unknown_ranks_are_probed():
+    W = rng.normal(size=(4, 3))
+    model = _with(UNRANKED, W=W)
+    from onnxplain.graph.canonicalize import infer_shapes
+
+    assert "logits" in unknown_shapes(infer_shapes(model))  # the situation this test is about
+    x = rng.normal(size=(2, 4, 1, 1)).astype(np.float32)
+    res = Explainer(model).run(x, "gradient")
+    k = (x[:, :, 0, 0] @ W).argmax(1)
+    np.testing.assert_array_equal(res.target, k)
+    np.testing.assert_allclose(res.attribution[:, :, 0, 0], W[:, k].T, rtol=1e-6)  # d logit_k / dx = W[:, k]
