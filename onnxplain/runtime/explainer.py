@@ -206,7 +206,8 @@ class Explainer:
             if self.shape is not None:
                 raise
         else:
-            if m.family in GUARDED and opts.get("unit") is None:
+            custom = opts.get("rules") is not None or self.options.rules is not None  # a user's rules may zero
+            if m.family in GUARDED and opts.get("unit") is None and not custom:
                 self.guard(x, t, res)
             return res
         # a rule needs a size or rank only known at run time: the same explanation on the input's own shape
