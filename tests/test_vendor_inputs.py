@@ -197,3 +197,55 @@ def test_unknown_ranks_are_probed():
     k = (x[:, :, 0, 0] @ W).argmax(1)
     np.testing.assert_array_equal(res.target, k)
     np.testing.assert_allclose(res.attribution[:, :, 0, 0], W[:, k].T, rtol=1e-6)  # d logit_k / dx = W[:, k]
+
+
+# ---- the command line: --feed, --input-shape, and inspect telling the truth ---------------------------------
+def test_cli_feeds_input_shapes_and_inspect(tmp_path):
+    from typer.testing import CliRunner
+
+    from onnxplain.cli import app
+    from onnxplain.runtime.session import make_session
+
+    run = CliRunner().invoke
+    dyn = tmp_path / "dyn.onnx"
+    onnx.save(_with(DYNAMIC, K=rng.normal(size=(4, 2, 3, 3)) * 0.5, V=rng.normal(size=(4, 3))), dyn)
+    r = run(app, ["export", str(dyn), "-o", str(tmp_path / "d.onnx")])
+    assert r.exit_code == 2 and "--input-shape x=N,C,H,W" in r.output and not (tmp_path / "d.onnx").exists()
+    r = run(app, ["inspect", str(dyn)])
+    assert r.exit_code == 0 and "gradient: needs --input-shape to export" in r.output
+    r = run(app, ["export", str(dyn), "-o", str(tmp_path / "d.onnx"), "--input-shape", "x=1,2,5,6"])
+    assert r.exit_code == 0, r.output
+    x = rng.normal(size=(3, 2, 5, 6)).astype(np.float32)  # the batch axis stayed dynamic
+    got = make_session(onnx.load(tmp_path / "d.onnx")).run(["attribution"], {"x": x, "target": np.array([0, 1, 2])})[0]
+    np.testing.assert_allclose(got, Explainer(str(dyn)).explain(x, target=[0, 1, 2]), rtol=1e-5, atol=1e-6)
+
+    side = tmp_path / "side.onnx"
+    onnx.save(_with(SIDE, W=rng.normal(size=(4, 3))), side)
+    np.save(tmp_path / "x.npy", rng.normal(size=(1, 4)).astype(np.float32))
+    state = rng.normal(size=(1, 4)).astype(np.float32)
+    np.save(tmp_path / "state.npy", state)
+    r = run(app, ["explain", str(side), str(tmp_path / "x.npy"), "-d", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "--feed state=FILE.npy" in r.output
+    r = run(app, ["explain", str(side), str(tmp_path / "x.npy"), "-d", str(tmp_path / "o"),
+                  "--feed", f"state={tmp_path / 'state.npy'}", "--feed", "sr=8000"])
+    assert r.exit_code == 0, r.output
+    want = Explainer(str(side), feeds={"state": state, "sr": 8000}).explain(np.load(tmp_path / "x.npy"))
+    np.testing.assert_allclose(np.load(tmp_path / "o" / "x.gradient.npy"), want[0], rtol=1e-6)
+    r = run(app, ["inspect", str(side)])
+    assert "other inputs to feed (feeds= / --feed NAME=...): state, sr" in r.output
+    r = run(app, ["explain", str(side), str(tmp_path / "x.npy"), "--feed", "state"])
+    assert r.exit_code == 2 and "--feed takes NAME=FILE.npy or NAME=NUMBER" in r.output
+
+    tok = tmp_path / "tok.onnx"
+    onnx.save(_with(TOKENS, table=rng.normal(size=(10, 5)), W=rng.normal(size=(5, 3))), tok)
+    ids = np.array([[3, 1, 4, 1, 5, 0]], dtype=np.int64)
+    np.save(tmp_path / "ids.npy", ids)
+    r = run(app, ["explain", str(tok), str(tmp_path / "ids.npy"), "-m", "input_x_gradient", "-d", str(tmp_path / "t")])
+    assert r.exit_code == 0 and "token scores (position:score) input_x_gradient: 0:" in r.output, r.output
+    res = Explainer(str(tok)).run(ids, "input_x_gradient")
+    np.testing.assert_allclose(np.load(tmp_path / "t" / "ids.input_x_gradient.tokens.npy"),
+                               res.outputs["token_scores"][0], rtol=1e-6)
+    r = run(app, ["export", str(tok), "-m", "input_x_gradient", "-o", str(tmp_path / "tok.e.onnx")])
+    assert r.exit_code == 0 and "explains input 'e'" in r.output
+    got = make_session(onnx.load(tmp_path / "tok.e.onnx")).run(["attribution"], {"ids": ids})[0]
+    np.testing.assert_allclose(got, res.attribution, rtol=1e-5, atol=1e-7)

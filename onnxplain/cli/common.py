@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import typer
 
 from onnxplain.errors import OnnxplainError
@@ -236,3 +237,45 @@ def method_settings(methods, given: dict) -> dict:
             raise OnnxplainError(f"{flag} does not apply to {', '.join(m.name for m in methods)} "
                                  f"(it is an option of {', '.join(takers.get(name, ['no method']))})")
     return {m.name: m.settings({k: v for k, v in given.items() if m.option(k)}, cli=True) for m in methods}
+
+
+def opt_feed():
+    return typer.Option(None, "--feed", help="A value for another model input (recurrent state, sample rate, "
+                        "mask): NAME=FILE.npy or NAME=NUMBER; repeat for several. They are constants of the "
+                        "explanation; the attribution is taken with respect to the explained input only.")
+
+
+def parse_feeds(values) -> dict:
+    """``--feed NAME=FILE.npy`` / ``--feed NAME=3.5`` -> {name: array}."""
+    feeds = {}
+    for v in values or []:
+        name, sep, value = str(v).partition("=")
+        if not sep or not name or not value:
+            raise OnnxplainError(f"--feed takes NAME=FILE.npy or NAME=NUMBER, not '{v}'")
+        if value.lower().endswith(".npy"):
+            path = existing(Path(value), "feed file")
+            try:
+                feeds[name] = np.load(path, allow_pickle=False)
+            except Exception as exc:
+                raise OnnxplainError(f"cannot read {path} as a .npy array ({type(exc).__name__})") from None
+        else:
+            try:
+                feeds[name] = np.array(int(value)) if value.lstrip("-").isdigit() else np.array(float(value))
+            except ValueError:
+                raise OnnxplainError(f"--feed {name}: '{value}' is neither a .npy file nor a number") from None
+    return feeds
+
+
+def parse_input_shapes(values) -> dict:
+    """``--input-shape NAME=1,3,320,320`` -> {name: (1, 3, 320, 320)}."""
+    shapes = {}
+    for v in values or []:
+        name, sep, dims = str(v).partition("=")
+        try:
+            shape = tuple(int(d) for d in dims.replace("x", ",").split(",") if d.strip())
+        except ValueError:
+            shape = ()
+        if not sep or not name or not shape or any(d < 1 for d in shape):
+            raise OnnxplainError(f"--input-shape takes NAME=D1,D2,... with positive sizes, not '{v}'")
+        shapes[name] = shape
+    return shapes

@@ -11,7 +11,7 @@ import typer
 from onnxplain.errors import OnnxplainError
 
 from onnxplain.cli.app import app
-from onnxplain.cli.common import Progress, class_label, class_names, existing, method_settings, opt_class_axis, opt_input, opt_output, opt_prob, parse_methods, rules_file, running, same_file, status, with_method_options
+from onnxplain.cli.common import Progress, class_label, class_names, existing, method_settings, opt_class_axis, opt_feed, opt_input, opt_output, opt_prob, parse_feeds, parse_methods, rules_file, running, same_file, status, with_method_options
 
 
 @app.command()
@@ -33,6 +33,7 @@ def explain(
     size: Optional[str] = typer.Option(None, "--size", help="Resize to H W (or one int for both); default: the model's."),
     mean: Optional[str] = typer.Option(None, "--mean", help="Per-channel mean, subtracted after --scale (tensor channel order)."),
     std: Optional[str] = typer.Option(None, "--std", help="Per-channel std, divided after the mean."),
+    feed: Optional[list[str]] = opt_feed(),
     layout: Optional[str] = typer.Option(None, "--layout", help="NCHW or NHWC (default: from the model input)."),
     bgr: Optional[bool] = typer.Option(None, "--bgr/--rgb", help="Channel order of the tensor (default: the preset's)."),
     scale: Optional[str] = typer.Option(None, "--scale", help="Pixel multiplier, e.g. 1/255 (default: the preset's)."),
@@ -62,8 +63,10 @@ def explain(
     for s in settings.values():
         if s.get("rules") is not None:
             s["rules"] = rules_file(Path(s["rules"]))
-    ex = Explainer(str(model), input=input, output=output, probabilities=probabilities, class_axis=class_axis)
-    shape = ex.x.shape
+    ex = Explainer(str(model), input=input, output=output, probabilities=probabilities, class_axis=class_axis,
+                   feeds=parse_feeds(feed))
+    tokens = ex.inner is not None and ex.entry_integer  # token ids / bytes, explained through their embedding
+    shape = ex.entry_shape if ex.inner is not None else ex.x.shape
     has_images = any(p.suffix.lower() != ".npy" for p in images)
     try:
         recipe = preprocess.for_model(recipe, shape)
@@ -73,7 +76,7 @@ def explain(
         recipe = None  # .npy only, not an image input: attributions are written, no overlays
     if recipe is not None and recipe.layout == "NHWC":
         ex.options = replace(ex.options, channel_axis=3)
-    items = preprocess.load_items(images, recipe, shape, dtype=np_dtype(ex.x) or np.float32)
+    items = preprocess.load_items(images, recipe, shape, dtype=np_dtype(ex.x) or np.float32, integer=tokens)
     for it in items:  # validate everything before the first run: nothing half-written on bad input
         ex.check_input(it.tensor[None])
     if target is not None:
@@ -107,6 +110,7 @@ def explain(
     item_channel_axis = -1 if recipe is not None and recipe.layout == "NHWC" else 0
 
     results = {m: [None] * len(items) for m in methods}
+    tokens_out = [[] for _ in items]  # per item: one line of per-token scores per method
     summary = [None] * len(items)
     groups, start = [], 0
     while start < len(items):  # consecutive runs of same-shaped items, at most batch_size long
@@ -128,6 +132,10 @@ def explain(
                 for k, i in enumerate(range(s, e)):
                     a = res.attribution[k]
                     results[m][i] = a
+                    if "token_scores" in res.outputs:
+                        scores = res.outputs["token_scores"][k]
+                        tokens_out[i].append(f"{m}: " + " ".join(f"{j}:{v:+.3g}" for j, v in enumerate(scores)))
+                        written.append(render.save_npy(scores, out_dir / f"{items[i].name}.{m}.tokens.npy"))
                     if summary[i] is None:
                         summary[i] = _prediction(res, k, out_t.name, cax)
                     written.append(render.save_npy(a, out_dir / f"{items[i].name}.{m}.npy"))
@@ -149,6 +157,8 @@ def explain(
         if score is not None:
             parts.append(f"score {out_t.name}[{tgt}] = {score:.4g}")
         typer.echo("  ".join(parts))
+        for line in tokens_out[items.index(it)]:
+            typer.echo(f"  token scores (position:score) {line}")
 
     if len(methods) > 1:
         shown = [i for i, it in enumerate(items) if it.display is not None][:32]
@@ -168,7 +178,8 @@ def explain(
             written.append(render.save_png(pic, out_dir / "comparison.png"))
             if len([it for it in items if it.display is not None]) > len(shown):
                 typer.echo(f"comparison grid shows the first {len(shown)} images")
-    typer.echo(f"wrote {len(written)} files to {out_dir}/ (input {ex.x.name} {fmt_shape(_dims(shape))})")
+    typer.echo(f"wrote {len(written)} files to {out_dir}/ (input {ex.entry} {fmt_shape(_dims(shape))}"
+               + (f", explained through '{ex.inner}')" if ex.inner is not None else ")"))
 
 
 def _prediction(res, k: int, out_name: str, cax: int):

@@ -11,11 +11,12 @@ from typing import Optional
 
 import typer
 
-from onnxplain.errors import OnnxplainError
+from onnxplain.errors import OnnxplainError, ShapeError
+from onnxplain.graph.specialise import bind, specialised
 
 from onnxplain.methods.catalog import method as lookup
 from onnxplain.cli.app import app, one_line
-from onnxplain.cli.common import existing, fmt_io, human, method_settings, opt_class_axis, opt_input, opt_output, opt_prob, rules_file, same_file, status, with_method_options
+from onnxplain.cli.common import existing, fmt_io, human, method_settings, opt_class_axis, opt_feed, opt_input, opt_output, opt_prob, parse_feeds, parse_input_shapes, rules_file, same_file, status, with_method_options
 
 # the options of the table that change how an explanation graph is built
 GRAPH_OPTIONS = ("steps", "samples", "noise", "seed", "rules", "layer", "prefix_tokens")
@@ -35,6 +36,11 @@ def export(
     target_mode: str = typer.Option("class", "--target-mode",
                                     help="class: an int64 'target' input; weights: a 'target_weights' seed tensor."),
     class_axis: Optional[int] = opt_class_axis(),
+    feed: Optional[list[str]] = opt_feed(),
+    input_shape: Optional[list[str]] = typer.Option(None, "--input-shape", help="Specialise input NAME to a "
+                                                    "concrete shape, NAME=1,3,320,320 (repeatable): for rules that "
+                                                    "need sizes only known at run time (Resize on symbolic sizes, "
+                                                    "pads computed from shapes); the batch axis stays dynamic."),
     **method_options,
 ):
     """Write the explanation graph of MODEL: the model plus a backward pass and an `attribution` output."""
@@ -64,11 +70,23 @@ def export(
 
     src = load_model(model)
     before = len(src.graph.node)
+    feeds, shapes = parse_feeds(feed), parse_input_shapes(input_shape)
+    if feeds:
+        src = bind(src, feeds)
+    for name, shape in shapes.items():
+        src = specialised(src, name, shape)
     graph_params = {k: v for k, v in settings.items() if k in GRAPH_OPTIONS and v is not None}
     options = Options(input=input, output=output, probabilities=probabilities, target_mode=target_mode,
                       class_axis=class_axis, **graph_params)
     with status(f"building the {method} graph"):
-        graph = build(src, method, options)
+        try:
+            graph = build(src, method, options)
+        except ShapeError as exc:
+            if shapes:
+                raise
+            x = input or next((i.name for i in src.graph.input), "INPUT")
+            raise ShapeError(f"{exc}; export the graph for one input shape with --input-shape {x}=N,C,H,W "
+                             "(onnxplain explain and the Python API do this by themselves)") from None
     _check_and_save(graph, out, onnx)
     elapsed = time.perf_counter() - t0
 

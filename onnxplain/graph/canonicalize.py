@@ -44,18 +44,39 @@ class Canonical:
         return [t for t in self.graph.inputs if is_float(t)]
 
     def input(self, name: str | None = None):
-        """The explained input: by name, else the single/first float graph input."""
+        """The explained tensor: a float graph input by name (default: the first), any inner float tensor
+        by name, or, for an integer input (token ids, bytes), the first float tensor computed from it."""
         if name is not None:
             for t in self.graph.inputs:
                 if t.name == name:
-                    if not is_float(t):
-                        raise OnnxplainError(f"input '{name}' is not a float tensor; only float inputs can be explained")
-                    return t
-            raise OnnxplainError(f"model has no input named '{name}' (inputs: {[t.name for t in self.graph.inputs]})")
+                    return t if is_float(t) else self._embedding(t)
+            t = self.graph.tensors().get(name)
+            if t is not None and t.inputs and is_float(t):
+                return t
+            if t is not None:
+                raise OnnxplainError(f"tensor '{name}' is not a float tensor computed by the model; only those can "
+                                     "be explained")
+            raise OnnxplainError(f"model has no input or tensor named '{name}' "
+                                 f"(inputs: {[t.name for t in self.graph.inputs]})")
         floats = self.float_inputs()
-        if not floats:
-            raise OnnxplainError("model has no float input to explain")
-        return floats[0]
+        if floats:
+            return floats[0]
+        if not self.graph.inputs:
+            raise OnnxplainError("model has no input to explain")
+        return self._embedding(self.graph.inputs[0])
+
+    def _embedding(self, ids):
+        """The first float tensor computed from integer input ``ids`` (following integer tensors only)."""
+        reach = {ids.name}
+        for node in self.graph.nodes:  # topological order
+            if not any(t.name in reach for t in node.inputs):
+                continue
+            for o in node.outputs:
+                if is_float(o):
+                    return o
+                reach.add(o.name)
+        raise OnnxplainError(f"input '{ids.name}' is not a float tensor, and no float tensor is computed from it "
+                             "(an embedding) to explain instead")
 
     def output(self, name: str | None = None):
         if name is not None:

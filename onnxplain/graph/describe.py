@@ -99,6 +99,8 @@ def describe(model, input: str | None = None, output: str | None = None, probabi
                 unsupported.append({"op": key, "name": node.name})
         cam = cam_candidates(path)
         explained["path_nodes"] = len(path)
+        explained["needs_feeds"] = [t.name for t in can.graph.inputs if t.name not in _sources(x)]
+        info["exports"] = try_exports(proto, input, output, probabilities)
     except OnnxplainError as exc:
         explained = {"error": str(exc)}
     except Exception as exc:  # the analysis must not take the report down with it
@@ -116,6 +118,42 @@ def describe(model, input: str | None = None, output: str | None = None, probabi
     info["unsupported_on_path"] = unsupported
     info["cam_candidates"] = cam
     return info
+
+
+CHECKED = ("gradient", "guided_backprop", "lrp_epsilon_plus", "deeplift", "gradcam")  # one per rule family
+
+
+def _sources(x) -> set:
+    """Names of ``x`` and every tensor it is computed from (for an embedding: its token ids)."""
+    seen, stack = set(), [x]
+    while stack:
+        t = stack.pop()
+        if t.name in seen:
+            continue
+        seen.add(t.name)
+        for node in t.inputs:
+            stack.extend(node.inputs)
+    return seen
+
+
+def try_exports(proto, input, output, probabilities) -> dict:
+    """Build the explanation graph of one method per rule family, as ``export`` would: method -> "ok" or
+    the one-line reason it cannot be exported (a size known only at run time is reported as such)."""
+    from onnxplain.errors import ShapeError
+    from onnxplain.graph.rewrite import Options, build
+
+    result = {}
+    for m in CHECKED:
+        try:
+            build(proto, m, Options(input=input, output=output, probabilities=probabilities))
+            result[m] = "ok"
+        except ShapeError as exc:
+            result[m] = f"needs --input-shape to export ({exc}); explain specialises by itself"
+        except OnnxplainError as exc:
+            result[m] = str(exc)
+        except Exception as exc:  # noqa: BLE001 - reported, not raised: inspect describes
+            result[m] = f"internal error ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
+    return result
 
 
 def cam_candidates(path) -> list[dict]:
@@ -192,7 +230,19 @@ def format_text(info: dict) -> str:
         for r in un:
             out.append(f"  {r['op']} '{r['name']}'")
     else:
-        out.append("unsupported on the explained path: none (every gradient method can be exported)")
+        out.append("unsupported on the explained path: none")
+    exports = info.get("exports") or {}
+    if exports:
+        ok, bad = [m for m, r in exports.items() if r == "ok"], {m: r for m, r in exports.items() if r != "ok"}
+        yes, no = _marks()
+        out.append("export check (one method per rule family, built as `export` builds it):")
+        if ok:
+            out.append(f"  {yes} {', '.join(ok)}")
+        for m, r in bad.items():
+            out.append(f"  {no} {m}: {r}")
+    feeds = ex.get("needs_feeds") or []
+    if feeds:
+        out.append(f"other inputs to feed (feeds= / --feed NAME=...): {', '.join(feeds)}")
     cam = info["cam_candidates"]
     if cam:
         out.append("CAM candidate layers (last maps before the pooling/flatten/class-token head; * = default):")

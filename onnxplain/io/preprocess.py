@@ -245,7 +245,7 @@ class Item:
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 
-def load_items(paths, p: Preprocess | None, shape, dtype=np.float32) -> list[Item]:
+def load_items(paths, p: Preprocess | None, shape, dtype=np.float32, integer: bool = False) -> list[Item]:
     """Load images and ``.npy`` arrays; ``p`` must be resolved with :func:`for_model` for images.
 
     A ``.npy`` file holds one preprocessed item (the input's shape without the batch axis) or a
@@ -255,7 +255,7 @@ def load_items(paths, p: Preprocess | None, shape, dtype=np.float32) -> list[Ite
     items: list[Item] = []
     for path in map(Path, paths):
         if path.suffix.lower() == ".npy":
-            arr = _load_npy(path)
+            arr = _load_npy(path, integer)
             if rank is not None and arr.ndim == rank - 1:
                 arr = arr[None]
             if rank is not None and arr.ndim != rank:
@@ -278,7 +278,7 @@ def load_items(paths, p: Preprocess | None, shape, dtype=np.float32) -> list[Ite
     return items
 
 
-def _load_npy(path: Path) -> np.ndarray:
+def _load_npy(path: Path, integer: bool = False) -> np.ndarray:
     if not path.is_file():
         raise OnnxplainError(f"no such file: {path}")
     try:
@@ -287,7 +287,9 @@ def _load_npy(path: Path) -> np.ndarray:
         raise OnnxplainError(f"cannot read {path} as a .npy array ({type(exc).__name__})") from None
     if not isinstance(arr, np.ndarray):
         raise OnnxplainError(f"{path} does not hold a single array")
-    if not np.issubdtype(arr.dtype, np.floating):
+    if integer and not np.issubdtype(arr.dtype, np.integer):
+        raise OnnxplainError(f"{path}: the model takes integers (token ids), got {arr.dtype}")
+    if not integer and not np.issubdtype(arr.dtype, np.floating):
         raise OnnxplainError(f"{path}: array must be float, got {arr.dtype}")
     return arr
 

@@ -99,7 +99,21 @@ class Explainer:
         return c if isinstance(c, int) else None
 
     # ---- validation -----------------------------------------------------------------------
+    @property
+    def entry_shape(self):
+        """The declared shape of the graph input the user feeds (for an embedding: the token ids)."""
+        from onnxplain.graph.specialise import _dims
+
+        return _dims(next(v for v in self.source.graph.input if v.name == self.entry))
+
+    @property
+    def entry_integer(self) -> bool:
+        vi = next(v for v in self.source.graph.input if v.name == self.entry)
+        return vi.type.tensor_type.elem_type not in FLOATS
+
     def check_input(self, x) -> np.ndarray:
+        if self.inner is not None:
+            return self.check_entry(x)
         x = np.asarray(x)
         if x.dtype.name == "bfloat16":  # ml_dtypes' bfloat16 (no numpy type): bfloat16 models take float32
             x = x.astype(np.float32)
@@ -300,8 +314,7 @@ class Explainer:
 
         vi = next(v for v in self.source.graph.input if v.name == self.entry)
         a = np.asarray(ids)
-        integer = vi.type.tensor_type.elem_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE,
-                                                        onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+        integer = vi.type.tensor_type.elem_type not in FLOATS
         if a.dtype.kind not in ("iu" if integer else "iuf"):
             raise OnnxplainError(f"input '{self.entry}' takes {'integers (token ids)' if integer else 'numbers'}, "
                                  f"got {a.dtype}")
@@ -314,13 +327,14 @@ class Explainer:
         return self.run(x, method, target, **kw).attribution
 
 
+FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
 GUARDED = ("gradient", "LRP", "DeepLIFT")  # families whose all-zero map is checked against finite differences
 GRADIENT_MAPS = ("gradient", "smoothgrad", "guided_backprop", "deconvnet")  # maps to multiply by the embedding
 
 
 def explained_tensor(model: onnx.ModelProto, name: str | None):
     """(graph input the user feeds, inner float tensor to explain or None) for ``input=name``."""
-    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+    floats = FLOATS
     inputs = {vi.name: vi for vi in model.graph.input}
     inits = {t.name for t in model.graph.initializer}
     real = [n for n in inputs if n not in inits]
