@@ -340,7 +340,7 @@ def run_model(m: Model, model: onnx.ModelProto, label: str, repeats: int, direct
 
     import onnxplain
     from onnxplain.graph.canonicalize import find_logits
-    from onnxplain.methods import HEADS
+    from onnxplain.methods.catalog import METHODS as TABLE
     from onnxplain.runtime.session import make_session
 
     row = {"model": label, "category": m.category, "cells": {}, "fd": "-", "fd64": "-", "ratio": "-"}
@@ -353,7 +353,7 @@ def run_model(m: Model, model: onnx.ModelProto, label: str, repeats: int, direct
     all_feeds = {m.explain: x, **feeds}
     row["inputs"] = describe_inputs(model, m, all_feeds)
     try:
-        ex = onnxplain.Explainer(model, input=m.explain)
+        ex = onnxplain.Explainer(model, input=m.explain, feeds=feeds or None)
     except Exception as e:  # noqa: BLE001 - every failure is a table cell
         row["cells"] = {k: {"api": one_line(e)} for k in METHODS}
         log(f"    Explainer: {one_line(e)}")
@@ -400,7 +400,7 @@ def run_model(m: Model, model: onnx.ModelProto, label: str, repeats: int, direct
             tries = []
             if onehot is not None:
                 tries.append(("w", by_api, onehot))
-            if feeds and not extra and method in HEADS:
+            if feeds and not extra and TABLE.get(method).exportable:
                 tries.append(("+feeds", by_graph, w if w is not None else onehot))
             for name, fn, weights in tries:
                 try:
@@ -421,7 +421,16 @@ def run_model(m: Model, model: onnx.ModelProto, label: str, repeats: int, direct
     if wt is None:  # the argmax class: a one-hot weight
         wt = onehot
     try:
-        err, err64 = fd_error(m, model, explained, x, feeds, wt, grad, directions)
+        if ex.inner is not None:  # token ids: the gradient is w.r.t. their embedding, checked there
+            from dataclasses import replace as _replace
+
+            from onnxplain.graph.specialise import bind, promote
+
+            emb = ex._prefix().run([ex.inner], {m.explain: x})[0]
+            fd_model = promote(bind(model, {m.explain: x, **feeds}), ex.inner)
+            err, err64 = fd_error(_replace(m, explain=ex.inner), fd_model, explained, emb, {}, wt, grad, directions)
+        else:
+            err, err64 = fd_error(m, model, explained, x, feeds, wt, grad, directions)
         row["fd"], row["fd64"] = f"{err:.0e}", err64
     except Exception as e:  # noqa: BLE001
         row["fd"] = "✗ " + one_line(e, 120)
@@ -429,7 +438,8 @@ def run_model(m: Model, model: onnx.ModelProto, label: str, repeats: int, direct
     t = time.perf_counter()
     try:
         plain = make_session(model, threads=2)
-        gsess = make_session(ex.graph("gradient", "class" if gw is None else "weights"), threads=2)
+        done = next(iter(ex._children.values())) if ex._children else ex  # the specialised child, if one ran
+        gsess = make_session(done.graph("gradient", "class" if gw is None else "weights"), threads=2)
         want = {i.name for i in gsess.get_inputs()}
         gf = {**all_feeds, "target_weights": gw, "target": np.full(len(x), -1, np.int64)}
         gf = {k: v for k, v in gf.items() if k in want}

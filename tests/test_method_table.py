@@ -74,6 +74,8 @@ def test_unknown_method_suggests_close_names():
     ("rise", {"p": 0}, "above 0"),
     ("occlusion", {"score": "prob"}, "softmax, logit"),
     ("occlusion", {"fill": "blue"}, "number or one of mean"),
+    ("occlusion", {"window": 0}, "a positive integer or a pair"),
+    ("occlusion", {"stride": (2, 0)}, "a positive integer or a pair"),
     ("gradient", {"steps": 4}, "an option of integrated_gradients"),
     ("gradcam", {"layr": "c"}, "did you mean 'layer'"),
     ("gradient", {"batch_size": 0}, "at least 1"),

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from functools import partial
 
+import numpy as np
+
 from onnxplain.errors import OnnxplainError
 from onnxplain.methods import cam, cam_forward, deeplift, gradient, lime, lrp, modified, occlusion, perturbation, rise
 from onnxplain.methods.table import Method, Option, Table, finite_array
@@ -80,8 +82,18 @@ def _unit(where, value):
 
 
 def _pair_or_int(where, value):
-    t = (value, value) if isinstance(value, (int, float)) else tuple(value)
-    if len(t) != 2 or any(isinstance(a, bool) or int(a) != a or a < 1 for a in t):
+    """A positive int or an (h, w) pair of them; on the command line "8" or "8,16"."""
+    if isinstance(value, str):
+        try:
+            value = tuple(int(v) for v in value.split(",")) if "," in value else int(value)
+        except ValueError:
+            raise OnnxplainError(f"{where} must be a positive integer or two of them (H,W), not {value!r}") from None
+    try:
+        t = (value, value) if np.ndim(value) == 0 else tuple(value)
+        bad = len(t) != 2 or any(isinstance(a, bool) or int(a) != a or a < 1 for a in t)
+    except (TypeError, ValueError):
+        bad = True
+    if bad:
         raise OnnxplainError(f"{where} must be a positive integer or a pair of them, not {value!r}")
     return value
 
@@ -183,8 +195,8 @@ METHODS = Table((
            partial(run_forward_cam, method="ablationcam"), (LAYER, PREFIX), shape="[N, 1, H, W]"),
     Method("occlusion", "perturbation", "black-box", "signed", "score drop when a sliding patch is hidden",
            "Zeiler & Fergus 2014", run_occlusion,
-           (Option("window", int, 8, "patch size in pixels", min=1),
-            Option("stride", int, None, "patch step (default: the window)", min=1),
+           (Option("window", int, 8, "patch size in pixels (H,W for a rectangle)", check=_pair_or_int),
+            Option("stride", int, None, "patch step (default: the window)", check=_pair_or_int),
             Option("fill", float, 0.0, "what hidden patches show: a value in tensor space or 'mean' (the item's)",
                    choices=("mean",)),
             Option("blur", float, None, "patches show the image blurred with this Gaussian sigma instead of fill",
