@@ -34,6 +34,11 @@ class Canonical:
     model: onnx.ModelProto  # the original (loaded) model, for metadata
     fused: list = field(default_factory=list)  # graph.fuse.Fusion: decompositions fused into single ops
 
+    def copy(self) -> Canonical:
+        """A copy whose graph can be rewritten without touching this one (nodes and tensors are new;
+        weights are shared, and no rewrite changes a weight in place)."""
+        return Canonical(graph=self.graph.copy(), opset=self.opset, model=self.model, fused=list(self.fused))
+
     def tensor(self, name: str):
         t = self.graph.tensors().get(name)
         if t is None:

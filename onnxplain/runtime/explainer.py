@@ -71,7 +71,7 @@ class Explainer:
         key = (method, target_mode, tuple(sorted(params.items())))
         if key not in self._graphs:
             options = replace(self.options, target_mode=target_mode, **params)
-            self._graphs[key] = build(canonicalize(self.canonical.model), method, options)
+            self._graphs[key] = build(self.canonical.copy(), method, options)  # canonicalised once
         return self._graphs[key]
 
     def _session(self, method, target_mode, params: dict | None = None):
