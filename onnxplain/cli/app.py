@@ -158,10 +158,13 @@ def _main(version: bool = typer.Option(False, "--version", callback=_version_cal
 def version():
     """Print the onnxplain version (and those of onnx and onnxruntime)."""
     import onnx
-    import onnxruntime
 
     from onnxplain import __version__
+    from onnxplain.runtime.session import cuda_unusable_reason, installed_distributions, ort
 
-    typer.echo(f"onnxplain {__version__} (onnx {onnx.__version__}, onnxruntime {onnxruntime.__version__})")
+    rt = ort()
+    cuda = "CUDA usable" if not cuda_unusable_reason() else f"CPU only: {cuda_unusable_reason()}"
+    typer.echo(f"onnxplain {__version__} (onnx {onnx.__version__}, onnxruntime {rt.__version__} from "
+               f"{', '.join(installed_distributions()) or 'an unknown distribution'}; {cuda})")
 
 

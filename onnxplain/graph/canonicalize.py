@@ -141,9 +141,9 @@ def _symbolic_inference():
     torch whenever torch is installed, and onnxplain must not load torch."""
     import importlib.util
 
-    import onnxruntime
+    from onnxplain.runtime.session import ort
 
-    path = Path(onnxruntime.__file__).parent / "tools" / "symbolic_shape_infer.py"
+    path = Path(ort().__file__).parent / "tools" / "symbolic_shape_infer.py"
     spec = importlib.util.spec_from_file_location("onnxplain._ort_symbolic_shape_infer", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -69,11 +69,10 @@ def check_not_silently_zero(model, input_name: str, x: np.ndarray, weights: np.n
 
 def _open(model, input_name: str, output: str | None):
     """(Canonical or None, onnxruntime session, explained output name)."""
-    import onnxruntime as ort
-
     from onnxplain.graph.canonicalize import Canonical, canonicalize, export_graph
-    from onnxplain.runtime.session import make_session
+    from onnxplain.runtime.session import make_session, ort
 
+    ort = ort()
     if isinstance(model, ort.InferenceSession):
         names = [o.name for o in model.get_outputs()]
         output = output or names[0]

@@ -34,13 +34,18 @@ class Explainer:
     def __init__(self, model, *, input: str | None = None, output: str | None = None,
                  probabilities: bool = False, class_axis: int | None = None, channel_axis: int = 1,
                  rules=None, providers: list[str] | None = None, feeds: dict | None = None,
-                 input_shape=None):
+                 input_shape=None, device: str = "auto"):
         """``feeds``: values for the model's other inputs (recurrent state, sample rate, masks), constants
         of the explanation. ``input``: a graph input or any inner float tensor; an integer input (token
         ids, bytes) is explained through the first float tensor it produces (its embedding).
         ``input_shape``: specialise the explained input to this shape (the batch axis stays dynamic);
-        :meth:`run` does so by itself when a rule needs a size only known at run time."""
+        :meth:`run` does so by itself when a rule needs a size only known at run time.
+        ``device``: ``auto`` (CUDA when a session really starts on it), ``cpu`` or ``cuda`` (an error
+        when it cannot start); ``providers`` overrides it with onnxruntime provider names."""
+        from onnxplain.runtime.session import providers_for
+
         source = load_model(model)
+        providers = providers_for(device, providers)
         self.source, self.feeds, self.providers = source, dict(feeds or {}), providers
         self._kw = dict(output=output, probabilities=probabilities, class_axis=class_axis,
                         channel_axis=channel_axis, rules=rules, providers=providers)
