@@ -97,7 +97,7 @@ def fix_shape(model: onnx.ModelProto, name: str, shape, keep_batch: bool = True)
             continue
         if d.HasField("dim_value") and d.dim_value > 0 and d.dim_value != n:
             raise OnnxplainError(f"input '{name}' has {d.dim_value} on axis {i}, not {n}")
-        if i == 0 and keep_batch and not d.HasField("dim_value"):
+        if i == 0 and keep_batch and not (d.HasField("dim_value") and d.dim_value > 0):
             continue
         d.Clear()
         d.dim_value = int(n)
@@ -202,6 +202,6 @@ def specialised(model: onnx.ModelProto, name: str | None, shape) -> onnx.ModelPr
     if not unknown_shapes(inferred):
         return fixed
     vi = next(v for v in fixed.graph.input if v.name == name)
-    dims = [d.dim_value if d.HasField("dim_value") else 1 for d in vi.type.tensor_type.shape.dim]
+    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in vi.type.tensor_type.shape.dim]
     zero = np.zeros(dims, dtype=_np_dtype(vi.type.tensor_type.elem_type))
     return probe_shapes(inferred, {name: zero})

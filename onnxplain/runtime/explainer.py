@@ -52,6 +52,7 @@ class Explainer:
         self._graphs: dict = {}
         self._sessions: dict = {}
         self._children: dict = {}
+        self._needs_shape = False  # set when a rule needed a size only known at run time (see run)
         self.entry, self.inner = explained_tensor(source, input)
         self.shape = None if input_shape is None else tuple(None if d is None else int(d) for d in input_shape)
         if self.inner is not None:  # explained through an inner float tensor (an embedding): see run()
@@ -219,11 +220,14 @@ class Explainer:
             return self._run_inner(x, m, target, target_weights, opts, progress)
         x = self.check_input(x)
         t = self.target(x, target, target_weights)
+        if self._needs_shape:  # an earlier run met a size only known at run time: go to the specialised child
+            return self.child(shape=x.shape[1:]).run(x, m.name, target, target_weights, progress=progress, **options)
         try:
             res = m.run(self, x, t, opts, progress)
         except ShapeError:
             if self.shape is not None:
                 raise
+            self._needs_shape = True
         else:
             custom = opts.get("rules") is not None or self.options.rules is not None  # a user's rules may zero
             if m.family in GUARDED and opts.get("unit") is None and not custom:
