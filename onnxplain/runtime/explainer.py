@@ -118,7 +118,13 @@ class Explainer:
         return np.ascontiguousarray(w.astype(x.dtype))
 
     def target(self, x: np.ndarray, target=None, target_weights=None) -> Target:
-        """What to explain for the batch ``x``: one class per item (default: the arg-max) or a weight tensor."""
+        """What to explain for the batch ``x``: one class per item (default: the arg-max), a weight tensor
+        or a target object of :mod:`onnxplain.targets` (``Detection``, ``Region``, ``Sequence``, ...)."""
+        from onnxplain.targets import resolve
+
+        t = resolve(self, x, target, target_weights)
+        if t is not None:
+            return t
         if target_weights is not None:
             if target is not None:
                 raise OnnxplainError("give either target or target_weights, not both")
@@ -163,7 +169,8 @@ class Explainer:
         m = lookup(method)
         opts = m.settings(options)
         x = self.check_input(x)
-        return m.run(self, x, self.target(x, target, target_weights), opts, progress)
+        t = self.target(x, target, target_weights)
+        return m.run(t.explainer or self, x, t, opts, progress)  # t.explainer: the tensor a detection seeds
 
     def explain(self, x, method: str = "gradient", target=None, **kw) -> np.ndarray:
         """The attribution for ``x`` as a numpy array (see :meth:`run` for the options)."""
