@@ -95,6 +95,9 @@ def describe(model, input: str | None = None, output: str | None = None, probabi
                 unsupported.append({"op": key, "name": node.name})
         cam = cam_candidates(path)
         explained["path_nodes"] = len(path)
+        from onnxplain.targets import guess_task
+
+        explained["task"], explained["task_reason"] = guess_task(can.graph)
     except OnnxplainError as exc:
         explained = {"error": str(exc)}
     except Exception as exc:  # the analysis must not take the report down with it
@@ -163,6 +166,9 @@ def format_text(info: dict) -> str:
         else:
             out.append("          no Softmax/Sigmoid stripped: the output itself is explained")
         out.append(f"          {ex['path_nodes']} nodes on the explained path")
+        if ex.get("task"):
+            out.append(f"task      {ex['task']} (guessed from the outputs: {ex['task_reason']}; "
+                       "`explain --task` overrides)")
     out.append("")
     ops = info["op_types"]
     w = max([len(r["op"]) for r in ops] + [7])
