@@ -102,12 +102,7 @@ def explain(
         from onnxplain.methods.featurevis import check_cli_unit
 
         check_cli_unit(ex, [m.name for m in methods], unit, target)
-    with status("building explanation graphs"):
-        for m in methods:
-            if unit is None and m.exportable:
-                params = {k: settings[m.name][k] for k in ("layer", "prefix_tokens", "rules")
-                          if settings[m.name].get(k) is not None}
-                ex.graph("gradient" if m.kind == "looped" else m.name, "class", **params)
+    entries = methods
     methods = [m.name for m in methods]
 
     out_dir = Path(out_dir)
@@ -122,7 +117,7 @@ def explain(
 
     names = class_names(ex.canonical.model, labels)
     out_t = ex.canonical.output(ex.options.output)
-    cax = class_axis_of(out_t, ex.options) if out_t.shape is not None else 1
+    cax = class_axis_of(out_t, ex.options) if out_t.shape is not None and len(out_t.shape) >= 2 else 1
     item_channel_axis = -1 if recipe is not None and recipe.layout == "NHWC" else 0
 
     results = {m: [None] * len(items) for m in methods}
@@ -143,6 +138,12 @@ def explain(
         with running("resolving the target"):
             resolved[(s, e)] = ex.target(x, spec if spec is not None else target, w)
     first = resolved[groups[0]] if groups else None
+    with status("building explanation graphs"):
+        for m in entries:
+            if unit is None and m.exportable and first is not None:
+                params = {k: settings[m.name][k] for k in ("layer", "prefix_tokens", "rules")
+                          if settings[m.name].get(k) is not None}
+                (first.explainer or ex).graph("gradient" if m.kind == "looped" else m.name, first.mode, **params)
     if first is not None and first.mode == "weights" and first.notes:
         guessed = "" if task else " (guessed from the outputs; --task overrides)"
         kind = type(first.spec).__name__.lower() if first.spec is not None else "weights"
