@@ -167,6 +167,24 @@ def test_black_box_methods_take_detection_targets(method):
         assert m[inside].mean() > m[~inside].mean() + 2 * m[~inside].std()
 
 
+def test_d_rise_weights_masks_by_detection_similarity():
+    ex = Explainer(yolo_head())
+    a = 5
+    m = ex.run(X, "d_rise", target=tg.Detection(box=xyxy(a), cls=1), n_masks=600, cells=4).attribution[0, 0]
+    inside = block_mask(a)
+    assert m[inside].mean() > m[~inside].mean() + 2 * m[~inside].std()
+    t = ex.target(X, tg.Detection(box=xyxy(a), cls=1))
+    from onnxplain.methods.drise import similarity
+
+    same = tg.Candidates(np.array([xyxy(a)], float), t.items[0]["scores"][None], np.ones(1))
+    assert similarity(t.items[0]["box"], t.items[0]["scores"], same) == pytest.approx(1.0)  # itself: IoU 1, cos 1
+    conf = t.items[0]["scores"].max()
+    assert similarity(t.items[0]["box"], t.items[0]["scores"], same, objectness=False) == pytest.approx(conf)
+    shifted = tg.Candidates(np.array([[xyxy(a)[0] + 1, xyxy(a)[1], xyxy(a)[2] + 1, xyxy(a)[3]]], float),
+                            t.items[0]["scores"][None], np.full(1, 0.5))
+    assert similarity(t.items[0]["box"], t.items[0]["scores"], shifted) == pytest.approx(0.5 / 3)  # IoU 1/3 x O
+
+
 def test_separate_outputs_ssd_layout_switches_the_explained_tensor():
     """SSD style: boxes [N, A, 4] first, scores [N, A, C] second; the default explained output is the
     boxes, the detection explains the scores tensor."""
@@ -362,3 +380,22 @@ def test_one_channel_map_occlusion_is_not_a_softmax_over_one_class():
     mask[:4, :4] = True
     r = ex.run(X, "occlusion", window=2, target=tg.Region(mask)).attribution[0, 0]
     assert np.any(r[:5, :5] != 0) and np.all(r[6:, :] == 0) and np.all(r[:, 6:] == 0)
+
+
+@pytest.mark.parametrize("method,opts", [("occlusion", {"window": 4}), ("rise", {"n_masks": 30}),
+                                         ("lime", {"samples": 30, "n_segments": 6}),
+                                         ("kernelshap", {"samples": 30, "n_segments": 6}),
+                                         ("meaningful_perturbation", {"iterations": 2})])
+def test_black_box_weights_equal_the_class_logit(method, opts):
+    """A one-hot weight on class k scores sum(w * y) = y_k: the class target's logit score, map for map."""
+    from models import tiny_cnn
+
+    ex = Explainer(tiny_cnn(softmax=False))
+    x = np.random.default_rng(0).uniform(size=(2, 3, 8, 8)).astype(np.float32)
+    w = np.zeros((2, 5), np.float32)
+    w[0, 3] = w[1, 1] = 1
+    score = {} if method in ("lime", "kernelshap") else {"score": "logit"}
+    a = ex.run(x, method, target=np.array([3, 1]), **score, **opts).attribution
+    b = ex.run(x, method, target_weights=w, **score, **opts).attribution
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert np.any(a != 0)

@@ -7,7 +7,9 @@ to a proposal ``d_j`` is
 
     s(d_t, d_j) = IoU(box_t, box_j) * O_j * cos(P_t, P_j)
 
-(``O_j = 1`` for detectors without objectness) and a mask's weight is the best over the masked
+(``O_j``: the objectness; for detectors without one, the proposal's confidence ``max_c P_j`` --
+the paper's probability vectors hold a background class whose share carries the confidence, which
+a cosine of sigmoid class scores alone ignores) and a mask's weight is the best over the masked
 image's proposals, ``w_i = max_j s(d_t, d_j)``. The saliency is ``S = sum_i w_i M_i / n_masks``
 (the paper's weighted sum of masks, normalised by their number).
 
@@ -23,14 +25,15 @@ from onnxplain.methods.occlusion import spatial_axes
 from onnxplain.methods.rise import CHUNK, Masks
 
 
-def similarity(box_t, probs_t, cand) -> float:
-    """max over proposals of IoU x objectness x cosine of the class probabilities."""
+def similarity(box_t, probs_t, cand, objectness: bool = True) -> float:
+    """max over proposals of IoU x objectness (or, without, the confidence) x cosine of the class probabilities."""
     from onnxplain.targets import iou
 
     ov = iou(box_t, cand.boxes)
     p = cand.probs
     cos = p @ probs_t / (np.linalg.norm(p, axis=1) * np.linalg.norm(probs_t) + 1e-12)
-    return float(np.max(ov * cand.objectness * cos)) if len(ov) else 0.0
+    conf = cand.objectness if objectness else p.max(axis=1)
+    return float(np.max(ov * conf * cos)) if len(ov) else 0.0
 
 
 def explain(explainer, x: np.ndarray, target, *, n_masks: int = 1000, cells: int = 8, p: float = 0.5, seed: int = 0,
@@ -70,7 +73,8 @@ def explain(explainer, x: np.ndarray, target, *, n_masks: int = 1000, cells: int
 
             prog = None if progress is None else (lambda d, _t, base_done=done: progress(base_done + d, total))
             outs = drv.outputs_rows(rows, len(m), batch_size, prog)
-            s = np.array([similarity(box_t, probs_t, spec.decode(lay, outs, r, size)) for r in range(len(m))])
+            obj = lay.objectness is not None and spec.use_objectness
+            s = np.array([similarity(box_t, probs_t, spec.decode(lay, outs, r, size), obj) for r in range(len(m))])
             sal[item] += np.tensordot(s, m, axes=1)
             done += len(m)
     attribution = np.expand_dims(sal / masks.n, c).astype(x.dtype)
