@@ -205,6 +205,17 @@ def train(model, batches, loss_fn, seconds, epochs, lr=3e-3):
     return model
 
 
+def fix_output_shape(path, dims):
+    """Declare the output's shape (the exporter leaves Concat-made dimensions symbolic): ['N', *dims]."""
+    m = onnx.load(str(path))
+    shape = m.graph.output[0].type.tensor_type.shape
+    for d, v in zip(shape.dim[1:], dims):
+        d.ClearField("dim_param")
+        d.dim_value = v
+    onnx.checker.check_model(m, full_check=True)
+    onnx.save(m, str(path))
+
+
 def export(model, path, output, doc):
     torch.onnx.export(model, (torch.zeros(1, 3, 64, 64),), str(path), dynamo=False, opset_version=17,
                       input_names=["image"], output_names=[output],
@@ -213,7 +224,7 @@ def export(model, path, output, doc):
     m.producer_name = "onnxplain-demo"
     m.doc_string = doc
     onnx.save(m, str(path))
-    print(f"saved {path} ({path.stat().st_size} bytes, sha256 {hashlib.sha256(path.read_bytes()).hexdigest()})")
+    print(f"saved {path}")
 
 
 def batchify(x, *ys, bs=64):
@@ -241,9 +252,11 @@ def main():
                "Demo detector for onnxplain (YOLOv8-like grid head, no NMS): input 'image' float32 "
                "[N,3,64,64] in [0,1]; output 'detections' [N, 4+5, 64]: per anchor (8x8 grid cell, row-major) "
                "cx, cy, w, h in pixels then the sigmoid scores of " + ", ".join(CLASS_NAMES) + ".")
+        fix_output_shape(path, (4 + C, GRID * GRID))
         out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": xt})[0]
         with torch.no_grad():
             assert np.allclose(out, model(torch.from_numpy(xt)).numpy(), atol=1e-4)
+        print(f"sha256 {hashlib.sha256(path.read_bytes()).hexdigest()}")
         m, aps = mean_ap(out, lt, bt)
         print(f"detector held-out mAP@0.5 {m:.3f} per class " + ", ".join(f"{a:.3f}" for a in aps))
     if args.only in (None, "segment"):
@@ -253,7 +266,9 @@ def main():
         export(model, path, "logits",
                "Demo segmenter for onnxplain: input 'image' float32 [N,3,64,64] in [0,1]; output 'logits' "
                "[N, 6, 64, 64]: background, " + ", ".join(CLASS_NAMES) + " (no softmax).")
+        fix_output_shape(path, (1 + C, 64, 64))
         out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": xt})[0]
+        print(f"sha256 {hashlib.sha256(path.read_bytes()).hexdigest()}")
         miou, acc = seg_scores(out, seg_targets(lt, mt).numpy())
         print(f"segmenter held-out mean IoU {miou:.3f} pixel accuracy {acc:.3f}")
 
