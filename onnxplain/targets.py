@@ -430,7 +430,7 @@ def run_plain(model, explainer, x) -> dict:
 
     sess = make_session(model, explainer.providers)
     names = [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(names, {explainer.x.name: x})))
+    return dict(zip(names, sess.run(names, {explainer.x.name: x}), strict=True))
 
 
 def find_nms(graph):

@@ -224,7 +224,8 @@ def run_task_demo(out_dir, task: str, n: int = 4, seed: int = SEED, methods=None
     what = "the detection best matching each object's box (yellow; faint: other detections)" if task == "detect" \
         else "each object's class map summed over its mask (green outline)"
     pic = render.grid(rows, titles=["target", *methods], row_titles=titles,
-                      note=f"target: {what}; colour scale: 99.5th percentile of |a| per map; rise, d_rise: above their mean")
+                      note=f"target: {what}; colour scale: 99.5th percentile of |a| per map; "
+                           "rise, d_rise: above their mean")
     render.save_png(pic, out / f"demo_{task}.png")
     res.files.append(out / f"demo_{task}.png")
     return res

@@ -68,7 +68,7 @@ def explain(explainer, x: np.ndarray, target, *, n_masks: int = 1000, cells: int
         for item in range(n):
             box_t, probs_t = target.items[item]["box"], target.items[item]["scores"]
 
-            def rows(a, b, item=item):
+            def rows(a, b, item=item, mk=mk):
                 return x[item:item + 1] * mk[a:b]
 
             prog = None if progress is None else (lambda d, _t, base_done=done: progress(base_done + d, total))
