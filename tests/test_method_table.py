@@ -27,7 +27,7 @@ def _x(n=2, seed=0):
 
 def test_entries_are_complete_and_consistent():
     names = METHODS.names()
-    assert len(names) == len(set(names)) == 29
+    assert len(names) == len(set(names)) == 30
     for m in METHODS:
         assert m.kind in KINDS and m.map in MAPS and m.summary and m.paper and callable(m.run)
         assert (m.head is not None) == (m.kind in ("graph", "looped")), m.name
@@ -98,6 +98,17 @@ def test_gradcam_layer_is_used_not_ignored():
 @pytest.mark.parametrize("name", METHODS.names())
 def test_every_method_runs_and_keeps_its_declared_map(name):
     m = METHODS.get(name)
+    if name == "d_rise":  # explains detections: the hand-written detector head of test_targets
+        from test_targets import yolo_head
+
+        x = np.random.default_rng(0).uniform(size=(2, 1, 8, 8)).astype(np.float32)
+        ex = Explainer(yolo_head())
+        ex.task = "detect"  # its [N, 6, 16] output is too small for the guess
+        a = ex.run(x, name, n_masks=40, cells=4).attribution
+        assert a.shape == (2, 1, 8, 8) and np.isfinite(a).all() and a.min() >= 0 and a.max() > 0
+        with pytest.raises(OnnxplainError, match="Detection target"):
+            Explainer(tiny_cnn()).run(_x(), name, n_masks=4)
+        return
     res = Explainer(tiny_cnn()).run(_x(), name, **SMALL.get(name, {}))
     a = res.attribution
     assert np.isfinite(a).all() and np.abs(a).max() > 0

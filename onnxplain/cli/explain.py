@@ -23,7 +23,24 @@ def explain(
     method: list[str] = typer.Option(["gradient"], "--method", "-m",
                                      help="Attribution methods, comma-separated or repeated (several: a comparison "
                                           "grid is written too); any spelling or alias of the README's table."),
-    target: Optional[int] = typer.Option(None, "--target", "-t", help="Class to explain (default: the predicted one)."),
+    target: Optional[int] = typer.Option(None, "--target", "-t", help="Class to explain (default: the predicted one; "
+                                         "with --task detect: the best detection of that class)."),
+    task: Optional[str] = typer.Option(None, "--task", help="classify, detect, segment or sequence: what the default "
+                                       "target is (default: guessed from the outputs; `inspect` shows the guess)."),
+    target_weights: Optional[Path] = typer.Option(None, "--target-weights", help="A .npy seed of the explained "
+                                                  "output's shape: explain sum(w * output)."),
+    box: Optional[str] = typer.Option(None, "--box", help="Explain the detection that best matches this box: "
+                                      "x1,y1,x2,y2 in input-tensor pixels (with --class: of that class)."),
+    klass: Optional[int] = typer.Option(None, "--class", help="The class of --box or --region (default: the "
+                                        "predicted one)."),
+    detector: str = typer.Option("yolov8", "--detector", help="Detector output layout: yolov8 [N,4+C,A], yolov5 "
+                                 "[N,A,5+C], ssd (boxes + scores outputs), detr (logits + cxcywh boxes)."),
+    coordinate: Optional[int] = typer.Option(None, "--coordinate", min=0, max=3, help="Explain one box number "
+                                             "(0-3) of the detection instead of its score (ODAM)."),
+    region: Optional[Path] = typer.Option(None, "--region", help="A mask image (non-zero = inside) or .npy: explain "
+                                          "the sum of the --class map inside it (segmenters, dense maps)."),
+    position: Optional[str] = typer.Option(None, "--position", help="Sequence outputs [N, T, V]: T[:TOKEN] explains "
+                                           "one token at timestep T; cK the K-th character of the greedy CTC decode."),
     out_dir: Path = typer.Option(Path("out"), "--out-dir", "-d", help="Folder for the PNG and NPY files."),
     input: Optional[str] = opt_input(),
     output: Optional[str] = opt_output(),
@@ -79,19 +96,16 @@ def explain(
     items = preprocess.load_items(images, recipe, shape, dtype=np_dtype(ex.x) or np.float32, integer=tokens)
     for it in items:  # validate everything before the first run: nothing half-written on bad input
         ex.check_input(it.tensor[None])
-    if target is not None:
+    spec, weights_file = _target_spec(ex, task, target, target_weights, box, klass, detector, coordinate, region,
+                                      position)
+    if target is not None and spec is None and weights_file is None:
         ex.check_target(target, 1)
     unit = next((s["unit"] for s in settings.values() if s.get("unit") is not None), None)
     if unit is not None:
         from onnxplain.methods.featurevis import check_cli_unit
 
         check_cli_unit(ex, [m.name for m in methods], unit, target)
-    with status("building explanation graphs"):
-        for m in methods:
-            if unit is None and m.exportable:
-                params = {k: settings[m.name][k] for k in ("layer", "prefix_tokens", "rules")
-                          if settings[m.name].get(k) is not None}
-                ex.graph("gradient" if m.kind == "looped" else m.name, "class", **params)
+    entries = methods
     methods = [m.name for m in methods]
 
     out_dir = Path(out_dir)
@@ -106,7 +120,7 @@ def explain(
 
     names = class_names(ex.canonical.model, labels)
     out_t = ex.canonical.output(ex.options.output)
-    cax = class_axis_of(out_t, ex.options) if out_t.shape is not None else 1
+    cax = class_axis_of(out_t, ex.options) if out_t.shape is not None and len(out_t.shape) >= 2 else 1
     item_channel_axis = -1 if recipe is not None and recipe.layout == "NHWC" else 0
 
     results = {m: [None] * len(items) for m in methods}
@@ -120,36 +134,69 @@ def explain(
         groups.append((start, end))
         start = end
     written = []
+    resolved = {}  # (start, end) -> the Target of that group, resolved once for every method
+    for s, e in groups:
+        x = np.stack([it.tensor for it in items[s:e]])
+        w = None if weights_file is None else \
+            (weights_file[s:e] if len(weights_file) == len(items) and len(items) > 1 else weights_file)
+        with running("resolving the target"):
+            resolved[(s, e)] = ex.target(x, spec if spec is not None else target, w)
+    first = resolved[groups[0]] if groups else None
+    with status("building explanation graphs"):
+        for m in entries:
+            if unit is None and m.exportable and first is not None:
+                params = {k: settings[m.name][k] for k in ("layer", "prefix_tokens", "rules")
+                          if settings[m.name].get(k) is not None}
+                (first.explainer or ex).graph("gradient" if m.kind == "looped" else m.name, first.mode, **params)
+    if first is not None and first.mode == "weights" and first.notes:
+        guessed = "" if task else " (guessed from the outputs; --task overrides)"
+        kind = type(first.spec).__name__.lower() if first.spec is not None else "weights"
+        typer.echo(f"target: {kind}{guessed if kind in ('detection', 'region', 'sequence') and spec is None else ''}")
+    written = []
     with Progress(len(methods) * len(items), "explaining") as bar:
         for m in methods:
             for s, e in groups:
                 bar(description=f"{m}")
                 x = np.stack([it.tensor for it in items[s:e]])
+                tg = resolved[(s, e)]
                 with running(f"running {m}"):
-                    res = ex.run(x, m, target=target, batch_size=batch_size,
+                    res = ex.run(x, m, target=tg, batch_size=batch_size,
                                  progress=(lambda d, t, m=m: bar(description=f"{m} ({d}/{t} passes)")),
                                  **{k: v for k, v in settings[m].items() if k != "batch_size"})
                 for k, i in enumerate(range(s, e)):
                     a = res.attribution[k]
+                    note = tg.notes[k] if tg.notes else "the target"
+                    if not np.any(a):
+                        raise OnnxplainError(f"{m} gives an all-zero map for {items[i].name} ({note}): the explained "
+                                             "score does not depend on the input there; nothing written for it -- "
+                                             "choose another target (--task, --box, --region, --position) or method")
                     results[m][i] = a
                     if "token_scores" in res.outputs:
                         scores = res.outputs["token_scores"][k]
                         tokens_out[i].append(f"{m}: " + " ".join(f"{j}:{v:+.3g}" for j, v in enumerate(scores)))
                         written.append(render.save_npy(scores, out_dir / f"{items[i].name}.{m}.tokens.npy"))
                     if summary[i] is None:
-                        summary[i] = _prediction(res, k, out_t.name, cax)
+                        summary[i] = _prediction(res, k, out_t.name, cax) if tg.mode == "class" else (None, None, None)
                     written.append(render.save_npy(a, out_dir / f"{items[i].name}.{m}.npy"))
                     if items[i].display is not None:
                         a2 = render.to_2d(a, channel_axis=item_channel_axis)
                         pic = render.overlay(items[i].display, a2, signed=render.is_signed(m), alpha=alpha)
+                        item = dict(tg.items[k]) if tg.items else None
+                        if item is not None:
+                            item["caption"] = f"{m}: {item.get('caption', '')}"
+                        pic = render.annotate(pic, item, source_size=_hw(items[i].tensor, item_channel_axis))
                         written.append(render.save_png(pic, out_dir / f"{items[i].name}.{m}.png"))
                 bar(advance=e - s)
 
     # one line per item: prediction, explained target, score
     w = max(len(it.source.name if it.source.suffix.lower() != ".npy" else it.name) for it in items)
-    for it, s in zip(items, summary):
+    notes = {i: resolved[(s, e)].notes[i - s] for s, e in groups for i in range(s, e) if resolved[(s, e)].notes}
+    for i, (it, s) in enumerate(zip(items, summary)):
         label = it.source.name if it.source.suffix.lower() != ".npy" else it.name
         pred, tgt, score = s
+        if pred is None and tgt is None and i in notes:
+            typer.echo(f"{label:<{w}}  target {notes[i]}")
+            continue
         parts = [f"{label:<{w}}"]
         if pred is not None:
             parts.append(f"predicted {class_label(pred, names)}")
@@ -167,9 +214,14 @@ def explain(
             for i in shown:
                 maps = [render.to_2d(results[m][i], channel_axis=item_channel_axis) for m in methods]
                 common = render.shared_scale(maps) if shared_scale else None
-                rows.append([items[i].display] + [render.overlay(items[i].display, a2, signed=render.is_signed(m),
-                                                                 alpha=alpha, scale=common)
-                                                  for a2, m in zip(maps, methods)])
+                tg = next(resolved[(s, e)] for s, e in groups if s <= i < e)
+                mark = {k: v for k, v in tg.items[i - groups_start(groups, i)].items() if k != "caption"} \
+                    if tg.items else None
+                hw = _hw(items[i].tensor, item_channel_axis)
+                rows.append([render.annotate(items[i].display, mark, hw)] +
+                            [render.annotate(render.overlay(items[i].display, a2, signed=render.is_signed(m),
+                                                            alpha=alpha, scale=common), mark, hw)
+                             for a2, m in zip(maps, methods)])
                 row_titles.append(items[i].name)
             bars = (["signed"] if any(render.is_signed(m) for m in methods) else []) + \
                 (["positive"] if any(not render.is_signed(m) for m in methods) else [])
@@ -195,3 +247,75 @@ def _prediction(res, k: int, out_name: str, cax: int):
     return pred, tgt, score
 
 
+
+
+def groups_start(groups, i: int) -> int:
+    return next(s for s, e in groups if s <= i < e)
+
+
+def _hw(tensor: np.ndarray, channel_axis: int) -> tuple[int, int]:
+    """(H, W) of one item's tensor [C, H, W] (channel_axis 0) or [H, W, C] (-1)."""
+    if tensor.ndim != 3:
+        return tuple(tensor.shape[-2:])
+    return tuple(tensor.shape[1:]) if channel_axis == 0 else tuple(tensor.shape[:2])
+
+
+def _target_spec(ex, task, target, target_weights, box, klass, detector, coordinate, region, position):
+    """The target object the target options name (None: a plain class or the task's default) and the
+    --target-weights array; also sets the explainer's task."""
+    from onnxplain import targets as tg
+
+    if task is not None and task not in tg.TASKS:
+        raise OnnxplainError(f"--task must be one of {', '.join(tg.TASKS)}, not '{task}'")
+    if detector not in tg.PRESETS:
+        raise OnnxplainError(f"--detector must be one of {', '.join(tg.PRESETS)}, not '{detector}'")
+    ex.task, ex.layout = task, detector
+    given = [n for n, v in (("--target", target), ("--target-weights", target_weights), ("--box", box),
+                            ("--region", region), ("--position", position)) if v is not None]
+    if len(given) > 1:
+        raise OnnxplainError(f"give one target option, not {' and '.join(given)}")
+    if klass is not None and target is not None:
+        raise OnnxplainError("give --class (with --box or --region) or --target, not both")
+    weights = None
+    if target_weights is not None:
+        existing(target_weights)
+        try:
+            weights = np.load(target_weights, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise OnnxplainError(f"--target-weights {target_weights}: not a readable .npy array ({exc})") from None
+        return None, weights
+    if box is not None:
+        try:
+            b = tuple(float(v) for v in box.split(","))
+        except ValueError:
+            b = ()
+        if len(b) != 4 or not (b[2] > b[0] and b[3] > b[1]):
+            raise OnnxplainError(f"--box must be x1,y1,x2,y2 with x2 > x1 and y2 > y1, not '{box}'")
+        return tg.Detection(box=b, cls=klass, layout=detector, coordinate=coordinate), None
+    if region is not None:
+        existing(region)
+        if region.suffix.lower() == ".npy":
+            mask = np.load(region, allow_pickle=False)
+        else:
+            from PIL import Image
+
+            try:
+                mask = np.asarray(Image.open(region).convert("L"))
+            except OSError as exc:
+                raise OnnxplainError(f"--region {region}: not a readable image ({exc})") from None
+        return tg.Region(np.asarray(mask) != 0, cls=klass), None
+    if position is not None:
+        p = position.strip()
+        try:
+            if p.startswith("c"):
+                return tg.Sequence(char=int(p[1:])), None
+            t, _, tok = p.partition(":")
+            return tg.Sequence(position=int(t), token=int(tok) if tok else None), None
+        except ValueError:
+            raise OnnxplainError(f"--position must be T, T:TOKEN or cK (the K-th decoded character), not "
+                                 f"'{position}'") from None
+    if klass is not None or coordinate is not None:
+        if task == "detect" or coordinate is not None:
+            return tg.Detection(cls=klass, layout=detector, coordinate=coordinate), None
+        return tg.Class(klass), None
+    return None, None

@@ -101,6 +101,9 @@ def describe(model, input: str | None = None, output: str | None = None, probabi
         explained["path_nodes"] = len(path)
         explained["needs_feeds"] = [t.name for t in can.graph.inputs if t.name not in _sources(x)]
         info["exports"] = try_exports(proto, input, output, probabilities)
+        from onnxplain.targets import guess_task
+
+        explained["task"], explained["task_reason"] = guess_task(can.graph)
     except OnnxplainError as exc:
         explained = {"error": str(exc)}
     except Exception as exc:  # the analysis must not take the report down with it
@@ -212,6 +215,9 @@ def format_text(info: dict) -> str:
     if fused:
         out.append("fused     " + ", ".join(f"{n} {p}" for p, n in fused.items())
                    + " into single ops, so that they get their own rules")
+    if ex.get("task"):
+        out.append(f"task      {ex['task']} (guessed from the outputs: {ex['task_reason']}; "
+                   "`explain --task` overrides)")
     out.append("")
     ops = info["op_types"]
     w = max([len(r["op"]) for r in ops] + [7])

@@ -165,6 +165,69 @@ def outline(image: np.ndarray, mask: np.ndarray, color=(0, 200, 0), width: int =
     return img
 
 
+def upscale(image: np.ndarray, min_side: int = 256) -> tuple[np.ndarray, int]:
+    """The image enlarged by the smallest integer factor that makes its short side >= ``min_side``
+    (nearest neighbour), and that factor."""
+    img = _as_rgb(image)
+    k = max(1, -(-min_side // min(img.shape[:2])))
+    return (np.repeat(np.repeat(img, k, axis=0), k, axis=1) if k > 1 else img.copy()), k
+
+
+def draw_boxes(image: np.ndarray, boxes, color=(255, 255, 0), width: int = 2, scale: float = 1.0,
+               alpha: float = 1.0) -> np.ndarray:
+    """Draw xyxy boxes (pixels of an image ``scale`` times smaller) on a copy of the image; ``alpha``
+    < 1 blends the lines in (faint boxes)."""
+    from PIL import Image, ImageDraw
+
+    img = _as_rgb(image)
+    layer = Image.fromarray(img.copy())
+    draw = ImageDraw.Draw(layer)
+    for b in np.asarray(boxes, dtype=np.float64).reshape(-1, 4):
+        x1, y1, x2, y2 = (b * scale).tolist()
+        draw.rectangle([x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)], outline=tuple(int(c) for c in color), width=width)
+    out = np.asarray(layer, dtype=np.float64)
+    return np.clip(np.rint(img * (1 - alpha) + out * alpha), 0, 255).astype(np.uint8)
+
+
+def caption(image: np.ndarray, text: str, size: int = 14) -> np.ndarray:
+    """The image with a white strip below holding ``text`` (wrapped to the image's width)."""
+    from PIL import Image, ImageDraw
+
+    img = _as_rgb(image)
+    font = _font(size)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    lines = _wrap(probe, text, font, img.shape[1] - 8)
+    line_h = _text_size(probe, "Ag", font)[1] + 4
+    strip = Image.new("RGB", (img.shape[1], line_h * len(lines) + 6), (255, 255, 255))
+    draw = ImageDraw.Draw(strip)
+    for i, line in enumerate(lines):
+        draw.text((4, 3 + i * line_h), line, fill=(0, 0, 0), font=font)
+    return np.concatenate([img, np.asarray(strip, dtype=np.uint8)], axis=0)
+
+
+def annotate(picture: np.ndarray, item: dict | None, source_size: tuple[int, int] | None = None,
+             min_side: int = 256) -> np.ndarray:
+    """An overlay marked with what was explained (one :attr:`onnxplain.targets.Target.items` entry):
+    the explained box in yellow, the other detections faint white, a region's outline in green,
+    and the caption (the detection, class, character or timestep) below. Small pictures are enlarged
+    first (nearest, integer factor) so that lines stay thin."""
+    if not item:
+        return picture
+    img, k = upscale(picture, min_side)
+    src = source_size or picture.shape[:2]
+    scale = k * picture.shape[1] / src[1]
+    if item.get("mask") is not None:
+        m = np.asarray(item["mask"], dtype=bool)
+        rows = (np.arange(img.shape[0]) * m.shape[0] // img.shape[0])
+        cols = (np.arange(img.shape[1]) * m.shape[1] // img.shape[1])
+        img = outline(img, m[rows][:, cols], color=(0, 230, 0), width=2)
+    if item.get("boxes") is not None and len(item["boxes"]):
+        img = draw_boxes(img, item["boxes"], color=(255, 255, 255), width=1, scale=scale, alpha=0.6)
+    if item.get("box") is not None:
+        img = draw_boxes(img, item["box"], color=(255, 230, 0), width=2, scale=scale)
+    return caption(img, item["caption"]) if item.get("caption") else img
+
+
 # ---- composing ------------------------------------------------------------------------------------
 def _font(size: int):
     from PIL import ImageFont

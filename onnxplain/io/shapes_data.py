@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from skimage.draw import disk, ellipse, line, polygon
 
-__all__ = ["CLASS_NAMES", "make_shapes"]
+__all__ = ["CLASS_NAMES", "boxes_of", "make_scenes", "make_shapes"]
 
 #: Class names, indexed by label.
 CLASS_NAMES = ("circle", "square", "triangle", "cross", "ring")
@@ -189,3 +189,69 @@ def _shape_mask(kind, cr, cc, half, angle, rng, size):
     else:  # pragma: no cover - CLASS_NAMES and this function must agree
         raise ValueError(kind)
     return m
+
+
+def boxes_of(masks):
+    """Tight boxes ``[..., 4]`` (x1, y1, x2, y2; pixel edges, so x2 = last column + 1) of boolean
+    masks ``[..., H, W]``; an empty mask gives ``[0, 0, 0, 0]``."""
+    m = np.asarray(masks, dtype=bool)
+    flat = m.reshape(-1, *m.shape[-2:])
+    out = np.zeros((len(flat), 4), dtype=np.float32)
+    for i, mi in enumerate(flat):
+        rows, cols = np.flatnonzero(mi.any(axis=1)), np.flatnonzero(mi.any(axis=0))
+        if len(rows):
+            out[i] = (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1)
+    return out.reshape(*m.shape[:-2], 4)
+
+
+def make_scenes(n, seed=0, size=64, objects=(1, 4)):
+    """Generate ``n`` images with several target shapes each (detection and segmentation data).
+
+    Like :func:`make_shapes` (same background, clutter and noise) but with between
+    ``objects[0]`` and ``objects[1] - 1`` target shapes per image whose boxes do not overlap.
+    Generation is deterministic in ``(seed, i, size, objects)``.
+
+    Returns
+    -------
+    images : float32 [n, 3, size, size] in [0, 1]
+    labels : int64 [n, K] class per object, -1 where an image has fewer than K = objects[1] - 1
+    boxes : float32 [n, K, 4] tight (x1, y1, x2, y2) boxes in pixels (pixel edges)
+    masks : bool [n, K, size, size] every object's pixels
+    """
+    n, size = int(n), int(size)
+    k = int(objects[1]) - 1
+    images = np.empty((n, 3, size, size), dtype=np.float32)
+    labels = np.full((n, k), -1, dtype=np.int64)
+    boxes = np.zeros((n, k, 4), dtype=np.float32)
+    masks = np.zeros((n, k, size, size), dtype=bool)
+    for i in range(n):
+        rng = np.random.default_rng([int(seed), i, 7])
+        img = _background(rng, size)
+        for _ in range(rng.integers(*_N_DISTRACTORS)):
+            _distractor(rng, img)
+        placed = []
+        for j in range(int(rng.integers(objects[0], objects[1]))):
+            label = int(rng.integers(len(CLASS_NAMES)))
+            for _ in range(30):  # rejection sampling for boxes that do not touch
+                half = rng.uniform(*_SCALE_RANGE) * size / 2
+                cr = rng.uniform(half + 1, size - 1 - half)
+                cc = rng.uniform(half + 1, size - 1 - half)
+                if all(abs(cr - r) > half + h + 1 or abs(cc - c) > half + h + 1 for r, c, h in placed):
+                    break
+            else:
+                continue
+            placed.append((cr, cc, half))
+            m = _shape_mask(CLASS_NAMES[label], cr, cc, half, rng.uniform(0, 2 * np.pi), rng, size)
+            under = img[:, m].mean(axis=1)
+            colour = rng.uniform(0, 1, 3)
+            for _ in range(50):
+                if np.linalg.norm(colour - under) >= _MIN_CONTRAST:
+                    break
+                colour = rng.uniform(0, 1, 3)
+            img[:, m] = colour[:, None]
+            q = len(placed) - 1
+            labels[i, q], masks[i, q] = label, m
+        boxes[i] = boxes_of(masks[i])
+        img += rng.normal(0.0, rng.uniform(0.02, 0.08), img.shape)
+        images[i] = np.clip(img, 0.0, 1.0)
+    return images, labels, boxes, masks

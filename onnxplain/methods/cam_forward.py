@@ -303,7 +303,8 @@ def explain(explainer, x: np.ndarray, method: str, target: np.ndarray | None, ta
     res = fc.forward_rows(rows, len(items), batch_size, progress, session=head,
                           x_name=fc.tap.name if head is not None else None)
     if method == "scorecam":
-        s = _score(res[LOGITS], seed[items], fc.options, score == "softmax") if len(items) else np.zeros(0)
+        soft = score == "softmax" and y.shape[_class_axis(y, fc.options)] > 1  # a softmax over one class is 1
+        s = _score(res[LOGITS], seed[items], fc.options, soft) if len(items) else np.zeros(0)
         if score == "logit":  # a softmax over each item's (live) channels
             for i in range(n):
                 sel = items == i

@@ -10,7 +10,7 @@ from functools import partial
 import numpy as np
 
 from onnxplain.errors import OnnxplainError
-from onnxplain.methods import cam, cam_forward, deeplift, gradient, lime, lrp, modified, occlusion, perturbation, rise
+from onnxplain.methods import cam, cam_forward, deeplift, drise, gradient, lime, lrp, modified, occlusion, perturbation, rise
 from onnxplain.methods.table import Method, Option, Table, finite_array
 from onnxplain.runtime.result import Explanation
 
@@ -55,6 +55,12 @@ def run_rise(explainer, x, target, opts, progress=None):
     a, chosen, outputs = rise.explain(explainer, x, target.classes, target.weights, progress=progress,
                                       **{k: opts[k] for k in keys})
     return Explanation(a, chosen, outputs)
+
+
+def run_drise(explainer, x, target, opts, progress=None):
+    keys = ("n_masks", "cells", "p", "seed", "batch_size")
+    a, outputs = drise.explain(explainer, x, target, progress=progress, **{k: opts[k] for k in keys})
+    return Explanation(a, None, outputs)
 
 
 def run_perturbation(explainer, x, target, opts, progress=None, *, method: str):
@@ -206,6 +212,13 @@ METHODS = Table((
            (Option("n_masks", int, 2000, "random masks", min=1),
             Option("cells", int, 7, "mask grid cells per side", min=1),
             Option("p", float, 0.5, "probability that a cell is kept", above=0, max=1), SEED, SCORE),
+           shape="[N, 1, H, W]"),
+    Method("d_rise", "perturbation", "black-box", "offset",
+           "random masks weighted by how well the masked image's detections match the explained box "
+           "(IoU x cosine of class scores)", "Petsiuk et al. 2021", run_drise,
+           (Option("n_masks", int, 1000, "random masks", min=1),
+            Option("cells", int, 8, "mask grid cells per side", min=1),
+            Option("p", float, 0.5, "probability that a cell is kept", above=0, max=1), SEED),
            shape="[N, 1, H, W]"),
     Method("lime", "superpixels", "black-box", "signed", "a weighted linear model of the score over superpixels",
            "Ribeiro et al. 2016", partial(run_superpixels, method="lime"),

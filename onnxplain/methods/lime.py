@@ -230,12 +230,10 @@ def explain(explainer, x: np.ndarray, method: str, target: np.ndarray | None, ta
             kernel_width: float = 0.25, alpha: float = 1.0, batch_size: int | None = None, progress=None,
             **seg_params):
     """LIME / KernelSHAP for ``x`` [N, ...]; returns (attribution [N,1,H,W], targets, outputs)."""
-    from onnxplain.runtime.driver import SCORE, Driver
+    from onnxplain.runtime.driver import SCORE, Driver, scorer
 
     if method not in METHODS:
         raise OnnxplainError(f"unknown superpixel method '{method}' (choose from: {', '.join(METHODS)})")
-    if target_weights is not None:
-        raise OnnxplainError(f"{method} explains one class per item; target weights are not supported")
     if segmentation not in SEGMENTATIONS:
         raise OnnxplainError(f"unknown segmentation '{segmentation}' (choose from: {', '.join(SEGMENTATIONS)})")
     samples = (1000 if method == "lime" else 2048) if samples is None else int(samples)
@@ -253,10 +251,8 @@ def explain(explainer, x: np.ndarray, method: str, target: np.ndarray | None, ta
     n = len(x)
     segs = _segments_for(x, segments, segmentation, seg_params, channel_axis)
     base = drv.outputs(x, batch_size)
-    y = drv.per_class(base[SCORE])
-    t = np.full(n, -1, dtype=np.int64) if target is None else np.asarray(target, dtype=np.int64)
-    chosen = np.where(t < 0, y.argmax(axis=1), t).astype(np.int64)
-    f_x = y[np.arange(n), chosen]
+    chosen, f = scorer(drv, base[SCORE], target, target_weights, "logit")
+    f_x = f(base[SCORE], np.arange(n))
     kmax = max(int(s.max()) + 1 for s in segs)
     weights = np.zeros((n, kmax), dtype=np.float64)
     intercept = np.zeros(n, dtype=np.float64)
@@ -281,7 +277,8 @@ def explain(explainer, x: np.ndarray, method: str, target: np.ndarray | None, ta
             if progress is not None:
                 progress(offset + d, total)
 
-        s = drv.score_rows(lambda a, b: pert(z[a:b]), len(z), int(chosen[i]), batch_size, report)
+        y = drv.outputs_rows(lambda a, b, pert=pert, z=z: pert(z[a:b]), len(z), batch_size, report)[SCORE]
+        s = f(y, np.full(len(z), i))
         done[0] += len(z)
         k = z.shape[1]
         if method == "lime":

@@ -15,8 +15,11 @@ least one window (and no window hangs outside the image). A window larger than t
 to the image. The number of windows per item is ``len(starts_h) * len(starts_w)``.
 
 Score: the target's softmax probability (``score="softmax"``, default, as in the paper) or its
-logit (``"logit"``); with ``probabilities=True`` the explained output itself. The target is
-resolved (argmax for -1) on the unoccluded input.
+logit (``"logit"``); with ``probabilities=True`` the explained output itself; one class only: its
+value (a softmax over one class is constant). The target is resolved (argmax for -1) on the
+unoccluded input. With target weights (boxes, regions, timesteps: :mod:`onnxplain.targets`) the
+score is ``sum(w * y)`` over the explained tensor ``y``
+(:func:`onnxplain.runtime.driver.scorer`).
 
 Output: one map per item with the channel axis kept at size 1 (all channels are occluded
 together): ``[N, 1, H, W]`` for NCHW, ``[N, H, W, 1]`` for NHWC (``channel_axis=3``).
@@ -55,14 +58,12 @@ def spatial_axes(x: np.ndarray, channel_axis: int) -> tuple[int, int]:
     return a[0], a[1]
 
 
-def start(explainer, x: np.ndarray, method: str, target_weights, unknown: dict):
+def start(explainer, x: np.ndarray, method: str, target_weights, unknown: dict):  # noqa: ARG001
     """The checks every perturbation method begins with; returns (the shared driver, the spatial axes)."""
     from onnxplain.runtime.driver import for_explainer
 
     if unknown:
         raise OnnxplainError(f"unexpected options for {method}: {', '.join(sorted(unknown))}")
-    if target_weights is not None:
-        raise OnnxplainError(f"{method} explains one class per item; target weights are not supported")
     return for_explainer(explainer), spatial_axes(x, explainer.options.channel_axis)
 
 
@@ -102,7 +103,7 @@ def explain(explainer, x: np.ndarray, target: np.ndarray | None, target_weights=
             fill=0.0, blur: float | None = None, score: str = "softmax", batch_size: int | None = None,
             progress=None, **unknown):
     """Occlusion maps for ``x`` [N, ...]; returns (attribution, targets, model outputs)."""
-    from onnxplain.runtime.driver import SCORE, class_scores
+    from onnxplain.runtime.driver import SCORE, scorer
 
     drv, axes = start(explainer, x, "occlusion", target_weights, unknown)
     h, w = x.shape[axes[0]], x.shape[axes[1]]
@@ -111,10 +112,8 @@ def explain(explainer, x: np.ndarray, target: np.ndarray | None, target_weights=
     src = fill_source(x, axes, fill, blur)
     n, k = len(x), len(wins)
     base = drv.outputs(x, batch_size)
-    z = drv.per_class(base[SCORE])
-    t = np.full(n, -1, dtype=np.int64) if target is None else np.asarray(target, dtype=np.int64)
-    chosen = np.where(t < 0, z.argmax(axis=1), t).astype(np.int64)
-    f0 = class_scores(drv, base[SCORE], chosen, score)
+    chosen, f = scorer(drv, base[SCORE], target, target_weights, score)
+    f0 = f(base[SCORE], np.arange(n))
 
     def rows(i, j):
         out = np.empty((j - i, *x.shape[1:]), dtype=x.dtype)
@@ -126,7 +125,7 @@ def explain(explainer, x: np.ndarray, target: np.ndarray | None, target_weights=
         return out
 
     y = drv.outputs_rows(rows, n * k, batch_size, progress)[SCORE]
-    s = class_scores(drv, y, np.repeat(chosen, k), score).reshape(n, k)
+    s = f(y, np.repeat(np.arange(n), k)).reshape(n, k)
     drop = f0[:, None] - s
     total = np.zeros((n, h, w), dtype=np.float64)
     count = np.zeros((h, w), dtype=np.float64)

@@ -67,7 +67,7 @@ class Problem:
     ``loss_and_grad(m)`` -> (loss [N], dloss/dm [N, h, w]) for a low-resolution mask ``m``."""
 
     def __init__(self, explainer, x, chosen, method, *, mask_size=None, blur=10.0, l1=1e-4, tv=1e-2, beta=3.0,
-                 area=0.1, area_weight=300.0, score="softmax", batch_size=None):
+                 area=0.1, area_weight=300.0, score="softmax", batch_size=None, weights=None):
         from onnxplain.runtime.driver import for_explainer
 
         if method not in METHODS:
@@ -92,6 +92,7 @@ class Problem:
         self.l1, self.tv, self.beta = float(l1), float(tv), float(beta)
         self.area, self.area_weight, self.lam = float(area), float(area_weight), float(area_weight)
         self.score_kind, self.batch_size = score, batch_size
+        self.weights = weights  # a seed of the explained output's shape instead of classes: score sum(w * y)
         k = self.h * self.w
         ones = int(round(self.area * k))
         self.ref = np.concatenate([np.zeros(k - ones), np.ones(ones)])  # sorted ascending
@@ -123,11 +124,15 @@ class Problem:
     # ---- score ----------------------------------------------------------------------------
     def score_and_grad(self, xp):
         """The target score of each row of ``xp`` [N, ...] (float64 [N]) and its gradient w.r.t. ``xp``."""
-        from onnxplain.runtime.driver import SCORE, class_scores
+        from onnxplain.runtime.driver import SCORE, class_scores, weighted_scores
 
         xq = xp.astype(self.x.dtype)
         y = self.drv.outputs(xq, self.batch_size)[SCORE]
         n = len(xq)
+        if self.weights is not None:  # linear in y: the seed is the weights themselves
+            g = self.ex.run(xq, "gradient", target_weights=np.ascontiguousarray(self.weights, dtype=y.dtype),
+                            batch_size=self.batch_size or 16).attribution
+            return weighted_scores(y, self.weights), g.astype(np.float64)
         s = class_scores(self.drv, y, self.chosen, self.score_kind)
         z = self.drv.per_class(y)
         onehot = np.zeros_like(z)
@@ -192,7 +197,7 @@ def explain(explainer, x: np.ndarray, target: np.ndarray | None, target_weights=
             area_weight: float = 300.0, jitter: int = 0, seed: int = 0, score: str = "softmax",
             batch_size: int | None = None, progress=None, **unknown):
     """Perturbation masks for ``x`` [N, ...]; returns (attribution, targets, model outputs)."""
-    from onnxplain.runtime.driver import SCORE, class_scores
+    from onnxplain.runtime.driver import SCORE, scorer
 
     drv, _ = start(explainer, x, method, target_weights, unknown)
     iterations, jitter = int(iterations), int(jitter)
@@ -204,11 +209,9 @@ def explain(explainer, x: np.ndarray, target: np.ndarray | None, target_weights=
         raise OnnxplainError(f"lr must be positive, got {lr}")
     n = len(x)
     base = drv.outputs(x, batch_size)
-    z = drv.per_class(base[SCORE])
-    t = np.full(n, -1, dtype=np.int64) if target is None else np.asarray(target, dtype=np.int64)
-    chosen = np.where(t < 0, z.argmax(axis=1), t).astype(np.int64)
+    chosen, f = scorer(drv, base[SCORE], target, target_weights, score)
     prob = Problem(explainer, x, chosen, method, mask_size=mask_size, blur=blur, l1=l1, tv=tv, beta=beta,
-                   area=area, area_weight=area_weight, score=score, batch_size=batch_size)
+                   area=area, area_weight=area_weight, score=score, batch_size=batch_size, weights=target_weights)
     rng = np.random.default_rng(seed)
     m = np.full((n, prob.mh_n, prob.mw_n), 1.0 if method == "meaningful_perturbation" else 0.5)
     mom, vel = np.zeros_like(m), np.zeros_like(m)
@@ -236,6 +239,6 @@ def explain(explainer, x: np.ndarray, target: np.ndarray | None, target_weights=
     outputs = {k: v for k, v in base.items() if k != SCORE}
     outputs["mask"] = np.expand_dims(big, c).astype(x.dtype)
     outputs["mask_lowres"] = m.astype(x.dtype)
-    outputs["score"] = class_scores(drv, base[SCORE], chosen, score)
-    outputs["perturbed_score"] = class_scores(drv, y, chosen, score)
+    outputs["score"] = f(base[SCORE], np.arange(n))
+    outputs["perturbed_score"] = f(y, np.arange(n))
     return attribution, chosen, outputs

@@ -12,7 +12,8 @@ score-weighted mean of the masks,
 The upsampling is bilinear with half-pixel centres and clamped edges (ONNX ``Resize`` linear,
 as :func:`onnxplain.methods.cam_forward.upsample`). Score: the target's softmax probability
 (``score="softmax"``, default, as in the paper) or its logit (``"logit"``); with
-``probabilities=True`` the explained output itself. ``seed`` fixes the masks (the same masks for
+``probabilities=True`` the explained output itself; with target weights ``sum(w * y)``
+(:func:`onnxplain.runtime.driver.scorer`). ``seed`` fixes the masks (the same masks for
 every item of a call); masks are made chunk by chunk, never all at once. Output: ``[N, 1, H, W]``
 (NCHW) or ``[N, H, W, 1]`` (NHWC).
 """
@@ -62,7 +63,7 @@ def explain(explainer, x: np.ndarray, target: np.ndarray | None, target_weights=
             cells: int = 7, p: float = 0.5, seed: int = 0, score: str = "softmax", batch_size: int | None = None,
             progress=None, **unknown):
     """RISE saliency for ``x`` [N, ...]; returns (attribution, targets, model outputs)."""
-    from onnxplain.runtime.driver import SCORE, class_scores
+    from onnxplain.runtime.driver import SCORE, scorer
 
     drv, axes = start(explainer, x, "rise", target_weights, unknown)
     c = explainer.options.channel_axis % 4
@@ -70,9 +71,7 @@ def explain(explainer, x: np.ndarray, target: np.ndarray | None, target_weights=
     masks = Masks(int(n_masks), (h, w), int(cells), float(p), seed)
     n = len(x)
     base = drv.outputs(x, batch_size)
-    z = drv.per_class(base[SCORE])
-    t = np.full(n, -1, dtype=np.int64) if target is None else np.asarray(target, dtype=np.int64)
-    chosen = np.where(t < 0, z.argmax(axis=1), t).astype(np.int64)
+    chosen, f = scorer(drv, base[SCORE], target, target_weights, score)
     sal = np.zeros((n, h, w), dtype=np.float64)
     total, done = n * masks.n, 0
     for i0 in range(0, masks.n, CHUNK):
@@ -84,7 +83,7 @@ def explain(explainer, x: np.ndarray, target: np.ndarray | None, target_weights=
 
             prog = None if progress is None else (lambda d, _t, base_done=done: progress(base_done + d, total))
             y = drv.outputs_rows(rows, len(m), batch_size, prog)[SCORE]
-            s = class_scores(drv, y, np.full(len(m), chosen[item]), score)
+            s = f(y, np.full(len(m), item))
             sal[item] += np.tensordot(s, m, axes=1)
             done += len(m)
     attribution = np.expand_dims(sal / (masks.n * masks.p), c).astype(x.dtype)

@@ -209,11 +209,40 @@ def for_explainer(explainer) -> Driver:
 def class_scores(drv: Driver, y: np.ndarray, targets: np.ndarray, score: str = "logit") -> np.ndarray:
     """Row scores from the explained tensor ``y`` [M, ...] at ``targets`` [M] (resolved, >= 0):
     ``score="softmax"`` takes the softmax over the classes first (unless the driver already explains
-    probabilities), ``"logit"`` the value itself. float64 [M]."""
+    probabilities, or there is one class only: its softmax is the constant 1), ``"logit"`` the value
+    itself. float64 [M]."""
     if score not in ("softmax", "logit"):
         raise OnnxplainError(f"score must be 'softmax' or 'logit', not '{score}'")
     z = drv.per_class(y)
-    if score == "softmax" and not drv.probabilities:
+    if score == "softmax" and not drv.probabilities and z.shape[1] > 1:  # a softmax over one class is 1
         e = np.exp(z - z.max(axis=1, keepdims=True))
         z = e / e.sum(axis=1, keepdims=True)
     return z[np.arange(len(z)), targets]
+
+
+def weighted_scores(y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``sum(w * y)`` per row: the explained scalar of a weights target (design notes, "target").
+    ``y`` [M, ...] the explained tensor, ``w`` of the same shape. float64 [M]."""
+    m = len(y)
+    return np.einsum("mk,mk->m", np.asarray(y, np.float64).reshape(m, -1), np.asarray(w, np.float64).reshape(m, -1))
+
+
+def scorer(drv: Driver, y0: np.ndarray, classes, weights, score: str = "softmax"):
+    """How a black-box method scores rows: ``(chosen, f)`` for the unperturbed explained tensor ``y0``
+    [N, ...]. ``f(y, items)`` -> float64 [M] scores rows ``y`` [M, ...] that are perturbed copies of
+    the items ``items`` (int [M]). Classes (``-1``: each item's arg-max): :func:`class_scores`;
+    weights (a seed of ``y0``'s shape): ``sum(w * y)``, linear in the explained tensor (no softmax)
+    and ``chosen`` is None."""
+    n = len(y0)
+    if weights is not None:
+        w = np.asarray(weights, np.float64)
+        if w.shape != y0.shape:
+            raise OnnxplainError(f"target weights of shape {list(w.shape)} do not match the explained output "
+                                 f"{list(y0.shape)}")
+        return None, lambda y, items: weighted_scores(y, w[np.asarray(items)])
+    z = drv.per_class(y0)
+    t = np.full(n, -1, dtype=np.int64) if classes is None else np.broadcast_to(np.asarray(classes, np.int64), (n,))
+    if np.any(t >= z.shape[1]):
+        raise OnnxplainError(f"target {t.tolist()} out of range: the explained output has {z.shape[1]} classes")
+    chosen = np.where(t < 0, z.argmax(axis=1), t).astype(np.int64)
+    return chosen, lambda y, items: class_scores(drv, y, chosen[np.asarray(items)], score)

@@ -166,7 +166,13 @@ class Explainer:
         return np.ascontiguousarray(w.astype(x.dtype))
 
     def target(self, x: np.ndarray, target=None, target_weights=None) -> Target:
-        """What to explain for the batch ``x``: one class per item (default: the arg-max) or a weight tensor."""
+        """What to explain for the batch ``x``: one class per item (default: the arg-max), a weight tensor
+        or a target object of :mod:`onnxplain.targets` (``Detection``, ``Region``, ``Sequence``, ...)."""
+        from onnxplain.targets import resolve
+
+        t = resolve(self, x, target, target_weights)
+        if t is not None:
+            return t
         if target_weights is not None:
             if target is not None:
                 raise OnnxplainError("give either target or target_weights, not both")
@@ -222,8 +228,9 @@ class Explainer:
         t = self.target(x, target, target_weights)
         if self._needs_shape:  # an earlier run met a size only known at run time: go to the specialised child
             return self.child(shape=x.shape[1:]).run(x, m.name, target, target_weights, progress=progress, **options)
+        runner = t.explainer or self  # t.explainer: the tensor a detection seeds (e.g. the scores before NMS)
         try:
-            res = m.run(self, x, t, opts, progress)
+            res = m.run(runner, x, t, opts, progress)
         except ShapeError:
             if self.shape is not None:
                 raise
@@ -231,7 +238,7 @@ class Explainer:
         else:
             custom = opts.get("rules") is not None or self.options.rules is not None  # a user's rules may zero
             if m.family in GUARDED and opts.get("unit") is None and not custom:
-                self.guard(x, t, res)
+                runner.guard(x, t, res)
             return res
         # a rule needs a size or rank only known at run time: the same explanation on the input's own shape
         return self.child(shape=x.shape[1:]).run(x, m.name, target, target_weights, progress=progress, **options)
