@@ -168,8 +168,16 @@ class Explainer:
     def target(self, x: np.ndarray, target=None, target_weights=None) -> Target:
         """What to explain for the batch ``x``: one class per item (default: the arg-max), a weight tensor
         or a target object of :mod:`onnxplain.targets` (``Detection``, ``Region``, ``Sequence``, ...)."""
-        from onnxplain.targets import resolve
+        from onnxplain.targets import Spec, resolve
 
+        if self.inner is not None:  # explained per item through the embedding (_run_inner): resolved there
+            if isinstance(target, Spec):
+                return Target(None, None, True, spec=target)
+            if isinstance(target, Target):
+                return target
+            if target_weights is not None:
+                return Target(None, np.asarray(target_weights), True)
+            return Target(self.check_target(target, len(x)), None, target is not None)
         t = resolve(self, x, target, target_weights)
         if t is not None:
             return t
@@ -301,13 +309,17 @@ class Explainer:
         ids = self.check_entry(ids)
         n = len(ids)
         emb = self._prefix().run([self.inner], {self.entry: ids})[0]
-        w = None if target_weights is None else np.asarray(target_weights)
-        t = None if target is None else np.broadcast_to(np.asarray(target), (n,))
+        t = target if isinstance(target, Target) else self.target(ids, target, target_weights)
         parts = []
         for i in range(n):
             child = self.child(feeds={self.entry: ids[i:i + 1]})
-            parts.append(child.run(emb[i:i + 1], m.name, None if t is None else t[i:i + 1],
-                                   None if w is None else w[i:i + 1], progress=progress, **opts))
+            if t.spec is not None:  # a target object: resolved on the item itself
+                kw = {"target": t.spec}
+            elif t.weights is not None:
+                kw = {"target_weights": t.weights[i:i + 1]}
+            else:
+                kw = {"target": t.classes[i:i + 1]}
+            parts.append(child.run(emb[i:i + 1], m.name, progress=progress, **kw, **opts))
         a = np.concatenate([p.attribution for p in parts])
         outputs = {k: np.concatenate([p.outputs[k] for p in parts]) for k in parts[0].outputs}
         per_token = a * emb if m.name in GRADIENT_MAPS and a.shape == emb.shape else a
