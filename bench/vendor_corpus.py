@@ -442,6 +442,8 @@ def run_model(m: Model, model: onnx.ModelProto, label: str, repeats: int, direct
         gsess = make_session(done.graph("gradient", "class" if gw is None else "weights"), threads=2)
         want = {i.name for i in gsess.get_inputs()}
         gf = {**all_feeds, "target_weights": gw, "target": np.full(len(x), -1, np.int64)}
+        if ex.inner is not None:  # token ids: the child's graph takes their embedding
+            gf[ex.inner] = ex._prefix().run([ex.inner], {m.explain: x})[0]
         gf = {k: v for k, v in gf.items() if k in want}
         names = [o.name for o in plain.get_outputs()]
         med = interleaved({"forward": lambda: plain.run(names, all_feeds),

@@ -39,7 +39,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxplain.graph.builder import np_dtype, rank
-from onnxplain.errors import OnnxplainError
+from onnxplain.errors import OnnxplainError, ShapeError
 from onnxplain.rules.table import modified
 from onnxplain.rules.vjp import VJP, attr, load_all
 
@@ -108,7 +108,7 @@ def _frozen_norm_transpose(b, node, s):
     x, scale = node.inputs[0], node.inputs[1]
     r = rank(x)
     if r is None:
-        raise OnnxplainError(f"{node.op} '{node.name}': the rank of its input must be known")
+        raise ShapeError(f"{node.op} '{node.name}': the rank of its input must be known")
     if node.op == "LayerNormalization":
         axes = list(range(attr(node, "axis", -1) % r, r))
     else:

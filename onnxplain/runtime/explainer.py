@@ -53,6 +53,7 @@ class Explainer:
         self._sessions: dict = {}
         self._children: dict = {}
         self._needs_shape = False  # set when a rule needed a size only known at run time (see run)
+        self._needs_fixed_batch = False  # ... and the batch axis had to be fixed too (see _specialised)
         self.entry, self.inner = explained_tensor(source, input)
         self.shape = None if input_shape is None else tuple(None if d is None else int(d) for d in input_shape)
         if self.inner is not None:  # explained through an inner float tensor (an embedding): see run()
@@ -235,7 +236,7 @@ class Explainer:
         x = self.check_input(x)
         t = self.target(x, target, target_weights)
         if self._needs_shape:  # an earlier run met a size only known at run time: go to the specialised child
-            return self.child(shape=x.shape[1:]).run(x, m.name, target, target_weights, progress=progress, **options)
+            return self._specialised(x, m.name, target, target_weights, progress, options)
         runner = t.explainer or self  # t.explainer: the tensor a detection seeds (e.g. the scores before NMS)
         try:
             res = m.run(runner, x, t, opts, progress)
@@ -248,8 +249,19 @@ class Explainer:
             if m.family in GUARDED and opts.get("unit") is None and not custom:
                 runner.guard(x, t, res)
             return res
-        # a rule needs a size or rank only known at run time: the same explanation on the input's own shape
-        return self.child(shape=x.shape[1:]).run(x, m.name, target, target_weights, progress=progress, **options)
+        return self._specialised(x, m.name, target, target_weights, progress, options)
+
+    def _specialised(self, x, method, target, target_weights, progress, options) -> Explanation:
+        """A rule needs a size or rank only known at run time: the same explanation on a child specialised
+        to the input's own shape, the batch axis kept dynamic if that is enough (a sequence-first model,
+        whose axis 0 is time, needs it fixed too)."""
+        kw = dict(progress=progress, **options)
+        if not self._needs_fixed_batch:
+            try:
+                return self.child(shape=(None, *x.shape[1:])).run(x, method, target, target_weights, **kw)
+            except ShapeError:
+                self._needs_fixed_batch = True
+        return self.child(shape=tuple(x.shape)).run(x, method, target, target_weights, **kw)
 
     def guard(self, x: np.ndarray, target: Target, res: Explanation) -> None:
         """Refuse an attribution that is identically zero for an item whose explained score changes
@@ -288,18 +300,16 @@ class Explainer:
         return self._sessions["logits"]
 
     def child(self, shape=None, feeds: dict | None = None) -> Explainer:
-        """This explainer specialised to an input ``shape`` (without the batch axis) and/or more ``feeds``;
-        cached."""
+        """This explainer specialised to an input ``shape`` (None on an axis: as declared) and/or more
+        ``feeds``; cached."""
         feeds = {**self.feeds, **(feeds or {})}
         key = (tuple(shape) if shape is not None else None,
                tuple((k, np.asarray(v).tobytes(), np.shape(v)) for k, v in sorted(feeds.items())))
         if key not in self._children:
-            full = None if shape is None else (None, *shape)
-            source = self.source
-            if self.inner is not None:  # the child explains the promoted tensor as its input
-                source, full = promote(source, self.inner), full
+            # an embedding's child explains the promoted tensor as its own input
+            source = promote(self.source, self.inner) if self.inner is not None else self.source
             self._children[key] = Explainer(source, input=self.options.input if self.inner is not None else self.entry,
-                                            feeds=feeds, input_shape=full, **self._kw)
+                                            feeds=feeds, input_shape=shape, **self._kw)
         return self._children[key]
 
     def _run_inner(self, ids, m, target, target_weights, opts, progress) -> Explanation:

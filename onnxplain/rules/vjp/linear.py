@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from onnxplain.graph.builder import rank, static_shape
-from onnxplain.errors import OnnxplainError
+from onnxplain.errors import OnnxplainError, ShapeError
 from onnxplain.rules.vjp import attr, vjp
 
 
@@ -62,7 +62,7 @@ def conv(b, node, g):
     """dx of y = x * W: a conv with the flipped kernel at stride 1, else a ConvTranspose."""
     x, w = node.inputs[0], node.inputs[1]
     if static_shape(w) is None:
-        raise OnnxplainError(f"Conv '{node.name}': the weight shape must be known")
+        raise ShapeError(f"Conv '{node.name}': the weight shape must be known")
     k, s, d, pb, pe = conv_geometry(node, x, w)
     group = attr(node, "group", 1)
     reach = [(ki - 1) * di for ki, di in zip(k, d)]
@@ -140,7 +140,7 @@ def matmul(b, node, g):
     a, bm = node.inputs
     ra, rb = rank(a), rank(bm)
     if ra is None or rb is None:
-        raise OnnxplainError(f"MatMul '{node.name}': operand ranks must be known")
+        raise ShapeError(f"MatMul '{node.name}': operand ranks must be known")
     gy = g[0]
     if rb == 1:
         gy = b.unsqueeze(gy, [-1])

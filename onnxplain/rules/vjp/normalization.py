@@ -16,7 +16,7 @@ import onnx_graphsurgeon as gs
 from onnx.helper import np_dtype_to_tensor_dtype
 
 from onnxplain.graph.builder import np_dtype, rank
-from onnxplain.errors import OnnxplainError
+from onnxplain.errors import OnnxplainError, ShapeError
 from onnxplain.rules.vjp import attr, vjp
 
 
@@ -28,7 +28,7 @@ def _wanted(t) -> bool:
 def _rank(node, x):
     r = rank(x)
     if r is None:
-        raise OnnxplainError(f"{node.op} '{node.name}': the rank of its input must be known")
+        raise ShapeError(f"{node.op} '{node.name}': the rank of its input must be known")
     return r
 
 

@@ -15,7 +15,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxplain.graph.builder import np_dtype
-from onnxplain.errors import OnnxplainError
+from onnxplain.errors import OnnxplainError, ShapeError
 from onnxplain.rules.vjp import attr, vjp
 
 # Below opset 16, ScatterElements cannot add; MaxPool then scatters one class of pairwise disjoint
@@ -38,7 +38,7 @@ def pool_geometry(node, x):
     ceil = attr(node, "ceil_mode", 0)
     xs = x.shape
     if xs is None or not all(isinstance(v, int) and v >= 0 for v in list(xs)[2:]):
-        raise OnnxplainError(f"{node.op} '{node.name}': the spatial sizes of its input must be known")
+        raise ShapeError(f"{node.op} '{node.name}': the spatial sizes of its input must be known")
     geo = []
     for i in range(n):
         size, span = xs[2 + i], (k[i] - 1) * d[i] + 1

@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxplain.errors import OnnxplainError
+from onnxplain.errors import OnnxplainError, ShapeError
 from onnxplain.graph.builder import np_dtype
 from onnxplain.rules.vjp import attr, vjp
 
@@ -348,7 +348,7 @@ def recurrent(b, node, g):
     dirs = 2 if direction == "bidirectional" else 1
     T = x.shape[1 if layout else 0] if x.shape is not None else None
     if not isinstance(T, int) or T < 0:
-        raise OnnxplainError(f"{op} '{node.name}': the sequence length of '{x.name}' is not static ({T}); its "
+        raise ShapeError(f"{op} '{node.name}': the sequence length of '{x.name}' is not static ({T}); its "
                              f"gradient is unrolled over time: fix that dimension (e.g. python -m "
                              f"onnxruntime.tools.make_dynamic_shape_fixed)")
     H = attr(node, "hidden_size", None) or (node.inputs[2].shape or [None])[-1]

@@ -15,7 +15,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxplain.graph.builder import np_dtype, rank
-from onnxplain.errors import OnnxplainError
+from onnxplain.errors import OnnxplainError, ShapeError
 from onnxplain.rules.vjp import attr, vjp
 
 
@@ -24,7 +24,7 @@ def reduced_axes(node) -> list[int] | None:
     x = node.inputs[0]
     r = rank(x)
     if r is None:
-        raise OnnxplainError(f"{node.op} '{node.name}': the rank of its input must be known")
+        raise ShapeError(f"{node.op} '{node.name}': the rank of its input must be known")
     axes = attr(node, "axes")
     if len(node.inputs) > 1 and node.inputs[1].name:
         t = node.inputs[1]

@@ -42,7 +42,7 @@ def const_value(t) -> np.ndarray | None:
 def known_rank(node, t) -> int:
     r = rank(t)
     if r is None:
-        raise OnnxplainError(f"{node.op} '{node.name}': the rank of '{t.name}' must be known")
+        raise ShapeError(f"{node.op} '{node.name}': the rank of '{t.name}' must be known")
     return r
 
 
@@ -202,7 +202,7 @@ def _slice_entries(b, node):
         raise ShapeError(f"Slice '{node.name}': the axes must be constant")
     n = len(const_value(starts)) if const_value(starts) is not None else dim(starts, 0)
     if n is None:
-        raise OnnxplainError(f"Slice '{node.name}': the number of sliced axes must be known")
+        raise ShapeError(f"Slice '{node.name}': the number of sliced axes must be known")
     ax = [int(a) % r for a in const_value(axes)] if axes is not None else list(range(n))
 
     def entry(t, i, default):
@@ -293,7 +293,7 @@ def gather(b, node, g):
     iv = _normalized_indices(b, idx, x, axis)
     q = iv.ndim if isinstance(iv, np.ndarray) else rank(idx)
     if q is None:
-        raise OnnxplainError(f"Gather '{node.name}': the rank of the indices must be known")
+        raise ShapeError(f"Gather '{node.name}': the rank of the indices must be known")
     if isinstance(iv, np.ndarray) and q == 0 and d is not None:
         pads = [0] * (2 * r)
         pads[axis], pads[r + axis] = int(iv), d - 1 - int(iv)
