@@ -166,7 +166,9 @@ class Driver:
         r = y.ndim
         if r < 2:
             raise OnnxplainError("the explained output needs a batch axis and a class axis")
-        return (self.class_axis if self.class_axis is not None else (1 if r == 4 else r - 1)) % r
+        from onnxplain.validate import class_axis
+
+        return class_axis(self.class_axis, r)
 
     def per_class(self, y: np.ndarray) -> np.ndarray:
         """[M, C]: the explained tensor summed over every axis but batch and class (float64)."""

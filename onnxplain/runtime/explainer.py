@@ -6,12 +6,14 @@ from dataclasses import replace
 import numpy as np
 import onnx
 
-from onnxplain.errors import OnnxplainError
+from onnxplain.errors import OnnxplainError, user_errors
 from onnxplain.graph.canonicalize import canonicalize
 from onnxplain.graph.rewrite import Options, build
 from onnxplain.runtime.result import Explanation
 from onnxplain.runtime.session import make_session
 from onnxplain.targets import Target
+from onnxplain.validate import as_array, check_run_memory, targets_in_range
+from onnxplain.validate import class_axis as check_class_axis
 
 
 
@@ -31,12 +33,19 @@ class Explainer:
 
     def __init__(self, model, *, input: str | None = None, output: str | None = None,
                  probabilities: bool = False, class_axis: int | None = None, channel_axis: int = 1,
-                 rules=None, providers: list[str] | None = None):
-        self.canonical = canonicalize(model)
+                 rules=None, providers: list[str] | None = None, max_memory=None):
+        from onnxplain.validate import parse_bytes
+
+        self.max_memory = None if max_memory is None else parse_bytes(max_memory, "max_memory")
+        with user_errors("cannot load the model"):
+            self.canonical = canonicalize(model)
         self.options = Options(input=input, output=output, probabilities=probabilities,
                                class_axis=class_axis, channel_axis=channel_axis, rules=rules)
         self.providers = providers
         self.x = self.canonical.input(input)
+        out = self.canonical.output(output)
+        if class_axis is not None and out.shape is not None:
+            check_class_axis(class_axis, len(out.shape), f"output '{out.name}'")
         self._graphs: dict = {}
         self._sessions: dict = {}
 
@@ -74,7 +83,9 @@ class Explainer:
 
     # ---- validation -----------------------------------------------------------------------
     def check_input(self, x) -> np.ndarray:
-        x = np.asarray(x)
+        x = as_array(x, f"input '{self.x.name}'")
+        if x.ndim == 0 or len(x) == 0:
+            raise OnnxplainError(f"input '{self.x.name}' is an empty batch (shape {list(x.shape)}); give at least one item")
         want = self.x.shape
         if not np.issubdtype(x.dtype, np.floating):
             raise OnnxplainError(f"input '{self.x.name}' must be a float array, got {x.dtype}")
@@ -90,7 +101,7 @@ class Explainer:
         return x
 
     def check_target(self, target, n: int) -> np.ndarray:
-        t = np.full(n, -1, dtype=np.int64) if target is None else np.asarray(target)
+        t = np.full(n, -1, dtype=np.int64) if target is None else as_array(target, "target")
         if not np.issubdtype(t.dtype, np.integer):
             raise OnnxplainError(f"target must be integer class indices, got {t.dtype}")
         t = np.broadcast_to(t.astype(np.int64), (n,)) if t.ndim == 0 or t.size == 1 else t.astype(np.int64)
@@ -104,13 +115,22 @@ class Explainer:
     def check_baseline(self, baseline, x: np.ndarray) -> np.ndarray:
         """The baseline broadcast to ``x``'s shape, in its dtype; a one-line error when it cannot be."""
         try:
-            return np.ascontiguousarray(np.broadcast_to(np.asarray(baseline, x.dtype), x.shape))
+            b = np.asarray(baseline, x.dtype)
+            if not np.all(np.isfinite(b)):
+                raise OnnxplainError("the baseline contains NaN or infinite values")
+            return np.ascontiguousarray(np.broadcast_to(b, x.shape))
         except (TypeError, ValueError):
             raise OnnxplainError(f"the baseline (shape {list(np.shape(baseline))}) does not broadcast to the "
                                  f"input's shape {list(x.shape)}") from None
 
     def check_weights(self, weights, x: np.ndarray) -> np.ndarray:
-        w = np.asarray(weights)
+        w = as_array(weights, "target_weights")
+        out = self.canonical.output(self.options.output)
+        want = out.shape
+        if want is not None and (w.ndim != len(want) or w.shape[:1] != x.shape[:1] or any(
+                isinstance(d, int) and d > 0 and d != n for d, n in zip(want[1:], w.shape[1:]))):
+            raise OnnxplainError(f"target_weights must have the explained output's shape {_fmt([len(x), *want[1:]])} "
+                                 f"('{out.name}'), got {list(w.shape)}")
         if not (np.issubdtype(w.dtype, np.floating) or np.issubdtype(w.dtype, np.integer)):
             raise OnnxplainError(f"target_weights must be a float array, got {w.dtype}")
         if not np.all(np.isfinite(w)):
@@ -163,7 +183,14 @@ class Explainer:
         m = lookup(method)
         opts = m.settings(options)
         x = self.check_input(x)
-        return m.run(self, x, self.target(x, target, target_weights), opts, progress)
+        t = self.target(x, target, target_weights)
+        check_run_memory(self, x, opts.get("batch_size"), self.max_memory)
+        with user_errors(f"{m.name} failed"):
+            res = m.run(self, x, t, opts, progress)
+        if t.given and t.classes is not None and self.num_classes is None:
+            targets_in_range(t.classes, res.outputs, self.canonical.output(self.options.output).name,
+                             self.options.class_axis)
+        return res
 
     def explain(self, x, method: str = "gradient", target=None, **kw) -> np.ndarray:
         """The attribution for ``x`` as a numpy array (see :meth:`run` for the options)."""
