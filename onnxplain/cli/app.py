@@ -104,7 +104,14 @@ class _Group(TyperGroup):
         except OnnxplainError as exc:
             code = _fail(str(exc))
         except (KeyboardInterrupt, _Interrupted):
-            code = _fail("interrupted", 130)
+            code = _fail("interrupted", 130)  # the command's outputs were rolled back on the way here
+            if standalone_mode:
+                # leave now: a plain exit can be turned into death by SIGINT during interpreter shutdown
+                # (seen as exit status -2 in about one run in five), which is not the promised 130
+                for stream in (sys.stdout, sys.stderr):
+                    with contextlib.suppress(Exception):
+                        stream.flush()
+                os._exit(code)
         except Exception as exc:
             code = self._failure(exc)
         if standalone_mode:

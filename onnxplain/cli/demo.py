@@ -6,10 +6,9 @@ from pathlib import Path
 
 import typer
 
-from onnxplain.errors import OnnxplainError
-
 from onnxplain.cli.app import app
 from onnxplain.cli.common import Progress, running
+from onnxplain.io.outputs import Outputs
 
 
 @app.command()
@@ -26,11 +25,14 @@ def demo(
 
     path = demo_model()
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OnnxplainError(f"--out-dir {out_dir} exists and is not a folder")
+    outputs = Outputs(models=[path]).folder(out_dir, "--out-dir")
+    outputs.file(out_dir / "demo_methods.png")
+    for m in METHODS:
+        outputs.file(out_dir / f"demo_{m}.npy", size=n * 3 * 64 * 64 * 4 + 128)
+    outputs.check()  # before any work
     t0 = time.perf_counter()
     with Progress(n * len(METHODS), "demo") as bar:
-        with running("running the demo model"):
+        with outputs, running("running the demo model"):
             r = run_demo(out_dir, n=n, seed=seed, steps=steps, samples=samples, model=path, progress=bar)
     correct = int((r.predicted == r.labels).sum())
     typer.echo(f"model  {path}")

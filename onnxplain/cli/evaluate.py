@@ -13,6 +13,7 @@ from onnxplain.errors import OnnxplainError
 
 from onnxplain.cli.app import app
 from onnxplain.cli.common import Progress, existing, running
+from onnxplain.io.outputs import Outputs
 
 
 @app.command("evaluate")
@@ -66,8 +67,11 @@ def evaluate_cmd(
     if shuffled_model is not None:
         existing(Path(shuffled_model))
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OnnxplainError(f"--out-dir {out_dir} exists and is not a folder")
+    outputs = Outputs(models=[path, shuffled_model], protect=[None if data == "shapes" else Path(data)])
+    outputs.folder(out_dir, "--out-dir")
+    for name in ("evaluation.csv", "evaluation.json", "evaluation.md"):
+        outputs.file(out_dir / name)
+    outputs.check()  # before any work
     with running("loading the model"):
         from onnxplain.runtime.explainer import Explainer, all_methods
 
@@ -75,6 +79,9 @@ def evaluate_cmd(
     shape, layout = explainer.x.shape, E.layout_of(explainer, layout)
     if data == "shapes":
         side = (shape[1] if layout == "NHWC" else shape[2]) if shape and len(shape) == 4 else None
+        if isinstance(side, int) and 0 < side < 16:
+            raise OnnxplainError(f"'shapes' images are at least 16x16 pixels; the model input is {side}x{side} "
+                                 "(pass your own data as an .npz file)")
         images, labels, masks = make_shapes(n or 16, seed=seed, size=side if isinstance(side, int) and side > 0 else 64)
         if layout == "NHWC":
             images = np.ascontiguousarray(images.transpose(0, 2, 3, 1))
@@ -99,12 +106,12 @@ def evaluate_cmd(
     settings = E.Settings(n_sanity=n_sanity, region=region, steps=steps, fill=fill, fraction=fraction, radius=radius,
                           batch_size=batch_size, seed=seed)
     t0 = time.perf_counter()
-    with running("evaluating"):
+    with outputs, running("evaluating"):
         with Progress(None, "evaluate") as bar:
             ev = E.evaluate(explainer, images, labels, masks, methods=chosen, metrics=wanted,
                             shuffled_model=None if shuffled_model is None else str(shuffled_model),
                             settings=settings, progress=bar, layout=layout)
-    files = E.write(ev, out_dir)
+        files = E.write(ev, out_dir)
     if as_json:
         typer.echo(json.dumps(ev.to_json()["summary"], indent=1))
         return

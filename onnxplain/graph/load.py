@@ -30,6 +30,8 @@ def check_external_paths(model: onnx.ModelProto, base_dir: Path) -> None:
             continue
         info = {e.key: e.value for e in tensor.external_data}
         location = info.get("location", "")
+        if "\0" in location:
+            raise OnnxplainError(f"tensor '{tensor.name}': external data location {location!r} contains a NUL character")
         if not location or os.path.isabs(location):
             raise OnnxplainError(f"tensor '{tensor.name}': external data location '{location}' is not a relative path")
         target = (root / location).resolve()

@@ -106,6 +106,7 @@ class Outputs:
         self._files: dict[Path, int] = {}
         self._staged: list[tuple[Path, Path]] = []  # (temporary, final)
         self._made: list[Path] = []  # folders this transaction created, deepest last
+        self._absent: list[Path] = []  # planned folders missing when planned: removed on failure (if empty)
         self._token = None
         for p in protect:
             self.protect(p)
@@ -138,6 +139,7 @@ class Outputs:
         if p.exists() and not p.is_dir():
             raise OnnxplainError(f"{flag} {p} exists and is not a folder")
         self._folders.append((p, flag))
+        self._absent.extend(q for q in _missing_parents(p) if q not in self._absent)
         return self
 
     def file(self, path, size: int = 0, flag: str | None = None) -> "Outputs":
@@ -145,6 +147,7 @@ class Outputs:
         p = Path(path)
         self._check_file(p, flag)
         self._files[p] = max(int(size), 0)
+        self._absent.extend(q for q in _missing_parents(p.parent) if q not in self._absent)
         return self
 
     def _check_file(self, p: Path, flag: str | None = None) -> None:
@@ -162,8 +165,8 @@ class Outputs:
         limit = _name_max(anc)
         for part in (p.name, *[q.name for q in _missing_parents(p.parent)]):
             if len(os.fsencode(part)) > limit:
-                raise OnnxplainError(f"{what}: the name '{part[:40]}...' is longer than this file system allows "
-                                     f"({limit} bytes)")
+                raise OnnxplainError(f"{what}: the name '{part[:40]}...' is too long for this file system "
+                                     f"(at most {limit} bytes)")
 
     def check(self) -> "Outputs":
         """Every planned folder and file can be written, and the files fit on their disks."""
@@ -259,6 +262,7 @@ class Outputs:
             done.append(final)
         self._staged = []
         self._made = []
+        self._absent = []
         return done
 
     def rollback(self) -> None:
@@ -269,7 +273,7 @@ class Outputs:
             except OSError:
                 pass
         self._staged = []
-        for q in reversed(self._made):
+        for q in list(reversed(self._made)) + self._absent:  # deepest first
             try:
                 q.rmdir()
             except OSError:

@@ -24,6 +24,7 @@ has to undo the normalisation; :func:`to_display` inverts it for ``.npy`` inputs
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
@@ -69,9 +70,12 @@ PRESETS: dict[str, Preprocess] = {
 def parse_number(text: str, what: str) -> float:
     """``"0.5"``, ``"1/255"`` or ``"1e-3"`` -> float."""
     try:
-        return float(Fraction(text.strip())) if "/" in text else float(text)
-    except (ValueError, ZeroDivisionError):
+        v = float(Fraction(text.strip())) if "/" in text else float(text)
+    except (ValueError, ZeroDivisionError, OverflowError):
         raise OnnxplainError(f"{what}: '{text}' is not a number (examples: 0.5, 1/255)") from None
+    if not math.isfinite(v):
+        raise OnnxplainError(f"{what}: '{text}' is not a finite number")
+    return v
 
 
 def parse_numbers(text: str, what: str) -> tuple[float, ...]:
@@ -109,6 +113,8 @@ def resolve(preset: str | None = None, *, scale=None, mean=None, std=None, bgr: 
         p = replace(p, mean=parse_numbers(mean, "--mean") if isinstance(mean, str) else tuple(map(float, mean)))
     if std is not None:
         p = replace(p, std=parse_numbers(std, "--std") if isinstance(std, str) else tuple(map(float, std)))
+    if any(v == 0 for v in p.std):
+        raise OnnxplainError(f"--std must not be 0 (it divides), got {', '.join(f'{v:g}' for v in p.std)}")
     if bgr is not None:
         p = replace(p, bgr=bool(bgr))
     if layout is not None:

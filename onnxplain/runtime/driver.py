@@ -215,6 +215,10 @@ def class_scores(drv: Driver, y: np.ndarray, targets: np.ndarray, score: str = "
     if score not in ("softmax", "logit"):
         raise OnnxplainError(f"score must be 'softmax' or 'logit', not '{score}'")
     z = drv.per_class(y)
+    bad = np.asarray(targets)[(np.asarray(targets) >= z.shape[1]) | (np.asarray(targets) < 0)]
+    if bad.size:
+        raise OnnxplainError(f"target {int(bad[0])} out of range: the explained output has {z.shape[1]} classes "
+                             "at run time")
     if score == "softmax" and not drv.probabilities:
         e = np.exp(z - z.max(axis=1, keepdims=True))
         z = e / e.sum(axis=1, keepdims=True)

@@ -89,7 +89,12 @@ class Explainer:
         want = self.x.shape
         if not np.issubdtype(x.dtype, np.floating):
             raise OnnxplainError(f"input '{self.x.name}' must be a float array, got {x.dtype}")
-        x = x.astype(self.x.dtype, copy=False)
+        try:
+            x = x.astype(self.x.dtype, copy=False)
+        except TypeError:
+            kind = onnx.helper.tensor_dtype_to_string(self.x.dtype) if isinstance(self.x.dtype, int) else self.x.dtype
+            raise OnnxplainError(f"input '{self.x.name}' has an element type numpy cannot hold ({kind}); "
+                                 "onnxplain cannot feed it") from None
         if want is not None:
             if x.ndim != len(want):
                 raise OnnxplainError(f"input '{self.x.name}' expects shape {_fmt(want)}, got {list(x.shape)}")
