@@ -114,6 +114,11 @@ def world(tmp_path_factory):
                    h.make_node("Add", ["x", "r"], ["y"], name="add")], [_vi("x", ["N", 4])], [_vi("y", ["N", 4])],
                   [nh.from_array(np.ones(6, np.float32), "c6"), nh.from_array(np.array([4, 4], np.int64), "bad")])
     onnx.save(fold, str(d / "fold.onnx"))
+    custom = h.make_model(h.make_graph(
+        [h.make_node("Relu", ["x"], ["r"], name="relu"), h.make_node("Weird", ["r"], ["w"], name="weird", domain="my.dom"),
+         h.make_node("Relu", ["w"], ["y"], name="relu2")], "m", [_vi("x", ["N", 4])], [_vi("y", ["N", None])]),
+        opset_imports=[h.make_opsetid("", 17), h.make_opsetid("my.dom", 1)], ir_version=8)
+    onnx.save(custom, str(d / "custom.onnx"))  # symbolic shape inference gives up on it (and used to leave files)
 
     def pooled(side):
         return _model([h.make_node("Relu", ["x"], ["r"], name="relu"),
@@ -433,6 +438,9 @@ def one_line(proc, code=2):
     ("two inputs", ["explain", "two.onnx", "x4.npy", "-m", "gradient,occlusion"]),
     ("TOML nested 100000 deep", ["export", "tiny.onnx", "-m", "lrp_epsilon", "--rules", "deep.toml", "-o", "g.onnx"]),
     ("png bomb (Pillow)", ["explain", "tiny.onnx", "bomb.png"]),
+    ("shape inference gives up (its temp files)", ["explain", "custom.onnx", "x4.npy"]),
+    ("ragged TOML and a missing rule", ["export", "tiny.onnx", "-m", "lrp_epsilon", "--rules", "notutf8.toml",
+                                        "-o", "g.onnx"]),
 ])
 def test_one_stderr_line_at_the_fd_level(world, tmp_path, name, args):
     """A subprocess, so that onnxruntime's C++ log, onnx/Pillow warnings and graphsurgeon lines would show."""
@@ -443,7 +451,9 @@ def test_one_stderr_line_at_the_fd_level(world, tmp_path, name, args):
     listing = sorted(p.name for p in cwd.iterdir())
     if args[0] == "explain":
         args = args + ["-d", tmp_path / "out"]
-    one_line(run_cli(*args, cwd=cwd))
+    proc = run_cli(*args, cwd=cwd)
+    one_line(proc)
+    assert "[W]" not in proc.stdout and "onnxruntime" not in proc.stdout, proc.stdout
     assert sorted(p.name for p in cwd.iterdir()) == listing  # no sym_shape_infer_temp.onnx, no <uuid>.data
     nothing_written(tmp_path / "out")
     assert snapshot(world["dir"]) == world["snapshot"]
@@ -504,6 +514,9 @@ def test_full_disk_while_writing(world, tmpfs, cli):
     before = snapshot(tmpfs)
     user_error(cli("explain", world["tiny"], world["dir"] / "x.npy", world["dir"] / "photo.png", "-m",
                    "gradient,saliency", "-d", tmpfs / "out"), "space")
+    assert snapshot(tmpfs) == before
+    user_error(cli("evaluate", world["dir"] / "pool64.onnx", "shapes", "--n", "2", "-m", "gradient", "--metrics",
+                   "deletion", "-d", tmpfs / "eval"), "space")  # used to leave an empty or half-filled folder
     assert snapshot(tmpfs) == before
     (tmpfs / "ballast").unlink()
     _fill_disk(tmpfs, 0)

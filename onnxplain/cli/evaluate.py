@@ -14,6 +14,7 @@ from onnxplain.errors import OnnxplainError
 from onnxplain.cli.app import app
 from onnxplain.cli.common import Progress, existing, running
 from onnxplain.io.outputs import Outputs
+from onnxplain.validate import parse_bytes
 
 
 @app.command("evaluate")
@@ -52,6 +53,8 @@ def evaluate_cmd(
     layout: Optional[str] = typer.Option(None, "--layout", help="NCHW or NHWC: the layout of the model input and "
                                          "of the data's images (default: from the model input)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON instead of the table."),
+    max_memory: Optional[str] = typer.Option(None, "--max-memory", help="Refuse runs whose tensors need more "
+                                             "(e.g. 8G; default: half of this machine's memory)."),
 ):
     """Score methods by faithfulness, localisation, class sensitivity, robustness and sanity checks."""
     from onnxplain.evaluation import runner as E
@@ -75,7 +78,7 @@ def evaluate_cmd(
     with running("loading the model"):
         from onnxplain.runtime.explainer import Explainer, all_methods
 
-        explainer = Explainer(str(path))
+        explainer = Explainer(str(path), max_memory=None if max_memory is None else parse_bytes(max_memory))
     shape, layout = explainer.x.shape, E.layout_of(explainer, layout)
     if data == "shapes":
         side = (shape[1] if layout == "NHWC" else shape[2]) if shape and len(shape) == 4 else None
