@@ -689,3 +689,38 @@ def test_api_case(ex, world, name):
         API_CASES[name](ex, world)
     assert "\n" not in str(err.value).strip()
     assert snapshot(world["dir"]) == world["snapshot"]
+
+
+def test_regex_fallback_without_re2(monkeypatch, tmp_path):
+    """Without google-re2, patterns that can backtrack exponentially are refused; plain ones still work."""
+    from onnxplain.rules import ruleset
+
+    monkeypatch.setattr(ruleset, "_re2", lambda: None)
+    for bad in ("(a+)+$", "(a*)*b", "(x|xy)+z\\1", "(?=a)a", "(a{1,9})*"):
+        with pytest.raises(OnnxplainError, match="backtracking"):
+            ruleset._regex(bad, "f.toml: rule[0]")
+    assert ruleset._regex("^/features/0/.*", "f.toml: rule[0]").fullmatch("/features/0/conv")
+    with pytest.raises(OnnxplainError, match="bad regular expression"):
+        ruleset._regex("(unclosed", "f.toml: rule[0]")
+
+
+def test_node_names_matched_once(world):
+    """Each node name is matched against an entry's patterns once, however often the walker asks."""
+    from onnxplain.rules.ruleset import Env, load_ruleset
+
+    calls = []
+
+    class Counting:
+        def fullmatch(self, name):
+            calls.append(name)
+            return None
+
+    rs = load_ruleset(world["dir"] / "catastrophic.toml")
+    rs.entries[0].names = [Counting()]
+
+    class Node:
+        op, name = "Relu", "a" * 40 + "!"
+
+    for _ in range(5):
+        rs.entries[0].matches(Node(), Env())
+    assert calls == [Node.name]

@@ -113,8 +113,6 @@ def resolve(preset: str | None = None, *, scale=None, mean=None, std=None, bgr: 
         p = replace(p, mean=parse_numbers(mean, "--mean") if isinstance(mean, str) else tuple(map(float, mean)))
     if std is not None:
         p = replace(p, std=parse_numbers(std, "--std") if isinstance(std, str) else tuple(map(float, std)))
-    if any(v == 0 for v in p.std):
-        raise OnnxplainError(f"--std must not be 0 (it divides), got {', '.join(f'{v:g}' for v in p.std)}")
     if bgr is not None:
         p = replace(p, bgr=bool(bgr))
     if layout is not None:

@@ -242,8 +242,9 @@ def _regex(pattern: str, where: str):
             raise OnnxplainError(f"{where}: names: bad regular expression {pattern!r} ({reason}; patterns use RE2 "
                                  "syntax: no backreferences or lookarounds)") from None
     if re.search(r"\\[1-9]|\(\?[=!<]|\(\?P=", pattern) or re.search(r"\([^()]*[*+}][^()]*\)\s*[*+{]", pattern):
-        raise OnnxplainError(f"{where}: names: pattern {pattern!r} can take exponential time (a repeated group "
-                             "that repeats, or a backreference); install google-re2 or simplify it")
+        raise OnnxplainError(f"{where}: names: pattern {pattern!r} needs a backtracking engine (a repeated group "
+                             "that repeats, a backreference or a lookaround) and could hang on a node name; "
+                             "install google-re2 or simplify it")
     try:
         return re.compile(pattern)
     except re.error as exc:
