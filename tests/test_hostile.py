@@ -231,7 +231,7 @@ def nothing_written(out: Path, before=None):
 D = "{d}"  # the inputs folder
 O = "{o}"  # a fresh output location that must stay absent
 
-CASES = {
+CLI_CASES = {
     # 1. never clobber: the model, its external data, files named like it
     "export onto the model": (["export", f"{D}/tiny.onnx", "-o", f"{D}/tiny.onnx"], "refusing"),
     "export onto its external data": (["export", f"{D}/ext/m.onnx", "-o", f"{D}/ext/weights.onnx"], "refusing"),
@@ -405,9 +405,9 @@ def extras(world):
     return d
 
 
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("name", list(CLI_CASES))
 def test_cli_case(cli, world, extras, tmp_path, name):
-    args, needle = CASES[name]
+    args, needle = CLI_CASES[name]
     before_aux = snapshot(extras)
     res = cli(*[_fill(a, world, tmp_path) for a in args])
     user_error(res, *([needle] if needle else []))
