@@ -10,7 +10,7 @@ from typing import Optional
 import numpy as np
 import typer
 
-from onnxplain.errors import OnnxplainError
+from onnxplain.errors import OnnxplainError, as_user_error
 
 from onnxplain.cli.app import is_ort_error, one_line, ort_message
 
@@ -25,6 +25,9 @@ def running(what: str):
     except Exception as exc:
         if is_ort_error(exc):
             raise OnnxplainError(f"onnxruntime failed while {what}: {one_line(ort_message(exc), 400)}") from None
+        user = as_user_error(exc)
+        if user is not None:
+            raise OnnxplainError(f"{what}: {user}") from None
         raise
 
 
@@ -95,6 +98,19 @@ def existing(path: Path, what: str = "file") -> Path:
     if not path.is_file():
         raise OnnxplainError(f"not a file: {path}")
     return path
+
+
+def input_bytes(model: Path) -> int:
+    """The bytes of a model file and of the external-data files it references (an output size estimate)."""
+    from onnxplain.io.outputs import model_references
+
+    total = 0
+    for p in [Path(model), *model_references(Path(model))]:
+        try:
+            total += p.stat().st_size
+        except OSError:
+            pass
+    return total
 
 
 def same_file(a: Path, b: Path) -> bool:

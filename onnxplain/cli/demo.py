@@ -6,10 +6,9 @@ from pathlib import Path
 
 import typer
 
-from onnxplain.errors import OnnxplainError
-
 from onnxplain.cli.app import app
 from onnxplain.cli.common import Progress, running
+from onnxplain.io.outputs import Outputs
 
 
 @app.command()
@@ -28,15 +27,18 @@ def demo(
     from onnxplain.io.resources import demo_model
 
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OnnxplainError(f"--out-dir {out_dir} exists and is not a folder")
     if task != "classify":
         _task_demo(out_dir, task, n, seed)
         return
     path = demo_model()
+    outputs = Outputs(models=[path]).folder(out_dir, "--out-dir")
+    outputs.file(out_dir / "demo_methods.png")
+    for m in METHODS:
+        outputs.file(out_dir / f"demo_{m}.npy", size=n * 3 * 64 * 64 * 4 + 128)
+    outputs.check()  # before any work
     t0 = time.perf_counter()
     with Progress(n * len(METHODS), "demo") as bar:
-        with running("running the demo model"):
+        with outputs, running("running the demo model"):
             r = run_demo(out_dir, n=n, seed=seed, steps=steps, samples=samples, model=path, progress=bar)
     correct = int((r.predicted == r.labels).sum())
     typer.echo(f"model  {path}")
@@ -49,14 +51,17 @@ def demo(
 
 
 def _task_demo(out_dir: Path, task: str, n: int, seed: int):
-    from onnxplain.io.demo import DET_MODEL, SEG_MODEL, TASK_METHODS, format_task_table, run_task_demo
+    from onnxplain.io.demo import DET_MODEL, SEG_MODEL, format_task_table, run_task_demo
     from onnxplain.io.resources import demo_model
 
     if task not in ("detect", "segment"):
         raise OnnxplainError(f"--task must be classify, detect or segment, not '{task}'")
     path = demo_model(DET_MODEL if task == "detect" else SEG_MODEL)
+    outputs = Outputs(models=[path]).folder(out_dir, "--out-dir")
+    outputs.file(out_dir / f"demo_{task}.png")
+    outputs.check()  # before any work
     t0 = time.perf_counter()
-    with Progress(None, "demo") as bar, running(f"running the demo {task} model"):
+    with Progress(None, "demo") as bar, outputs, running(f"running the demo {task} model"):
         r = run_task_demo(out_dir, task, n=n, seed=seed, model=path, progress=bar)
     typer.echo(f"model  {path}")
     what = "the detection that best matches each object's box" if task == "detect" else \

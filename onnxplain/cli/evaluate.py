@@ -13,6 +13,8 @@ from onnxplain.errors import OnnxplainError
 
 from onnxplain.cli.app import app
 from onnxplain.cli.common import Progress, existing, running
+from onnxplain.io.outputs import Outputs
+from onnxplain.validate import parse_bytes
 
 
 @app.command("evaluate")
@@ -51,6 +53,8 @@ def evaluate_cmd(
     layout: Optional[str] = typer.Option(None, "--layout", help="NCHW or NHWC: the layout of the model input and "
                                          "of the data's images (default: from the model input)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON instead of the table."),
+    max_memory: Optional[str] = typer.Option(None, "--max-memory", help="Refuse runs whose tensors need more "
+                                             "(e.g. 8G; default: half of this machine's memory)."),
 ):
     """Score methods by faithfulness, localisation, class sensitivity, robustness and sanity checks."""
     from onnxplain.evaluation import runner as E
@@ -66,15 +70,21 @@ def evaluate_cmd(
     if shuffled_model is not None:
         existing(Path(shuffled_model))
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OnnxplainError(f"--out-dir {out_dir} exists and is not a folder")
+    outputs = Outputs(models=[path, shuffled_model], protect=[None if data == "shapes" else Path(data)])
+    outputs.folder(out_dir, "--out-dir")
+    for name in ("evaluation.csv", "evaluation.json", "evaluation.md"):
+        outputs.file(out_dir / name)
+    outputs.check()  # before any work
     with running("loading the model"):
         from onnxplain.runtime.explainer import Explainer, all_methods
 
-        explainer = Explainer(str(path))
+        explainer = Explainer(str(path), max_memory=None if max_memory is None else parse_bytes(max_memory))
     shape, layout = explainer.x.shape, E.layout_of(explainer, layout)
     if data == "shapes":
         side = (shape[1] if layout == "NHWC" else shape[2]) if shape and len(shape) == 4 else None
+        if isinstance(side, int) and 0 < side < 16:
+            raise OnnxplainError(f"'shapes' images are at least 16x16 pixels; the model input is {side}x{side} "
+                                 "(pass your own data as an .npz file)")
         images, labels, masks = make_shapes(n or 16, seed=seed, size=side if isinstance(side, int) and side > 0 else 64)
         if layout == "NHWC":
             images = np.ascontiguousarray(images.transpose(0, 2, 3, 1))
@@ -99,12 +109,12 @@ def evaluate_cmd(
     settings = E.Settings(n_sanity=n_sanity, region=region, steps=steps, fill=fill, fraction=fraction, radius=radius,
                           batch_size=batch_size, seed=seed)
     t0 = time.perf_counter()
-    with running("evaluating"):
+    with outputs, running("evaluating"):
         with Progress(None, "evaluate") as bar:
             ev = E.evaluate(explainer, images, labels, masks, methods=chosen, metrics=wanted,
                             shuffled_model=None if shuffled_model is None else str(shuffled_model),
                             settings=settings, progress=bar, layout=layout)
-    files = E.write(ev, out_dir)
+        files = E.write(ev, out_dir)
     if as_json:
         typer.echo(json.dumps(ev.to_json()["summary"], indent=1))
         return

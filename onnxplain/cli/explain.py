@@ -11,7 +11,11 @@ import typer
 from onnxplain.errors import OnnxplainError
 
 from onnxplain.cli.app import app
-from onnxplain.cli.common import Progress, class_label, class_names, existing, method_settings, opt_class_axis, opt_feed, opt_input, opt_output, opt_prob, parse_feeds, parse_methods, rules_file, running, same_file, status, with_method_options
+from onnxplain.cli.common import (Progress, class_label, class_names, existing, method_settings, opt_class_axis,
+                                  opt_feed, opt_input, opt_output, opt_prob, parse_feeds, parse_methods, rules_file,
+                                  running, status, with_method_options)
+from onnxplain.io.outputs import Outputs
+from onnxplain.validate import check_bytes, parse_bytes
 
 
 @app.command()
@@ -56,6 +60,8 @@ def explain(
     scale: Optional[str] = typer.Option(None, "--scale", help="Pixel multiplier, e.g. 1/255 (default: the preset's)."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="Text file with one class name per line."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Items per onnxruntime call."),
+    max_memory: Optional[str] = typer.Option(None, "--max-memory", help="Refuse runs whose tensors need more "
+                                             "(e.g. 8G; default: half of this machine's memory)."),
     alpha: float = typer.Option(0.75, "--alpha", min=0.0, max=1.0, help="Heatmap opacity at full strength."),
     shared_scale: bool = typer.Option(False, "--shared-scale", help="One colour scale per grid row (all methods)."),
     **method_options,
@@ -75,13 +81,19 @@ def explain(
         else:
             existing(p, "image file")
     existing(model)
+    if labels is not None:
+        existing(labels, "labels file")
+    budget = None if max_memory is None else parse_bytes(max_memory)
     recipe = preprocess.resolve(preset, scale=scale, mean=mean, std=std, bgr=bgr, layout=layout, size=size)
 
     for s in settings.values():
         if s.get("rules") is not None:
             s["rules"] = rules_file(Path(s["rules"]))
+    out_dir = Path(out_dir)
+    outputs = Outputs(models=[model], protect=[*images, labels, *(s.get("rules") for s in settings.values())])
+    outputs.folder(out_dir, "--out-dir").check()  # before any work
     ex = Explainer(str(model), input=input, output=output, probabilities=probabilities, class_axis=class_axis,
-                   feeds=parse_feeds(feed))
+                   feeds=parse_feeds(feed), max_memory=budget)
     tokens = ex.inner is not None and ex.entry_integer  # token ids / bytes, explained through their embedding
     shape = ex.entry_shape if ex.inner is not None else ex.x.shape
     has_images = any(p.suffix.lower() != ".npy" for p in images)
@@ -93,7 +105,15 @@ def explain(
         recipe = None  # .npy only, not an image input: attributions are written, no overlays
     if recipe is not None and recipe.layout == "NHWC":
         ex.options = replace(ex.options, channel_axis=3)
-    items = preprocess.load_items(images, recipe, shape, dtype=np_dtype(ex.x) or np.float32, integer=tokens)
+    if recipe is not None and recipe.size is not None and has_images:
+        h, w = recipe.size
+        n_images = sum(p.suffix.lower() != ".npy" for p in images)
+        check_bytes(h * w * 3 * (8 + 4 + 1) + n_images * h * w * (4 + 3), budget,
+                    f"preprocessing {n_images} image(s) to {h}x{w}")
+    items = preprocess.load_items(images, recipe, shape, dtype=np_dtype(ex.x) or np.float32, integer=tokens,
+                                  max_memory=budget)
+    if not items:
+        raise OnnxplainError("nothing to explain: the inputs hold no items")
     for it in items:  # validate everything before the first run: nothing half-written on bad input
         ex.check_input(it.tensor[None])
     spec, weights_file = _target_spec(ex, task, target, target_weights, box, klass, detector, coordinate, region,
@@ -108,15 +128,17 @@ def explain(
     entries = methods
     methods = [m.name for m in methods]
 
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OnnxplainError(f"--out-dir {out_dir} exists and is not a folder")
-    inputs = [model, *images] + ([labels] if labels else [])
-    planned = [out_dir / f"{it.name}.{m}.{ext}" for it in items for m in methods for ext in ("png", "npy")]
-    for path in planned:
-        for src in inputs:
-            if same_file(path, src):
-                raise OnnxplainError(f"refusing to overwrite the input file {src}; choose another --out-dir")
+    for it in items:  # every file, checked before the first run
+        cells = max(128 * 128, it.tensor.size)
+        for m in methods:
+            outputs.file(out_dir / f"{it.name}.{m}.npy", size=it.tensor.nbytes * (64 if tokens else 1) + 128)
+            if tokens:
+                outputs.file(out_dir / f"{it.name}.{m}.tokens.npy", size=it.tensor.size * 8 + 128)
+            if it.display is not None:
+                outputs.file(out_dir / f"{it.name}.{m}.png", size=it.display.nbytes + 1024)
+        if len(methods) > 1 and it.display is not None:
+            outputs.file(out_dir / "comparison.png", size=cells * 3 * (len(methods) + 1))
+    outputs.check()
 
     names = class_names(ex.canonical.model, labels)
     out_t = ex.canonical.output(ex.options.output)
@@ -152,42 +174,61 @@ def explain(
         guessed = "" if task else " (guessed from the outputs; --task overrides)"
         kind = type(first.spec).__name__.lower() if first.spec is not None else "weights"
         typer.echo(f"target: {kind}{guessed if kind in ('detection', 'region', 'sequence') and spec is None else ''}")
-    written = []
-    with Progress(len(methods) * len(items), "explaining") as bar:
-        for m in methods:
-            for s, e in groups:
-                bar(description=f"{m}")
-                x = np.stack([it.tensor for it in items[s:e]])
-                tg = resolved[(s, e)]
-                with running(f"running {m}"):
-                    res = ex.run(x, m, target=tg, batch_size=batch_size,
-                                 progress=(lambda d, t, m=m: bar(description=f"{m} ({d}/{t} passes)")),
-                                 **{k: v for k, v in settings[m].items() if k != "batch_size"})
-                for k, i in enumerate(range(s, e)):
-                    a = res.attribution[k]
-                    note = tg.notes[k] if tg.notes else "the target"
-                    if not np.any(a):
-                        raise OnnxplainError(f"{m} gives an all-zero map for {items[i].name} ({note}): the explained "
-                                             "score does not depend on the input there; nothing written for it -- "
-                                             "choose another target (--task, --box, --region, --position) or method")
-                    results[m][i] = a
-                    if "token_scores" in res.outputs:
-                        scores = res.outputs["token_scores"][k]
-                        tokens_out[i].append(f"{m}: " + " ".join(f"{j}:{v:+.3g}" for j, v in enumerate(scores)))
-                        written.append(render.save_npy(scores, out_dir / f"{items[i].name}.{m}.tokens.npy"))
-                    if summary[i] is None:
-                        summary[i] = _prediction(res, k, out_t.name, cax) if tg.mode == "class" else (None, None, None)
-                    written.append(render.save_npy(a, out_dir / f"{items[i].name}.{m}.npy"))
-                    if items[i].display is not None:
-                        a2 = render.to_2d(a, channel_axis=item_channel_axis)
-                        pic = render.overlay(items[i].display, a2, signed=render.is_signed(m), alpha=alpha)
-                        item = dict(tg.items[k]) if tg.items else None
-                        if item is not None:
-                            item["caption"] = f"{m}: {item.get('caption', '')}"
-                        pic = render.annotate(pic, item, source_size=_hw(items[i].tensor, item_channel_axis))
-                        written.append(render.save_png(pic, out_dir / f"{items[i].name}.{m}.png"))
-                bar(advance=e - s)
+    with outputs:
+        written = []
+        with Progress(len(methods) * len(items), "explaining") as bar:
+            for m in methods:
+                for s, e in groups:
+                    bar(description=f"{m}")
+                    x = np.stack([it.tensor for it in items[s:e]])
+                    tg = resolved[(s, e)]
+                    with running(f"running {m}"):
+                        res = ex.run(x, m, target=tg, batch_size=batch_size,
+                                     progress=(lambda d, t, m=m: bar(description=f"{m} ({d}/{t} passes)")),
+                                     **{k: v for k, v in settings[m].items() if k != "batch_size"})
+                    for k, i in enumerate(range(s, e)):
+                        a = res.attribution[k]
+                        note = tg.notes[k] if tg.notes else "the target"
+                        if not np.any(a):
+                            raise OnnxplainError(f"{m} gives an all-zero map for {items[i].name} ({note}): the explained "
+                                                 "score does not depend on the input there; nothing written for it -- "
+                                                 "choose another target (--task, --box, --region, --position) or method")
+                        results[m][i] = a
+                        if "token_scores" in res.outputs:
+                            scores = res.outputs["token_scores"][k]
+                            tokens_out[i].append(f"{m}: " + " ".join(f"{j}:{v:+.3g}" for j, v in enumerate(scores)))
+                            written.append(render.save_npy(scores, out_dir / f"{items[i].name}.{m}.tokens.npy"))
+                        if summary[i] is None:
+                            summary[i] = _prediction(res, k, out_t.name, cax) if tg.mode == "class" else (None, None, None)
+                        written.append(render.save_npy(a, out_dir / f"{items[i].name}.{m}.npy"))
+                        if items[i].display is not None:
+                            a2 = render.to_2d(a, channel_axis=item_channel_axis)
+                            pic = render.overlay(items[i].display, a2, signed=render.is_signed(m), alpha=alpha)
+                            item = dict(tg.items[k]) if tg.items else None
+                            if item is not None:
+                                item["caption"] = f"{m}: {item.get('caption', '')}"
+                            pic = render.annotate(pic, item, source_size=_hw(items[i].tensor, item_channel_axis))
+                            written.append(render.save_png(pic, out_dir / f"{items[i].name}.{m}.png"))
+                    bar(advance=e - s)
 
+            if len(methods) > 1:
+                shown = [i for i, it in enumerate(items) if it.display is not None][:32]
+                if shown:
+                    rows, row_titles = [], []
+                    for i in shown:
+                        maps = [render.to_2d(results[m][i], channel_axis=item_channel_axis) for m in methods]
+                        common = render.shared_scale(maps) if shared_scale else None
+                        rows.append([items[i].display] + [render.overlay(items[i].display, a2, signed=render.is_signed(m),
+                                                                         alpha=alpha, scale=common)
+                                                          for a2, m in zip(maps, methods)])
+                        row_titles.append(items[i].name)
+                    bars = (["signed"] if any(render.is_signed(m) for m in methods) else []) + \
+                        (["positive"] if any(not render.is_signed(m) for m in methods) else [])
+                    note = "colour scale: 99.5th percentile of |a|, " + ("shared across each row" if shared_scale else "per map")
+                    pic = render.grid(rows, titles=["image", *methods], row_titles=row_titles, colorbars=bars, note=note)
+                    written.append(render.save_png(pic, out_dir / "comparison.png"))
+                    if len([it for it in items if it.display is not None]) > len(shown):
+                        typer.echo(f"comparison grid shows the first {len(shown)} images")
     # one line per item: prediction, explained target, score
     w = max(len(it.source.name if it.source.suffix.lower() != ".npy" else it.name) for it in items)
     notes = {i: resolved[(s, e)].notes[i - s] for s, e in groups for i in range(s, e) if resolved[(s, e)].notes}

@@ -1,10 +1,6 @@
 """`onnxplain export`: write the explanation graph of a model."""
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Optional
@@ -16,7 +12,10 @@ from onnxplain.graph.specialise import bind, specialised
 
 from onnxplain.methods.catalog import method as lookup
 from onnxplain.cli.app import app, one_line
-from onnxplain.cli.common import existing, fmt_io, human, method_settings, opt_class_axis, opt_feed, opt_input, opt_output, opt_prob, parse_feeds, parse_input_shapes, rules_file, same_file, status, with_method_options
+from onnxplain.cli.common import (existing, fmt_io, human, input_bytes, method_settings, opt_class_axis, opt_feed,
+                                  opt_input, opt_output, opt_prob, parse_feeds, parse_input_shapes, rules_file, status,
+                                  with_method_options)
+from onnxplain.io.outputs import Outputs
 
 # the options of the table that change how an explanation graph is built
 GRAPH_OPTIONS = ("steps", "samples", "noise", "seed", "rules", "layer", "prefix_tokens")
@@ -61,33 +60,32 @@ def export(
     if target_mode not in ("class", "weights"):
         raise OnnxplainError(f"--target-mode must be 'class' or 'weights', not '{target_mode}'")
     existing(model)
-    if out.exists() and out.is_dir():
-        raise OnnxplainError(f"output {out} is a directory; give a file name such as {out / 'explained.onnx'}")
-    if same_file(model, out):
-        raise OnnxplainError(f"refusing to overwrite the input model {model}; choose another -o/--out")
-    if out.suffix.lower() != ".onnx":
+    if out.suffix.lower() != ".onnx" and not out.is_dir():
         raise OnnxplainError(f"output {out} should end in .onnx")
+    outputs = Outputs(models=[model], protect=[settings.get("rules")])
+    outputs.file(out, size=input_bytes(model), flag="-o/--out").check()  # before any work
 
-    src = load_model(model)
-    before = len(src.graph.node)
-    feeds, shapes = parse_feeds(feed), parse_input_shapes(input_shape)
-    if feeds:
-        src = bind(src, feeds)
-    for name, shape in shapes.items():
-        src = specialised(src, name, shape)
-    graph_params = {k: v for k, v in settings.items() if k in GRAPH_OPTIONS and v is not None}
-    options = Options(input=input, output=output, probabilities=probabilities, target_mode=target_mode,
-                      class_axis=class_axis, **graph_params)
-    with status(f"building the {method} graph"):
-        try:
-            graph = build(src, method, options)
-        except ShapeError as exc:
-            if shapes:
-                raise
-            x = input or next((i.name for i in src.graph.input), "INPUT")
-            raise ShapeError(f"{exc}; export the graph for one input shape with --input-shape {x}=N,C,H,W "
-                             "(onnxplain explain and the Python API do this by themselves)") from None
-    _check_and_save(graph, out, onnx)
+    with outputs:
+        src = load_model(model)
+        before = len(src.graph.node)
+        feeds, shapes = parse_feeds(feed), parse_input_shapes(input_shape)
+        if feeds:
+            src = bind(src, feeds)
+        for name, shape in shapes.items():
+            src = specialised(src, name, shape)
+        graph_params = {k: v for k, v in settings.items() if k in GRAPH_OPTIONS and v is not None}
+        options = Options(input=input, output=output, probabilities=probabilities, target_mode=target_mode,
+                          class_axis=class_axis, **graph_params)
+        with status(f"building the {method} graph"):
+            try:
+                graph = build(src, method, options)
+            except ShapeError as exc:
+                if shapes:
+                    raise
+                x = input or next((i.name for i in src.graph.input), "INPUT")
+                raise ShapeError(f"{exc}; export the graph for one input shape with --input-shape {x}=N,C,H,W "
+                                 "(onnxplain explain and the Python API do this by themselves)") from None
+        _check_and_save(graph, out, onnx)
     elapsed = time.perf_counter() - t0
 
     meta = {p.key: p.value for p in graph.metadata_props}
@@ -109,16 +107,21 @@ def export(
 
 
 def _check_and_save(graph, out: Path, onnx, in_memory_limit: int = 2**31 - 2**26) -> None:
-    """Full ONNX check, then an atomic write; nothing is written when the check fails.
-
-    Graphs over ``in_memory_limit`` bytes (protobuf cannot serialise 2 GB) are written to a
-    temporary folder beside ``out`` (weights as external data), checked by path, then moved in.
-    """
+    """Full ONNX check, then an atomic write (:mod:`onnxplain.io.outputs`); nothing is written when the
+    check fails. Graphs over ``in_memory_limit`` bytes (protobuf cannot serialise 2 GB) are checked by
+    path: written to temporary files beside ``out`` (weights as external data when large), checked,
+    then renamed into place."""
     from onnxplain.graph.load import save_model_atomic
 
     def failed(exc):
         return OnnxplainError(f"the explanation graph fails onnx.checker.check_model(full_check=True): "
                               f"{one_line(exc, 300)}; nothing was written (please report this)")
+
+    def check(path):
+        try:
+            onnx.checker.check_model(str(path), full_check=True)
+        except Exception as exc:
+            raise failed(exc) from None
 
     try:
         small = graph.ByteSize() < in_memory_limit
@@ -131,26 +134,4 @@ def _check_and_save(graph, out: Path, onnx, in_memory_limit: int = 2**31 - 2**26
             raise failed(exc) from None
         save_model_atomic(graph, out)
         return
-    # over protobuf's 2 GB limit: check the written files (model + external data) before moving them in
-    made = not out.parent.exists()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmpdir = Path(tempfile.mkdtemp(prefix=".onnxplain-export-", dir=out.parent))
-    ok = False
-    try:
-        tmp = save_model_atomic(graph, tmpdir / out.name)
-        try:
-            onnx.checker.check_model(str(tmp), full_check=True)
-        except Exception as exc:
-            raise failed(exc) from None
-        data = tmpdir / (out.name + ".data")
-        if data.exists():
-            os.replace(data, out.parent / data.name)
-        os.replace(tmp, out)
-        ok = True
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
-        if made and not ok:
-            with contextlib.suppress(OSError):
-                out.parent.rmdir()
-
-
+    save_model_atomic(graph, out, check=check)

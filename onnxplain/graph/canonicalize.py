@@ -109,7 +109,9 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         return model
     if _unknown_dims(inferred):
         try:
-            with warnings.catch_warnings():
+            from onnxplain.runtime.quiet import scratch_cwd
+
+            with warnings.catch_warnings(), scratch_cwd():  # it may leave sym_shape_infer_temp.onnx in the cwd
                 warnings.simplefilter("ignore")
                 symbolic = _symbolic_inference().infer_shapes(inferred, auto_merge=True)
             _fill_unknown_dims(inferred, symbolic)

@@ -30,6 +30,8 @@ def check_external_paths(model: onnx.ModelProto, base_dir: Path) -> None:
             continue
         info = {e.key: e.value for e in tensor.external_data}
         location = info.get("location", "")
+        if "\0" in location:
+            raise OnnxplainError(f"tensor '{tensor.name}': external data location {location!r} contains a NUL character")
         if not location or os.path.isabs(location):
             raise OnnxplainError(f"tensor '{tensor.name}': external data location '{location}' is not a relative path")
         target = (root / location).resolve()
@@ -100,35 +102,58 @@ def _weightless(model: onnx.ModelProto) -> onnx.ModelProto:
     return light
 
 
-def save_model_atomic(model: onnx.ModelProto, path: str | os.PathLike, external_threshold: int = 2**31 - 2**26) -> Path:
-    """Write ``model`` to ``path`` atomically (temp file + rename).
+def save_model_atomic(model: onnx.ModelProto, path: str | os.PathLike, external_threshold: int = 2**31 - 2**26,
+                      check=None) -> Path:
+    """Write ``model`` to ``path`` atomically, through :mod:`onnxplain.io.outputs` (the running
+    transaction, or one of its own): nothing is left behind on failure, never a half-written file.
 
     Models whose weights exceed ``external_threshold`` bytes are saved with one external-data
-    file beside them (``<name>.data``), also written atomically.
+    file beside them (``<name>.data``); ``check(path)`` is then called on the temporary model (its
+    data written) before anything is renamed into place.
     """
+    from onnxplain.io.outputs import Outputs, active
+
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    tx = active()
+    if tx is not None:
+        return _save_model(tx, model, out, external_threshold, check)
+    with Outputs() as own:
+        own.file(out)
+        _save_model(own, model, out, external_threshold, check)
+    return out
+
+
+def _save_model(tx, model: onnx.ModelProto, out: Path, external_threshold: int, check) -> Path:
+    from onnxplain.errors import os_message
+
     data_name = out.name + ".data"
-    tmp_data = out.with_name(f".{data_name}.tmp{os.getpid()}")
     weight_bytes = sum(len(t.raw_data) for t in model.graph.initializer)
     try:
         if weight_bytes > external_threshold:
+            tmp_data = tx.temp(out.with_name(data_name), suffix=".data")
+            tmp = tx.temp(out, suffix=".onnx")
             onnx.save_model(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
                             location=tmp_data.name, size_threshold=1024)
-            # point the model at the final data name, then rename both
-            final = onnx.load(str(tmp), load_external_data=False)
+            if check is not None:
+                check(tmp)
+            final = onnx.load(str(tmp), load_external_data=False)  # point it at the final data name
             for t in external_data_helper._get_all_tensors(final):
                 for e in t.external_data:
                     if e.key == "location":
                         e.value = data_name
-            onnx.save_model(final, str(tmp))
-            os.replace(tmp_data, out.with_name(data_name))
+            _write(tmp, final.SerializeToString())
         else:
-            onnx.save_model(model, str(tmp))
-        os.replace(tmp, out)
-    finally:
-        for leftover in (tmp, tmp_data):
-            if leftover.exists():
-                leftover.unlink()
+            tmp = tx.temp(out, suffix=".onnx")
+            _write(tmp, model.SerializeToString())
+            if check is not None:
+                check(tmp)
+    except OSError as exc:
+        raise OnnxplainError(f"cannot write {out}: {os_message(exc)}") from None
     return out
+
+
+def _write(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())

@@ -122,10 +122,9 @@ def class_axis_of(logits, options: Options) -> int:
     if r < 2:
         raise OnnxplainError(f"explained output '{logits.name}' needs a batch axis for class targets; "
                              "use target weights instead")
-    ax = options.class_axis if options.class_axis is not None else (1 if r == 4 else r - 1)
-    if not -r <= ax < r:
-        raise OnnxplainError(f"class axis {ax} is out of range for explained output '{logits.name}' of rank {r}")
-    return ax % r
+    from onnxplain.validate import class_axis
+
+    return class_axis(options.class_axis, r, f"explained output '{logits.name}'")
 
 
 def class_seed(ctx: Context):

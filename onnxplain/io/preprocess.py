@@ -24,6 +24,7 @@ has to undo the normalisation; :func:`to_display` inverts it for ``.npy`` inputs
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
@@ -31,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from onnxplain.errors import OnnxplainError
+from onnxplain.validate import check_bytes
 
 LAYOUTS = ("NCHW", "NHWC")
 
@@ -68,9 +70,12 @@ PRESETS: dict[str, Preprocess] = {
 def parse_number(text: str, what: str) -> float:
     """``"0.5"``, ``"1/255"`` or ``"1e-3"`` -> float."""
     try:
-        return float(Fraction(text.strip())) if "/" in text else float(text)
-    except (ValueError, ZeroDivisionError):
+        v = float(Fraction(text.strip())) if "/" in text else float(text)
+    except (ValueError, ZeroDivisionError, OverflowError):
         raise OnnxplainError(f"{what}: '{text}' is not a number (examples: 0.5, 1/255)") from None
+    if not math.isfinite(v):
+        raise OnnxplainError(f"{what}: '{text}' is not a finite number")
+    return v
 
 
 def parse_numbers(text: str, what: str) -> tuple[float, ...]:
@@ -159,8 +164,11 @@ def channels_of(p: Preprocess, shape) -> int:
 
 
 # ---- images ---------------------------------------------------------------------------------------
-def load_image(path) -> np.ndarray:
-    """PNG/JPEG/... -> RGB uint8 [H, W, 3] (EXIF orientation applied, alpha dropped)."""
+def load_image(path, max_memory: int | None = None) -> np.ndarray:
+    """PNG/JPEG/... -> RGB uint8 [H, W, 3] (EXIF orientation applied, alpha dropped).
+
+    The header's size is checked against the memory budget (:func:`onnxplain.validate.check_bytes`)
+    before the pixels are decoded: a small file can claim a huge image."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
@@ -170,6 +178,8 @@ def load_image(path) -> np.ndarray:
         raise OnnxplainError(f"not a file: {path}")
     try:
         with Image.open(path) as im:
+            w, h = im.size
+            check_bytes(w * h * 4 * 3, max_memory, f"decoding {path.name} ({w}x{h} pixels)")
             im.load()
             im = ImageOps.exif_transpose(im)
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):
@@ -245,7 +255,8 @@ class Item:
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 
-def load_items(paths, p: Preprocess | None, shape, dtype=np.float32, integer: bool = False) -> list[Item]:
+def load_items(paths, p: Preprocess | None, shape, dtype=np.float32, integer: bool = False,
+               max_memory: int | None = None) -> list[Item]:
     """Load images and ``.npy`` arrays; ``p`` must be resolved with :func:`for_model` for images.
 
     A ``.npy`` file holds one preprocessed item (the input's shape without the batch axis) or a
@@ -256,6 +267,8 @@ def load_items(paths, p: Preprocess | None, shape, dtype=np.float32, integer: bo
     for path in map(Path, paths):
         if path.suffix.lower() == ".npy":
             arr = _load_npy(path, integer)
+            if arr.size == 0:
+                raise OnnxplainError(f"{path}: the array is empty (shape {list(arr.shape)}); nothing to explain")
             if rank is not None and arr.ndim == rank - 1:
                 arr = arr[None]
             if rank is not None and arr.ndim != rank:
@@ -272,7 +285,7 @@ def load_items(paths, p: Preprocess | None, shape, dtype=np.float32, integer: bo
         else:
             if p is None:
                 raise OnnxplainError(f"{path}: image files need a rank-4 image input; pass a preprocessed .npy array")
-            rgb = resize(load_image(path), p.size)
+            rgb = resize(load_image(path, max_memory), p.size)
             items.append(Item(path.stem, path, to_tensor(rgb, p, channels_of(p, shape), dtype), rgb))
     _unique_names(items)
     return items
@@ -282,9 +295,12 @@ def _load_npy(path: Path, integer: bool = False) -> np.ndarray:
     if not path.is_file():
         raise OnnxplainError(f"no such file: {path}")
     try:
-        arr = np.load(path, allow_pickle=False)
+        arr = _read_npy(path)
+    except OnnxplainError:
+        raise
     except Exception as exc:
-        raise OnnxplainError(f"cannot read {path} as a .npy array ({type(exc).__name__})") from None
+        why = " ".join(str(exc).split())[:160] if isinstance(exc, ValueError) else type(exc).__name__
+        raise OnnxplainError(f"cannot read {path} as a .npy array ({why})") from None
     if not isinstance(arr, np.ndarray):
         raise OnnxplainError(f"{path} does not hold a single array")
     if integer and not np.issubdtype(arr.dtype, np.integer):
@@ -292,6 +308,23 @@ def _load_npy(path: Path, integer: bool = False) -> np.ndarray:
     if not integer and not np.issubdtype(arr.dtype, np.floating):
         raise OnnxplainError(f"{path}: array must be float, got {arr.dtype}")
     return arr
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    """``np.load`` after a look at the header: its shape is checked against the memory budget and the
+    file's size before anything is allocated (a 100-byte file can claim a terabyte)."""
+    with open(path, "rb") as f:
+        major, _ = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(f)
+        offset = f.tell()
+    if dtype.hasobject:
+        raise ValueError("object arrays are not allowed")
+    nbytes = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    if nbytes > path.stat().st_size - offset:
+        raise ValueError(f"the header claims {nbytes} bytes of data, the file holds fewer")
+    check_bytes(nbytes, None, f"reading {path.name}")
+    return np.load(path, allow_pickle=False)
 
 
 def _unique_names(items: list[Item]) -> None:

@@ -380,34 +380,27 @@ def grid(rows, titles=None, row_titles=None, cell: tuple[int, int] | None = None
 
 
 def write_atomic(path, write, suffix: str = "") -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``, so a
-    crash leaves no half-written file. ``suffix`` ends the temporary name (``np.save`` adds .npy)."""
-    import os
+    """Write ``path`` with ``write(f)`` (a binary file object) atomically: see :mod:`onnxplain.io.outputs`."""
+    from onnxplain.io.outputs import write_atomic as write_out
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return write_out(path, write, suffix)
 
 
 def save_png(image: np.ndarray, path) -> Path:
     """Write an RGB uint8 image as PNG, atomically."""
     from PIL import Image
 
-    return write_atomic(path, lambda tmp: Image.fromarray(_as_rgb(image)).save(tmp, format="PNG"))
+    picture = Image.fromarray(_as_rgb(image))
+    return write_atomic(path, lambda f: picture.save(f, format="PNG"))
 
 
 def save_npy(array: np.ndarray, path) -> Path:
     """``np.save``, atomically."""
-    return write_atomic(path, lambda tmp: np.save(tmp, np.asarray(array)), suffix=".npy")
+    a = np.asarray(array)
+    return write_atomic(path, lambda f: np.save(f, a, allow_pickle=False))
 
 
 def save_text(text: str, path) -> Path:
     """Write UTF-8 text, atomically."""
-    return write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    data = text.encode("utf-8")
+    return write_atomic(path, lambda f: f.write(data))

@@ -225,7 +225,9 @@ def _class_axis(logits: np.ndarray, options) -> int:
     r = logits.ndim
     if r < 2:
         raise OnnxplainError("the explained output needs a batch axis for class targets; use target weights")
-    return (options.class_axis if options.class_axis is not None else (1 if r == 4 else r - 1)) % r
+    from onnxplain.validate import class_axis
+
+    return class_axis(options.class_axis, r)
 
 
 def _seed(logits: np.ndarray, options, target, weights):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxplain.errors import OnnxplainError, ShapeError
+from onnxplain.errors import ShapeError
 
 
 def deeplift(ctx):

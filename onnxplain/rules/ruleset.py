@@ -19,15 +19,15 @@ short factory each, registered with :func:`onnxplain.rules.table.modified`.
 """
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import onnx
 
-from onnxplain.errors import OnnxplainError
+from onnxplain.errors import OnnxplainError, os_message
 from onnxplain.rules import deeplift, guided, lrp  # noqa: F401  (they register into MODIFIED)
 from onnxplain.rules.table import MODIFIED, modified
 from onnxplain.rules.vjp import Rule, load_all
@@ -35,6 +35,10 @@ from onnxplain.rules.vjp import Rule, load_all
 _TOP_KEYS = {"name", "description", "base", "rule"}
 _MATCH_KEYS = {"ops", "names", "position"}
 _POSITIONS = {"first"}
+MAX_FILE_BYTES = 1 << 20  # a rule set is a few hundred bytes; refuse files that are not one
+MAX_DEPTH = 16  # TOML nesting ([[rule]] and its lists need 2)
+MAX_NUMBER = 1e30  # rule parameters (epsilon, gamma, alpha, ...) are small numbers
+MAX_PATTERN = 1000
 
 
 @dataclass
@@ -58,11 +62,17 @@ class Entry:
     names: list | None = None
     position: str | None = None
 
+    _hits: dict = field(default_factory=dict, repr=False)  # node name -> matches ``names`` (once per name)
+
     def matches(self, node, env: Env) -> bool:
         if self.ops is not None and node.op not in self.ops:
             return False
-        if self.names is not None and not any(p.fullmatch(node.name or "") for p in self.names):
-            return False
+        if self.names is not None:
+            name = node.name or ""
+            if name not in self._hits:
+                self._hits[name] = any(p.fullmatch(name) for p in self.names)
+            if not self._hits[name]:
+                return False
         if self.position == "first" and node.name not in env.first:
             return False
         return True
@@ -115,9 +125,23 @@ def load_ruleset(path: str | Path) -> RuleSet:
     if not path.is_file():
         raise OnnxplainError(f"rule-set file {where} does not exist")
     try:
-        data = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise OnnxplainError(f"{where}: not valid TOML ({exc})") from None
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise OnnxplainError(f"{where}: a rule-set file of {path.stat().st_size} bytes is too large "
+                                 f"(at most {MAX_FILE_BYTES})")
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise OnnxplainError(f"{where}: cannot read it ({os_message(exc)})") from None
+    except UnicodeDecodeError:
+        raise OnnxplainError(f"{where}: not valid TOML (not UTF-8 text)") from None
+    depth = _nesting(text)
+    if depth > MAX_DEPTH:
+        raise OnnxplainError(f"{where}: not valid TOML for a rule set (arrays or tables nested {depth} deep; "
+                             f"at most {MAX_DEPTH})")
+    try:
+        data = tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, RecursionError, ValueError, OverflowError) as exc:
+        reason = " ".join(str(exc).split()) if not isinstance(exc, RecursionError) else "nested too deeply"
+        raise OnnxplainError(f"{where}: not valid TOML ({reason})") from None
     unknown = set(data) - _TOP_KEYS
     if unknown:
         raise OnnxplainError(f"{where}: unknown key '{sorted(unknown)[0]}' (allowed: {', '.join(sorted(_TOP_KEYS))})")
@@ -153,10 +177,15 @@ def _entry(table, where: str, modified_rules: dict) -> Entry:
             allowed = sorted(_MATCH_KEYS | {"rule"} | set(defaults))
             raise OnnxplainError(f"{where}: unknown key '{key}' for rule '{name}' (allowed: {', '.join(allowed)})")
         want = type(defaults[key])
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_NUMBER:
+            raise OnnxplainError(f"{where}: {key}: {str(value)[:20]}... is too large (at most {MAX_NUMBER:g})")
         if want is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, want) or isinstance(value, bool) != isinstance(defaults[key], bool):
             raise OnnxplainError(f"{where}: {key}: expected {want.__name__}, got {type(value).__name__}")
+        if isinstance(value, float) and not (math.isfinite(value) and abs(value) <= MAX_NUMBER):
+            raise OnnxplainError(f"{where}: {key}: must be a finite number of at most {MAX_NUMBER:g} in size, "
+                                 f"not {value}")
         params[key] = value
     if not _MATCH_KEYS & set(table):
         raise OnnxplainError(f"{where}: give at least one of ops, names, position")
@@ -173,15 +202,60 @@ def _entry(table, where: str, modified_rules: dict) -> Entry:
         pats = table["names"]
         if not isinstance(pats, list) or not all(isinstance(p, str) for p in pats):
             raise OnnxplainError(f"{where}: names: expected a list of regular expressions")
-        try:
-            entry.names = [re.compile(p) for p in pats]
-        except re.error as exc:
-            raise OnnxplainError(f"{where}: names: bad regular expression ({exc})") from None
+        entry.names = [_regex(p, where) for p in pats]
     if "position" in table:
         if table["position"] not in _POSITIONS:
             raise OnnxplainError(f"{where}: position: expected one of {sorted(_POSITIONS)}")
         entry.position = table["position"]
     return entry
+
+
+def _nesting(text: str) -> int:
+    """The deepest nesting of ``[``/``{`` in ``text`` (strings included: an upper bound), without recursion."""
+    depth = most = 0
+    for ch in text:
+        if ch in "[{":
+            depth += 1
+            most = max(most, depth)
+        elif ch in "]}":
+            depth = max(0, depth - 1)
+    return most
+
+
+def _regex(pattern: str, where: str):
+    """A node-name pattern, compiled by RE2 (linear time: a pattern cannot hang on a name the model chose).
+
+    Without the ``google-re2`` package, Python's ``re`` is used and patterns that can backtrack
+    exponentially (a quantified group that contains a quantifier, backreferences) are refused."""
+    if len(pattern) > MAX_PATTERN:
+        raise OnnxplainError(f"{where}: names: a pattern of {len(pattern)} characters is too long "
+                             f"(at most {MAX_PATTERN})")
+    re2 = _re2()
+    if re2 is not None:
+        options = re2.Options()
+        options.log_errors = False
+        try:
+            return re2.compile(pattern, options)
+        except Exception as exc:  # noqa: BLE001 -- re2.error
+            reason = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+            raise OnnxplainError(f"{where}: names: bad regular expression {pattern!r} ({reason}; patterns use RE2 "
+                                 "syntax: no backreferences or lookarounds)") from None
+    if re.search(r"\\[1-9]|\(\?[=!<]|\(\?P=", pattern) or re.search(r"\([^()]*[*+}][^()]*\)\s*[*+{]", pattern):
+        raise OnnxplainError(f"{where}: names: pattern {pattern!r} needs a backtracking engine (a repeated group "
+                             "that repeats, a backreference or a lookaround) and could hang on a node name; "
+                             "install google-re2 or simplify it")
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise OnnxplainError(f"{where}: names: bad regular expression ({exc})") from None
+
+
+def _re2():
+    try:
+        import re2
+    except ImportError:
+        return None
+    return re2
 
 
 def builtin_ruleset(method: str) -> RuleSet:

@@ -166,7 +166,9 @@ class Driver:
         r = y.ndim
         if r < 2:
             raise OnnxplainError("the explained output needs a batch axis and a class axis")
-        return (self.class_axis if self.class_axis is not None else (1 if r == 4 else r - 1)) % r
+        from onnxplain.validate import class_axis
+
+        return class_axis(self.class_axis, r)
 
     def per_class(self, y: np.ndarray) -> np.ndarray:
         """[M, C]: the explained tensor summed over every axis but batch and class (float64)."""
@@ -214,6 +216,10 @@ def class_scores(drv: Driver, y: np.ndarray, targets: np.ndarray, score: str = "
     if score not in ("softmax", "logit"):
         raise OnnxplainError(f"score must be 'softmax' or 'logit', not '{score}'")
     z = drv.per_class(y)
+    bad = np.asarray(targets)[(np.asarray(targets) >= z.shape[1]) | (np.asarray(targets) < 0)]
+    if bad.size:
+        raise OnnxplainError(f"target {int(bad[0])} out of range: the explained output has {z.shape[1]} classes "
+                             "at run time")
     if score == "softmax" and not drv.probabilities and z.shape[1] > 1:  # a softmax over one class is 1
         e = np.exp(z - z.max(axis=1, keepdims=True))
         z = e / e.sum(axis=1, keepdims=True)

@@ -6,7 +6,7 @@ from dataclasses import replace
 import numpy as np
 import onnx
 
-from onnxplain.errors import OnnxplainError, ShapeError
+from onnxplain.errors import OnnxplainError, ShapeError, user_errors
 from onnxplain.graph.specialise import bind, first_float, promote, side_inputs, specialised
 from onnxplain.graph.canonicalize import canonicalize
 from onnxplain.graph.load import load_model
@@ -14,6 +14,8 @@ from onnxplain.graph.rewrite import Options, build
 from onnxplain.runtime.result import Explanation
 from onnxplain.runtime.session import make_session
 from onnxplain.targets import Target
+from onnxplain.validate import as_array, check_run_memory, targets_in_range
+from onnxplain.validate import class_axis as check_class_axis
 
 
 
@@ -34,21 +36,26 @@ class Explainer:
     def __init__(self, model, *, input: str | None = None, output: str | None = None,
                  probabilities: bool = False, class_axis: int | None = None, channel_axis: int = 1,
                  rules=None, providers: list[str] | None = None, feeds: dict | None = None,
-                 input_shape=None, device: str = "auto"):
+                 input_shape=None, device: str = "auto", max_memory=None):
         """``feeds``: values for the model's other inputs (recurrent state, sample rate, masks), constants
         of the explanation. ``input``: a graph input or any inner float tensor; an integer input (token
         ids, bytes) is explained through the first float tensor it produces (its embedding).
         ``input_shape``: specialise the explained input to this shape (the batch axis stays dynamic);
         :meth:`run` does so by itself when a rule needs a size only known at run time.
         ``device``: ``auto`` (CUDA when a session really starts on it), ``cpu`` or ``cuda`` (an error
-        when it cannot start); ``providers`` overrides it with onnxruntime provider names."""
+        when it cannot start); ``providers`` overrides it with onnxruntime provider names.
+        ``max_memory``: refuse runs whose activations would need more (bytes, or "8G"; default: half the
+        machine's memory)."""
         from onnxplain.runtime.session import providers_for
+        from onnxplain.validate import parse_bytes
 
-        source = load_model(model)
+        self.max_memory = None if max_memory is None else parse_bytes(max_memory, "max_memory")
+        with user_errors("cannot load the model"):
+            source = load_model(model)
         providers = providers_for(device, providers)
         self.source, self.feeds, self.providers = source, dict(feeds or {}), providers
         self._kw = dict(output=output, probabilities=probabilities, class_axis=class_axis,
-                        channel_axis=channel_axis, rules=rules, providers=providers)
+                        channel_axis=channel_axis, rules=rules, providers=providers, max_memory=max_memory)
         self._graphs: dict = {}
         self._sessions: dict = {}
         self._children: dict = {}
@@ -62,10 +69,14 @@ class Explainer:
             channel_axis = -1  # [N, T, D] token embeddings: the features are on the last axis
         else:
             model = specialised(bind(source, self.feeds), self.entry, self.shape)
-        self.canonical = canonicalize(model)
+        with user_errors("cannot load the model"):
+            self.canonical = canonicalize(model)
         self.x = self.canonical.input(input if self.inner is not None else self.entry)
         self.options = Options(input=self.x.name, output=output, probabilities=probabilities,
                                class_axis=class_axis, channel_axis=channel_axis, rules=rules)
+        out = self.canonical.output(output)
+        if class_axis is not None and out.shape is not None:
+            check_class_axis(class_axis, len(out.shape), f"output '{out.name}'")
         missing = [vi.name for vi in side_inputs(model, self.x.name)
                    if self.inner is None or vi.name not in {i.name for i in source.graph.input}]
         if missing:
@@ -121,13 +132,20 @@ class Explainer:
     def check_input(self, x) -> np.ndarray:
         if self.inner is not None:
             return self.check_entry(x)
-        x = np.asarray(x)
+        x = as_array(x, f"input '{self.x.name}'")
         if x.dtype.name == "bfloat16":  # ml_dtypes' bfloat16 (no numpy type): bfloat16 models take float32
             x = x.astype(np.float32)
+        if x.ndim == 0 or len(x) == 0:
+            raise OnnxplainError(f"input '{self.x.name}' is an empty batch (shape {list(x.shape)}); give at least one item")
         want = self.x.shape
         if not np.issubdtype(x.dtype, np.floating):
             raise OnnxplainError(f"input '{self.x.name}' must be a float array, got {x.dtype}")
-        x = x.astype(self.x.dtype, copy=False)
+        try:
+            x = x.astype(self.x.dtype, copy=False)
+        except TypeError:
+            kind = onnx.helper.tensor_dtype_to_string(self.x.dtype) if isinstance(self.x.dtype, int) else self.x.dtype
+            raise OnnxplainError(f"input '{self.x.name}' has an element type numpy cannot hold ({kind}); "
+                                 "onnxplain cannot feed it") from None
         if want is not None:
             if x.ndim != len(want):
                 raise OnnxplainError(f"input '{self.x.name}' expects shape {_fmt(want)}, got {list(x.shape)}")
@@ -139,7 +157,7 @@ class Explainer:
         return x
 
     def check_target(self, target, n: int) -> np.ndarray:
-        t = np.full(n, -1, dtype=np.int64) if target is None else np.asarray(target)
+        t = np.full(n, -1, dtype=np.int64) if target is None else as_array(target, "target")
         if not np.issubdtype(t.dtype, np.integer):
             raise OnnxplainError(f"target must be integer class indices, got {t.dtype}")
         t = np.broadcast_to(t.astype(np.int64), (n,)) if t.ndim == 0 or t.size == 1 else t.astype(np.int64)
@@ -153,13 +171,22 @@ class Explainer:
     def check_baseline(self, baseline, x: np.ndarray) -> np.ndarray:
         """The baseline broadcast to ``x``'s shape, in its dtype; a one-line error when it cannot be."""
         try:
-            return np.ascontiguousarray(np.broadcast_to(np.asarray(baseline, x.dtype), x.shape))
+            b = np.asarray(baseline, x.dtype)
+            if not np.all(np.isfinite(b)):
+                raise OnnxplainError("the baseline contains NaN or infinite values")
+            return np.ascontiguousarray(np.broadcast_to(b, x.shape))
         except (TypeError, ValueError):
             raise OnnxplainError(f"the baseline (shape {list(np.shape(baseline))}) does not broadcast to the "
                                  f"input's shape {list(x.shape)}") from None
 
     def check_weights(self, weights, x: np.ndarray) -> np.ndarray:
-        w = np.asarray(weights)
+        w = as_array(weights, "target_weights")
+        out = self.canonical.output(self.options.output)
+        want = out.shape
+        if want is not None and (w.ndim != len(want) or w.shape[:1] != x.shape[:1] or any(
+                isinstance(d, int) and d > 0 and d != n for d, n in zip(want[1:], w.shape[1:]))):
+            raise OnnxplainError(f"target_weights must have the explained output's shape {_fmt([len(x), *want[1:]])} "
+                                 f"('{out.name}'), got {list(w.shape)}")
         if not (np.issubdtype(w.dtype, np.floating) or np.issubdtype(w.dtype, np.integer)):
             raise OnnxplainError(f"target_weights must be a float array, got {w.dtype}")
         if not np.all(np.isfinite(w)):
@@ -238,13 +265,18 @@ class Explainer:
         if self._needs_shape:  # an earlier run met a size only known at run time: go to the specialised child
             return self._specialised(x, m.name, target, target_weights, progress, options)
         runner = t.explainer or self  # t.explainer: the tensor a detection seeds (e.g. the scores before NMS)
+        check_run_memory(runner, x, opts.get("batch_size"), self.max_memory)
         try:
-            res = m.run(runner, x, t, opts, progress)
+            with user_errors(f"{m.name} failed"):
+                res = m.run(runner, x, t, opts, progress)
         except ShapeError:
             if self.shape is not None:
                 raise
             self._needs_shape = True
         else:
+            if t.given and t.classes is not None and self.num_classes is None:  # the range is known only now
+                targets_in_range(t.classes, res.outputs, self.canonical.output(self.options.output).name,
+                                 self.options.class_axis)
             custom = opts.get("rules") is not None or self.options.rules is not None  # a user's rules may zero
             if m.family in GUARDED and opts.get("unit") is None and not custom:
                 runner.guard(x, t, res)
