@@ -19,7 +19,7 @@ def as_array(value, what: str) -> np.ndarray:
         a = np.asarray(value)
     except (ValueError, TypeError) as exc:
         raise OnnxplainError(f"{what} is not a regular array ({' '.join(str(exc).split())[:120]})") from None
-    if a.dtype == object or a.dtype.kind in "USV":
+    if a.dtype == object or (a.dtype.kind in "USV" and a.dtype.name != "bfloat16"):  # ml_dtypes bfloat16 is "V"
         raise OnnxplainError(f"{what} must hold numbers, not {a.dtype}")
     return a
 

@@ -153,7 +153,7 @@ def test_errors():
         ex.run(x, "meaningful_perturbation", window=3)
     with pytest.raises(OnnxplainError, match="area"):
         ex.run(x, "extremal_perturbation", area=1.5, iterations=1)
-    with pytest.raises(OnnxplainError, match="do not match the explained output"):  # weights are taken (targets)
+    with pytest.raises(OnnxplainError, match="target_weights must have the explained output's shape"):  # weights are taken (targets)
         ex.run(x, "meaningful_perturbation", target_weights=np.ones((1, 7), np.float32), iterations=1)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from onnxplain.cli.app import app
+from onnxplain.errors import OnnxplainError
 from onnxplain.cli.common import Progress, running
 from onnxplain.io.outputs import Outputs
 

@@ -119,9 +119,9 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
             pass  # keep onnx's answer; the walker copes with unknown dims where the opset allows
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    for field in ("value_info", "output"):
-        del getattr(out.graph, field)[:]
-        getattr(out.graph, field).extend(getattr(inferred.graph, field))
+    for part in ("value_info", "output"):
+        del getattr(out.graph, part)[:]
+        getattr(out.graph, part).extend(getattr(inferred.graph, part))
     _copy_subgraph_value_info(inferred.graph, out.graph)
     return out
 
