@@ -28,7 +28,7 @@ from typing import Callable
 import onnx
 
 from onnxplain.errors import OnnxplainError
-from onnxplain.rules import deeplift, guided, lrp  # noqa: F401  (they register into MODIFIED)
+from onnxplain.rules import attnlrp, deeplift, guided, lrp  # noqa: F401  (they register into MODIFIED)
 from onnxplain.rules.table import MODIFIED, modified
 from onnxplain.rules.vjp import Rule, load_all
 
