@@ -15,7 +15,7 @@ Transformers", ICML (arXiv:2402.05602). With R the relevance of a node's output 
 * normalisation (LayerNorm, RMSNorm): the identity rule on the division by the standard deviation
   (Prop. 3.4), i.e. the statistics are constants and the layer is linear: the epsilon rule on the fused
   LayerNormalization (frozen statistics, as in :mod:`onnxplain.rules.lrp`), and in a decomposed norm
-  the operand computed from a Reduce* of the input (1/sqrt(mean(x^2) + eps)) is frozen (:func:`is_statistic`).
+  the operand computed from a Reduce* of the input (1/sqrt(mean(x^2) + eps)) is frozen (:func:`onnxplain.rules.lrp.is_statistic`).
 
 Unlike LRP-epsilon's products in :mod:`onnxplain.rules.lrp`, no gate is frozen: the softmax output A
 gets half of the relevance of A V, and Q and K each half of that of Q K^T.
@@ -24,31 +24,9 @@ from __future__ import annotations
 
 from onnxplain.errors import OnnxplainError
 from onnxplain.graph.builder import rank
-from onnxplain.rules.lrp import _FACTORS, _on, _pass, _zeros, stab, transpose
+from onnxplain.rules.lrp import _FACTORS, _on, _pass, _zeros, is_statistic, stab, transpose
 from onnxplain.rules.table import modified
 from onnxplain.rules.vjp import VJP, attr
-
-_REDUCE = {"ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2", "ReduceL1", "ReduceLogSumExp"}
-_ARITH = {"Sqrt", "Reciprocal", "Add", "Sub", "Mul", "Div", "Pow", "Cast", "Identity", "Expand", "Unsqueeze",
-          "Reshape", "Squeeze"}
-
-
-def is_statistic(t, env, depth: int = 8) -> bool:
-    """``t`` is a normalisation statistic of an on-path tensor: a Reduce* (mean, sum of squares, ...)
-    followed only by arithmetic with constants (+ eps, sqrt, reciprocal, powers), as in RMSNorm's
-    1 / sqrt(mean(x^2) + eps)."""
-    for _ in range(depth):
-        if not t.inputs:
-            return False
-        node = t.inputs[0]
-        if node.op in _REDUCE:
-            return True
-        live = [u for u in node.inputs if _on(env, u)]
-        if node.op not in _ARITH or len({u.name for u in live}) != 1:
-            return False
-        t = live[0]
-    return False
-
 
 def uniform_relevance(b, node, g, env, eps: float):
     """R_x_i = x_i * VJP_i(R / stab(z)) / N for the N on-path factors of a product (AttnLRP Prop. 3.2/3.3),
