@@ -88,9 +88,7 @@ def text_table(n):
     ex = onnxplain.Explainer(model)
     rows = {}
     for m in METHODS:
-        t0 = time.time()
         s = token_maps(ex, ids, m, tap)
-        sec = (time.time() - t0) / n
         morf = curve(sess, ids, s, labels, True)
         lerf = curve(sess, ids, s, labels, False)
         aopc_m = (morf[:, :1] - morf).mean(1)
@@ -99,7 +97,7 @@ def text_table(n):
         point = (body.argmax(1) + 1 == pos).astype(float)
         positive = np.maximum(body, 0)
         mass = positive[np.arange(n), pos - 1] / np.maximum(positive.sum(1), 1e-12)
-        rows[m] = {"s/item": sec, "MoRF AOPC": aopc_m.mean(), "LeRF AOPC": aopc_l.mean(),
+        rows[m] = {"MoRF AOPC": aopc_m.mean(), "LeRF AOPC": aopc_l.mean(),
                    "ABPC": (aopc_m - aopc_l).mean(), "point": point.mean(), "mass": mass.mean()}
     return list(next(iter(rows.values()))), rows
 
@@ -125,8 +123,8 @@ def main():
         t0 = time.time()
         keys, rows = vit_table(args.n)
         for r in rows.values():
-            if "rp_morf" in r and "rp_lerf" in r:
-                r["ABPC"] = r["rp_morf"] - r["rp_lerf"]
+            if "region_morf" in r and "region_lerf" in r:
+                r["ABPC"] = r["region_morf"] - r["region_lerf"]
         keys = keys + (["ABPC"] if "ABPC" in next(iter(rows.values())) else [])
         print(f"## shapes_vit.onnx, {args.n} images\n")
         print(markdown(keys, rows))
