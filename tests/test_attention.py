@@ -3,16 +3,17 @@ ViTs (patch grid, class token dropped) and text models (per-token scores); the h
 
 The attention maps come from onnxruntime (the model with its Softmax outputs added as outputs); the
 gradients dY/dA that Chefer's rule weighs them with from the gradient method on a copy of the model whose
-map is cut out into a graph input (the VJPs have their own oracle tests). Everything else is numpy, following the papers.
+map is cut out into a graph input (the VJPs have their own oracle tests). Everything else is numpy, following
+the papers.
 """
 import pathlib
 
 import numpy as np
 import onnx
 import pytest
-from models import tiny_cnn
 
 import onnxplain
+from models import tiny_cnn
 from onnxplain import OnnxplainError
 from onnxplain.graph.load import load_model
 from onnxplain.runtime.session import make_session
@@ -102,10 +103,7 @@ def test_models_without_attention_are_refused():
 
 def test_text_model_gets_per_token_scores():
     """keyword_bert.onnx reads its [CLS] token: the maps are that row over the 16 tokens, [CLS] itself 0."""
-    import sys
-
-    sys.path.insert(0, str(DEMO))
-    from train_transformers import make_keywords
+    from onnxplain.io.keywords_data import make_keywords
 
     model = load_model(DEMO / "keyword_bert.onnx")
     ids, labels, pos = make_keywords(3, seed=7)

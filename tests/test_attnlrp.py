@@ -20,7 +20,6 @@ first block reads, so the class token and the positions count as input.
 import pathlib
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from oracle import run_ref, to_float64
@@ -70,7 +69,7 @@ def block(bias=True, seed=0):
               N("MatMul", ["n2", "W3"], ["wg"]), N("Mul", ["gl", "wg"], ["m"]), N("MatMul", ["m", "W2"], ["f"]),
               N("Add", ["r1", "f"], ["r2"]), N("Gather", ["r2", "zero"], ["t"], axis=1),
               N("Gemm", ["t", "Wc", "bc"], ["logits"])]
-    inits = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in w.items() if k != "b1" or True]
+    inits = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in w.items()]
     for k, v in consts.items():
         dt = np.int64 if k in ("shape_h", "shape_d", "zero", "axes") else np.float32
         inits.append(numpy_helper.from_array(np.asarray(v, dtype=dt), k))

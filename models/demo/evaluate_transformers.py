@@ -5,9 +5,9 @@
 * ``shapes_vit.onnx`` on ``make_shapes(n, seed=0)``: :func:`onnxplain.evaluate` with pixel flipping,
   region perturbation (MoRF and LeRF; the area between the curves, ABPC, is MoRF AOPC - LeRF AOPC),
   pointing game and relevance mass against the shape's mask. The class explained is the true label.
-* ``keyword_bert.onnx`` on :func:`train_transformers.make_keywords` (n, seed=0): token maps (``token_scores``)
-  scored by the helpers below: tokens 1..15 replaced by the pad id, most / least relevant first, AOPC of the
-  explained logit over all 15 steps; ABPC; pointing game and relevance mass against the keyword's position.
+* ``keyword_bert.onnx`` on :func:`onnxplain.io.keywords_data.make_keywords` (n, seed=0): token maps
+  (``token_scores``) scored by the helpers below: tokens 1..15 replaced by the pad id, most / least relevant
+  first, AOPC of the explained logit over all 15 steps; ABPC; pointing game and relevance mass against the keyword's position.
   The [CLS] token is never replaced nor scored. ``gradient``'s token score is the L2 norm of the gradient over
   the embedding (the usual saliency for text; summing it with the embedding would be input x gradient).
   Grad-CAM on tokens: ReLU(sum_d w_d A_td), w_d = mean_t dY/dA_td, A the input of the last block.
@@ -26,8 +26,8 @@ sys.path.insert(0, str(HERE.parents[1]))
 sys.path.insert(0, str(HERE))
 
 import onnxplain  # noqa: E402
+from onnxplain.io.keywords_data import PAD, make_keywords  # noqa: E402
 from onnxplain.io.shapes_data import make_shapes  # noqa: E402
-from train_transformers import PAD, make_keywords  # noqa: E402
 
 METHODS = ("gradient", "input_x_gradient", "integrated_gradients", "attention_rollout", "chefer", "gradcam",
            "lrp_epsilon", "cp_lrp", "attnlrp")
@@ -77,8 +77,9 @@ def curve(sess, ids, scores, target, most_first=True):
 
 
 def text_table(n):
-    from onnxplain.runtime.session import make_session
     import onnx
+
+    from onnxplain.runtime.session import make_session
 
     ids, labels, pos = make_keywords(n, seed=0)
     model = onnx.load(str(HERE / "keyword_bert.onnx"))

@@ -9,7 +9,8 @@ Dev-only script (needs torch). Reproduce with:
 * ``shapes_vit.onnx``: a ViT on ``onnxplain.io.shapes_data.make_shapes`` (64x64, 5 classes): patch 8
   (an 8x8 grid of 64 patch tokens plus a class token), dim 64, 4 pre-norm blocks of 4 heads, MLP 128,
   GELU (erf), the class token read by the head. Input ``input`` float32 [batch, 3, 64, 64].
-* ``keyword_bert.onnx``: a BERT-style encoder classifier on :func:`make_keywords`: ``ids`` int64
+* ``keyword_bert.onnx``: a BERT-style encoder classifier on
+  :func:`onnxplain.io.keywords_data.make_keywords`: ``ids`` int64
   [batch, 16], a [CLS] token then 15 tokens; exactly one of them is a keyword that decides the label
   (3 classes), the others are random filler tokens. Token + position embeddings, LayerNorm, 2 post-norm
   blocks of 2 heads, dim 32, MLP 64, the [CLS] token read by the head. Ground truth: the keyword's position.
@@ -35,26 +36,8 @@ from torch import nn
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
+from onnxplain.io.keywords_data import KEYWORDS, SEQ, VOCAB, make_keywords  # noqa: E402
 from onnxplain.io.shapes_data import CLASS_NAMES, make_shapes  # noqa: E402
-
-# ---- the keyword task ---------------------------------------------------------------------------------
-VOCAB = 40
-PAD, CLS = 0, 1
-KEYWORDS = (2, 3, 4)  # keyword k decides class k - 2
-FILLER = (5, VOCAB)  # filler token ids are drawn from [5, 40)
-SEQ = 16
-
-
-def make_keywords(n: int, seed: int = 0):
-    """``n`` sequences [CLS, t_1, ..., t_15]: random filler tokens with one keyword at a random position
-    1..15; returns (ids int64 [n, 16], labels int64 [n], keyword positions int64 [n])."""
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(FILLER[0], FILLER[1], size=(n, SEQ)).astype(np.int64)
-    ids[:, 0] = CLS
-    labels = rng.integers(0, len(KEYWORDS), size=n).astype(np.int64)
-    pos = rng.integers(1, SEQ, size=n).astype(np.int64)
-    ids[np.arange(n), pos] = np.asarray(KEYWORDS)[labels]
-    return ids, labels, pos
 
 
 # ---- modules ----------------------------------------------------------------------------------------------

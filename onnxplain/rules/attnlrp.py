@@ -15,7 +15,8 @@ Transformers", ICML (arXiv:2402.05602). With R the relevance of a node's output 
 * normalisation (LayerNorm, RMSNorm): the identity rule on the division by the standard deviation
   (Prop. 3.4), i.e. the statistics are constants and the layer is linear: the epsilon rule on the fused
   LayerNormalization (frozen statistics, as in :mod:`onnxplain.rules.lrp`), and in a decomposed norm
-  the operand computed from a Reduce* of the input (1/sqrt(mean(x^2) + eps)) is frozen (:func:`onnxplain.rules.lrp.is_statistic`).
+  the operand computed from a Reduce* of the input (1/sqrt(mean(x^2) + eps)) is frozen
+  (:func:`onnxplain.rules.lrp.is_statistic`).
 
 Unlike LRP-epsilon's products in :mod:`onnxplain.rules.lrp`, no gate is frozen: the softmax output A
 gets half of the relevance of A V, and Q and K each half of that of Q K^T.
@@ -27,6 +28,7 @@ from onnxplain.graph.builder import rank
 from onnxplain.rules.lrp import _FACTORS, _on, _pass, _zeros, is_statistic, stab, transpose
 from onnxplain.rules.table import modified
 from onnxplain.rules.vjp import VJP, attr
+
 
 def uniform_relevance(b, node, g, env, eps: float):
     """R_x_i = x_i * VJP_i(R / stab(z)) / N for the N on-path factors of a product (AttnLRP Prop. 3.2/3.3),

@@ -26,8 +26,8 @@ by Tanh or Erf (weak), possibly through reshapes and arithmetic with constants, 
 treated as a constant weight and receives no relevance (Arras et al. 2017's signal-take-all for
 LSTM gates; Ali et al. 2022's AH-rule for attention). A normalisation statistic (a Reduce* of the input
 through arithmetic with constants, RMSNorm's 1/sqrt(mean(x^2) + eps)) is frozen before any gate. Only the
-strongest gates of a product are frozen; when no operand is a gate, the k remaining operands each get 1/k of the epsilon relevance
-(each operand's share x_i * df/dx_i sums to z, so the halves conserve). In a Div by an on-path
+strongest gates of a product are frozen; when no operand is a gate, the k remaining operands each get 1/k of
+the epsilon relevance (each operand's share x_i * df/dx_i sums to z, so the halves conserve). In a Div by an on-path
 tensor the divisor is frozen (normalisation statistics); a Div whose numerator is off the path is
 an elementwise nonlinearity and passes relevance to the divisor unchanged.
 """
