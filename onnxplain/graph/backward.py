@@ -106,8 +106,10 @@ class Backward:
         pending: dict[str, list] = {}
         for t, g in seeds:
             pending.setdefault(t.name, []).append(g)
+        wanted, taken = {t.name for t in wrt}, {}  # a wrt tensor downstream of another keeps its cotangent
         for node, rule in reversed(plan):
             g_out = [self._take(pending, t) if t.name in fwd else None for t in node.outputs]
+            taken.update((t.name, g) for t, g in zip(node.outputs, g_out) if t.name in wanted and g is not None)
             if all(g is None for g in g_out):
                 continue
             self.b.scope = f"{self.b.prefix}/{self.rules.name}/{node.name or node.op}"
@@ -133,6 +135,7 @@ class Backward:
         out = {}
         for t in wrt:
             g = self._take(pending, t)
+            g = g if g is not None else taken.get(t.name)
             out[t.name] = g if g is not None else self.b.zeros_like(t)
         return out
 

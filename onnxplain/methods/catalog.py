@@ -10,7 +10,8 @@ from functools import partial
 import numpy as np
 
 from onnxplain.errors import OnnxplainError
-from onnxplain.methods import cam, cam_forward, deeplift, drise, gradient, lime, lrp, modified, occlusion, perturbation, rise
+from onnxplain.methods import (attention, cam, cam_forward, deeplift, drise, gradient, lime, lrp, modified, occlusion,
+                               perturbation, rise)
 from onnxplain.methods.table import Method, Option, Table, finite_array
 from onnxplain.runtime.result import Explanation
 
@@ -183,6 +184,16 @@ METHODS = Table((
           modified.HEADS["deconvnet"], (UNIT, RULES)),
     *(_head(m, "LRP", lrp.SUMMARIES[m], "Bach et al. 2015; Montavon et al. 2019", lrp.HEADS[m], (RULES,),
             ("lrp",) if m == "lrp_epsilon" else ()) for m in lrp.METHODS),
+    _head("attnlrp", "LRP", "AttnLRP: epsilon on linear layers, uniform rule on products of activations, "
+          "softmax rule, frozen norm statistics", "Achtibat et al. 2024", attention.HEADS["attnlrp"], (RULES,)),
+    _head("cp_lrp", "LRP", "LRP with the attention weights and norm statistics held constant", "Ali et al. 2022",
+          attention.HEADS["cp_lrp"], (RULES,), ("conservative_propagation",)),
+    _head("attention_rollout", "attention", "head-averaged attention plus identity, multiplied across layers",
+          "Abnar & Zuidema 2020", attention.HEADS["attention_rollout"], (PREFIX,), ("rollout",), "non-negative",
+          "[N, 1, H, W] (images), [N, T] (tokens)"),
+    _head("chefer", "attention", "I + mean over heads of ReLU(gradient x attention), accumulated over layers",
+          "Chefer et al. 2021 (ICCV)", attention.HEADS["chefer"], (PREFIX,), ("generic_attention",),
+          "non-negative", "[N, 1, H, W] (images), [N, T] (tokens)"),
     _head("deeplift", "DeepLIFT", "rescale rule: (x - x') times the multipliers", "Shrikumar et al. 2017",
           deeplift.HEADS["deeplift"], (BASELINE, RULES)),
     _cam("gradcam", "ReLU of the layer weighted by its mean gradient per channel", "Selvaraju et al. 2017"),

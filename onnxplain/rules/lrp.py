@@ -24,9 +24,10 @@ Products of two on-path activations (SiLU and SE gates, attention, decomposed GE
 not linear in both. A *gate* operand, one produced by Sigmoid, HardSigmoid or Softmax (strong) or
 by Tanh or Erf (weak), possibly through reshapes and arithmetic with constants, is frozen: it is
 treated as a constant weight and receives no relevance (Arras et al. 2017's signal-take-all for
-LSTM gates; Ali et al. 2022's AH-rule for attention). Only the strongest gates of a product are
-frozen; when no operand is a gate, the k remaining operands each get 1/k of the epsilon relevance
-(each operand's share x_i * df/dx_i sums to z, so the halves conserve). In a Div by an on-path
+LSTM gates; Ali et al. 2022's AH-rule for attention). A normalisation statistic (a Reduce* of the input
+through arithmetic with constants, RMSNorm's 1/sqrt(mean(x^2) + eps)) is frozen before any gate. Only the
+strongest gates of a product are frozen; when no operand is a gate, the k remaining operands each get 1/k of
+the epsilon relevance (each operand's share x_i * df/dx_i sums to z, so the halves conserve). In a Div by an on-path
 tensor the divisor is frozen (normalisation statistics); a Div whose numerator is off the path is
 an elementwise nonlinearity and passes relevance to the divisor unchanged.
 """
@@ -82,6 +83,28 @@ def gate_strength(t, env, depth: int = 8) -> int:
     return 0
 
 
+_REDUCE = {"ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2", "ReduceL1", "ReduceLogSumExp"}
+_ARITH = {"Sqrt", "Reciprocal", "Add", "Sub", "Mul", "Div", "Pow", "Cast", "Identity", "Expand", "Unsqueeze",
+          "Reshape", "Squeeze"}
+
+
+def is_statistic(t, env, depth: int = 8) -> bool:
+    """``t`` is a normalisation statistic of an on-path tensor: a Reduce* (mean, sum of squares, ...)
+    followed only by arithmetic with constants (+ eps, sqrt, reciprocal, powers), as RMSNorm's
+    1 / sqrt(mean(x^2) + eps). Products freeze it (Ali et al. 2022's LN-rule; AttnLRP's Prop. 3.4)."""
+    for _ in range(depth):
+        if not t.inputs:
+            return False
+        node = t.inputs[0]
+        if node.op in _REDUCE:
+            return True
+        live = [u for u in node.inputs if _on(env, u)]
+        if node.op not in _ARITH or len({u.name for u in live}) != 1:
+            return False
+        t = live[0]
+    return False
+
+
 def shares(node, env):
     """({input index: share of the epsilon relevance}, [frozen input indices]) for a node's on-path inputs."""
     on = [i for i, t in enumerate(node.inputs) if _on(env, t)]
@@ -91,7 +114,7 @@ def shares(node, env):
     factors = [i for i in on if spec is None or i in spec]
     if len(factors) < 2:
         return {i: 1.0 for i in on}, []
-    strength = {i: gate_strength(node.inputs[i], env) for i in factors}
+    strength = {i: 3 if is_statistic(node.inputs[i], env) else gate_strength(node.inputs[i], env) for i in factors}
     top = max(strength.values())
     frozen = [i for i in factors if strength[i] == top] if min(strength.values()) < top else []
     live = [i for i in factors if i not in frozen]

@@ -28,7 +28,7 @@ from pathlib import Path
 import onnx
 
 from onnxplain.errors import OnnxplainError, os_message
-from onnxplain.rules import deeplift, guided, lrp  # noqa: F401  (they register into MODIFIED)
+from onnxplain.rules import attnlrp, deeplift, guided, lrp  # noqa: F401  (they register into MODIFIED)
 from onnxplain.rules.table import MODIFIED, modified
 from onnxplain.rules.vjp import Rule, load_all
 
