@@ -254,9 +254,14 @@ def fold_batchnorm(graph: gs.Graph) -> int:
     return folded
 
 
-def canonicalize(model, fold: bool = True, fold_bn: bool = True, fuse: bool = True) -> Canonical:
+def canonicalize(model, fold: bool = True, fold_bn: bool = True, fuse: bool = True, probe: dict | None = None
+                 ) -> Canonical:
     """Load (if a path), infer shapes, drop pass-through nodes, fold constants and BN, sort, and
-    fuse exporters' decompositions of activations and LayerNorm (:mod:`onnxplain.graph.fuse`)."""
+    fuse exporters' decompositions of activations and LayerNorm (:mod:`onnxplain.graph.fuse`).
+
+    ``probe``: inputs of a concrete shape (zeros will do); shapes that inference still leaves unknown, and
+    declared output shapes, are then read from one onnxruntime run on them
+    (:func:`onnxplain.graph.specialise.probe_shapes`): an exporter's lost ranks and wrong declarations."""
     model = load_model(model)
     opset = opset_of(model)
     graph = gs.import_onnx(infer_shapes(dequantize(to_float32(model))))
@@ -270,9 +275,22 @@ def canonicalize(model, fold: bool = True, fold_bn: bool = True, fuse: bool = Tr
             _quiet_fold(graph)
         # re-infer shapes: folded Shape/Reshape chains often become static
         graph = gs.import_onnx(infer_shapes(_export(graph, model)))
-    if inline_control_flow(graph, opset):  # If on a constant condition, static Loop/Scan (control_flow.py)
+    for _ in range(8):  # If on a constant condition, static Loop/Scan (control_flow.py); an inlined branch
+        if not inline_control_flow(graph, opset):  # may hold Ifs whose conditions fold once its shapes are known
+            break
         graph.cleanup().toposort()
         graph = gs.import_onnx(infer_shapes(_export(graph, model)))
+        if fold:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                _quiet_fold(graph)
+    if probe is not None:
+        from onnxplain.graph.specialise import probe_shapes, unknown_shapes
+
+        graph.toposort()
+        m = _export(graph, model)
+        names = unknown_shapes(m) + [o.name for o in m.graph.output]
+        graph = gs.import_onnx(probe_shapes(m, probe, list(dict.fromkeys(names)), replace_outputs=True))
     graph.toposort()
     for i, node in enumerate(graph.nodes):
         node.name = node.name or f"{node.op}_{i}"
@@ -284,7 +302,9 @@ def _quiet_fold(graph: gs.Graph) -> None:
     level = gs.logger.G_LOGGER.severity
     gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.CRITICAL
     try:
-        graph.fold_constants(error_ok=True)
+        # flatten_subgraphs=False: control_flow.py inlines constant Ifs (graphsurgeon drops outputs of
+        # branches that end in Identity nodes)
+        graph.fold_constants(error_ok=True, flatten_subgraphs=False)
         graph.cleanup()
     except Exception:
         pass  # folding is an optimisation; the unfolded graph is still correct

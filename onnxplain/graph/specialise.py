@@ -113,9 +113,11 @@ def unknown_shapes(model: onnx.ModelProto) -> list:
     return [o for n in model.graph.node for o in n.output if o and o not in known]
 
 
-def probe_shapes(model: onnx.ModelProto, feeds: dict, names=None) -> onnx.ModelProto:
+def probe_shapes(model: onnx.ModelProto, feeds: dict, names=None, replace_outputs: bool = False) -> onnx.ModelProto:
     """A copy of ``model`` with the shapes of ``names`` (default: every tensor whose rank is unknown)
-    written into ``value_info`` as onnxruntime computes them on ``feeds``."""
+    written into ``value_info`` as onnxruntime computes them on ``feeds``; ``replace_outputs``: a graph
+    output whose declared rank differs from the computed one gets the computed shape (with its batch axis
+    kept symbolic where it was)."""
     from onnxplain.runtime.session import make_session
 
     names = unknown_shapes(model) if names is None else list(names)
@@ -136,7 +138,15 @@ def probe_shapes(model: onnx.ModelProto, feeds: dict, names=None) -> onnx.ModelP
     out = onnx.ModelProto()
     out.CopyFrom(model)
     have = {vi.name for vi in out.graph.value_info}
+    declared = {vi.name: vi for vi in out.graph.output}
     for n, a in zip(names, got):
+        if n in declared:
+            vi = declared[n]
+            dims = _dims(vi)
+            if replace_outputs and (dims is None or len(dims) != np.ndim(a)):
+                new = helper.make_tensor_value_info(n, vi.type.tensor_type.elem_type, list(np.shape(a)))
+                vi.CopyFrom(new)
+            continue
         a = np.asarray(a)
         elem = helper.np_dtype_to_tensor_dtype(a.dtype)
         vi = helper.make_tensor_value_info(n, elem, list(a.shape))

@@ -69,8 +69,13 @@ class Explainer:
             channel_axis = -1  # [N, T, D] token embeddings: the features are on the last axis
         else:
             model = specialised(bind(source, self.feeds), self.entry, self.shape)
+        probe = None
+        if self.inner is None and self.shape is not None:  # a specialised child: read what inference leaves out
+            vi = next(v for v in model.graph.input if v.name == self.entry)
+            probe = {self.entry: np.zeros([d or 1 for d in self.shape],
+                                          dtype=onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type))}
         with user_errors("cannot load the model"):
-            self.canonical = canonicalize(model)
+            self.canonical = canonicalize(model, probe=probe)
         self.x = self.canonical.input(input if self.inner is not None else self.entry)
         self.options = Options(input=self.x.name, output=output, probabilities=probabilities,
                                class_axis=class_axis, channel_axis=channel_axis, rules=rules)
@@ -183,10 +188,14 @@ class Explainer:
         w = as_array(weights, "target_weights")
         out = self.canonical.output(self.options.output)
         want = out.shape
-        if want is not None and (w.ndim != len(want) or w.shape[:1] != x.shape[:1] or any(
-                isinstance(d, int) and d > 0 and d != n for d, n in zip(want[1:], w.shape[1:]))):
-            raise OnnxplainError(f"target_weights must have the explained output's shape {_fmt([len(x), *want[1:]])} "
-                                 f"('{out.name}'), got {list(w.shape)}")
+        if want is not None:
+            static = lambda d: isinstance(d, int) and d > 0  # noqa: E731
+            batch = not static(want[0]) or want[0] == self.fixed_batch  # axis 0 is the batch (or time-major)
+            dims = [len(x) if batch else want[0], *want[1:]]
+            if w.ndim != len(want) or any(static(d) and d != n for d, n in zip(dims, w.shape)):
+                cls = ShapeError if self.shape is None and not all(map(static, want)) else OnnxplainError
+                raise cls(f"target_weights must have the explained output's shape {_fmt(dims)} ('{out.name}'), "
+                          f"got {list(w.shape)}")
         if not (np.issubdtype(w.dtype, np.floating) or np.issubdtype(w.dtype, np.integer)):
             raise OnnxplainError(f"target_weights must be a float array, got {w.dtype}")
         if not np.all(np.isfinite(w)):
@@ -232,6 +241,10 @@ class Explainer:
         names = [o.name for o in sess.get_outputs()]
         n = len(feeds[self.x.name])
         step = self.fixed_batch or max(1, batch_size)
+        if n <= step and not self.fixed_batch:  # one call; feeds need no batch axis in front (time-major outputs)
+            res = dict(zip(names, sess.run(names, feeds)))
+            outputs = {k: v for k, v in res.items() if k not in ("attribution", "target_index")}
+            return Explanation(attribution=res["attribution"], target=res.get("target_index"), outputs=outputs)
         parts = []
         for i in range(0, n, step):
             chunk = {k: v[i:i + step] for k, v in feeds.items()}
@@ -261,12 +274,12 @@ class Explainer:
         if self.inner is not None:
             return self._run_inner(x, m, target, target_weights, opts, progress)
         x = self.check_input(x)
-        t = self.target(x, target, target_weights)
         if self._needs_shape:  # an earlier run met a size only known at run time: go to the specialised child
             return self._specialised(x, m.name, target, target_weights, progress, options)
-        runner = t.explainer or self  # t.explainer: the tensor a detection seeds (e.g. the scores before NMS)
-        check_run_memory(runner, x, opts.get("batch_size"), self.max_memory)
         try:
+            t = self.target(x, target, target_weights)  # declared output shapes can be wrong: ShapeError
+            runner = t.explainer or self  # t.explainer: the tensor a detection seeds (e.g. the scores before NMS)
+            check_run_memory(runner, x, opts.get("batch_size"), self.max_memory)
             with user_errors(f"{m.name} failed"):
                 res = m.run(runner, x, t, opts, progress)
         except ShapeError:
