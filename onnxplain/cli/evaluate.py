@@ -51,6 +51,13 @@ def evaluate_cmd(
     layout: Optional[str] = typer.Option(None, "--layout", help="NCHW or NHWC: the layout of the model input and "
                                          "of the data's images (default: from the model input)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON instead of the table."),
+    use_ray: bool = typer.Option(False, "--ray", help="Run on Ray Data, shard by shard (pip install "
+                                 "\"onnxplain[ray]\"); DATA may then also be a folder of images or .parquet/.npz/"
+                                 ".npy shards, and a rerun resumes."),
+    address: Optional[str] = typer.Option(None, "--address", help="--ray: a cluster, e.g. ray://head:10001 "
+                                          "(default: RAY_ADDRESS, else a local Ray)."),
+    actors: Optional[int] = typer.Option(None, "--actors", min=1, help="--ray: actors in the pool (default: "
+                                         "one per CPU)."),
 ):
     """Score methods by faithfulness, localisation, class sensitivity, robustness and sanity checks."""
     from onnxplain.evaluation import runner as E
@@ -68,6 +75,13 @@ def evaluate_cmd(
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise OnnxplainError(f"--out-dir {out_dir} exists and is not a folder")
+    if use_ray or address or actors:
+        from onnxplain.cli.dataset import evaluate_ray_cmd
+
+        return evaluate_ray_cmd(str(path), data, methods=methods, metrics=metrics, out_dir=out_dir, n=n, seed=seed,
+                                n_sanity=n_sanity, shuffled_model=shuffled_model, region=region, steps=steps, fill=fill,
+                                fraction=fraction, radius=radius, batch_size=batch_size, layout=layout,
+                                as_json=as_json, address=address, actors=actors)
     with running("loading the model"):
         from onnxplain.runtime.explainer import Explainer, all_methods
 

@@ -149,7 +149,9 @@ def _stream(ray, job: Job, model_ref, shards, source, done_names, *, shard_size,
     ctx = rd.DataContext.get_current()
     ctx.enable_progress_bars = progress is None and bool(os.environ.get("ONNXPLAIN_RAY_PROGRESS"))
     pool = rd.ActorPoolStrategy(size=_pool(ray, actors, cpus_per_actor, gpus_per_actor))
-    common = dict(fn_constructor_args=(model_ref, job), compute=pool, num_cpus=cpus_per_actor, batch_format="numpy")
+    # the model travels inside a list: the actor fetches it from the object store itself (a top-level
+    # reference would be pinned as a constructor dependency, which Ray warns about for restartable actors)
+    common = dict(fn_constructor_args=([model_ref], job), compute=pool, num_cpus=cpus_per_actor, batch_format="numpy")
     if gpus_per_actor:
         common["num_gpus"] = gpus_per_actor
     if shards is not None:

@@ -53,7 +53,9 @@ def build_explainer(model, job: Job):
     from onnxplain.runtime.session import set_default_threads
 
     set_default_threads(job.threads)
-    if not isinstance(model, (bytes, onnx.ModelProto)):  # an ObjectRef of the model's bytes
+    if isinstance(model, list):  # [ObjectRef of the model's bytes]
+        model = model[0]
+    if not isinstance(model, (bytes, onnx.ModelProto)):
         import ray
 
         model = ray.get(model)
