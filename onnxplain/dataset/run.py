@@ -148,10 +148,10 @@ def _stream(ray, job: Job, model_ref, shards, source, done_names, *, shard_size,
 
     ctx = rd.DataContext.get_current()
     ctx.enable_progress_bars = progress is None and bool(os.environ.get("ONNXPLAIN_RAY_PROGRESS"))
-    pool = rd.ActorPoolStrategy(size=_pool(ray, actors, cpus_per_actor, gpus_per_actor))
+    size = _pool(ray, actors, cpus_per_actor, gpus_per_actor)
     # the model travels inside a list: the actor fetches it from the object store itself (a top-level
     # reference would be pinned as a constructor dependency, which Ray warns about for restartable actors)
-    common = dict(fn_constructor_args=([model_ref], job), compute=pool, num_cpus=cpus_per_actor, batch_format="numpy")
+    common = dict(fn_constructor_args=([model_ref], job), num_cpus=cpus_per_actor, batch_format="numpy")
     if gpus_per_actor:
         common["num_gpus"] = gpus_per_actor
     if shards is not None:
@@ -160,14 +160,14 @@ def _stream(ray, job: Job, model_ref, shards, source, done_names, *, shard_size,
         if not todo:
             return 0, 0, 0
         ds = rd.from_items([s.to_row() for s in todo], override_num_blocks=len(todo))
-        ds = ds.map_batches(Worker, batch_size=1, **common)
+        ds = ds.map_batches(Worker, batch_size=1, compute=rd.ActorPoolStrategy(size=min(size, len(todo))), **common)
     else:
         done_ids = _done_ids(job, sub)
         ds = source
         if done_ids:
             ds = ds.map_batches(_Skip, fn_constructor_args=(done_ids,), batch_format="numpy")
         total = None
-        ds = ds.map_batches(Worker, batch_size=shard_size, **common)
+        ds = ds.map_batches(Worker, batch_size=shard_size, compute=rd.ActorPoolStrategy(size=size), **common)
     n = errors = parts = 0
     t0 = time.perf_counter()
     for row in ds.iter_rows():
