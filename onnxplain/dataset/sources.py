@@ -12,6 +12,7 @@ the file name and row).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,12 +151,12 @@ def read_shard(shard: Shard, recipe, shape, dtype=np.float32) -> Items:
     elif shard.kind == "npy":
         cols["image"] = np.asarray(np.load(f, mmap_mode="r", allow_pickle=False)[shard.start:shard.stop])
     else:
-        with np.load(f, allow_pickle=False) as z:
-            cols["image"] = z[_image_key(z.files, f)][shard.start:shard.stop]
-            for key, names in (("label", ("label", "labels", "y")), ("mask", ("mask", "masks")), ("id", ("id", "ids"))):
-                hit = next((k for k in names if k in z.files), None)
-                if hit is not None:
-                    cols[key] = z[hit][shard.start:shard.stop]
+        z = _npz(str(f), f.stat().st_mtime_ns)
+        cols["image"] = z[_image_key(list(z), f)][shard.start:shard.stop]
+        for key, names in (("label", ("label", "labels", "y")), ("mask", ("mask", "masks")), ("id", ("id", "ids"))):
+            hit = next((k for k in names if k in z), None)
+            if hit is not None:
+                cols[key] = z[hit][shard.start:shard.stop]
     n = len(cols["image"])
     ids = cols.get("id")
     if ids is None:
@@ -163,6 +164,13 @@ def read_shard(shard: Shard, recipe, shape, dtype=np.float32) -> Items:
     rows = [{"id": str(ids[i]), "image": cols["image"][i],
              **{k: cols[k][i] for k in ("label", "mask") if k in cols}} for i in range(n)]
     return to_items(rows, recipe, shape, dtype)
+
+
+@functools.lru_cache(maxsize=1)
+def _npz(path: str, mtime: int) -> dict:
+    """An .npz file's arrays, kept for the next shard of the same file (an .npz array is read whole)."""
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
 
 
 def _column(col):

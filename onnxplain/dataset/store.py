@@ -80,7 +80,9 @@ def write_table(columns: dict, path: Path) -> Path:
     import pyarrow.parquet as pq
 
     table = pa.table(columns)
-    return write_atomic(path, lambda tmp: pq.write_table(table, tmp))
+    # dictionary encoding and statistics of the float maps cost 10x the write itself and save nothing
+    small = [k for k in columns if k not in ("attribution", "shape")]
+    return write_atomic(path, lambda tmp: pq.write_table(table, tmp, use_dictionary=small, write_statistics=small))
 
 
 def maps_columns(rows: list) -> dict:
@@ -93,9 +95,18 @@ def maps_columns(rows: list) -> dict:
         "target": pa.array([r["target"] for r in rows], pa.int64()),
         "score": pa.array([r["score"] for r in rows], pa.float64()),
         "shape": pa.array([list(r["attribution"].shape) for r in rows], pa.list_(pa.int32())),
-        "attribution": pa.array([np.asarray(r["attribution"], np.float32).ravel() for r in rows],
-                                pa.list_(pa.float32())),
+        "attribution": flat_lists([r["attribution"] for r in rows]),
     }
+
+
+def flat_lists(arrays: list):
+    """Arrays -> one Arrow list<float32> column, built from one flat buffer and its offsets."""
+    import pyarrow as pa
+
+    flat = [np.asarray(a, np.float32).ravel() for a in arrays]
+    offsets = np.concatenate([[0], np.cumsum([len(a) for a in flat])]).astype(np.int64)
+    values = np.concatenate(flat) if flat else np.zeros(0, np.float32)
+    return pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values))
 
 
 def error_columns(errors: list) -> dict:
