@@ -98,7 +98,8 @@ def main():
     print(f"onnxplain {__version__}; onnxruntime {ort.__version__}; ray {ray.__version__}; {platform.machine()}; "
           f"{os.cpu_count()} cores; load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
-    logging.getLogger("ray").setLevel(logging.ERROR)
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     work = Path(tempfile.mkdtemp(prefix="bench_dataset_"))
     try:
         print("images/s; Ray: steady (all, with actor start-up)")

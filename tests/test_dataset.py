@@ -27,6 +27,7 @@ from onnxplain.io.shapes_data import make_shapes  # noqa: E402
 from onnxplain.runtime.explainer import Explainer  # noqa: E402
 
 N = 20
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")
 
 
 @pytest.fixture(scope="module")
@@ -184,3 +185,36 @@ def test_cli_end_to_end(local_ray, folder, tmp_path):
                               "--metrics", "deletion,pointing_game", "--steps", "8", "-d", str(tmp_path / "ev")])
     assert res.exit_code == 0, res.output
     assert "del AUC" in res.stdout and (tmp_path / "ev" / "evaluation.csv").is_file()
+
+
+def test_parquet_sources(local_ray, tmp_path):
+    """Parquet written by Ray (a tensor column of model-ready arrays) and by pyarrow (PNG bytes, labels)."""
+    import io
+
+    import pyarrow as pa
+
+    images, labels, _ = make_shapes(7, seed=11)
+    ray.data.from_items([{"id": f"t{i}", "image": images[i]} for i in range(7)]).write_parquet(tmp_path / "tensors")
+    explain_dataset(str(demo_model()), tmp_path / "tensors", methods=["gradient"], output=tmp_path / "o1",
+                    shard_size=4, actors=1)
+    ref = Explainer(str(demo_model())).explain(images, "gradient")
+    maps = read_maps(tmp_path / "o1")
+    np.testing.assert_allclose(np.stack([maps[(f"t{i}", "gradient")] for i in range(7)]), ref, rtol=1e-5,
+                               atol=1e-6 * np.abs(ref).max())
+
+    pngs, decoded = [], []
+    for im in images:
+        buf = io.BytesIO()
+        Image.fromarray(np.round(im.transpose(1, 2, 0) * 255).astype(np.uint8)).save(buf, format="PNG")
+        pngs.append(buf.getvalue())
+        decoded.append(np.asarray(Image.open(io.BytesIO(pngs[-1])).convert("RGB"), np.float32).transpose(2, 0, 1) / 255)
+    pngs[2] = b"garbage"
+    pq.write_table(pa.table({"image": pa.array(pngs, pa.binary()), "label": pa.array(labels)}), tmp_path / "p.parquet")
+    explain_dataset(str(demo_model()), tmp_path / "p.parquet", methods=["gradient"], output=tmp_path / "o2",
+                    shard_size=4, actors=1, target="label")
+    maps = read_maps(tmp_path / "o2")
+    keep = [0, 1, 3, 4, 5, 6]
+    ref = Explainer(str(demo_model())).explain(np.stack([decoded[i] for i in keep]), "gradient", target=labels[keep])
+    np.testing.assert_allclose(np.stack([maps[(f"p.parquet:{i}", "gradient")] for i in keep]), ref, rtol=1e-5,
+                               atol=1e-6 * np.abs(ref).max())
+    assert [(e["id"], e["stage"]) for e in read_errors(tmp_path / "o2")] == [("p.parquet:2", "reading")]

@@ -6,10 +6,11 @@ import logging
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import typer
 
 from onnxplain.cli.app import app
-from onnxplain.cli.common import method_settings, parse_methods, with_method_options
+from onnxplain.cli.common import method_settings, parse_methods, rules_file, with_method_options
 
 
 class RateBar:
@@ -104,6 +105,9 @@ def explain_dataset_cmd(
         model = str(demo_model())
     methods = parse_methods(method or ["gradient"])
     settings = method_settings(methods, method_options)
+    for s in settings.values():  # a rule set is checked here, once (the actors read it again)
+        if s.get("rules") is not None:
+            s["rules"] = rules_file(Path(s["rules"]))
     if target is not None and target not in ("label", "predicted"):
         try:
             target = int(target)
@@ -135,7 +139,16 @@ def evaluate_on_ray(model: str, data: str, *, methods, metrics, out_dir, setting
     if data == "shapes":  # generated images, as a ray.data.Dataset
         from onnxplain.io.shapes_data import make_shapes
 
-        images, labels, masks = make_shapes(n or 16, seed=settings.seed)
+        from onnxplain.graph.load import load_model
+        from onnxplain.io.preprocess import infer_layout
+
+        vi = load_model(model).graph.input[0]  # the image side the model takes (64 when it does not say)
+        dims = [d.dim_value or None for d in vi.type.tensor_type.shape.dim]
+        nhwc = infer_layout(dims) == "NHWC"
+        side = (dims[1] if nhwc else dims[2]) if len(dims) == 4 else None
+        images, labels, masks = make_shapes(n or 16, seed=settings.seed, size=side or 64)
+        if nhwc:
+            images = np.ascontiguousarray(images.transpose(0, 2, 3, 1))
         with quiet_ray():
             from onnxplain.dataset.run import init
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from onnxplain.dataset import sources, store
-from onnxplain.dataset.worker import Job, Worker, per_image_metrics, rows_of, sanity_task
+from onnxplain.dataset.worker import Job, Worker, rows_of, sanity_task
 from onnxplain.errors import OnnxplainError
 
 INSTALL = 'pip install "onnxplain[ray]"'
@@ -110,6 +110,9 @@ def _setup(model, source, kind: str, methods, target, output, *, options, settin
     lay = recipe.layout if recipe is not None else E.layout_of(ex, layout)
     ray_source = is_ray_dataset(source)
     if ray_source:
+        names_in = source.schema().names if source.schema() is not None else []
+        if "image" not in names_in:
+            raise OnnxplainError(f"the ray.data.Dataset needs an 'image' column (it has: {', '.join(names_in)})")
         shards, what, inputs = None, "a ray.data.Dataset", []
     else:
         shards, what = sources.plan(source, shard_size)

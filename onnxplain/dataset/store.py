@@ -58,8 +58,8 @@ def prepare(out, config: dict, inputs: list, resume: bool = True) -> Path:
             if not resume:
                 raise OnnxplainError(f"{out} holds another run; choose another output folder")
             changed = sorted(k for k in set(config) | set(before or {}) if (before or {}).get(k) != config.get(k))
-            raise OnnxplainError(f"{out} holds a run with other settings ({', '.join(changed) or 'unreadable run.json'}); "
-                                 "choose another output folder")
+            raise OnnxplainError(f"{out} holds a run with other settings "
+                                 f"({', '.join(changed) or 'unreadable run.json'}); choose another output folder")
         if not resume:
             raise OnnxplainError(f"{out} holds this run already; resume it or choose another output folder")
     else:
@@ -170,7 +170,8 @@ def unpack_eval(d) -> tuple:
         if parts[0] == "values":
             values.setdefault(parts[1], {})[parts[2]] = np.asarray(d[k])
         elif parts[0] == "curves" and parts[3] == "fraction":
-            curves.setdefault(parts[1], {})[parts[2]] = Curve(np.asarray(d[k]), np.asarray(d[f"curves|{parts[1]}|{parts[2]}|scores"]))
+            scores = np.asarray(d[f"curves|{parts[1]}|{parts[2]}|scores"])
+            curves.setdefault(parts[1], {})[parts[2]] = Curve(np.asarray(d[k]), scores)
     return [str(i) for i in d["ids"]], values, curves
 
 

@@ -143,7 +143,7 @@ class Worker:
             return [], errors
         rows = []
         for m in self.job.methods:
-            for k, (i, a, pred, tgt, score) in enumerate(self._run(m, items.images, target, items.ids, errors)):
+            for i, a, pred, tgt, score in self._run(m, items.images, target, items.ids, errors):
                 rows.append({"id": i, "method": m, "prediction": pred, "target": tgt, "score": score,
                              "attribution": a})
         return rows, errors
