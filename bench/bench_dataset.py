@@ -4,6 +4,9 @@ Two cases: 256 generated shapes images (64 px) on the shipped demo model, and 64
 ResNet-18-shaped model (bench/archs.py, random weights). Methods: gradient, gradcam, occlusion (at 224 px
 with a 56 px window and stride, 17 passes per image, so that the run stays within minutes on two cores).
 
+Every configuration runs ``--repeats`` times, round-robin, and the medians are printed (the machine's
+speed drifts).
+
 - loop: one process, ``Explainer.run`` over batches of 16, after one warm-up batch (graphs built), with
   onnxruntime's default threads (one per core) and with 1 thread;
 - Ray, 1 and 2 actors (1 intra-op thread each), the source an .npz file read by the actors: "steady" is
@@ -69,20 +72,26 @@ def ray_rate(model: str, data: Path, method: str, opts: dict, actors: int, shard
     return steady, n2 / total
 
 
-def case(name: str, model: str, x: np.ndarray, opts: dict, shard: int, work: Path) -> list:
+def case(name: str, model: str, x: np.ndarray, opts: dict, shard: int, work: Path, repeats: int) -> list:
+    """Every configuration ``repeats`` times, interleaved round-robin; the medians are reported."""
     data = work / f"{name}.npz"
     np.savez(data, images=x)
     rows = []
     for m in METHODS:
         o = opts.get(m, {})
-        loop_all = loop_rate(model, x, m, o, threads=0)
-        loop_one = loop_rate(model, x, m, o, threads=1)
-        r1 = ray_rate(model, data, m, o, 1, shard, work)
-        r2 = ray_rate(model, data, m, o, 2, shard, work)
-        rows.append((name, m, loop_all, loop_one, *r1, *r2))
-        print(f"{name:<12} {m:<10} loop {loop_all:8.1f} (1 thread {loop_one:8.1f})   1 actor {r1[0]:8.1f} "
-              f"(all {r1[1]:7.1f})   2 actors {r2[0]:8.1f} (all {r2[1]:7.1f})   2 actors / loop "
-              f"{r2[0] / loop_all:5.2f}x  1 actor / loop {r1[0] / loop_all:5.2f}x", flush=True)
+        runs = {k: [] for k in ("loop", "loop1", "a1", "a1all", "a2", "a2all")}
+        for _ in range(repeats):
+            runs["loop"].append(loop_rate(model, x, m, o, threads=0))
+            runs["loop1"].append(loop_rate(model, x, m, o, threads=1))
+            for k, actors in (("a1", 1), ("a2", 2)):
+                steady, everything = ray_rate(model, data, m, o, actors, shard, work)
+                runs[k].append(steady)
+                runs[k + "all"].append(everything)
+        med = {k: float(np.median(v)) for k, v in runs.items()}
+        rows.append((name, m, med))
+        print(f"{name:<12} {m:<10} loop {med['loop']:8.1f} (1 thread {med['loop1']:8.1f})   1 actor {med['a1']:8.1f} "
+              f"(all {med['a1all']:7.1f})   2 actors {med['a2']:8.1f} (all {med['a2all']:7.1f})   2 actors / loop "
+              f"{med['a2'] / med['loop']:5.2f}x  1 actor / loop {med['a1'] / med['loop']:5.2f}x", flush=True)
     return rows
 
 
@@ -91,6 +100,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="the 64 px case only")
     ap.add_argument("--n", type=int, default=256)
     ap.add_argument("--n224", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=3, help="rounds, interleaved; medians reported")
     args = ap.parse_args()
     import onnxruntime as ort
     import ray
@@ -104,7 +114,8 @@ def main():
     try:
         print("images/s; Ray: steady (all, with actor start-up)")
         x, _, _ = make_shapes(args.n, seed=0)
-        case("demo 64px", str(demo_model()), x, {"occlusion": {"window": 16, "stride": 8}}, 32, work)
+        case("demo 64px", str(demo_model()), x, {"occlusion": {"window": 16, "stride": 8}}, 32, work,
+             args.repeats)
         if not args.quick:
             import onnx
             from archs import resnet18
@@ -112,7 +123,8 @@ def main():
             path = work / "resnet18.onnx"
             onnx.save(resnet18(), str(path))
             x, _, _ = make_shapes(args.n224, seed=0, size=224)
-            case("resnet18 224", str(path), x, {"occlusion": {"window": 56, "stride": 56}}, 8, work)
+            case("resnet18 224", str(path), x, {"occlusion": {"window": 56, "stride": 56}}, 8, work,
+                 args.repeats)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         ray.shutdown()

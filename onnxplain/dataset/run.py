@@ -43,10 +43,38 @@ def init(address: str | None = None, num_cpus: int | None = None, runtime_env: d
     address = address or os.environ.get("RAY_ADDRESS") or None
     kw = {"runtime_env": runtime_env} if runtime_env else {}
     if address:
-        ray.init(address=address, **kw)
+        try:
+            ray.init(address=address, **kw)
+        except (ConnectionError, TimeoutError, ValueError, RuntimeError) as exc:
+            raise OnnxplainError(f"cannot connect to the Ray cluster at {address}: "
+                                 f"{' '.join(str(exc).split())[:300]}") from None
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False, **kw)
     return ray
+
+
+def client_mode(ray) -> bool:
+    """True when connected through Ray Client (``ray://``): this process is not part of the cluster."""
+    try:
+        return bool(ray.util.client.ray.is_connected())
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def on_cluster(ray, fn, model, args: tuple, kwargs: dict):
+    """Run ``fn`` (the whole driver side) as a task inside the cluster: through Ray Client, Ray Data cannot
+    stream, and the paths (source, output) are the cluster's. The model travels as a ModelProto."""
+    from onnxplain.graph.load import load_model
+
+    task = ray.remote(num_cpus=0)(fn)
+    kwargs = {**kwargs, "address": None, "progress": None}
+    try:
+        return ray.get(task.remote(load_model(model), *args, **kwargs))
+    except ray.exceptions.RayTaskError as exc:
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, OnnxplainError):
+            raise OnnxplainError(str(cause).splitlines()[0]) from None
+        raise
 
 
 def is_ray_dataset(source) -> bool:
@@ -239,6 +267,11 @@ def explain_dataset(model, source, methods=("gradient",), target=None, output="e
     (``resume``). ``progress(done, total, errors, images_per_s)`` is called as shards finish.
     Returns the summary written to ``output/summary.json``.
     """
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray = init(address)
+        if client_mode(ray):
+            kw = {k: v for k, v in locals().items() if k not in ("model", "source", "ray")}
+            return on_cluster(ray, explain_dataset, model, (source,), kw)
     explainer_kw = {k: v for k, v in dict(input=input, output=model_output, probabilities=probabilities,
                                           class_axis=class_axis).items() if v}
     job, data, shards, what, out = _setup(
@@ -275,6 +308,15 @@ def evaluate_dataset(model, source, methods=None, metrics=None, output="eval_out
     """
     from onnxplain.evaluation import runner as E
 
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray = init(address)
+        if client_mode(ray):
+            kw = {k: v for k, v in locals().items() if k not in ("model", "source", "ray", "E")}
+            if kw.get("shuffled_model") is not None:
+                from onnxplain.graph.load import load_model
+
+                kw["shuffled_model"] = load_model(kw["shuffled_model"])
+            return on_cluster(ray, evaluate_dataset, model, (source,), kw)
     s = settings or E.Settings()
     names = list(E.DEFAULT_METHODS) if methods is None else methods
     wanted = None if metrics is None else E.resolve(metrics, E.METRICS, "metric")
