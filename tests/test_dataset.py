@@ -135,12 +135,21 @@ def test_resume_skips_written_shards(local_ray, folder, tmp_path):
 
 def test_a_ray_dataset_source(local_ray, tmp_path):
     images, labels, _ = make_shapes(6, seed=9)
-    ds = ray.data.from_items([{"id": f"item{i}", "image": images[i], "label": int(labels[i])} for i in range(6)])
-    explain_dataset(str(demo_model()), ds, methods=["gradient"], output=tmp_path / "out", shard_size=4, actors=1)
+    rows = [{"id": f"item{i}", "image": images[i], "label": int(labels[i])} for i in range(6)]
+    first = explain_dataset(str(demo_model()), ray.data.from_items(rows[:4]), methods=["gradient"],
+                            output=tmp_path / "out", shard_size=4, actors=1)
+    assert first["items"] == 4
+    # resumed with two more rows: only those are explained
+    again = explain_dataset(str(demo_model()), ray.data.from_items(rows), methods=["gradient"],
+                            output=tmp_path / "out", shard_size=4, actors=1)
+    assert again["items"] == 2
     maps = read_maps(tmp_path / "out")
+    assert len(maps) == 6
     ref = Explainer(str(demo_model())).explain(images, "gradient")
     np.testing.assert_allclose(np.stack([maps[(f"item{i}", "gradient")] for i in range(6)]), ref, rtol=1e-5,
                                atol=1e-6 * np.abs(ref).max())
+    with pytest.raises(OnnxplainError, match="needs an 'image' column"):
+        explain_dataset(str(demo_model()), ray.data.from_items([{"x": 1}]), output=tmp_path / "o2")
 
 
 def test_evaluate_dataset_matches_the_runner(local_ray, tmp_path):

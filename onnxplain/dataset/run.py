@@ -178,7 +178,17 @@ def _stream(ray, job: Job, model_ref, shards, source, done_names, *, shard_size,
     import ray.data as rd
 
     ctx = rd.DataContext.get_current()
+    bars = ctx.enable_progress_bars
     ctx.enable_progress_bars = progress is None and bool(os.environ.get("ONNXPLAIN_RAY_PROGRESS"))
+    try:
+        return _execute(ray, rd, job, model_ref, shards, source, done_names, shard_size=shard_size, actors=actors,
+                        cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor, progress=progress, sub=sub)
+    finally:
+        ctx.enable_progress_bars = bars
+
+
+def _execute(ray, rd, job, model_ref, shards, source, done_names, *, shard_size, actors, cpus_per_actor,
+             gpus_per_actor, progress, sub):
     size = _pool(ray, actors, cpus_per_actor, gpus_per_actor)
     # the model travels inside a list: the actor fetches it from the object store itself (a top-level
     # reference would be pinned as a constructor dependency, which Ray warns about for restartable actors)
@@ -196,7 +206,7 @@ def _stream(ray, job: Job, model_ref, shards, source, done_names, *, shard_size,
         done_ids = _done_ids(job, sub)
         ds = source
         if done_ids:
-            ds = ds.map_batches(_Skip, fn_constructor_args=(done_ids,), batch_format="numpy")
+            ds = ds.map_batches(_skip, fn_args=(done_ids,), batch_format="numpy")
         total = None
         ds = ds.map_batches(Worker, batch_size=shard_size, compute=rd.ActorPoolStrategy(size=size), **common)
     n = errors = parts = 0
@@ -210,19 +220,14 @@ def _stream(ray, job: Job, model_ref, shards, source, done_names, *, shard_size,
     return n, errors, parts
 
 
-class _Skip:
+def _skip(batch: dict, done: set) -> dict:
     """Drops the rows whose id a resumed run already has (``ray.data.Dataset`` sources)."""
-
-    def __init__(self, done: set):
-        self.done = done
-
-    def __call__(self, batch: dict) -> dict:
-        rows = rows_of(batch)
-        keep = np.array([r["id"] not in self.done for r in rows], dtype=bool)
-        out = {k: v[keep] for k, v in batch.items()}
-        if "id" not in batch:
-            out["id"] = np.array([r["id"] for r in rows], dtype=object)[keep]
-        return out
+    rows = rows_of(batch)
+    keep = np.array([r["id"] not in done for r in rows], dtype=bool)
+    out = {k: v[keep] for k, v in batch.items()}
+    if "id" not in batch:
+        out["id"] = np.array([r["id"] for r in rows], dtype=object)[keep]
+    return out
 
 
 def _done_ids(job: Job, sub: str) -> set:
