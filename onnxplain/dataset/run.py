@@ -199,7 +199,7 @@ def _execute(ray, rd, job, model_ref, shards, source, done_names, *, shard_size,
         todo = [s for s in shards if s.name not in done_names]
         total = sum(len(s.paths) if s.kind == "images" else s.stop - s.start for s in todo)
         if not todo:
-            return 0, 0, 0
+            return 0, 0, 0, 0.0
         ds = rd.from_items([s.to_row() for s in todo], override_num_blocks=len(todo))
         ds = ds.map_batches(Worker, batch_size=1, compute=rd.ActorPoolStrategy(size=min(size, len(todo))), **common)
     else:
@@ -210,14 +210,16 @@ def _execute(ray, rd, job, model_ref, shards, source, done_names, *, shard_size,
         total = None
         ds = ds.map_batches(Worker, batch_size=shard_size, compute=rd.ActorPoolStrategy(size=size), **common)
     n = errors = parts = 0
+    busy = 0.0
     t0 = time.perf_counter()
     for row in ds.iter_rows():
         n += int(row["items"])
         errors += int(row["errors"])
+        busy += float(row["seconds"])
         parts += 1
         if progress is not None:
             progress(n, total, errors, n / max(time.perf_counter() - t0, 1e-9))
-    return n, errors, parts
+    return n, errors, parts, busy
 
 
 def _skip(batch: dict, done: set) -> dict:
@@ -287,13 +289,13 @@ def explain_dataset(model, source, methods=("gradient",), target=None, output="e
     ray = init(address)
     t0 = time.perf_counter()
     done_names = store.done(out, "maps", ".parquet")
-    n, errors, parts = _stream(ray, job, ray.put(data), shards, source, done_names, shard_size=shard_size,
+    n, errors, parts, busy = _stream(ray, job, ray.put(data), shards, source, done_names, shard_size=shard_size,
                                actors=actors, cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor,
                                progress=progress, sub="maps")
     seconds = time.perf_counter() - t0
     skipped = len(done_names & {s.name for s in shards}) if shards is not None else None
     return _finish(out, {"source": what, "methods": job.methods, "items": n, "errors": errors, "shards": parts,
-                         "shards_skipped": skipped, "seconds": round(seconds, 3),
+                         "shards_skipped": skipped, "seconds": round(seconds, 3), "actor_seconds": round(busy, 3),
                          "images_per_s": round(n / seconds, 3) if n else 0.0, "output": str(out)})
 
 
