@@ -6,6 +6,7 @@ internal failure ends in one line and exit code 1 (``ONNXPLAIN_DEBUG=1`` shows t
 Results go to stdout, progress to stderr (only on a terminal).
 """
 from onnxplain.cli import demo, evaluate, explain, export, inspect_cmd  # noqa: F401  (they register commands)
+from onnxplain.cli import dataset  # noqa: F401  (explain-dataset; evaluate --ray)
 from onnxplain.cli.app import app, merge_numeric_args
 from onnxplain.cli.export import _check_and_save
 

@@ -55,6 +55,13 @@ def evaluate_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON instead of the table."),
     max_memory: Optional[str] = typer.Option(None, "--max-memory", help="Refuse runs whose tensors need more "
                                              "(e.g. 8G; default: half of this machine's memory)."),
+    use_ray: bool = typer.Option(False, "--ray", help="Run on Ray Data, shard by shard (pip install "
+                                 "\"onnxplain[ray]\"); DATA may then also be a folder of images or .parquet/.npz/"
+                                 ".npy shards, and a rerun resumes."),
+    address: Optional[str] = typer.Option(None, "--address", help="--ray: a cluster, e.g. ray://head:10001 "
+                                          "(default: RAY_ADDRESS, else a local Ray)."),
+    actors: Optional[int] = typer.Option(None, "--actors", min=1, help="--ray: actors in the pool (default: "
+                                         "one per CPU)."),
 ):
     """Score methods by faithfulness, localisation, class sensitivity, robustness and sanity checks."""
     from onnxplain.evaluation import runner as E
@@ -70,6 +77,13 @@ def evaluate_cmd(
     if shuffled_model is not None:
         existing(Path(shuffled_model))
     out_dir = Path(out_dir)
+    if use_ray or address or actors:
+        from onnxplain.cli.dataset import evaluate_ray_cmd
+
+        return evaluate_ray_cmd(str(path), data, methods=methods, metrics=metrics, out_dir=out_dir, n=n, seed=seed,
+                                n_sanity=n_sanity, shuffled_model=shuffled_model, region=region, steps=steps, fill=fill,
+                                fraction=fraction, radius=radius, batch_size=batch_size, layout=layout,
+                                as_json=as_json, address=address, actors=actors)
     outputs = Outputs(models=[path, shuffled_model], protect=[None if data == "shapes" else Path(data)])
     outputs.folder(out_dir, "--out-dir")
     for name in ("evaluation.csv", "evaluation.json", "evaluation.md"):

@@ -103,8 +103,19 @@ def _note_once(message: str) -> None:
         print(f"onnxplain: {message}", file=sys.stderr)
 
 
-def make_session(model: onnx.ModelProto | str, providers: list[str] | None = None, threads: int = 0):
+_default_threads = 0  # 0: onnxruntime's choice (one thread per core)
+
+
+def set_default_threads(threads: int) -> None:
+    """Intra-op threads of every session made afterwards in this process without ``threads=`` (0: onnxruntime's
+    choice). A worker that shares its machine with others (a Ray actor per core) sets 1."""
+    global _default_threads
+    _default_threads = max(0, int(threads))
+
+
+def make_session(model: onnx.ModelProto | str, providers: list[str] | None = None, threads: int | None = None):
     """An onnxruntime session of ``model`` on ``providers`` (default: CUDA when usable, then the CPU)."""
+    threads = _default_threads if threads is None else threads
     rt = ort()
     opts = rt.SessionOptions()
     opts.log_severity_level = 4  # errors reach Python as exceptions; no duplicate log line
@@ -114,6 +125,7 @@ def make_session(model: onnx.ModelProto | str, providers: list[str] | None = Non
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
     src = model if isinstance(model, str) else model.SerializeToString()
     wanted = providers or default_providers()
     # WeightBiasQuantization re-quantises the float weights of DequantizeLinear -> Conv -> QuantizeLinear with
