@@ -211,24 +211,29 @@ def explain(
                             written.append(render.save_png(pic, out_dir / f"{items[i].name}.{m}.png"))
                     bar(advance=e - s)
 
-            if len(methods) > 1:
-                shown = [i for i, it in enumerate(items) if it.display is not None][:32]
-                if shown:
-                    rows, row_titles = [], []
-                    for i in shown:
-                        maps = [render.to_2d(results[m][i], channel_axis=item_channel_axis) for m in methods]
-                        common = render.shared_scale(maps) if shared_scale else None
-                        rows.append([items[i].display] + [render.overlay(items[i].display, a2, signed=render.is_signed(m),
-                                                                         alpha=alpha, scale=common)
-                                                          for a2, m in zip(maps, methods)])
-                        row_titles.append(items[i].name)
-                    bars = (["signed"] if any(render.is_signed(m) for m in methods) else []) + \
-                        (["positive"] if any(not render.is_signed(m) for m in methods) else [])
-                    note = "colour scale: 99.5th percentile of |a|, " + ("shared across each row" if shared_scale else "per map")
-                    pic = render.grid(rows, titles=["image", *methods], row_titles=row_titles, colorbars=bars, note=note)
-                    written.append(render.save_png(pic, out_dir / "comparison.png"))
-                    if len([it for it in items if it.display is not None]) > len(shown):
-                        typer.echo(f"comparison grid shows the first {len(shown)} images")
+        if len(methods) > 1:
+            shown = [i for i, it in enumerate(items) if it.display is not None][:32]
+            if shown:
+                rows, row_titles = [], []
+                for i in shown:
+                    maps = [render.to_2d(results[m][i], channel_axis=item_channel_axis) for m in methods]
+                    common = render.shared_scale(maps) if shared_scale else None
+                    tg = next(resolved[(s, e)] for s, e in groups if s <= i < e)
+                    mark = {k: v for k, v in tg.items[i - groups_start(groups, i)].items() if k != "caption"} \
+                        if tg.items else None
+                    hw = _hw(items[i].tensor, item_channel_axis)
+                    rows.append([render.annotate(items[i].display, mark, hw)] +
+                                [render.annotate(render.overlay(items[i].display, a2, signed=render.is_signed(m),
+                                                                alpha=alpha, scale=common), mark, hw)
+                                 for a2, m in zip(maps, methods)])
+                    row_titles.append(items[i].name)
+                bars = (["signed"] if any(render.is_signed(m) for m in methods) else []) + \
+                    (["positive"] if any(not render.is_signed(m) for m in methods) else [])
+                note = "colour scale: 99.5th percentile of |a|, " + ("shared across each row" if shared_scale else "per map")
+                pic = render.grid(rows, titles=["image", *methods], row_titles=row_titles, colorbars=bars, note=note)
+                written.append(render.save_png(pic, out_dir / "comparison.png"))
+                if len([it for it in items if it.display is not None]) > len(shown):
+                    typer.echo(f"comparison grid shows the first {len(shown)} images")
     # one line per item: prediction, explained target, score
     w = max(len(it.source.name if it.source.suffix.lower() != ".npy" else it.name) for it in items)
     notes = {i: resolved[(s, e)].notes[i - s] for s, e in groups for i in range(s, e) if resolved[(s, e)].notes}
@@ -248,29 +253,6 @@ def explain(
         for line in tokens_out[items.index(it)]:
             typer.echo(f"  token scores (position:score) {line}")
 
-    if len(methods) > 1:
-        shown = [i for i, it in enumerate(items) if it.display is not None][:32]
-        if shown:
-            rows, row_titles = [], []
-            for i in shown:
-                maps = [render.to_2d(results[m][i], channel_axis=item_channel_axis) for m in methods]
-                common = render.shared_scale(maps) if shared_scale else None
-                tg = next(resolved[(s, e)] for s, e in groups if s <= i < e)
-                mark = {k: v for k, v in tg.items[i - groups_start(groups, i)].items() if k != "caption"} \
-                    if tg.items else None
-                hw = _hw(items[i].tensor, item_channel_axis)
-                rows.append([render.annotate(items[i].display, mark, hw)] +
-                            [render.annotate(render.overlay(items[i].display, a2, signed=render.is_signed(m),
-                                                            alpha=alpha, scale=common), mark, hw)
-                             for a2, m in zip(maps, methods)])
-                row_titles.append(items[i].name)
-            bars = (["signed"] if any(render.is_signed(m) for m in methods) else []) + \
-                (["positive"] if any(not render.is_signed(m) for m in methods) else [])
-            note = "colour scale: 99.5th percentile of |a|, " + ("shared across each row" if shared_scale else "per map")
-            pic = render.grid(rows, titles=["image", *methods], row_titles=row_titles, colorbars=bars, note=note)
-            written.append(render.save_png(pic, out_dir / "comparison.png"))
-            if len([it for it in items if it.display is not None]) > len(shown):
-                typer.echo(f"comparison grid shows the first {len(shown)} images")
     typer.echo(f"wrote {len(written)} files to {out_dir}/ (input {ex.entry} {fmt_shape(_dims(shape))}"
                + (f", explained through '{ex.inner}')" if ex.inner is not None else ")"))
 
