@@ -34,8 +34,9 @@ def running(what: str):
 class Progress:
     """A rich progress bar on stderr when it is a terminal; silent otherwise."""
 
-    def __init__(self, total: int | None, label: str):
-        """``total=None``: set later, by a call with ``total=``."""
+    def __init__(self, total: int | None, label: str, rate: bool = False):
+        """``total=None``: set later, by a call with ``total=``; ``rate``: a column for a rate text
+        (``self.bar.update(self.task, rate=...)``)."""
         from rich.console import Console
 
         self.console = Console(stderr=True)
@@ -43,9 +44,10 @@ class Progress:
         if self.console.is_terminal and (total is None or total > 0):
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            extra = [TextColumn("{task.fields[rate]}")] if rate else []
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), *extra,
                                 TimeRemainingColumn(), console=self.console, transient=True)
-            self.task = self.bar.add_task(label, total=total)
+            self.task = self.bar.add_task(label, total=total, **({"rate": ""} if rate else {}))
 
     def __enter__(self):
         if self.bar:
@@ -259,6 +261,16 @@ def opt_feed():
     return typer.Option(None, "--feed", help="A value for another model input (recurrent state, sample rate, "
                         "mask): NAME=FILE.npy or NAME=NUMBER; repeat for several. They are constants of the "
                         "explanation; the attribution is taken with respect to the explained input only.")
+
+
+def parse_fill(fill: str):
+    """``--fill`` of the faithfulness metrics: mean, uniform, blur or a number."""
+    if fill in ("mean", "uniform", "blur"):
+        return fill
+    try:
+        return float(fill)
+    except ValueError:
+        raise OnnxplainError(f"--fill must be mean, uniform, blur or a number, not '{fill}'") from None
 
 
 def parse_feeds(values) -> dict:

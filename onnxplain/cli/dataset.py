@@ -10,33 +10,14 @@ import numpy as np
 import typer
 
 from onnxplain.cli.app import app
-from onnxplain.cli.common import method_settings, parse_methods, rules_file, with_method_options
+from onnxplain.cli.common import Progress, method_settings, parse_fill, parse_methods, rules_file, with_method_options
 
 
-class RateBar:
+class RateBar(Progress):
     """One progress bar on stderr (a terminal only): items done of the total, errors, images/s."""
 
     def __init__(self, label: str):
-        from rich.console import Console
-
-        self.console = Console(stderr=True)
-        self.bar = None
-        if self.console.is_terminal:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=self.console,
-                                transient=True)
-            self.task = self.bar.add_task(label, total=None, rate="")
-
-    def __enter__(self):
-        if self.bar:
-            self.bar.start()
-        return self
-
-    def __exit__(self, *exc):
-        if self.bar:
-            self.bar.stop()
+        super().__init__(None, label, rate=True)
 
     def __call__(self, done: int, total, errors: int, rate: float):
         if self.bar:
@@ -167,14 +148,9 @@ def evaluate_ray_cmd(model: str, data: str, *, methods, metrics, out_dir, n, see
     import json
     import time
 
-    from onnxplain.errors import OnnxplainError
     from onnxplain.evaluation import runner as E
 
-    if fill not in ("mean", "uniform", "blur"):
-        try:
-            fill = float(fill)
-        except ValueError:
-            raise OnnxplainError(f"--fill must be mean, uniform, blur or a number, not '{fill}'") from None
+    fill = parse_fill(fill)
     settings = E.Settings(n_sanity=n_sanity, region=region, steps=steps, fill=fill, fraction=fraction, radius=radius,
                           batch_size=batch_size, seed=seed)
     t0 = time.perf_counter()

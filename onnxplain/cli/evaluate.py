@@ -12,7 +12,7 @@ import typer
 from onnxplain.errors import OnnxplainError
 
 from onnxplain.cli.app import app
-from onnxplain.cli.common import Progress, existing, running
+from onnxplain.cli.common import Progress, existing, parse_fill, running
 from onnxplain.io.outputs import Outputs
 from onnxplain.validate import parse_bytes
 
@@ -115,11 +115,7 @@ def evaluate_cmd(
     else:
         wanted = [m for m in E.METRICS if not (m in E.LOCALISATION and masks is None)
                   and not (m == "data_randomisation" and shuffled_model is None)]
-    if fill not in ("mean", "uniform", "blur"):
-        try:
-            fill = float(fill)
-        except ValueError:
-            raise OnnxplainError(f"--fill must be mean, uniform, blur or a number, not '{fill}'") from None
+    fill = parse_fill(fill)
     settings = E.Settings(n_sanity=n_sanity, region=region, steps=steps, fill=fill, fraction=fraction, radius=radius,
                           batch_size=batch_size, seed=seed)
     t0 = time.perf_counter()
