@@ -199,13 +199,13 @@ def first_float(model: onnx.ModelProto, start: str) -> str | None:
     return None
 
 
-def specialised(model: onnx.ModelProto, name: str | None, shape) -> onnx.ModelProto:
+def specialised(model: onnx.ModelProto, name: str | None, shape, keep_batch: bool = True) -> onnx.ModelProto:
     """``model`` with input ``name`` fixed to ``shape`` (None: unchanged), and the ranks that shape
     inference still leaves unknown probed with one run on a zero input of that shape (batch 1
     where the batch axis is dynamic)."""
     if shape is None or name is None:
         return model
-    fixed = fix_shape(model, name, shape)
+    fixed = fix_shape(model, name, shape, keep_batch)
     from onnxplain.graph.canonicalize import infer_shapes
 
     inferred = infer_shapes(fixed)

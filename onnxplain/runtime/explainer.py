@@ -68,7 +68,8 @@ class Explainer:
             input = self.inner
             channel_axis = -1  # [N, T, D] token embeddings: the features are on the last axis
         else:
-            model = specialised(bind(source, self.feeds), self.entry, self.shape)
+            # None on an axis keeps it as declared; a given size fixes it, the batch axis too (a sequence-first model)
+            model = specialised(bind(source, self.feeds), self.entry, self.shape, keep_batch=False)
         probe = None
         if self.inner is None and self.shape is not None:  # a specialised child: read what inference leaves out
             vi = next(v for v in model.graph.input if v.name == self.entry)
@@ -241,7 +242,8 @@ class Explainer:
         names = [o.name for o in sess.get_outputs()]
         n = len(feeds[self.x.name])
         step = self.fixed_batch or max(1, batch_size)
-        if n <= step and not self.fixed_batch:  # one call; feeds need no batch axis in front (time-major outputs)
+        if n <= step and (not self.fixed_batch or n == self.fixed_batch):  # one call; feeds need no batch axis
+            # in front (time-major outputs)
             res = dict(zip(names, sess.run(names, feeds)))
             outputs = {k: v for k, v in res.items() if k not in ("attribution", "target_index")}
             return Explanation(attribution=res["attribution"], target=res.get("target_index"), outputs=outputs)
