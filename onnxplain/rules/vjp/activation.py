@@ -154,7 +154,8 @@ def hard_swish(b, node, g):
     on a [1, 240, 28, 28] tensor than two nested Wheres; the same values)."""
     x = _x(node)
     dtype = onnx.helper.np_dtype_to_tensor_dtype(np_dtype(x))
-    lo = b.Cast(b.GreaterOrEqual(x, _c(b, -3, x)), to=dtype)
+    at_least = b.GreaterOrEqual(x, _c(b, -3, x)) if b.opset >= 12 else b.Not(b.Less(x, _c(b, -3, x)))
+    lo = b.Cast(at_least, to=dtype)
     hi = b.Cast(b.Greater(x, _c(b, 3, x)), to=dtype)
     inner = b.Add(b.Div(x, _c(b, 3, x)), _c(b, 0.5, x))
     return [b.Mul(g[0], b.Add(b.Mul(inner, b.Sub(lo, hi)), hi))]
