@@ -300,7 +300,8 @@ class Explainer:
             raise OnnxplainError(f"many targets: target must be integer class indices of shape [N, K] = [{n}, K], "
                                  f"got {t.dtype} {list(t.shape)}")
         t = np.ascontiguousarray(np.broadcast_to(t.astype(np.int64), (n, t.shape[1])))
-        folded = (m.name in FOLDED and m.name not in self._no_fold and self.inner is None and not self._needs_shape and self.fixed_batch is None
+        folded = (m.name in FOLDED and m.name not in self._no_fold and self.inner is None and not self._needs_shape
+                  and self.fixed_batch is None
                   and not options.keys() - {"batch_size"})
         if folded:
             x = self.check_input(x)
