@@ -82,13 +82,72 @@ def explained_path(nodes, wrt_names, seed_names):
     return fwd, path
 
 
-class Backward:
-    """Builds cotangents of ``wrt`` tensors given seed cotangents, in one reverse pass."""
+# ops whose rules build tensors of the forward batch size themselves (not from the node's tensors)
+UNFOLDED = {"Loop", "Scan", "GRU", "LSTM", "RNN"}
 
-    def __init__(self, graph: gs.Graph, builder: Builder, rules=None):
+
+class FoldError(OnnxplainError):
+    """Many targets cannot share one backward pass in this graph (callers fall back to one pass each)."""
+
+
+class StandIn:
+    """What a rule reads of a node (op, name, attrs, inputs, outputs, domain), with other tensors."""
+
+    def __init__(self, node, inputs, outputs):
+        self.op, self.name, self.attrs, self.domain = node.op, node.name, node.attrs, node.domain
+        self.inputs, self.outputs = inputs, outputs
+
+
+class Fold:
+    """K seeds in one backward pass: every cotangent carries K copies of the batch on its batch axis
+    (K-major: item n of seed k at k * N + n), and the rules read the forward tensors tiled K times on
+    that axis, so the forward runs once. Reshapes that merge the batch with later axes keep the K-major
+    order; a tensor whose batch axis cannot be found (``batch``, a symbolic dim, missing) is refused."""
+
+    def __init__(self, b: Builder, k, batch: str):
+        self.b, self.k, self.batch = b, k, batch  # k: int64 [1], the number of seeds
+        self._tiles: dict = {}
+        self.reach: set = set()  # every tensor computed from the explained input, of any type (set by run)
+
+    def axis(self, t) -> int:
+        shape = getattr(t, "shape", None)
+        axes = [] if shape is None else [i for i, d in enumerate(shape) if d == self.batch]
+        if len(axes) != 1:
+            raise FoldError(f"many targets in one pass: tensor '{t.name}' has no single batch axis "
+                             f"('{self.batch}') in its shape {None if shape is None else list(shape)}")
+        return axes[0]
+
+    def tile(self, t):
+        if t.name not in self._tiles:
+            a, r = self.axis(t), len(t.shape)
+            reps = self.b.Concat(*[self.k if i == a else self.b.ints([1]) for i in range(r)], axis=0)
+            v = self.b.Tile(t, reps)
+            v.dtype, v.shape = t.dtype, [f"{self.batch}*targets" if i == a else d for i, d in enumerate(t.shape)]
+            self._tiles[t.name] = v
+        return self._tiles[t.name]
+
+    def node(self, node, fwd):
+        """The node as its rule should see it: forward tensors on the path tiled (and integer or boolean
+        ones computed from the input, such as a Where's condition, when they have the batch axis), other
+        outputs dropped."""
+        ins = [self.tile(t) if t.name and (t.name in fwd and not isinstance(t, gs.Constant)
+                                           or t.name in self.reach and self.batch in (t.shape or ())) else t
+               for t in node.inputs]
+        outs = [self.tile(t) if t.name and t.name in fwd else gs.Variable.empty() for t in node.outputs]
+        return StandIn(node, ins, outs)
+
+
+class Backward:
+    """Builds cotangents of ``wrt`` tensors given seed cotangents, in one reverse pass.
+
+    With ``fold`` (a :class:`Fold`), the seeds hold K cotangents each on the batch axis and so do the
+    results: one backward pass for K targets."""
+
+    def __init__(self, graph: gs.Graph, builder: Builder, rules=None, fold: Fold | None = None):
         self.graph = graph
         self.b = builder
         self.rules = rules or GradientRules()
+        self.fold = fold
 
     def run(self, seeds: list, wrt: list, nodes=None, outer_fwd: frozenset = frozenset()) -> dict:
         """``seeds``: [(forward tensor, its cotangent)]; returns {wrt name: cotangent}.
@@ -97,6 +156,12 @@ class Backward:
         nodes = list(self.graph.nodes) if nodes is None else nodes
         fwd, path = explained_path(nodes, [t.name for t in wrt], [t.name for t, _ in seeds])
         self._fwd = fwd | outer_fwd
+        if self.fold is not None:
+            reach = {t.name for t in wrt}
+            for node in nodes:
+                if any(t.name in reach for t in _value_inputs(node)):
+                    reach.update(t.name for t in node.outputs)
+            self.fold.reach = reach
         self.rules.start(self._fwd)
         plan = [(node, self._vjp_if if node.op in STRUCTURAL else self.rules.lookup(node)) for node in path]
         missing = self._missing(path, self._fwd) if not outer_fwd else []  # branches: checked by the outermost
@@ -114,10 +179,14 @@ class Backward:
                 continue
             self.b.scope = f"{self.b.prefix}/{self.rules.name}/{node.name or node.op}"
             if node.op == "If":
+                if self.fold is not None:
+                    raise FoldError(f"many targets in one pass: If '{node.name}' is not supported")
                 for t, g in self._vjp_if(node, g_out):
                     pending.setdefault(t.name, []).append(g)
                 continue
-            g_in = rule(self.b, node, g_out)
+            if self.fold is not None and node.op in UNFOLDED:
+                raise FoldError(f"many targets in one pass: {node.op} '{node.name}' is not supported")
+            g_in = rule(self.b, node if self.fold is None else self.fold.node(node, fwd), g_out)
             if len(g_in) < len(node.inputs):
                 g_in = list(g_in) + [None] * (len(node.inputs) - len(g_in))
             value_free = VALUE_FREE.get(node.op, ())
@@ -129,14 +198,19 @@ class Backward:
                         f"rule '{rule.name}' for {node.op} '{node.name}' gives no cotangent for input {i} "
                         f"('{t.name}'), which lies on the explained path")
                 if rule.broadcast:
-                    g = self.b.unbroadcast(g, t, node.outputs[0].shape)
+                    if self.fold is None:
+                        g = self.b.unbroadcast(g, t, node.outputs[0].shape)
+                    else:
+                        tt, out = (self.fold.tile(u) if u.name in fwd else u for u in (t, node.outputs[0]))
+                        g = self.b.unbroadcast(g, tt, out.shape)
                 pending.setdefault(t.name, []).append(g)
         self.b.scope = self.b.prefix
         out = {}
         for t in wrt:
             g = self._take(pending, t)
             g = g if g is not None else taken.get(t.name)
-            out[t.name] = g if g is not None else self.b.zeros_like(t)
+            zero = self.b.zeros_like(t if self.fold is None else self.fold.tile(t))
+            out[t.name] = g if g is not None else zero
         return out
 
     def _missing(self, path, fwd) -> list:

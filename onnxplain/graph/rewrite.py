@@ -21,11 +21,12 @@ import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
 from onnxplain import __version__
-from onnxplain.graph.backward import Backward, GradientRules
+from onnxplain.graph.backward import Backward, Fold, FoldError, GradientRules
 from onnxplain.graph.builder import Builder, np_dtype, rank
 from onnxplain.graph.canonicalize import Canonical, canonicalize, export_graph, find_logits
 from onnxplain.errors import OnnxplainError, ShapeError
 
+FOLDED = ("gradient", "input_x_gradient", "saliency")  # heads whose K targets share one backward pass
 RESERVED = ("target", "target_weights", "baseline", "attribution", "target_index", "attribution_layer")
 
 
@@ -36,7 +37,7 @@ class Options:
     input: str | None = None  # explained input (default: first float input)
     output: str | None = None  # explained output (default: first float output)
     probabilities: bool = False  # explain the Softmax/Sigmoid output instead of its logits
-    target_mode: str = "class"  # "class" (int64 target) or "weights" (a seed tensor)
+    target_mode: str = "class"  # "class" (int64 target [N]), "classes" (int64 [N, K]) or "weights" (a seed tensor)
     class_axis: int | None = None  # default: 1 for rank-4 outputs, else the last axis
     channel_axis: int = 1  # for saliency's reduction over channels
     steps: int = 32  # integrated gradients
@@ -62,14 +63,23 @@ class Context:
     forward_nodes: list = field(default_factory=list)  # the model's own nodes, before any emission
     extra_outputs: list = field(default_factory=list)  # (name, tensor, shape) more outputs a head adds
     meta: dict = field(default_factory=dict)  # more metadata_props a head records (e.g. the CAM layer)
+    fold: object = None  # target_mode "classes": the K seeds share one backward pass (backward.Fold)
 
     def backward(self, seed=None, x=None, logits=None, nodes=None, rules=None):
+        """The cotangent of ``x``; with K targets ([N, K] classes) it is [N, K, *x.shape[1:]]."""
         rules = rules or (self.rules("gradient") if self.options.rules else GradientRules())
-        bw = Backward(self.can.graph, self.b, rules)
+        if self.fold is not None and (x is not None or not isinstance(rules, GradientRules)):
+            raise FoldError("many targets in one pass: only the plain gradient heads fold K targets")
+        bw = Backward(self.can.graph, self.b, rules, fold=self.fold)
         x = x if x is not None else self.x
         logits = logits if logits is not None else self.logits
         seed = seed if seed is not None else self.seed
-        return bw.run([(logits, seed)], [x], nodes=nodes)[x.name]
+        g = bw.run([(logits, seed)], [x], nodes=nodes)[x.name]
+        if self.fold is None:
+            return g
+        b = self.b  # [K*N, ...] (K-major) -> [K, N, ...] -> [N, K, ...]
+        g = b.Reshape(g, b.Concat(self.fold.k, b.ints([-1]), b.shape_of(x, 1), axis=0))
+        return b.transpose(g, [1, 0] + list(range(2, len(x.shape) + 1)))
 
     def rules(self, method: str, **env):
         """The rule set for ``method`` (the user's file if given, else rules/<method>.toml), bound
@@ -144,6 +154,29 @@ def class_seed(ctx: Context):
     return onehot, chosen
 
 
+def classes_seed(ctx: Context):
+    """target [N, K] (-1 = argmax) -> K one-hot seeds stacked K-major on the batch axis ([K*N, ...] of the
+    logits' shape), the resolved targets [N, K], and the :class:`Fold` that runs them in one backward pass."""
+    b, logits, x = ctx.b, ctx.logits, ctx.x
+    r, ax = rank(logits), class_axis_of(logits, ctx.options)
+    batch = x.shape[0] if x.shape else None
+    if not isinstance(batch, str) or not batch:
+        raise FoldError(f"many targets in one pass need a symbolic batch axis on input '{x.name}' (it is {batch})")
+    target = ctx.add_input("target", np.int64, [batch, "targets"], default=[[-1]])
+    others = [i for i in range(1, r) if i != ax]
+    scores = b.reduce("ReduceSum", logits, others, keepdims=False) if others else logits
+    argmax = b.ArgMax(scores, axis=1, keepdims=1)  # [N, 1]
+    chosen = b.Where(b.Less(target, b.ints([0])), argmax, target)
+    depth = b.squeeze(b.slice(b.Shape(logits), [ax], [ax + 1], [0]), [0])
+    onehot = b.OneHot(b.transpose(chosen, [1, 0]), depth, b.const([0, 1], like=logits), axis=-1)  # [K, N, C]
+    onehot = b.Reshape(onehot, b.Concat(b.ints([-1]), b.unsqueeze(depth, [0]), axis=0))  # [K*N, C]
+    if others:
+        full = b.Concat(b.shape_of(onehot, 0, 1), b.shape_of(logits, 1), axis=0)
+        onehot = b.Expand(b.unsqueeze(onehot, others), full)
+    ctx.fold = Fold(b, b.shape_of(target, 1, 2), batch)
+    return onehot, chosen
+
+
 def build(model, method: str = "gradient", options: Options | None = None, **kw) -> onnx.ModelProto:
     """Return the explanation graph of ``model`` for ``method`` as an ``onnx.ModelProto``."""
     from onnxplain.methods.catalog import method as lookup
@@ -154,8 +187,8 @@ def build(model, method: str = "gradient", options: Options | None = None, **kw)
         raise OnnxplainError(f"{entry.name} runs {entry.kind} passes from Python and has no single explanation "
                              "graph; use `onnxplain explain` (or Explainer) for it")
     method = entry.name
-    if options.target_mode not in ("class", "weights"):
-        raise OnnxplainError(f"target mode must be 'class' or 'weights', not '{options.target_mode}'")
+    if options.target_mode not in ("class", "classes", "weights"):
+        raise OnnxplainError(f"target mode must be 'class', 'classes' or 'weights', not '{options.target_mode}'")
     can = model if isinstance(model, Canonical) else canonicalize(model)
     graph = can.graph
     taken = [n for n in RESERVED if n in graph.tensors()]
@@ -169,12 +202,19 @@ def build(model, method: str = "gradient", options: Options | None = None, **kw)
     if options.target_mode == "weights":
         ctx.seed = ctx.add_input("target_weights", np_dtype(logits), logits.shape)
         chosen = None
+    elif options.target_mode == "classes":
+        if method not in FOLDED:
+            raise FoldError(f"{method} does not explain many targets in one pass (only {', '.join(FOLDED)})")
+        ctx.seed, chosen = classes_seed(ctx)
     else:
         ctx.seed, chosen = class_seed(ctx)
     attribution, shape = entry.head(ctx)
+    batch = ctx.x.shape[0] if ctx.x.shape else "batch"
+    if ctx.fold is not None and shape is not None:
+        shape = [shape[0], "targets", *shape[1:]]
     graph.outputs.append(_named(b, attribution, "attribution", np_dtype(x), shape))
     if chosen is not None:
-        graph.outputs.append(_named(b, chosen, "target_index", np.int64, [ctx.x.shape[0] if ctx.x.shape else "batch"]))
+        graph.outputs.append(_named(b, chosen, "target_index", np.int64, [batch] + (["targets"] if ctx.fold else [])))
     for name, tensor, tshape in ctx.extra_outputs:
         graph.outputs.append(_named(b, tensor, name, np_dtype(x), tshape))
     graph.cleanup()

@@ -25,13 +25,18 @@ def gradient(ctx):
 
 
 def input_x_gradient(ctx):
-    return ctx.b.Mul(ctx.x, ctx.backward()), ctx.x.shape
+    g = ctx.backward()
+    x = ctx.x if ctx.fold is None else ctx.b.unsqueeze(ctx.x, [1])  # K targets: g is [N, K, ...]
+    return ctx.b.Mul(x, g), ctx.x.shape
 
 
 def saliency(ctx):
     b, ax = ctx.b, ctx.options.channel_axis
     shape = None if ctx.x.shape is None else [1 if i == ax % len(ctx.x.shape) else d for i, d in enumerate(ctx.x.shape)]
-    return b.reduce("ReduceMax", b.Abs(ctx.backward()), [ax], keepdims=True), shape
+    g = ctx.backward()
+    if ctx.fold is not None:  # K targets: g is [N, K, ...]
+        ax = ax % len(ctx.x.shape) + (ax % len(ctx.x.shape) > 0)
+    return b.reduce("ReduceMax", b.Abs(g), [ax], keepdims=True), shape
 
 
 def _batch_of_copies(ctx, method):

@@ -59,6 +59,7 @@ class Explainer:
         self._graphs: dict = {}
         self._sessions: dict = {}
         self._children: dict = {}
+        self._no_fold: set = set()  # methods whose K targets cannot share one backward pass here
         self._needs_shape = False  # set when a rule needed a size only known at run time (see run)
         self._needs_fixed_batch = False  # ... and the batch axis had to be fixed too (see _specialised)
         self.entry, self.inner = explained_tensor(source, input)
@@ -273,6 +274,8 @@ class Explainer:
 
         m = lookup(method)
         opts = m.settings(options)
+        if target_weights is None and np.ndim(target) == 2 and not isinstance(target, Target):
+            return self._run_many(x, m, target, opts, progress, options)
         if self.inner is not None:
             return self._run_inner(x, m, target, target_weights, opts, progress)
         x = self.check_input(x)
@@ -297,6 +300,42 @@ class Explainer:
                 runner.guard(x, t, res)
             return res
         return self._specialised(x, m.name, target, target_weights, progress, options)
+
+    def _run_many(self, x, m, target, opts, progress, options) -> Explanation:
+        """K classes per item (``target`` [N, K]): attribution [N, K, ...] and target [N, K]. The gradient
+        heads run the forward pass once and the K backward passes as one batch (``target_mode="classes"``,
+        :class:`onnxplain.graph.backward.Fold`); other methods, and graphs the fold refuses, run once per
+        column."""
+        from onnxplain.graph.backward import FoldError
+        from onnxplain.graph.rewrite import FOLDED
+
+        t = as_array(target, "target")
+        n = len(x) if self.inner is not None else len(self.check_input(x))
+        if not np.issubdtype(t.dtype, np.integer) or t.shape[0] not in (1, n) or t.shape[1] < 1:
+            raise OnnxplainError(f"many targets: target must be integer class indices of shape [N, K] = [{n}, K], "
+                                 f"got {t.dtype} {list(t.shape)}")
+        t = np.ascontiguousarray(np.broadcast_to(t.astype(np.int64), (n, t.shape[1])))
+        folded = (m.name in FOLDED and m.name not in self._no_fold and self.inner is None and not self._needs_shape
+                  and self.fixed_batch is None
+                  and not options.keys() - {"batch_size"})
+        if folded:
+            x = self.check_input(x)
+            for k in range(t.shape[1]):
+                self.check_target(t[:, k], n)
+            try:
+                with user_errors(f"{m.name} failed"):
+                    res = self.run_graph(m.name, "classes", {self.x.name: x, "target": t},
+                                         batch_size=opts.get("batch_size") or 16)
+            except FoldError:
+                self._no_fold.add(m.name)  # this graph cannot fold (e.g. a tensor lost its batch axis)
+            else:
+                for k in range(t.shape[1]):  # the all-zero check, per target
+                    self.guard(x, Target(res.target[:, k], None, True), replace(res, attribution=res.attribution[:, k],
+                                                                              target=res.target[:, k]))
+                return res
+        parts = [self.run(x, m.name, t[:, k], progress=progress, **options) for k in range(t.shape[1])]
+        target_out = None if parts[0].target is None else np.stack([p.target for p in parts], 1)
+        return Explanation(np.stack([p.attribution for p in parts], 1), target_out, parts[0].outputs)
 
     def _specialised(self, x, method, target, target_weights, progress, options) -> Explanation:
         """A rule needs a size or rank only known at run time: the same explanation on a child specialised

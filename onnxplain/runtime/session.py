@@ -4,6 +4,17 @@ onnxruntime is imported defensively (:func:`ort`): two distributions sharing its
 beside ``onnxruntime-gpu``), or a module left broken by uninstalling one of them, give one line that says
 what to do, not a traceback. ``device="auto"`` uses CUDA only when a session really starts on it, and
 says once, in one line, why it fell back.
+
+Session settings (:func:`make_session`; measured on a 2-core x86_64 VM, bench/RESULTS.md):
+
+* ``ORT_ENABLE_ALL``: the NCHWc layout transformer and Conv+activation fusion; ``ORT_ENABLE_EXTENDED`` (no NCHWc)
+  measured +50% on both the forward pass and the gradient graph;
+* ``session.intra_op.allow_spinning = 0``: an Explainer alternates between sessions (forward, explanation,
+  guard), and a spinning pool of the previous session took the cores from the next (1.8x slower forward);
+* intra-op threads: onnxruntime's default (one per physical core) unless ``threads`` is given; the parallel
+  executor (inter-op) measured slower;
+* the CPU memory arena and memory-pattern planning: onnxruntime's defaults (on); the explanation graph's
+  shapes repeat from call to call, which is what the arena and the patterns reuse.
 """
 from __future__ import annotations
 
