@@ -249,3 +249,28 @@ def test_cli_feeds_input_shapes_and_inspect(tmp_path):
     assert r.exit_code == 0 and "explains input 'e'" in r.output
     got = make_session(onnx.load(tmp_path / "tok.e.onnx")).run(["attribution"], {"ids": ids})[0]
     np.testing.assert_allclose(got, res.attribution, rtol=1e-5, atol=1e-7)
+
+
+def test_black_box_methods_over_tokens():
+    """Occlusion replaces one token by the pad id (0); the oracle recomputes the model in numpy. On this
+    model the score is additive over kept tokens, so KernelSHAP's Shapley values equal those drops."""
+    table, W = rng.normal(size=(10, 5)), rng.normal(size=(5, 3))
+    ex = Explainer(_with(TOKENS, table=table, W=W))
+    ids = np.array([[3, 1, 4, 1, 5, 0], [2, 7, 0, 0, 9, 6]], dtype=np.int64)
+
+    def logit(row, k):
+        keep = (row > 0).astype(np.float64)
+        return ((table[row] * keep[:, None]).mean(0) @ W)[k]
+
+    want = np.array([[logit(ids[i], k) - logit(np.where(np.arange(6) == j, 0, ids[i]), k) for j in range(6)]
+                     for i, k in enumerate([1, 2])])
+    occ = ex.run(ids, "occlusion", target=[1, 2])
+    np.testing.assert_allclose(occ.attribution, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(occ.target, [1, 2])
+    np.testing.assert_allclose(occ.outputs["token_scores"], occ.attribution)
+    shap = ex.run(ids, "kernelshap", target=[1, 2], samples=100)  # 2^6 - 2 coalitions: exact
+    np.testing.assert_allclose(shap.attribution, want, rtol=1e-4, atol=1e-5)
+    lime = ex.run(ids, "lime", target=[1, 2], samples=400)
+    assert np.corrcoef(lime.attribution.ravel(), want.ravel())[0, 1] > 0.95
+    with pytest.raises(OnnxplainError, match="over tokens is not available"):
+        ex.run(ids, "rise")

@@ -404,8 +404,10 @@ class Explainer:
         embedding axis (gradients times the embedding first, as grad x input)."""
         ids = self.check_entry(ids)
         n = len(ids)
-        emb = self._prefix().run([self.inner], {self.entry: ids})[0]
         t = target if isinstance(target, Target) else self.target(ids, target, target_weights)
+        if m.kind == "black-box" and self.entry_integer:  # tokens hidden by a replacement id, not embeddings
+            return self._run_tokens(ids, m, t, opts, progress)
+        emb = self._prefix().run([self.inner], {self.entry: ids})[0]
         parts = []
         for i in range(n):
             child = self.child(feeds={self.entry: ids[i:i + 1]})
@@ -423,6 +425,45 @@ class Explainer:
         outputs["embedding"] = emb
         target_out = None if parts[0].target is None else np.concatenate([p.target for p in parts])
         return Explanation(a, target_out, outputs)
+
+    def _run_tokens(self, ids, m, t: Target, opts, progress) -> Explanation:
+        """Occlusion, LIME and KernelSHAP over tokens (:mod:`onnxplain.methods.tokens`)."""
+        from onnxplain.graph.rewrite import class_axis_of
+        from onnxplain.methods import tokens
+
+        if t.spec is not None:
+            raise OnnxplainError(f"{m.name} over tokens takes a class or target_weights, not a target object")
+        session, name = self.logits_of_entry()
+        y = session.run([name], {self.entry: ids})[0]
+        if t.weights is not None:
+            seeds = np.asarray(t.weights, dtype=np.float64).reshape(y.shape)
+            chosen = None
+        else:
+            logits = self.canonical.tensor(name)
+            ax = class_axis_of(logits, self.options)
+            scores = np.moveaxis(y, ax, 1).reshape(len(y), y.shape[ax], -1).sum(axis=2)
+            chosen = np.where(t.classes < 0, scores.argmax(axis=1), t.classes).astype(np.int64)
+            seeds = np.zeros(y.shape)
+            for i, k in enumerate(chosen):
+                np.moveaxis(seeds[i], ax - 1, 0)[k] = 1.0
+        batch = 1 if self.entry_shape and self.entry_shape[0] == 1 else opts["batch_size"]
+        a, outputs = tokens.explain(self, ids, m.name, seeds, {**opts, "batch_size": batch}, progress)
+        outputs[name] = y
+        return Explanation(a, chosen, outputs)
+
+    def logits_of_entry(self):
+        """(session of the model as given, fed the integer input; the name of the explained logits)."""
+        if "entry_logits" not in self._sessions:
+            from onnxplain.graph.canonicalize import find_logits
+
+            out = self.canonical.output(self.options.output)
+            logits = out if self.options.probabilities else find_logits(self.canonical.graph, out)[0]
+            m = onnx.ModelProto()
+            m.CopyFrom(bind(self.source, self.feeds))
+            if logits.name not in {o.name for o in m.graph.output}:
+                m.graph.output.append(onnx.helper.make_empty_tensor_value_info(logits.name))
+            self._sessions["entry_logits"] = (make_session(m, self.providers), logits.name)
+        return self._sessions["entry_logits"]
 
     def _prefix(self):
         if "prefix" not in self._sessions:
