@@ -50,18 +50,21 @@ def installed_distributions() -> list[str]:
 def ort():
     """The onnxruntime module, or one :class:`OnnxplainError` line saying how to repair the install."""
     found = installed_distributions()
-    if len(found) > 1:
-        raise OnnxplainError(f"{' and '.join(found)} are installed together and share one 'onnxruntime' module; "
-                             "keep one: pip uninstall -y " + " ".join(f.split()[0] for f in found)
-                             + " && pip install onnxruntime-gpu (or onnxruntime on a machine without CUDA)")
+    fix = ("pip uninstall -y " + " ".join(f.split()[0] for f in found)
+           + " && pip install onnxruntime-gpu (or onnxruntime on a machine without CUDA)")
     try:
         import onnxruntime as module
 
         module.InferenceSession, module.get_available_providers, module.set_default_logger_severity  # noqa: B018
     except (ImportError, AttributeError, OSError) as exc:
-        raise OnnxplainError(f"onnxruntime cannot be used in this environment ({type(exc).__name__}: "
-                             f"{' '.join(str(exc).split())[:160]}); reinstall it: pip install --force-reinstall "
-                             "onnxruntime-gpu (or onnxruntime on a machine without CUDA)") from None
+        shared = f" ({' and '.join(found)} share its files)" if len(found) > 1 else ""
+        raise OnnxplainError(f"onnxruntime cannot be used in this environment{shared} ({type(exc).__name__}: "
+                             f"{' '.join(str(exc).split())[:160]}); reinstall it: "
+                             + (fix if len(found) > 1 else "pip install --force-reinstall onnxruntime-gpu "
+                                "(or onnxruntime on a machine without CUDA)")) from None
+    if len(found) > 1:  # works now, but uninstalling either one breaks the other's files
+        _note_once(f"{' and '.join(found)} are installed together and share one 'onnxruntime' module; "
+                   f"keep one: {fix}")
     module.set_default_logger_severity(4)  # its own log lines would be a second line on stderr
     return module
 
