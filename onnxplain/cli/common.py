@@ -150,6 +150,26 @@ def opt_prob():
     return typer.Option(False, "--probabilities", help="Explain the Softmax/Sigmoid output itself, not its logits.")
 
 
+def opt_device():
+    return typer.Option("auto", "--device", help="auto (CUDA when a session really starts on it, else the CPU), "
+                        "cpu or cuda (an error when CUDA cannot start).")
+
+
+def opt_providers():
+    return typer.Option(None, "--providers", help="onnxruntime execution providers, comma-separated, in order of "
+                        "preference (e.g. TensorrtExecutionProvider,CUDAExecutionProvider); overrides --device.")
+
+
+def session_options(device: str, providers: str | None) -> dict:
+    """``--device``/``--providers`` -> the ``device=``/``providers=`` keywords of :class:`Explainer`, checked now
+    (an unknown device or a provider this onnxruntime lacks is one line, before any work)."""
+    from onnxplain.runtime.session import providers_for
+
+    names = [p.strip() for p in (providers or "").split(",") if p.strip()] or None
+    providers_for(device, names)
+    return {"device": device, "providers": names}
+
+
 def opt_class_axis():
     return typer.Option(None, "--class-axis", help="Class axis of the explained output (default: 1 for 4-D, else last).")
 

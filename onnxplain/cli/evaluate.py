@@ -12,7 +12,7 @@ import typer
 from onnxplain.errors import OnnxplainError
 
 from onnxplain.cli.app import app
-from onnxplain.cli.common import Progress, existing, running
+from onnxplain.cli.common import Progress, existing, opt_device, opt_providers, running, session_options
 from onnxplain.io.outputs import Outputs
 from onnxplain.validate import parse_bytes
 
@@ -53,6 +53,8 @@ def evaluate_cmd(
     layout: Optional[str] = typer.Option(None, "--layout", help="NCHW or NHWC: the layout of the model input and "
                                          "of the data's images (default: from the model input)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON instead of the table."),
+    device: str = opt_device(),
+    providers: Optional[str] = opt_providers(),
     max_memory: Optional[str] = typer.Option(None, "--max-memory", help="Refuse runs whose tensors need more "
                                              "(e.g. 8G; default: half of this machine's memory)."),
 ):
@@ -78,7 +80,8 @@ def evaluate_cmd(
     with running("loading the model"):
         from onnxplain.runtime.explainer import Explainer, all_methods
 
-        explainer = Explainer(str(path), max_memory=None if max_memory is None else parse_bytes(max_memory))
+        explainer = Explainer(str(path), max_memory=None if max_memory is None else parse_bytes(max_memory),
+                              **session_options(device, providers))
     shape, layout = explainer.x.shape, E.layout_of(explainer, layout)
     if data == "shapes":
         side = (shape[1] if layout == "NHWC" else shape[2]) if shape and len(shape) == 4 else None

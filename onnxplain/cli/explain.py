@@ -12,8 +12,8 @@ from onnxplain.errors import OnnxplainError
 
 from onnxplain.cli.app import app
 from onnxplain.cli.common import (Progress, class_label, class_names, existing, method_settings, opt_class_axis,
-                                  opt_feed, opt_input, opt_output, opt_prob, parse_feeds, parse_methods, rules_file,
-                                  running, status, with_method_options)
+                                  opt_device, opt_feed, opt_input, opt_output, opt_prob, opt_providers, parse_feeds,
+                                  parse_methods, rules_file, running, session_options, status, with_method_options)
 from onnxplain.io.outputs import Outputs
 from onnxplain.validate import check_bytes, parse_bytes
 
@@ -64,6 +64,8 @@ def explain(
                                              "(e.g. 8G; default: half of this machine's memory)."),
     alpha: float = typer.Option(0.75, "--alpha", min=0.0, max=1.0, help="Heatmap opacity at full strength."),
     shared_scale: bool = typer.Option(False, "--shared-scale", help="One colour scale per grid row (all methods)."),
+    device: str = opt_device(),
+    providers: Optional[str] = opt_providers(),
     **method_options,
 ):
     """Explain images with one or more methods; writes <stem>.<method>.png (overlay) and .npy (raw)."""
@@ -93,7 +95,7 @@ def explain(
     outputs = Outputs(models=[model], protect=[*images, labels, *(s.get("rules") for s in settings.values())])
     outputs.folder(out_dir, "--out-dir").check()  # before any work
     ex = Explainer(str(model), input=input, output=output, probabilities=probabilities, class_axis=class_axis,
-                   feeds=parse_feeds(feed), max_memory=budget)
+                   feeds=parse_feeds(feed), max_memory=budget, **session_options(device, providers))
     tokens = ex.inner is not None and ex.entry_integer  # token ids / bytes, explained through their embedding
     shape = ex.entry_shape if ex.inner is not None else ex.x.shape
     has_images = any(p.suffix.lower() != ".npy" for p in images)

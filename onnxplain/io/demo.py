@@ -44,7 +44,7 @@ class DemoResult:
 
 
 def run_demo(out_dir, n: int = 6, seed: int = SEED, methods=METHODS, steps: int = 32, samples: int = 16,
-             model=None, progress=None) -> DemoResult:
+             model=None, progress=None, device: str = "auto", providers=None) -> DemoResult:
     """Explain ``n`` generated images with each method; writes the grid and the arrays."""
     from onnxplain.io.shapes_data import CLASS_NAMES, make_shapes
     from onnxplain.errors import OnnxplainError
@@ -54,7 +54,7 @@ def run_demo(out_dir, n: int = 6, seed: int = SEED, methods=METHODS, steps: int 
     if n < 1:
         raise OnnxplainError("--n must be at least 1")
     path = Path(model) if model is not None else demo_model()
-    ex = Explainer(str(path))
+    ex = Explainer(str(path), device=device, providers=providers)
     shape = ex.x.shape
     size = shape[-1] if shape and isinstance(shape[-1], int) and shape[-1] > 0 else 64
     images, labels, masks = make_shapes(n, seed=seed, size=size)
@@ -152,7 +152,7 @@ class TaskResult:
 
 
 def run_task_demo(out_dir, task: str, n: int = 4, seed: int = SEED, methods=None, model=None, progress=None,
-                  options=None, picture_rows: int = 6) -> TaskResult:
+                  options=None, picture_rows: int = 6, device: str = "auto", providers=None) -> TaskResult:
     """Explain every ground-truth object of ``n`` generated scenes (:func:`make_scenes`) with the shipped
     detector (``task="detect"``: the detection best matching the object's box) or segmenter (``"segment"``:
     the object's class map summed over its mask). Scores each map against the object (its box for
@@ -169,7 +169,7 @@ def run_task_demo(out_dir, task: str, n: int = 4, seed: int = SEED, methods=None
     methods = tuple(methods or (TASK_METHODS if task == "detect" else TASK_METHODS[:-1]))
     options = {**TASK_OPTIONS, **(options or {})}
     path = Path(model) if model is not None else demo_model(DET_MODEL if task == "detect" else SEG_MODEL)
-    ex = Explainer(str(path))
+    ex = Explainer(str(path), device=device, providers=providers)
     ex.task = task
     images, labels, boxes, masks = make_scenes(n, seed=seed)
     out = Path(out_dir)
