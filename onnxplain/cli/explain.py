@@ -380,7 +380,8 @@ def _report(path, model, items, methods, summary, names, seconds, files, figures
             [[m, float(np.mean(seconds[m])), float(np.sum(seconds[m]))] for m in methods])
     if grid_png is not None:
         r.heading("Comparison")
-        r.image(grid_png, "every method on every image; each column has its own colour scale, numbers under it")
+        r.image(grid_png, "every method on every image; each map has its own colour scale, written above it; "
+                "each column's colour bar below it")
     r.heading("Overlays")
     if recipe is not None:
         r.paragraph(f"preprocessing: scale {recipe.scale:.4g}, mean {list(recipe.mean)}, std {list(recipe.std)}, "

@@ -24,7 +24,7 @@ h1 { font-size: 1.5em; margin-bottom: 0.2em; } h2 { font-size: 1.2em; margin-top
 p.meta { color: #666; margin-top: 0; }
 table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.92em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
-th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+th { background: #f3f3f3; } div.wide { overflow-x: auto; } td { white-space: nowrap; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 figure { display: inline-block; margin: 0.4em 0.8em 0.8em 0; vertical-align: top; }
 figcaption { font-size: 0.85em; color: #444; max-width: 28em; }
 img { image-rendering: auto; border: 1px solid #ddd; max-width: 100%; }
@@ -70,7 +70,7 @@ class Report:
 
         head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
         body = "".join("<tr>" + "".join(cell(v, j) for j, v in enumerate(r)) + "</tr>" for r in rows)
-        self.parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        self.parts.append(f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>')
         return self
 
     def image(self, image, caption: str = "", alt: str | None = None, width: int | None = None,
