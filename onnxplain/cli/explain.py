@@ -117,8 +117,13 @@ def explain(
     if stored is not None:  # the model's own recipe, under the options given on the command line
         recipe = preprocess.resolve(preset, **given, base=stored)
     names = class_names(ex.canonical.model, labels)
-    n_classes = ex.num_classes if ex.inner is None else None
-    if labels is not None and names is not None and n_classes is not None and len(names) != n_classes:
+    n_classes = None
+    if labels is not None and names is not None and ex.inner is None:
+        try:
+            n_classes = ex.num_classes
+        except OnnxplainError:  # no class axis to count (a detector's selected boxes): nothing to check against
+            n_classes = None
+    if n_classes is not None and len(names) != n_classes:
         raise OnnxplainError(f"--labels {labels} names {len(names)} classes but the model's output has {n_classes}; "
                              "give one name per class, one per line")
     tokens = ex.inner is not None and ex.entry_integer  # token ids / bytes, explained through their embedding
