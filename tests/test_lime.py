@@ -120,11 +120,19 @@ def test_kernelshap_efficiency_on_a_nonlinear_model():
 def test_mean_fill_and_fill_value():
     item = np.arange(2 * 4 * 4, dtype=np.float32).reshape(2, 4, 4)
     seg = blocks(4, 4, 2, 2)
-    p = lime.Perturber(item, seg, "mean", 1)
+    p = lime.Perturber(item, seg, "segment_mean", 1)
     out = p(np.array([[1, 1, 1, 1], [0, 1, 1, 1]]))
     np.testing.assert_array_equal(out[0], item)
     np.testing.assert_allclose(out[1][:, seg == 0], item[:, seg == 0].mean(axis=1, keepdims=True).repeat(4, 1))
     np.testing.assert_array_equal(out[1][:, seg != 0], item[:, seg != 0])
+    for fill in ("image_mean", "mean"):  # the item's per-channel mean, the same for every hidden superpixel
+        out = lime.Perturber(item, seg, fill, 1)(np.array([[0, 1, 1, 0]]))[0]
+        for c in range(2):
+            np.testing.assert_allclose(out[c][(seg == 0) | (seg == 3)], item[c].mean())
+        np.testing.assert_array_equal(out[:, (seg == 1) | (seg == 2)], item[:, (seg == 1) | (seg == 2)])
+    flat = np.full((2, 16, 16), 0.25, np.float32)  # blur of a constant image is that constant
+    np.testing.assert_allclose(lime.Perturber(flat, blocks(16, 16, 4, 4), "blur", 1)(np.zeros((1, 16)))[0], 0.25,
+                               rtol=1e-6)
     out = lime.Perturber(item, seg, 7.0, 1)(np.zeros((1, 4)))
     assert np.all(out == 7)
 

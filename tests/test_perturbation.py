@@ -44,7 +44,7 @@ def test_deletion_drops_the_score_inside_the_region():
     ex = Explainer(model)
     p0 = make_session(model).run(None, {"x": x})[0][0, 0]
     calls = []
-    r = ex.run(x, "meaningful_perturbation", target=0, iterations=100, mask_size=8, blur=2, l1=1e-2,
+    r = ex.run(x, "meaningful_perturbation", target=0, iterations=100, mask_size=8, blur=2, l1=0.7, score="softmax",
                progress=lambda d, t: calls.append((d, t)))
     assert calls[-1] == (100, 100) and len(calls) == 100
     a = r.attribution[0, 0]

@@ -36,3 +36,19 @@ def test_categorical_axis_and_empty_input():
     assert img.shape[0] > 300
     with pytest.raises(ValueError):
         line_chart({})
+
+
+def test_thirty_series_get_thirty_distinct_colours():
+    """Any two of the first 30 colours differ by at least 18 CIELAB Delta-E (a clearly visible difference),
+    and 30 series in one chart each show their own colour."""
+    from skimage.color import rgb2lab
+
+    assert len(PALETTE) >= 30
+    lab = rgb2lab(np.asarray(PALETTE[:30], dtype=np.float64)[None] / 255)[0]
+    d = np.linalg.norm(lab[:, None] - lab[None], axis=-1)
+    np.fill_diagonal(d, np.inf)
+    assert d.min() >= 18
+    x = np.arange(10.0)
+    img = line_chart({f"s{i}": (x, x * 0 + i) for i in range(30)}, size=(900, 700))
+    seen = [bool(np.all(img == np.asarray(c, np.uint8), axis=-1).any()) for c in PALETTE[:30]]
+    assert all(seen), [i for i, s in enumerate(seen) if not s]

@@ -94,6 +94,35 @@ def rules_file(path: Optional[Path]) -> Optional[str]:
 
 
 
+def expand_inputs(paths, recursive: bool = False) -> list[Path]:
+    """Command-line inputs -> files: a folder gives its images and .npy arrays (subfolders too with
+    ``recursive``), a glob pattern ('*.jpg', 'photos/**/*.png' with ``recursive``) the files it matches,
+    sorted; anything else is taken as given (and checked later). A folder or pattern that yields nothing
+    is one line."""
+    import glob
+
+    from onnxplain.io.preprocess import IMAGE_SUFFIXES
+
+    wanted = IMAGE_SUFFIXES | {".npy"}
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in (p.rglob("*") if recursive else p.iterdir())
+                           if f.is_file() and f.suffix.lower() in wanted and not f.name.startswith("."))
+            if not found:
+                raise OnnxplainError(f"no images or .npy arrays in folder {p}"
+                                     + ("" if recursive else " (--recursive looks in its subfolders)"))
+            out += found
+        elif not p.exists() and glob.has_magic(str(p)):
+            found = sorted(Path(f) for f in glob.glob(str(p), recursive=recursive) if Path(f).is_file())
+            if not found:
+                raise OnnxplainError(f"no file matches {p}")
+            out += found
+        else:
+            out.append(p)
+    return list(dict.fromkeys(out))
+
+
 def existing(path: Path, what: str = "file") -> Path:
     if not path.exists():
         raise OnnxplainError(f"no such {what}: {path}")
@@ -150,6 +179,26 @@ def opt_output():
 
 def opt_prob():
     return typer.Option(False, "--probabilities", help="Explain the Softmax/Sigmoid output itself, not its logits.")
+
+
+def opt_device():
+    return typer.Option("auto", "--device", help="auto (CUDA when a session really starts on it, else the CPU), "
+                        "cpu or cuda (an error when CUDA cannot start).")
+
+
+def opt_providers():
+    return typer.Option(None, "--providers", help="onnxruntime execution providers, comma-separated, in order of "
+                        "preference (e.g. TensorrtExecutionProvider,CUDAExecutionProvider); overrides --device.")
+
+
+def session_options(device: str, providers: str | None) -> dict:
+    """``--device``/``--providers`` -> the ``device=``/``providers=`` keywords of :class:`Explainer`, checked now
+    (an unknown device or a provider this onnxruntime lacks is one line, before any work)."""
+    from onnxplain.runtime.session import providers_for
+
+    names = [p.strip() for p in (providers or "").split(",") if p.strip()] or None
+    providers_for(device, names)
+    return {"device": device, "providers": names}
 
 
 def opt_class_axis():

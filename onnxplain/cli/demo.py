@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Optional
 
 import typer
 
 from onnxplain.cli.app import app
 from onnxplain.errors import OnnxplainError
-from onnxplain.cli.common import Progress, running
+from onnxplain.cli.common import Progress, opt_device, opt_providers, running, session_options
 from onnxplain.io.outputs import Outputs
 
 
@@ -21,6 +22,8 @@ def demo(
     samples: int = typer.Option(16, "--samples", min=1, help="smoothgrad: noisy copies."),
     task: str = typer.Option("classify", "--task", help="classify (the shapes classifier), detect (the shipped "
                              "detector, each object's box explained) or segment (the segmenter, each object's mask)."),
+    device: str = opt_device(),
+    providers: Optional[str] = opt_providers(),
 ):
     """Explain the shipped shapes classifier with every white-box method (or, with --task detect/segment,
     the shipped detector/segmenter); writes demo_methods.png (demo_detect.png, demo_segment.png)."""
@@ -28,8 +31,9 @@ def demo(
     from onnxplain.io.resources import demo_model
 
     out_dir = Path(out_dir)
+    sessions = session_options(device, providers)
     if task != "classify":
-        _task_demo(out_dir, task, n, seed)
+        _task_demo(out_dir, task, n, seed, sessions)
         return
     path = demo_model()
     outputs = Outputs(models=[path]).folder(out_dir, "--out-dir")
@@ -40,7 +44,7 @@ def demo(
     t0 = time.perf_counter()
     with Progress(n * len(METHODS), "demo") as bar:
         with outputs, running("running the demo model"):
-            r = run_demo(out_dir, n=n, seed=seed, steps=steps, samples=samples, model=path, progress=bar)
+            r = run_demo(out_dir, n=n, seed=seed, steps=steps, samples=samples, model=path, progress=bar, **sessions)
     correct = int((r.predicted == r.labels).sum())
     typer.echo(f"model  {path}")
     typer.echo(f"images {n} generated shapes (seed {seed}); predicted correctly: {correct}/{n}; "
@@ -51,7 +55,7 @@ def demo(
 
 
 
-def _task_demo(out_dir: Path, task: str, n: int, seed: int):
+def _task_demo(out_dir: Path, task: str, n: int, seed: int, sessions: dict):
     from onnxplain.io.demo import DET_MODEL, SEG_MODEL, format_task_table, run_task_demo
     from onnxplain.io.resources import demo_model
 
@@ -63,7 +67,7 @@ def _task_demo(out_dir: Path, task: str, n: int, seed: int):
     outputs.check()  # before any work
     t0 = time.perf_counter()
     with Progress(None, "demo") as bar, outputs, running(f"running the demo {task} model"):
-        r = run_task_demo(out_dir, task, n=n, seed=seed, model=path, progress=bar)
+        r = run_task_demo(out_dir, task, n=n, seed=seed, model=path, progress=bar, **sessions)
     typer.echo(f"model  {path}")
     what = "the detection that best matches each object's box" if task == "detect" else \
         "each object's class map summed over its mask"

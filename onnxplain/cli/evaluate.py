@@ -12,7 +12,7 @@ import typer
 from onnxplain.errors import OnnxplainError
 
 from onnxplain.cli.app import app
-from onnxplain.cli.common import Progress, existing, parse_fill, running
+from onnxplain.cli.common import Progress, existing, opt_device, opt_providers, parse_fill, running, session_options
 from onnxplain.io.outputs import Outputs
 from onnxplain.validate import parse_bytes
 
@@ -53,6 +53,10 @@ def evaluate_cmd(
     layout: Optional[str] = typer.Option(None, "--layout", help="NCHW or NHWC: the layout of the model input and "
                                          "of the data's images (default: from the model input)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON instead of the table."),
+    device: str = opt_device(),
+    providers: Optional[str] = opt_providers(),
+    report: Optional[Path] = typer.Option(None, "--report", help="Also write a self-contained HTML report (the "
+                                          "table, timings, curves and sanity plots, embedded; no network) here."),
     max_memory: Optional[str] = typer.Option(None, "--max-memory", help="Refuse runs whose tensors need more "
                                              "(e.g. 8G; default: half of this machine's memory)."),
     use_ray: bool = typer.Option(False, "--ray", help="Run on Ray Data, shard by shard (pip install "
@@ -88,11 +92,14 @@ def evaluate_cmd(
     outputs.folder(out_dir, "--out-dir")
     for name in ("evaluation.csv", "evaluation.json", "evaluation.md"):
         outputs.file(out_dir / name)
+    if report is not None:
+        outputs.file(Path(report), flag="--report")
     outputs.check()  # before any work
     with running("loading the model"):
         from onnxplain.runtime.explainer import Explainer, all_methods
 
-        explainer = Explainer(str(path), max_memory=None if max_memory is None else parse_bytes(max_memory))
+        explainer = Explainer(str(path), max_memory=None if max_memory is None else parse_bytes(max_memory),
+                              **session_options(device, providers))
     shape, layout = explainer.x.shape, E.layout_of(explainer, layout)
     if data == "shapes":
         side = (shape[1] if layout == "NHWC" else shape[2]) if shape and len(shape) == 4 else None
@@ -125,6 +132,8 @@ def evaluate_cmd(
                             shuffled_model=None if shuffled_model is None else str(shuffled_model),
                             settings=settings, progress=bar, layout=layout)
         files = E.write(ev, out_dir)
+        if report is not None:
+            files.append(_report(report, ev, path, source, explainer))
     if as_json:
         typer.echo(json.dumps(ev.to_json()["summary"], indent=1))
         return
@@ -138,4 +147,40 @@ def evaluate_cmd(
     typer.echo("↑/↓: higher/lower is better; what each column means: " + str(out_dir / "evaluation.json"))
     typer.echo(f"wrote {len(files)} files to {out_dir} in {time.perf_counter() - t0:.1f} s")
 
+
+def _report(path: Path, ev, model, source: str, explainer) -> Path:
+    """The evaluation as one self-contained HTML file: the table, time per image, curves, sanity plots."""
+    from onnxplain.evaluation import runner as E
+    from onnxplain.io.report_html import Report
+
+    r = Report(f"onnxplain evaluate: {Path(model).name}", f"{source}; providers: {', '.join(explainer.providers)}")
+    r.heading("Scores (mean ± standard error over images)")
+    cols = ev.columns()
+    rows = []
+    for m in ev.methods:
+        row = [m]
+        for c in cols:
+            mean, sem = ev.mean(c.key, m), ev.sem(c.key, m)
+            row.append("-" if not np.isfinite(mean) else f"{mean:.3g} ± {sem:.2g}" if np.isfinite(sem) else f"{mean:.3g}")
+        rows.append(row)
+    r.table(["method", *[f"{c.title} {c.better}" for c in cols]], rows)
+    r.paragraph("; ".join(f"{c.title}: {c.about}" for c in cols))
+    ratios = E.time_ratios(ev)
+    if "seconds" in ev.values:
+        r.heading("Method timings")
+        r.table(["method", "seconds per image", "relative to gradient"],
+                [[m, float(ev.mean("seconds", m)), float(ratios[m]) if m in ratios else "-"] for m in ev.methods])
+    plots = E.curve_plots(ev)
+    if plots:
+        r.heading("Perturbation curves")
+        for key, picture in plots.items():
+            r.image(picture, key.replace("_", " "))
+    sanity = [(k, E.sanity_profile(ev, k)) for k in ("cascading", "independent") if k in ev.sanity]
+    if sanity or (ev.cascade_maps and len(next(iter(ev.cascade_maps.values()))) > 1):
+        r.heading("Sanity checks")
+        for kind, picture in sanity:
+            r.image(picture, f"{kind} randomisation: similarity to the trained model's maps, layer by layer")
+        if ev.cascade_maps and len(next(iter(ev.cascade_maps.values()))) > 1:
+            r.image(E.cascade_grid(ev), "maps as the layers are randomised, top down")
+    return r.save(path)
 

@@ -1,6 +1,8 @@
 """`onnxplain explain`: attribution maps for images or arrays, with overlays and a comparison grid."""
 from __future__ import annotations
 
+import json
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Optional
@@ -12,8 +14,8 @@ from onnxplain.errors import OnnxplainError
 
 from onnxplain.cli.app import app
 from onnxplain.cli.common import (Progress, class_label, class_names, existing, method_settings, opt_class_axis,
-                                  opt_feed, opt_input, opt_output, opt_prob, parse_feeds, parse_methods, rules_file,
-                                  running, status, with_method_options)
+                                  opt_device, opt_feed, opt_input, opt_output, opt_prob, opt_providers, parse_feeds,
+                                  parse_methods, rules_file, running, session_options, status, with_method_options)
 from onnxplain.io.outputs import Outputs
 from onnxplain.validate import check_bytes, parse_bytes
 
@@ -22,8 +24,9 @@ from onnxplain.validate import check_bytes, parse_bytes
 @with_method_options()
 def explain(
     model: Path = typer.Argument(..., help="The ONNX model.", show_default=False),
-    images: list[Path] = typer.Argument(..., help="Images (PNG, JPEG, ...) or preprocessed .npy arrays.",
-                                        show_default=False),
+    images: list[Path] = typer.Argument(..., help="Images (PNG, JPEG, ...) or preprocessed .npy arrays; folders "
+                                        "and glob patterns ('photos/*.jpg') too.", show_default=False),
+    recursive: bool = typer.Option(False, "--recursive", "-r", help="Folders and '**' patterns: include subfolders."),
     method: list[str] = typer.Option(["gradient"], "--method", "-m",
                                      help="Attribution methods, comma-separated or repeated (several: a comparison "
                                           "grid is written too); any spelling or alias of the README's table."),
@@ -50,7 +53,10 @@ def explain(
     output: Optional[str] = opt_output(),
     probabilities: bool = opt_prob(),
     class_axis: Optional[int] = opt_class_axis(),
-    preset: str = typer.Option("raw01", "--preset", help="raw01 (p/255), imagenet, caffe (BGR, mean in 0-255), tf ([-1, 1])."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="raw01 (p/255), imagenet, caffe (BGR, mean in 0-255), "
+                                         "tf ([-1, 1]); default: the model's 'onnxplain.preprocess' metadata, else raw01."),
+    resize: Optional[str] = typer.Option(None, "--resize", help="crop (default: centre crop, aspect ratio kept), pad "
+                                         "(letterbox) or stretch: how a photo of another shape meets the model's size."),
     size: Optional[str] = typer.Option(None, "--size", help="Resize to H W (or one int for both); default: the model's."),
     mean: Optional[str] = typer.Option(None, "--mean", help="Per-channel mean, subtracted after --scale (tensor channel order)."),
     std: Optional[str] = typer.Option(None, "--std", help="Per-channel std, divided after the mean."),
@@ -64,6 +70,12 @@ def explain(
                                              "(e.g. 8G; default: half of this machine's memory)."),
     alpha: float = typer.Option(0.75, "--alpha", min=0.0, max=1.0, help="Heatmap opacity at full strength."),
     shared_scale: bool = typer.Option(False, "--shared-scale", help="One colour scale per grid row (all methods)."),
+    device: str = opt_device(),
+    providers: Optional[str] = opt_providers(),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON record per image on stdout (file, prediction, "
+                                 "probability, target, per method its output files and time) instead of the text."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Also write a self-contained HTML report (images, "
+                                          "overlays, predictions, timings; no network) to this file."),
     **method_options,
 ):
     """Explain images with one or more methods; writes <stem>.<method>.png (overlay) and .npy (raw)."""
@@ -73,8 +85,12 @@ def explain(
     from onnxplain.graph.rewrite import class_axis_of
     from onnxplain.graph.describe import _dims, fmt_shape
 
+    from onnxplain.cli.common import expand_inputs
+
+    say = (lambda *a, **k: None) if as_json else typer.echo
     methods = parse_methods(method or ["gradient"])
     settings = method_settings(methods, method_options)
+    images = expand_inputs(images, recursive)
     for p in images:
         if p.suffix.lower() == ".npy":
             existing(p)
@@ -84,7 +100,8 @@ def explain(
     if labels is not None:
         existing(labels, "labels file")
     budget = None if max_memory is None else parse_bytes(max_memory)
-    recipe = preprocess.resolve(preset, scale=scale, mean=mean, std=std, bgr=bgr, layout=layout, size=size)
+    given = dict(scale=scale, mean=mean, std=std, bgr=bgr, layout=layout, size=size, resize=resize)
+    recipe = preprocess.resolve(preset, **given)  # checks the options before any work
 
     for s in settings.values():
         if s.get("rules") is not None:
@@ -92,8 +109,23 @@ def explain(
     out_dir = Path(out_dir)
     outputs = Outputs(models=[model], protect=[*images, labels, *(s.get("rules") for s in settings.values())])
     outputs.folder(out_dir, "--out-dir").check()  # before any work
+    if report is not None:
+        outputs.file(Path(report), flag="--report").check()
     ex = Explainer(str(model), input=input, output=output, probabilities=probabilities, class_axis=class_axis,
-                   feeds=parse_feeds(feed), max_memory=budget)
+                   feeds=parse_feeds(feed), max_memory=budget, **session_options(device, providers))
+    stored = preprocess.from_metadata(ex.source)
+    if stored is not None:  # the model's own recipe, under the options given on the command line
+        recipe = preprocess.resolve(preset, **given, base=stored)
+    names = class_names(ex.canonical.model, labels)
+    n_classes = None
+    if labels is not None and names is not None and ex.inner is None:
+        try:
+            n_classes = ex.num_classes
+        except OnnxplainError:  # no class axis to count (a detector's selected boxes): nothing to check against
+            n_classes = None
+    if n_classes is not None and len(names) != n_classes:
+        raise OnnxplainError(f"--labels {labels} names {len(names)} classes but the model's output has {n_classes}; "
+                             "give one name per class, one per line")
     tokens = ex.inner is not None and ex.entry_integer  # token ids / bytes, explained through their embedding
     shape = ex.entry_shape if ex.inner is not None else ex.x.shape
     has_images = any(p.suffix.lower() != ".npy" for p in images)
@@ -135,12 +167,16 @@ def explain(
             if tokens:
                 outputs.file(out_dir / f"{it.name}.{m}.tokens.npy", size=it.tensor.size * 8 + 128)
             if it.display is not None:
-                outputs.file(out_dir / f"{it.name}.{m}.png", size=it.display.nbytes + 1024)
+                big = it.photo if it.photo is not None else it.display
+                outputs.file(out_dir / f"{it.name}.{m}.png", size=max(big.nbytes, 256 * 256 * 3) + 65536)
         if len(methods) > 1 and it.display is not None:
             outputs.file(out_dir / "comparison.png", size=cells * 3 * (len(methods) + 1))
     outputs.check()
+    for it in items:
+        note = preprocess.describe_fit(it.source.name, it.geometry, recipe.size) if it.geometry is not None else None
+        if note:
+            say(f"note: {note}")
 
-    names = class_names(ex.canonical.model, labels)
     out_t = ex.canonical.output(ex.options.output)
     cax = class_axis_of(out_t, ex.options) if out_t.shape is not None and len(out_t.shape) >= 2 else 1
     item_channel_axis = -1 if recipe is not None and recipe.layout == "NHWC" else 0
@@ -176,17 +212,24 @@ def explain(
         typer.echo(f"target: {kind}{guessed if kind in ('detection', 'region', 'sequence') and spec is None else ''}")
     with outputs:
         written = []
+        seconds = {m: [0.0] * len(items) for m in methods}
+        files = [{m: [] for m in methods} for _ in items]
+        shown_maps = {m: [None] * len(items) for m in methods}  # (values to colour, signed, note of its 0)
+        figures = {m: [None] * len(items) for m in methods}
         with Progress(len(methods) * len(items), "explaining") as bar:
             for m in methods:
                 for s, e in groups:
                     bar(description=f"{m}")
                     x = np.stack([it.tensor for it in items[s:e]])
                     tg = resolved[(s, e)]
+                    t0 = time.perf_counter()
                     with running(f"running {m}"):
                         res = ex.run(x, m, target=tg, batch_size=batch_size,
                                      progress=(lambda d, t, m=m: bar(description=f"{m} ({d}/{t} passes)")),
                                      **{k: v for k, v in settings[m].items() if k != "batch_size"})
+                    per_item = (time.perf_counter() - t0) / (e - s)
                     for k, i in enumerate(range(s, e)):
+                        seconds[m][i] = per_item
                         a = res.attribution[k]
                         note = tg.notes[k] if tg.notes else "the target"
                         if not np.any(a):
@@ -197,77 +240,190 @@ def explain(
                         if "token_scores" in res.outputs:
                             scores = res.outputs["token_scores"][k]
                             tokens_out[i].append(f"{m}: " + " ".join(f"{j}:{v:+.3g}" for j, v in enumerate(scores)))
-                            written.append(render.save_npy(scores, out_dir / f"{items[i].name}.{m}.tokens.npy"))
+                            files[i][m].append(render.save_npy(scores, out_dir / f"{items[i].name}.{m}.tokens.npy"))
                         if summary[i] is None:
-                            summary[i] = _prediction(res, k, out_t.name, cax) if tg.mode == "class" else (None, None, None)
-                        written.append(render.save_npy(a, out_dir / f"{items[i].name}.{m}.npy"))
+                            summary[i] = _prediction(res, k, out_t.name, cax, ex.options.probabilities) \
+                                if tg.mode == "class" else (None, None, None, None)
+                        files[i][m].append(render.save_npy(a, out_dir / f"{items[i].name}.{m}.npy"))
                         if items[i].display is not None:
                             a2 = render.to_2d(a, channel_axis=item_channel_axis)
-                            pic = render.overlay(items[i].display, a2, signed=render.is_signed(m), alpha=alpha)
+                            base = res.outputs.get("baseline")
+                            base = None if base is None else render.to_2d(base[k], channel_axis=item_channel_axis)
+                            shown = render.for_display(m, a2, base)
+                            shown_maps[m][i] = shown
                             item = dict(tg.items[k]) if tg.items else None
+                            if item is None and items[i].photo is not None:  # drawn on the photo, map resized back
+                                picture = items[i].photo
+                                values = preprocess.to_photo(shown[0], items[i].geometry, picture.shape[:2])
+                            else:
+                                picture, values = items[i].display, shown[0]
+                            scale = render.robust_scale(values)
+                            pic = render.overlay(picture, values, signed=shown[1], alpha=alpha, scale=scale)
                             if item is not None:
-                                item["caption"] = f"{m}: {item.get('caption', '')}"
-                            pic = render.annotate(pic, item, source_size=_hw(items[i].tensor, item_channel_axis))
-                            written.append(render.save_png(pic, out_dir / f"{items[i].name}.{m}.png"))
+                                item["caption"] = None
+                                pic = render.annotate(pic, item, source_size=_hw(items[i].tensor, item_channel_axis))
+                            text = f"{items[i].name} · {m} · " + _caption(summary[i], names, note)
+                            pic = render.with_colorbar(pic, shown[1], scale, note=_scale_note(m, shown), text=text)
+                            figures[m][i] = pic
+                            files[i][m].append(render.save_png(pic, out_dir / f"{items[i].name}.{m}.png"))
                     bar(advance=e - s)
 
-        if len(methods) > 1:
-            shown = [i for i, it in enumerate(items) if it.display is not None][:32]
-            if shown:
-                rows, row_titles = [], []
-                for i in shown:
-                    maps = [render.to_2d(results[m][i], channel_axis=item_channel_axis) for m in methods]
-                    common = render.shared_scale(maps) if shared_scale else None
-                    tg = next(resolved[(s, e)] for s, e in groups if s <= i < e)
-                    mark = {k: v for k, v in tg.items[i - groups_start(groups, i)].items() if k != "caption"} \
-                        if tg.items else None
-                    hw = _hw(items[i].tensor, item_channel_axis)
-                    rows.append([render.annotate(items[i].display, mark, hw)] +
-                                [render.annotate(render.overlay(items[i].display, a2, signed=render.is_signed(m),
-                                                                alpha=alpha, scale=common), mark, hw)
-                                 for a2, m in zip(maps, methods)])
-                    row_titles.append(items[i].name)
-                bars = (["signed"] if any(render.is_signed(m) for m in methods) else []) + \
-                    (["positive"] if any(not render.is_signed(m) for m in methods) else [])
-                note = "colour scale: 99.5th percentile of |a|, " + ("shared across each row" if shared_scale else "per map")
-                pic = render.grid(rows, titles=["image", *methods], row_titles=row_titles, colorbars=bars, note=note)
-                written.append(render.save_png(pic, out_dir / "comparison.png"))
-                if len([it for it in items if it.display is not None]) > len(shown):
-                    typer.echo(f"comparison grid shows the first {len(shown)} images")
+            grid_png = None
+            if len(methods) > 1:
+                shown = [i for i, it in enumerate(items) if it.display is not None][:32]
+                if shown:
+                    grid_png = _comparison(render, items, shown, methods, shown_maps, summary, names, groups, resolved,
+                                           item_channel_axis, alpha, shared_scale)
+                    written.append(render.save_png(grid_png, out_dir / "comparison.png"))
+                    if len([it for it in items if it.display is not None]) > len(shown):
+                        say(f"comparison grid shows the first {len(shown)} images")
+        written += [f for per in files for fs in per.values() for f in fs]
+        if report is not None:
+            written.append(_report(report, model, items, methods, summary, names, seconds, files, figures, grid_png,
+                                   recipe, ex))
     # one line per item: prediction, explained target, score
     w = max(len(it.source.name if it.source.suffix.lower() != ".npy" else it.name) for it in items)
     notes = {i: resolved[(s, e)].notes[i - s] for s, e in groups for i in range(s, e) if resolved[(s, e)].notes}
     for i, (it, s) in enumerate(zip(items, summary)):
         label = it.source.name if it.source.suffix.lower() != ".npy" else it.name
-        pred, tgt, score = s
+        pred, tgt, score, prob = s
+        if as_json:
+            typer.echo(json.dumps({
+                "file": str(it.source), "item": it.name, "prediction": pred,
+                "prediction_label": names[pred] if names and pred is not None and 0 <= pred < len(names) else None,
+                "probability": prob, "target": tgt if tgt is not None else notes.get(i),
+                "target_label": names[tgt] if names and tgt is not None and 0 <= tgt < len(names) else None,
+                "score": score,
+                "methods": [{"method": m, "files": [str(f) for f in files[i][m]], "seconds": round(seconds[m][i], 6)}
+                            for m in methods]}))
+            continue
         if pred is None and tgt is None and i in notes:
             typer.echo(f"{label:<{w}}  target {notes[i]}")
             continue
         parts = [f"{label:<{w}}"]
         if pred is not None:
-            parts.append(f"predicted {class_label(pred, names)}")
+            parts.append(f"predicted {class_label(pred, names)}" + (f" (p={prob:.3g})" if prob is not None else ""))
         parts.append(f"target {class_label(tgt, names) if tgt is not None else '(weights)'}")
         if score is not None:
             parts.append(f"score {out_t.name}[{tgt}] = {score:.4g}")
         typer.echo("  ".join(parts))
         for line in tokens_out[items.index(it)]:
             typer.echo(f"  token scores (position:score) {line}")
+    say(f"wrote {len(written)} files to {out_dir}/" + (f" and {report}" if report is not None else "")
+        + f" (input {ex.entry} {fmt_shape(_dims(shape))}"
+        + (f", explained through '{ex.inner}')" if ex.inner is not None else ")"))
 
-    typer.echo(f"wrote {len(written)} files to {out_dir}/ (input {ex.entry} {fmt_shape(_dims(shape))}"
-               + (f", explained through '{ex.inner}')" if ex.inner is not None else ")"))
+
+def _caption(summary, names, note: str) -> str:
+    """'predicted circle (p=0.98), explained: circle' for a class target; the target's note otherwise."""
+    pred, tgt, _, prob = summary if summary is not None else (None, None, None, None)
+    if pred is None and tgt is None:
+        return f"explained: {note}"
+    parts = []
+    if pred is not None:
+        parts.append(f"predicted {class_label(pred, names)}" + (f" (p={prob:.2f})" if prob is not None else ""))
+    parts.append(f"explained: {class_label(tgt, names) if tgt is not None else note}")
+    return ", ".join(parts)
 
 
-def _prediction(res, k: int, out_name: str, cax: int):
-    """(predicted class, explained target, score of the explained output at the target) for item k."""
+def _scale_note(m: str, shown) -> str:
+    what = "99.5th percentile of |a|" + (", both signs" if shown[1] else "")
+    return f"{m}: colour scale to the {what}; {shown[2]}" if shown[2] else f"{m}: colour scale to the {what}"
+
+
+def _comparison(render, items, shown, methods, shown_maps, summary, names, groups, resolved, channel_axis, alpha,
+                shared_scale):
+    """The comparison grid: one row per image (caption: prediction, probability, explained target), one
+    column per method under its colour bar. Each map is coloured to its own scale (the 99.5th percentile
+    of |a|), written above it; ``shared_scale``: one scale per column (over its rows), written on its bar."""
+    scales = {m: render.shared_scale([shown_maps[m][i][0] for i in shown]) for m in methods}
+    rows, row_titles, titles = [], [], []
+    for i in shown:
+        tg = next(resolved[(s, e)] for s, e in groups if s <= i < e)
+        mark = {k: v for k, v in tg.items[i - groups_start(groups, i)].items() if k != "caption"} \
+            if tg.items else None
+        hw = _hw(items[i].tensor, channel_axis)
+        cells = [render.annotate(items[i].display, mark, hw)]
+        head = [] if titles else ["image"]
+        for m in methods:
+            values, signed, _ = shown_maps[m][i]
+            scale = scales[m] if shared_scale else render.robust_scale(values)
+            cells.append(render.annotate(render.overlay(items[i].display, values, signed=signed, alpha=alpha,
+                                                        scale=scale), mark, hw))
+            if not shared_scale:
+                head.append((f"{m}\n" if not titles else "") + f"scale {'±' if signed else '0..'}{scale:.3g}")
+            elif not titles:
+                head.append(m)
+        titles.append(head if not titles else [""] + head)
+        rows.append(cells)
+        note = tg.notes[i - groups_start(groups, i)] if tg.notes else "the target"
+        row_titles.append(items[i].name + "\n" + _caption(summary[i], names, note).replace(", ", "\n"))
+    bars = [None] + [(shown_maps[m][shown[0]][1], scales[m] if shared_scale else None,
+                      shown_maps[m][shown[0]][2] or "0 = none") for m in methods]
+    note = ("colour scale: 99.5th percentile of |a| " + ("over each column, on its bar" if shared_scale else
+            "of each map, written above it") + "; signed and offset maps: blue below 0, red above")
+    return render.grid(rows, titles=titles, row_titles=row_titles, column_bars=bars, note=note)
+
+
+def _report(path, model, items, methods, summary, names, seconds, files, figures, grid_png, recipe, ex):
+    """The self-contained HTML report of one explain run."""
+    from onnxplain.io.report_html import Report
+
+    r = Report(f"onnxplain explain: {Path(model).name}",
+               f"{len(items)} input(s), method(s): {', '.join(methods)}, providers: {', '.join(ex.providers)}")
+    r.heading("Predictions")
+    rows = []
+    for i, it in enumerate(items):
+        pred, tgt, score, prob = summary[i] if summary[i] is not None else (None, None, None, None)
+        rows.append([it.source.name if it.source.suffix.lower() != ".npy" else it.name,
+                     class_label(pred, names) if pred is not None else "-",
+                     prob if prob is not None else "-", class_label(tgt, names) if tgt is not None else "-",
+                     score if score is not None else "-"])
+    r.table(["input", "predicted", "probability", "explained target", "score"], rows)
+    r.heading("Method timings")
+    r.table(["method", "seconds per image (mean)", "seconds (total)"],
+            [[m, float(np.mean(seconds[m])), float(np.sum(seconds[m]))] for m in methods])
+    if grid_png is not None:
+        r.heading("Comparison")
+        r.image(grid_png, "every method on every image; each map has its own colour scale, written above it; "
+                "each column's colour bar below it")
+    r.heading("Overlays")
+    if recipe is not None:
+        r.paragraph(f"preprocessing: scale {recipe.scale:.4g}, mean {list(recipe.mean)}, std {list(recipe.std)}, "
+                    f"{'BGR' if recipe.bgr else 'RGB'}, {recipe.layout}, {recipe.resize} to "
+                    f"{recipe.size[1] if recipe.size else '?'}x{recipe.size[0] if recipe.size else '?'}")
+    for i, it in enumerate(items):
+        if it.display is None:
+            continue
+        r.image(it.photo if it.photo is not None else it.display, f"{it.name}: the input",
+                width=min(320, max(160, (it.photo if it.photo is not None else it.display).shape[1])))
+        for m in methods:
+            if figures[m][i] is not None:
+                r.image(figures[m][i], f"{it.name} · {m} ({seconds[m][i] * 1000:.0f} ms); arrays: "
+                        + ", ".join(Path(f).name for f in files[i][m] if str(f).endswith(".npy")), width=320)
+    return r.save(path)
+
+
+def _prediction(res, k: int, out_name: str, cax: int, probabilities: bool = False):
+    """(predicted class, explained target, score of the explained output at the target, probability of the
+    predicted class) for item k; the probability is the softmax of the scores unless they are
+    probabilities already (``--probabilities``, or non-negative scores summing to 1)."""
     tgt = int(res.target[k]) if res.target is not None else None
     out = res.outputs.get(out_name)
     if out is None or out.ndim < 2:
-        return None, tgt, None
+        return None, tgt, None, None
     o = np.moveaxis(np.asarray(out[k:k + 1], dtype=np.float64), cax, 1)
     scores = o.reshape(o.shape[0], o.shape[1], -1).sum(axis=2)[0]
     pred = int(np.argmax(scores))
     score = float(scores[tgt]) if tgt is not None and 0 <= tgt < len(scores) else None
-    return pred, tgt, score
+    if o.ndim > 2:
+        prob = None  # a dense output (segmentation, sequence): no single probability
+    elif probabilities or (scores.min() >= 0 and abs(scores.sum() - 1) < 1e-3):
+        prob = float(scores[pred])
+    else:
+        e = np.exp(scores - scores.max())
+        prob = float(e[pred] / e.sum())
+    return pred, tgt, score, prob
 
 
 

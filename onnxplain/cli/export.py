@@ -40,6 +40,14 @@ def export(
                                                     "concrete shape, NAME=1,3,320,320 (repeatable): for rules that "
                                                     "need sizes only known at run time (Resize on symbolic sizes, "
                                                     "pads computed from shapes); the batch axis stays dynamic."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Record the model's image preprocessing in its "
+                                         "metadata ('onnxplain.preprocess'; explain reads it): raw01, imagenet, caffe, "
+                                         "tf, refined by --mean/--std/--scale/--size/--resize."),
+    mean: Optional[str] = typer.Option(None, "--mean", help="Preprocessing metadata: per-channel mean."),
+    std: Optional[str] = typer.Option(None, "--std", help="Preprocessing metadata: per-channel std."),
+    scale: Optional[str] = typer.Option(None, "--scale", help="Preprocessing metadata: pixel multiplier."),
+    size: Optional[str] = typer.Option(None, "--size", help="Preprocessing metadata: H W."),
+    resize: Optional[str] = typer.Option(None, "--resize", help="Preprocessing metadata: crop, pad or stretch."),
     **method_options,
 ):
     """Write the explanation graph of MODEL: the model plus a backward pass and an `attribution` output."""
@@ -48,7 +56,12 @@ def export(
     from onnxplain.graph.rewrite import Options, build
     from onnxplain.graph.load import load_model
 
+    from onnxplain.io import preprocess
+
     t0 = time.perf_counter()
+    recipe = None
+    if any(v is not None for v in (preset, mean, std, scale, size, resize)):
+        recipe = preprocess.resolve(preset, mean=mean, std=std, scale=scale, size=size, resize=resize)
     entry = lookup(method)
     if not entry.exportable:
         raise OnnxplainError(f"{entry.name} runs {entry.kind} passes from Python and has no single explanation "
@@ -85,6 +98,12 @@ def export(
                 x = input or next((i.name for i in src.graph.input), "INPUT")
                 raise ShapeError(f"{exc}; export the graph for one input shape with --input-shape {x}=N,C,H,W "
                                  "(onnxplain explain and the Python API do this by themselves)") from None
+        stored = recipe if recipe is not None else preprocess.from_metadata(src)
+        if stored is not None:  # the recipe travels with the explanation graph
+            kept = [p for p in graph.metadata_props if p.key != preprocess.METADATA_KEY]
+            del graph.metadata_props[:]
+            graph.metadata_props.extend(kept)
+            graph.metadata_props.add(key=preprocess.METADATA_KEY, value=preprocess.to_metadata(stored))
         _check_and_save(graph, out, onnx)
     elapsed = time.perf_counter() - t0
 

@@ -289,10 +289,10 @@ class _Maps:
     """Explains with one model (a path, a ModelProto or an Explainer) and turns attributions into
     maps; graphs are built once per method. Takes and gives NCHW; an NHWC model gets its own layout."""
 
-    def __init__(self, model, settings: Settings, size=None, layout: str | None = None):
+    def __init__(self, model, settings: Settings, size=None, layout: str | None = None, providers=None):
         from onnxplain.runtime.explainer import Explainer
 
-        self.explainer = ex = model if isinstance(model, Explainer) else Explainer(model)
+        self.explainer = ex = model if isinstance(model, Explainer) else Explainer(model, providers=providers)
         self.nhwc = layout_of(ex, layout) == "NHWC"
         ex.options.channel_axis = 3 if self.nhwc else 1
         self.settings, self.size = settings, size
@@ -446,7 +446,7 @@ def _sanity(ev: Evaluation, model, shuffled_model, explain: _Maps, x, t, s: Sett
         else:
             models = (sanity.cascading if kind == "cascading" else sanity.independent)(model, seed=s.seed)
         for label, randomised in models:
-            other = _Maps(randomised, s, size, "NHWC" if nhwc else "NCHW")
+            other = _Maps(randomised, s, size, "NHWC" if nhwc else "NCHW", providers=explain.explainer.providers)
             for m in ev.methods:
                 step(description=f"{kind}: {label}: {m}")
                 row = sanity.score_maps(label, other(m, x, t), reference[m])

@@ -44,7 +44,7 @@ class DemoResult:
 
 
 def run_demo(out_dir, n: int = 6, seed: int = SEED, methods=METHODS, steps: int = 32, samples: int = 16,
-             model=None, progress=None) -> DemoResult:
+             model=None, progress=None, device: str = "auto", providers=None) -> DemoResult:
     """Explain ``n`` generated images with each method; writes the grid and the arrays."""
     from onnxplain.io.shapes_data import CLASS_NAMES, make_shapes
     from onnxplain.errors import OnnxplainError
@@ -54,7 +54,7 @@ def run_demo(out_dir, n: int = 6, seed: int = SEED, methods=METHODS, steps: int 
     if n < 1:
         raise OnnxplainError("--n must be at least 1")
     path = Path(model) if model is not None else demo_model()
-    ex = Explainer(str(path))
+    ex = Explainer(str(path), device=device, providers=providers)
     shape = ex.x.shape
     size = shape[-1] if shape and isinstance(shape[-1], int) and shape[-1] > 0 else 64
     images, labels, masks = make_shapes(n, seed=seed, size=size)
@@ -98,9 +98,8 @@ def run_demo(out_dir, n: int = 6, seed: int = SEED, methods=METHODS, steps: int 
         pred = int(result.predicted[i])
         guess = CLASS_NAMES[pred] if 0 <= pred < len(CLASS_NAMES) else str(pred)
         row_titles.append(truth if pred == labels[i] else f"{truth} (pred {guess})")
-    bars = (["signed"] if any(render.is_signed(m) for m in methods) else []) + \
-        (["positive"] if any(not render.is_signed(m) for m in methods) else [])
-    picture = render.grid(rows, titles=["image + mask", *methods], row_titles=row_titles, colorbars=bars,
+    bars = [None] + [(render.is_signed(m), None, render.for_display(m, maps[m][0])[2] or "0 = none") for m in methods]
+    picture = render.grid(rows, titles=["image + mask", *methods], row_titles=row_titles, column_bars=bars,
                           note="target: the true class; colour scale: 99.5th percentile of |a| per map")
     render.save_png(picture, out / "demo_methods.png")
     result.files.insert(0, out / "demo_methods.png")
@@ -152,7 +151,7 @@ class TaskResult:
 
 
 def run_task_demo(out_dir, task: str, n: int = 4, seed: int = SEED, methods=None, model=None, progress=None,
-                  options=None, picture_rows: int = 6) -> TaskResult:
+                  options=None, picture_rows: int = 6, device: str = "auto", providers=None) -> TaskResult:
     """Explain every ground-truth object of ``n`` generated scenes (:func:`make_scenes`) with the shipped
     detector (``task="detect"``: the detection best matching the object's box) or segmenter (``"segment"``:
     the object's class map summed over its mask). Scores each map against the object (its box for
@@ -169,7 +168,7 @@ def run_task_demo(out_dir, task: str, n: int = 4, seed: int = SEED, methods=None
     methods = tuple(methods or (TASK_METHODS if task == "detect" else TASK_METHODS[:-1]))
     options = {**TASK_OPTIONS, **(options or {})}
     path = Path(model) if model is not None else demo_model(DET_MODEL if task == "detect" else SEG_MODEL)
-    ex = Explainer(str(path))
+    ex = Explainer(str(path), device=device, providers=providers)
     ex.task = task
     images, labels, boxes, masks = make_scenes(n, seed=seed)
     out = Path(out_dir)
@@ -209,9 +208,9 @@ def run_task_demo(out_dir, task: str, n: int = 4, seed: int = SEED, methods=None
                 h, ms = localisation(a2, truth, method(m).map == "offset")
                 hits[m].append(h)
                 mass[m].append(ms)
-                if len(rows) < picture_rows:  # offset maps (RISE, D-RISE) shown above their mean
-                    shown = np.clip(a2 - a2.mean(), 0, None) if method(m).map == "offset" else a2
-                    cells.append(render.annotate(render.overlay(img, shown, signed=render.is_signed(m)), item))
+                if len(rows) < picture_rows:  # offset maps (RISE, D-RISE) drawn relative to their mean
+                    shown, signed, _ = render.for_display(m, a2)
+                    cells.append(render.annotate(render.overlay(img, shown, signed=signed), item))
                 step(advance=1)
             if len(rows) < picture_rows:
                 rows.append(cells)
@@ -223,9 +222,11 @@ def run_task_demo(out_dir, task: str, n: int = 4, seed: int = SEED, methods=None
     res.mask_area = float(np.mean(areas)) if areas else 0.0
     what = "the detection best matching each object's box (yellow; faint: other detections)" if task == "detect" \
         else "each object's class map summed over its mask (green outline)"
-    pic = render.grid(rows, titles=["target", *methods], row_titles=titles,
+    bars = [None] + [(render.map_kind(m) != "non-negative", None,
+                      "0 = the map's mean" if render.map_kind(m) == "offset" else None) for m in methods]
+    pic = render.grid(rows, titles=["target", *methods], row_titles=titles, column_bars=bars,
                       note=f"target: {what}; colour scale: 99.5th percentile of |a| per map; "
-                           "rise, d_rise: above their mean")
+                           "rise, d_rise: relative to their mean (blue below, red above)")
     render.save_png(pic, out / f"demo_{task}.png")
     res.files.append(out / f"demo_{task}.png")
     return res

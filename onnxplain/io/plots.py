@@ -5,10 +5,12 @@ import numpy as np
 
 from onnxplain.io.render import _font, _text_size
 
-# twelve distinguishable colours (Paul Tol's "muted" and "bright" schemes); with more series the
-# dash pattern changes, so 36 series stay apart
-PALETTE = ((51, 34, 136), (136, 204, 238), (68, 170, 153), (17, 119, 51), (153, 153, 51), (221, 204, 119),
-           (204, 102, 119), (136, 34, 85), (170, 68, 153), (238, 102, 119), (34, 136, 51), (102, 102, 102))
+# thirty distinguishable colours: Paul Tol's "muted" nine, then colours from Kelly's 22 of maximum contrast,
+# Tableau 10 and Tol's "bright", each the farthest (CIELAB) from those before it and from the white
+# background; any two differ by at least 18 Delta-E. Past thirty series the dash pattern changes.
+_HEX = ("332288 88CCEE 44AA99 117733 999933 DDCC77 CC6677 882255 AA4499 FF7F0E 222222 0067A5 D62728 F3C300 7F7F7F "
+        "654522 882D17 8DB600 F99379 2CA02C 604E97 BBBBBB 17BECF 2B3D26 E377C2 E25822 C2B280 8C564B F6A600 DCD300")
+PALETTE = tuple(tuple(int(h[i:i + 2], 16) for i in (0, 2, 4)) for h in _HEX.split())
 DASHES = (None, (7, 4), (2, 3))
 
 

@@ -18,9 +18,20 @@ preset        formula                                                range of ``
 ============  =====================================================  ==================
 
 Presets fix no layout: it is read off the model input (1 or 3 channels on axis 1 -> NCHW, on the
-last axis -> NHWC) unless ``layout`` is given. Images are resized (bilinear, no crop) to the model input's static height and width unless
-``size`` says otherwise. The resized RGB uint8 image is kept for display, so an overlay never
-has to undo the normalisation; :func:`to_display` inverts it for ``.npy`` inputs.
+last axis -> NHWC) unless ``layout`` is given. Images are brought to the model input's static height and
+width (or ``size``) by ``resize``: ``crop`` (default: scaled so that the short side fits, then the centre
+cut out; the aspect ratio is kept), ``pad`` (scaled so that the long side fits, the rest letterboxed with
+the photo's mean colour) or ``stretch`` (both sides scaled independently: a non-square photo is
+distorted). Bilinear throughout. The model-size RGB uint8 image is kept for display, so an overlay never
+has to undo the normalisation, and so is the photo itself (at most ``PHOTO_MAX`` pixels on its long
+side) with the :class:`Geometry` that maps a model-resolution map back onto it (:func:`to_photo`);
+:func:`to_display` inverts the normalisation for ``.npy`` inputs.
+
+Models may carry their preprocessing in their metadata (``metadata_props``), under the key
+``onnxplain.preprocess``: a JSON object with any of ``size`` ([H, W]), ``mean``, ``std`` (lists, tensor
+channel order), ``scale`` (number), ``layout`` ("NCHW"/"NHWC"), ``bgr`` (bool), ``resize``
+("crop"/"pad"/"stretch") and ``preset`` (a preset name the other keys refine). :func:`from_metadata`
+reads it; ``onnxplain export --preprocess-from ...`` writes it; options on the command line win.
 """
 from __future__ import annotations
 
@@ -35,6 +46,9 @@ from onnxplain.errors import OnnxplainError
 from onnxplain.validate import check_bytes
 
 LAYOUTS = ("NCHW", "NHWC")
+RESIZES = ("crop", "pad", "stretch")
+PHOTO_MAX = 2048  # the photo kept for full-resolution overlays: at most this many pixels on its long side
+METADATA_KEY = "onnxplain.preprocess"
 
 
 @dataclass(frozen=True)
@@ -47,6 +61,7 @@ class Preprocess:
     bgr: bool = False
     layout: str | None = None  # NCHW | NHWC; None = infer from the model input
     size: tuple[int, int] | None = None  # (H, W); None = the model input's static H, W
+    resize: str = "crop"  # crop | pad | stretch: how a photo of another aspect ratio is brought to size
 
     def channels_ok(self, channels: int) -> None:
         for name, v in (("mean", self.mean), ("std", self.std)):
@@ -101,12 +116,17 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def resolve(preset: str | None = None, *, scale=None, mean=None, std=None, bgr: bool | None = None,
-            layout: str | None = None, size=None) -> Preprocess:
-    """A preset with explicit options on top (strings are parsed as on the command line)."""
+            layout: str | None = None, size=None, resize: str | None = None, base: Preprocess | None = None) -> Preprocess:
+    """A preset (or ``base``, e.g. the model's metadata recipe) with explicit options on top (strings are
+    parsed as on the command line)."""
     name = (preset or "raw01").lower()
     if name not in PRESETS:
         raise OnnxplainError(f"unknown preset '{preset}' (choose from: {', '.join(PRESETS)})")
-    p = PRESETS[name]
+    p = PRESETS[name] if base is None or preset is not None else base
+    if resize is not None:
+        if resize not in RESIZES:
+            raise OnnxplainError(f"--resize must be one of {', '.join(RESIZES)}, not '{resize}'")
+        p = replace(p, resize=resize)
     if scale is not None:
         p = replace(p, scale=parse_number(scale, "--scale") if isinstance(scale, str) else float(scale))
     if mean is not None:
@@ -123,6 +143,43 @@ def resolve(preset: str | None = None, *, scale=None, mean=None, std=None, bgr: 
     if size is not None:
         p = replace(p, size=parse_size(size) if isinstance(size, str) else (int(size[0]), int(size[1])))
     return p
+
+
+def from_metadata(model_proto) -> Preprocess | None:
+    """The recipe a model carries under ``onnxplain.preprocess`` (see the module docstring), or None;
+    a malformed entry is one line naming the key."""
+    import json
+
+    raw = next((p.value for p in model_proto.metadata_props if p.key == METADATA_KEY), None)
+    if raw is None:
+        return None
+    try:
+        d = json.loads(raw)
+        if not isinstance(d, dict):
+            raise ValueError("not a JSON object")
+        unknown = set(d) - {"preset", "size", "mean", "std", "scale", "layout", "bgr", "resize"}
+        if unknown:
+            raise ValueError(f"unknown keys {', '.join(sorted(unknown))}")
+        size = d.get("size")
+        if size is not None:
+            size = (int(size), int(size)) if np.isscalar(size) else tuple(int(v) for v in size)
+        return resolve(d.get("preset"), scale=d.get("scale"), mean=d.get("mean"), std=d.get("std"),
+                       bgr=d.get("bgr"), layout=d.get("layout"), size=size, resize=d.get("resize"))
+    except (ValueError, TypeError, OnnxplainError) as exc:
+        raise OnnxplainError(f"the model's metadata '{METADATA_KEY}' is not a usable preprocessing recipe ({exc}); "
+                             "give --preset/--mean/--std/--size on the command line or fix the entry") from None
+
+
+def to_metadata(p: Preprocess) -> str:
+    """The JSON that :func:`from_metadata` reads back as ``p``."""
+    import json
+
+    d = {"scale": p.scale, "mean": list(p.mean), "std": list(p.std), "bgr": p.bgr, "resize": p.resize}
+    if p.layout is not None:
+        d["layout"] = p.layout
+    if p.size is not None:
+        d["size"] = list(p.size)
+    return json.dumps(d)
 
 
 # ---- the model's expectations -------------------------------------------------------------------
@@ -201,6 +258,75 @@ def resize(rgb: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
     return np.asarray(Image.fromarray(rgb).resize((w, h), Image.Resampling.BILINEAR), dtype=np.uint8)
 
 
+@dataclass(frozen=True)
+class Geometry:
+    """How the model's image sits on the photo: ``mode`` (crop, pad, stretch) and ``box``, fractions
+    (top, left, bottom, right): for crop, the part of the photo the model sees; for pad, the part of the
+    model's image the photo fills; for stretch (0, 0, 1, 1)."""
+
+    mode: str
+    box: tuple[float, float, float, float]
+    photo_hw: tuple[int, int]  # of the original photo
+
+    @property
+    def square(self) -> bool:
+        return self.photo_hw[0] == self.photo_hw[1]
+
+
+def fit(rgb: np.ndarray, size: tuple[int, int] | None, mode: str = "crop") -> tuple[np.ndarray, Geometry]:
+    """An RGB uint8 photo brought to (H, W) by ``mode`` (see the module docstring) and its :class:`Geometry`."""
+    h, w = rgb.shape[:2]
+    if size is None or tuple(size) == (h, w) or mode == "stretch":
+        return resize(rgb, size), Geometry("stretch", (0.0, 0.0, 1.0, 1.0), (h, w))
+    H, W = size
+    if mode == "crop":
+        s = max(H / h, W / w)
+        ch, cw = min(h, H / s), min(w, W / s)  # the photo region that fills the model image
+        top, left = (h - ch) / 2, (w - cw) / 2
+        y0, x0, y1, x1 = (int(round(top)), int(round(left)), int(round(top + ch)), int(round(left + cw)))
+        out = resize(np.ascontiguousarray(rgb[y0:y1, x0:x1]), (H, W))
+        return out, Geometry("crop", (y0 / h, x0 / w, y1 / h, x1 / w), (h, w))
+    if mode == "pad":
+        s = min(H / h, W / w)
+        nh, nw = max(1, int(round(h * s))), max(1, int(round(w * s)))
+        top, left = (H - nh) // 2, (W - nw) // 2
+        canvas = np.empty((H, W, 3), np.uint8)
+        canvas[:] = np.rint(rgb.reshape(-1, 3).mean(axis=0)).astype(np.uint8)
+        canvas[top:top + nh, left:left + nw] = resize(rgb, (nh, nw))
+        return canvas, Geometry("pad", (top / H, left / W, (top + nh) / H, (left + nw) / W), (h, w))
+    raise OnnxplainError(f"resize must be one of {', '.join(RESIZES)}, not '{mode}'")
+
+
+def to_photo(a2: np.ndarray, geometry: Geometry, photo_hw: tuple[int, int]) -> np.ndarray:
+    """A model-resolution [H, W] map resized back onto the photo (``photo_hw``, the shown photo's size):
+    NaN where the model did not see the photo (outside a centre crop)."""
+    from onnxplain.io.render import resize_map
+
+    a2 = np.asarray(a2, dtype=np.float64)
+    ph, pw = photo_hw
+    y0, x0, y1, x1 = geometry.box
+    if geometry.mode == "pad":
+        H, W = a2.shape
+        inner = a2[int(round(y0 * H)):int(round(y1 * H)), int(round(x0 * W)):int(round(x1 * W))]
+        return resize_map(inner, (ph, pw))
+    if geometry.mode == "crop":
+        out = np.full((ph, pw), np.nan)
+        r0, c0, r1, c1 = int(round(y0 * ph)), int(round(x0 * pw)), int(round(y1 * ph)), int(round(x1 * pw))
+        out[r0:r1, c0:c1] = resize_map(a2, (r1 - r0, c1 - c0))
+        return out
+    return resize_map(a2, (ph, pw))
+
+
+def describe_fit(name: str, geometry: Geometry, size) -> str | None:
+    """A one-line note for a photo that is not square (how it was brought to the model's size), else None."""
+    h, w = geometry.photo_hw
+    if h == w or size is None or h * size[1] == w * size[0]:
+        return None
+    how = {"crop": "centre-cropped", "pad": "letterboxed", "stretch": "stretched (distorted; --resize crop or pad "
+           "keeps the aspect ratio)"}[geometry.mode]
+    return f"{name}: {w}x{h} photo {how} to the model's {size[1]}x{size[0]} (--resize crop|pad|stretch)"
+
+
 def to_tensor(rgb: np.ndarray, p: Preprocess, channels: int = 3, dtype=np.float32) -> np.ndarray:
     """RGB uint8 [H, W, 3] (already resized) -> one item, [C, H, W] or [H, W, C], normalised."""
     x = rgb.astype(np.float64)
@@ -250,6 +376,8 @@ class Item:
     source: Path
     tensor: np.ndarray
     display: np.ndarray | None  # RGB uint8 [H, W, 3], or None for non-image inputs
+    photo: np.ndarray | None = None  # the photo itself (at most PHOTO_MAX on its long side), image files only
+    geometry: Geometry | None = None  # how ``display`` sits on ``photo``
 
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -285,8 +413,12 @@ def load_items(paths, p: Preprocess | None, shape, dtype=np.float32, integer: bo
         else:
             if p is None:
                 raise OnnxplainError(f"{path}: image files need a rank-4 image input; pass a preprocessed .npy array")
-            rgb = resize(load_image(path, max_memory), p.size)
-            items.append(Item(path.stem, path, to_tensor(rgb, p, channels_of(p, shape), dtype), rgb))
+            photo = load_image(path, max_memory)
+            rgb, geometry = fit(photo, p.size, p.resize)
+            k = max(photo.shape[:2]) / PHOTO_MAX
+            if k > 1:
+                photo = resize(photo, (max(1, int(photo.shape[0] / k)), max(1, int(photo.shape[1] / k))))
+            items.append(Item(path.stem, path, to_tensor(rgb, p, channels_of(p, shape), dtype), rgb, photo, geometry))
     _unique_names(items)
     return items
 

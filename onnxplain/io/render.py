@@ -40,6 +40,33 @@ def is_signed(method: str) -> bool:
     return lookup(method).signed
 
 
+def map_kind(method: str) -> str:
+    """``signed``, ``non-negative`` or ``offset``: the method table's ``map`` of a method."""
+    from onnxplain.methods.catalog import method as lookup
+
+    return lookup(method).map
+
+
+def for_display(method: str, a2: np.ndarray, baseline: np.ndarray | None = None) -> tuple[np.ndarray, bool, str]:
+    """(the values to colour, signed colours?, what the colour bar's 0 means) for one [H, W] map.
+
+    Offset maps (RISE, D-RISE, perturbation masks: non-negative around a level that carries no
+    information) are drawn relative to that level, on the diverging scale: ``a - baseline`` when the
+    method gives its baseline (RISE: the mean score times the masks' coverage, Petsiuk et al.'s
+    normalisation), else ``a - mean(a)``. Drawn raw on a sequential scale they would colour the whole
+    image as evidence."""
+    a2 = np.asarray(a2, dtype=np.float64)
+    kind = map_kind(method)
+    if kind == "offset":
+        if baseline is not None:
+            b = resize_map(to_2d(baseline), a2.shape)
+            return a2 - b, True, "0 = the mean score of random masks"
+        return a2 - a2.mean(), True, "0 = the map's mean"
+    if kind == "signed":
+        return a2, True, "0 = no effect"
+    return a2, False, ""
+
+
 
 
 def to_2d(attribution: np.ndarray, channel_axis: int = 0) -> np.ndarray:
@@ -257,7 +284,8 @@ def _fit(img: np.ndarray, cell: tuple[int, int]) -> np.ndarray:
 
 def colorbar(width: int, signed: bool = True, scale: float | None = None, height: int = 12,
              note: str | None = None) -> np.ndarray:
-    """A horizontal colour bar with end labels -> RGB uint8 image."""
+    """A horizontal colour bar with end labels (the scale's numbers when given) and ``note`` below (what
+    the scale is and what its 0 means) -> RGB uint8 image."""
     from PIL import Image, ImageDraw
 
     t = np.linspace(-1 if signed else 0, 1, max(2, width))
@@ -278,9 +306,34 @@ def colorbar(width: int, signed: bool = True, scale: float | None = None, height
         tw = _text_size(d, text, font)[0]
         d.text((min(max(0, x - tw // 2), width - tw), height + 2), text, fill="black", font=font)
     if note:
-        tw = _text_size(d, note, font)[0]
-        d.text((max(0, (width - tw) // 2), height + th + 1), note, fill=(90, 90, 90), font=font)
+        lines = _wrap(d, note, font, width)
+        canvas2 = Image.new("RGB", (width, height + th + th * len(lines) + 2), "white")
+        canvas2.paste(canvas.crop((0, 0, width, height + th)), (0, 0))
+        d = ImageDraw.Draw(canvas2)
+        for i, line in enumerate(lines):
+            tw = _text_size(d, line, font)[0]
+            d.text((max(0, (width - tw) // 2), height + th * (i + 1) + 1), line, fill=(90, 90, 90), font=font)
+        canvas = canvas2
     return np.asarray(canvas, dtype=np.uint8)
+
+
+def with_colorbar(picture: np.ndarray, signed: bool, scale: float, note: str | None = None,
+                  text: str | None = None) -> np.ndarray:
+    """One overlay as a figure: ``text`` (prediction, target) above it, its colour bar with the scale's
+    numbers and ``note`` below."""
+    img = _as_rgb(picture)
+    if min(img.shape[:2]) < 256:
+        img, _ = upscale(img, 256)
+    width = img.shape[1]
+    bar = colorbar(min(width, 320), signed, scale, note=note)
+    strip = np.full((bar.shape[0] + 8, width, 3), 255, np.uint8)
+    x0 = (width - bar.shape[1]) // 2
+    strip[4:4 + bar.shape[0], x0:x0 + bar.shape[1]] = bar
+    out = np.concatenate([img, strip], axis=0)
+    if text:
+        top = caption(np.full((1, width, 3), 255, np.uint8), text)[1:]
+        out = np.concatenate([top, out], axis=0)
+    return out
 
 
 def _wrap(draw, text: str, font, width: int) -> list[str]:
@@ -302,7 +355,7 @@ def _wrap(draw, text: str, font, width: int) -> list[str]:
 
 
 def grid(rows, titles=None, row_titles=None, cell: tuple[int, int] | None = None, pad: int = 6,
-         colorbars=None, note: str | None = None) -> np.ndarray:
+         colorbars=None, note: str | None = None, column_bars=None) -> np.ndarray:
     """Compose images into a titled grid -> RGB uint8 image.
 
     rows: list of rows, each a list of RGB uint8 images (cells may be ``None`` for blanks).
@@ -313,6 +366,8 @@ def grid(rows, titles=None, row_titles=None, cell: tuple[int, int] | None = None
     colorbars: ``"signed"``, ``"positive"``, a list of those, or a list of
         ``(kind, scale_or_None)``; one colour bar per entry is drawn under the grid.
     note: a line of small text under the colour bars (e.g. how the scale was chosen).
+    column_bars: one entry per column, None or ``(signed, scale, note)``: a colour bar with the scale's
+        numbers drawn under that column (the scale its cells were coloured with).
     """
     from PIL import Image, ImageDraw
 
@@ -337,7 +392,7 @@ def grid(rows, titles=None, row_titles=None, cell: tuple[int, int] | None = None
                 t = titles[i][j] if i < len(titles) and j < len(titles[i]) else None
             elif i == 0:
                 t = titles[j] if j < len(titles) else None
-        return _wrap(probe, str(t), font, cell[1] + pad - 2) if t else []
+        return [ln for part in str(t).split("\n") for ln in _wrap(probe, part, font, cell[1] + pad - 2)] if t else []
 
     lines = [[title_lines(i, j) for j in range(ncols)] for i in range(len(rows))]
     title_h = [max((len(c) for c in r), default=0) * line_h + (3 if any(r) else 0) for r in lines]
@@ -351,6 +406,10 @@ def grid(rows, titles=None, row_titles=None, cell: tuple[int, int] | None = None
             kind, scale = (spec, None) if isinstance(spec, str) else spec
             bars.append(colorbar(min(256, max(96, width - 2 * pad)), kind == "signed", scale))
     bars_h = sum(b.shape[0] + pad for b in bars)
+    col_bars = [None if spec is None else colorbar(cell[1], spec[0], spec[1], note=spec[2] if len(spec) > 2 else None)
+                for spec in (column_bars or [])]
+    col_h = max([b.shape[0] for b in col_bars if b is not None] or [-pad]) + pad
+    bars_h += col_h if col_bars else 0
     note_h = (_text_size(probe, note, small)[1] + pad + 4) if note else 0
     height = pad + sum(title_h) + len(rows) * (cell[0] + pad) + bars_h + note_h
     canvas = Image.new("RGB", (width, height), "white")
@@ -370,6 +429,11 @@ def grid(rows, titles=None, row_titles=None, cell: tuple[int, int] | None = None
             if img is not None:
                 canvas.paste(Image.fromarray(_fit(img, cell)), (x, top))
         y = top + cell[0] + pad
+    if col_bars:
+        for j, b in enumerate(col_bars):
+            if b is not None:
+                canvas.paste(Image.fromarray(b), (rw + pad + j * (cell[1] + pad), y))
+        y += col_h
     for b in bars:
         canvas.paste(Image.fromarray(b), ((width - b.shape[1]) // 2, y))
         y += b.shape[0] + pad

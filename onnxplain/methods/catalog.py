@@ -117,9 +117,14 @@ PREFIX = Option("prefix_tokens", int, None, "token maps [N, T, D]: tokens before
                 "register tokens; default: from the shapes)", min=0)
 SCORE = Option("score", str, "softmax", "what a perturbed pass scores: the target's softmax probability or "
                "its logit", choices=("softmax", "logit"))
+#: the optimised masks score logits by default: a confident prediction's softmax is flat (its gradient
+#: p (1 - p) vanishes), which left meaningful perturbation's maps empty and extremal perturbation's to
+#: its area term alone
+SCORE_LOGIT = Option("score", str, "logit", SCORE.help, choices=SCORE.choices)
 SEED = Option("seed", int, 0, "random seed")
-FILL = Option("fill", float, "mean", "what hidden pixels show: 'mean' (the item's, per superpixel for "
-              "lime/kernelshap) or a value in tensor space", choices=("mean",))
+FILL = Option("fill", float, "blur", "what hidden superpixels show: blur (the item blurred, sigma a quarter of "
+              "its side), image_mean (the item's per-channel mean; 'mean' too), segment_mean (each superpixel's "
+              "own mean colour: hides nothing on flat objects) or a value in tensor space", choices=lime.FILLS)
 SEGMENTATION_PARAMS = ("n_segments", "compactness", "kernel_size", "max_dist", "ratio", "scale", "sigma", "min_size")
 SUPERPIXEL_OPTIONS = (
     Option("segmentation", str, "slic", "superpixels by slic, quickshift or felzenszwalb (scikit-image)",
@@ -141,7 +146,7 @@ PERTURBATION_OPTIONS = (
     Option("mask_size", object, None, "the mask's grid (int or (h, w); default: an eighth of the image)",
            check=_pair_or_int, cli=False),
     Option("blur", float, 10.0, "sigma of the Gaussian blur that hidden pixels show", min=0),
-    SEED, SCORE,
+    SEED, SCORE_LOGIT,
     Option("jitter", int, 0, "random shifts of the mask per step (pixels)", min=0),
 )
 
@@ -244,7 +249,8 @@ METHODS = Table((
            "the smallest blurred region that destroys the score", "Fong & Vedaldi 2017",
            partial(run_perturbation, method="meaningful_perturbation"),
            (*PERTURBATION_OPTIONS,
-            Option("l1", float, 1e-4, "weight of the mask's L1 norm", min=0),
+            Option("l1", float, 1.0, "weight of the deleted fraction of the image, against the score drop that "
+                   "blurring all of it gives", min=0),
             Option("tv", float, 1e-2, "weight of the mask's total variation", min=0),
             Option("beta", float, 3.0, "exponent of the total variation", above=0)), shape="[N, 1, H, W]"),
     Method("extremal_perturbation", "perturbation", "optimised", "offset",

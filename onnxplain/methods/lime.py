@@ -12,8 +12,13 @@ and segmented with scikit-image: ``"slic"`` (default; ``n_segments`` 50, ``compa
 labels) skips the segmentation. Labels are renumbered 0..K-1.
 
 **Perturbations.** A binary vector ``z`` over the K superpixels keeps the superpixels with
-``z_k = 1`` and fills the others: ``fill="mean"`` (default) with the superpixel's own mean
-colour (per channel), or a number.
+``z_k = 1`` and fills the others: ``fill="blur"`` (default) with the item blurred (Gaussian, sigma a
+quarter of the short side), ``"image_mean"`` (``"mean"`` is the same) with the item's per-channel
+mean, ``"segment_mean"`` with the superpixel's own mean colour (per channel; the LIME authors'
+``hide_color=None``), or a number. The superpixel's own mean hides nothing on a flat-coloured
+object (the superpixel *is* its mean). Share of the top-ranked pixels (as many as the object has)
+inside the object, LIME on 16 demo shapes (seeds 2024 / 123): segment_mean 0.58 / 0.51, 0 0.42 / 0.47,
+image_mean 0.81 / 0.69, blur 0.81 / 0.85.
 
 **LIME** (Ribeiro, Singh & Guestrin, KDD 2016). ``samples`` vectors (default 1000; the first is
 all ones, as in the authors' code; each other one hides a uniformly drawn number 1..K of
@@ -47,6 +52,9 @@ from onnxplain.errors import OnnxplainError
 
 METHODS = ("lime", "kernelshap")
 SEGMENTATIONS = ("slic", "quickshift", "felzenszwalb")
+#: what hidden superpixels show: the item's per-channel mean ("mean" is the same), the item blurred
+#: (Gaussian, sigma a quarter of its short side), or each superpixel's own mean colour (LIME's code)
+FILLS = ("blur", "image_mean", "mean", "segment_mean")
 
 
 # ---- images and superpixels -----------------------------------------------------------------------
@@ -118,14 +126,22 @@ class Perturber:
         self.ax = ax
         # the item as [C, H, W]
         chw = item[None] if ax is None else np.moveaxis(item, ax, 0)
-        if fill is None or (isinstance(fill, str) and fill == "mean"):
+        fill = "blur" if fill is None else fill
+        if isinstance(fill, str) and fill == "segment_mean":
             flat = chw.reshape(chw.shape[0], -1).astype(np.float64)
             lab = segments.reshape(-1)
             counts = np.bincount(lab, minlength=self.k)
             means = np.stack([np.bincount(lab, weights=ch, minlength=self.k) for ch in flat]) / np.maximum(counts, 1)
             filled = means[:, segments]  # [C, H, W]
+        elif isinstance(fill, str) and fill in ("mean", "image_mean"):
+            filled = np.broadcast_to(chw.mean(axis=(1, 2), keepdims=True, dtype=np.float64), chw.shape)
+        elif isinstance(fill, str) and fill == "blur":
+            from scipy.ndimage import gaussian_filter
+
+            sigma = max(1.0, min(chw.shape[1:]) / 4)
+            filled = gaussian_filter(chw.astype(np.float64), (0, sigma, sigma), mode="reflect")
         elif isinstance(fill, str):
-            raise OnnxplainError(f"fill must be 'mean' or a number, not '{fill}'")
+            raise OnnxplainError(f"fill must be one of {', '.join(FILLS)} or a number, not '{fill}'")
         else:
             filled = np.broadcast_to(np.asarray(fill, dtype=np.float64), chw.shape)
         self.filled = (filled if ax is None else np.moveaxis(filled, 0, ax)).astype(item.dtype)
@@ -226,7 +242,7 @@ def _segments_for(x, segments, segmentation, seg_params, channel_axis):
 
 
 def explain(explainer, x: np.ndarray, method: str, target: np.ndarray | None, target_weights=None, *,
-            segmentation: str = "slic", segments=None, samples: int | None = None, fill="mean", seed: int = 0,
+            segmentation: str = "slic", segments=None, samples: int | None = None, fill="blur", seed: int = 0,
             kernel_width: float = 0.25, alpha: float = 1.0, batch_size: int | None = None, progress=None,
             **seg_params):
     """LIME / KernelSHAP for ``x`` [N, ...]; returns (attribution [N,1,H,W], targets, outputs)."""

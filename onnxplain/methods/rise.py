@@ -16,6 +16,12 @@ as :func:`onnxplain.methods.cam_forward.upsample`). Score: the target's softmax 
 (:func:`onnxplain.runtime.driver.scorer`). ``seed`` fixes the masks (the same masks for
 every item of a call); masks are made chunk by chunk, never all at once. Output: ``[N, 1, H, W]``
 (NCHW) or ``[N, H, W, 1]`` (NHWC).
+
+S is an *offset* map: for a score that ignores the input it is the mean score ``mean_i score_i``
+everywhere (times the masks' coverage ``sum_i mask_i / (n_masks p)``, 1 up to sampling noise), not 0.
+``outputs["baseline"]`` holds that value per pixel, ``mean_i score_i * sum_i mask_i / (n_masks p)``;
+figures show ``S - baseline`` (Petsiuk et al.'s saliency relative to the mean score), so a pixel
+coloured red raised the score above what a random mask gives on average.
 """
 from __future__ import annotations
 
@@ -73,9 +79,12 @@ def explain(explainer, x: np.ndarray, target: np.ndarray | None, target_weights=
     base = drv.outputs(x, batch_size)
     chosen, f = scorer(drv, base[SCORE], target, target_weights, score)
     sal = np.zeros((n, h, w), dtype=np.float64)
+    ssum = np.zeros(n)  # sum of the scores over the masks
+    cover = np.zeros((h, w))  # sum of the masks
     total, done = n * masks.n, 0
     for i0 in range(0, masks.n, CHUNK):
         m = masks[i0:i0 + CHUNK]  # [k, H, W]
+        cover += m.sum(axis=0)
         mk = np.expand_dims(m, c).astype(x.dtype)  # channel axis of size 1 for broadcasting
         for item in range(n):
             def rows(a, b, item=item):
@@ -85,7 +94,11 @@ def explain(explainer, x: np.ndarray, target: np.ndarray | None, target_weights=
             y = drv.outputs_rows(rows, len(m), batch_size, prog)[SCORE]
             s = f(y, np.full(len(m), item))
             sal[item] += np.tensordot(s, m, axes=1)
+            ssum[item] += s.sum()
             done += len(m)
     attribution = np.expand_dims(sal / (masks.n * masks.p), c).astype(x.dtype)
     outputs = {k: v for k, v in base.items() if k != SCORE}
+    # what S is for a score that ignores the input: the mean score times the masks' coverage
+    baseline = (ssum / masks.n)[:, None, None] * (cover / (masks.n * masks.p))[None]
+    outputs["baseline"] = np.expand_dims(baseline, c).astype(x.dtype)
     return attribution, chosen, outputs

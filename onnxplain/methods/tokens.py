@@ -1,6 +1,7 @@
 """Black-box methods over tokens, for models whose explained input is integer (token ids, bytes).
 
-A token is hidden by replacing its id with ``fill`` (default 0, the usual padding id). The score is
+A token is hidden by replacing its id with ``fill`` (a number; the image fills such as ``blur`` or
+``mean``, the defaults, stand for 0, the usual padding id). The score is
 the explained scalar ``sum(w * logits)`` of the model run on the perturbed ids (the logits under a
 final Softmax/Sigmoid, as for the gradient methods), so every target the Explainer resolves works.
 
@@ -28,9 +29,7 @@ def explain(explainer, ids: np.ndarray, method: str, seeds: np.ndarray, opts: di
     if ids.ndim != 2:
         raise OnnxplainError(f"token methods take ids of shape [N, T], got {list(ids.shape)}")
     fill = opts.get("fill", 0)
-    if fill == "mean" or fill is None:
-        fill = 0
-    fill = int(fill)
+    fill = 0 if isinstance(fill, str) or fill is None else int(fill)  # image fills (blur, mean) mean the pad id
     score = _scorer(explainer, seeds)
     rng = np.random.default_rng(opts.get("seed", 0))
     n, t = ids.shape
