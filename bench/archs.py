@@ -7,6 +7,7 @@
 
 Same shapes and op mix as the torchvision models; no torch needed.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -42,8 +43,12 @@ class Net:
 
     def conv_bn(self, x, cin, cout, k, s=1, group=1, act="relu"):
         y = self.op("Conv", x, self.w((cout, cin // group, k, k)), pads=[k // 2] * 4, strides=[s, s], group=group)
-        bn = [self.c(1 + 0.1 * self.rng.normal(size=cout)), self.c(0.1 * self.rng.normal(size=cout)),
-              self.c(0.1 * self.rng.normal(size=cout)), self.c(1 + 0.1 * self.rng.random(cout))]
+        bn = [
+            self.c(1 + 0.1 * self.rng.normal(size=cout)),
+            self.c(0.1 * self.rng.normal(size=cout)),
+            self.c(0.1 * self.rng.normal(size=cout)),
+            self.c(1 + 0.1 * self.rng.random(cout)),
+        ]
         y = self.op("BatchNormalization", y, *bn)
         if act == "relu":
             y = self.op("Relu", y)
@@ -52,8 +57,13 @@ class Net:
         return y
 
     def model(self, x_shape, out, out_shape, opset=17):
-        g = helper.make_graph(self.nodes, "bench", [helper.make_tensor_value_info("input", TensorProto.FLOAT, x_shape)],
-                              [helper.make_tensor_value_info(out, TensorProto.FLOAT, out_shape)], self.inits)
+        g = helper.make_graph(
+            self.nodes,
+            "bench",
+            [helper.make_tensor_value_info("input", TensorProto.FLOAT, x_shape)],
+            [helper.make_tensor_value_info(out, TensorProto.FLOAT, out_shape)],
+            self.inits,
+        )
         return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
 
     def head(self, y, c, classes=1000):
@@ -81,8 +91,15 @@ def mobilenet_v2(batch="N", size=224) -> onnx.ModelProto:
     net = Net()
     y = net.conv_bn("input", 3, 32, 3, 2, act="relu6")
     cin = 32
-    for t, c, n, s in [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
-                       (6, 320, 1, 1)]:
+    for t, c, n, s in [
+        (1, 16, 1, 1),
+        (6, 24, 2, 2),
+        (6, 32, 3, 2),
+        (6, 64, 4, 2),
+        (6, 96, 3, 1),
+        (6, 160, 3, 2),
+        (6, 320, 1, 1),
+    ]:
         for i in range(n):
             stride = s if i == 0 else 1
             hidden = cin * t
@@ -116,10 +133,17 @@ def transformer_stack(blocks=150, tokens=16, dim=32, heads=4, batch="N") -> onnx
     x = "input"
     for _ in range(blocks):
         h = layernorm(x)
-        q, k, v = (net.op("Transpose", net.op("Reshape", net.op("MatMul", h, net.w((dim, dim))), split_heads),
-                          perm=[0, 2, 1, 3]) for _ in range(3))
-        att = net.op("Softmax", net.op("Mul", net.op("MatMul", q, net.op("Transpose", k, perm=[0, 1, 3, 2])),
-                                       net.c(1 / np.sqrt(hd))), axis=-1)
+        q, k, v = (
+            net.op(
+                "Transpose", net.op("Reshape", net.op("MatMul", h, net.w((dim, dim))), split_heads), perm=[0, 2, 1, 3]
+            )
+            for _ in range(3)
+        )
+        att = net.op(
+            "Softmax",
+            net.op("Mul", net.op("MatMul", q, net.op("Transpose", k, perm=[0, 1, 3, 2])), net.c(1 / np.sqrt(hd))),
+            axis=-1,
+        )
         o = net.op("Reshape", net.op("Transpose", net.op("MatMul", att, v), perm=[0, 2, 1, 3]), merge)
         x = net.op("Add", x, net.op("MatMul", o, net.w((dim, dim))))
         h = gelu(net.op("MatMul", layernorm(x), net.w((dim, 2 * dim))))

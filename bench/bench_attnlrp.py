@@ -8,6 +8,7 @@ of models/demo/train_transformers.py), then times onnxruntime's forward pass of 
 graphs (built beforehand) at batch 1, round-robin, and prints medians and ratios to the forward pass.
 The target of the issue: AttnLRP <= 4x the forward pass.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,15 @@ def vit_b16(depth: int):
     torch.manual_seed(0)
     model = ShapesViT(image=224, patch=16, dim=768, depth=depth, heads=12, mlp=3072, classes=1000).eval()
     buf = io.BytesIO()
-    torch.onnx.export(model, (torch.zeros(1, 3, 224, 224),), buf, dynamo=False, opset_version=17,
-                      input_names=["input"], output_names=["logits"])
+    torch.onnx.export(
+        model,
+        (torch.zeros(1, 3, 224, 224),),
+        buf,
+        dynamo=False,
+        opset_version=17,
+        input_names=["input"],
+        output_names=["logits"],
+    )
     return onnx.load_from_string(buf.getvalue())
 
 

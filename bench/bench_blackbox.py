@@ -9,6 +9,7 @@ batches 64 rows per onnxruntime call; the raw reference runs batches of 64 disti
 a plain session of the model. The three are interleaved round-robin (bench_gradient.interleaved)
 so that machine noise hits all alike. Prints medians, passes per second and the ratios.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,8 @@ sys.path.insert(1, str(pathlib.Path(__file__).parent.parent))  # this checkout's
 import archs  # noqa: E402
 from bench_gradient import interleaved, machine  # noqa: E402
 
-from onnxplain.runtime.explainer import Explainer  # noqa: E402
 from onnxplain.methods.occlusion import windows  # noqa: E402
+from onnxplain.runtime.explainer import Explainer  # noqa: E402
 from onnxplain.runtime.session import make_session  # noqa: E402
 
 

@@ -10,6 +10,7 @@ machine noise hits all alike (see bench_gradient.py's ``interleaved``): the quic
 10 x ``--repeats`` rounds, Score-CAM with the forward pass for ``--repeats`` rounds. Prints medians
 and their ratios to the forward pass.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,13 @@ def main():
     ex = onnxplain.Explainer(model)
     fns["ablationcam"] = lambda: ex.explain(x, "ablationcam", batch_size=args.batch_size)
     med = interleaved(fns, 10 * args.repeats)  # the quick ones, many rounds
-    slow = interleaved({"forward": fns["forward"],  # Score-CAM: 512 full passes per image, few rounds
-                        "scorecam": lambda: ex.explain(x, "scorecam", batch_size=args.batch_size)}, args.repeats)
+    slow = interleaved(
+        {
+            "forward": fns["forward"],  # Score-CAM: 512 full passes per image, few rounds
+            "scorecam": lambda: ex.explain(x, "scorecam", batch_size=args.batch_size),
+        },
+        args.repeats,
+    )
     layer = next(iter(ex._forward_cams.values())).tap
     print(f"\nresnet18, layer '{layer.name}' {layer.tensor.shape}, batch size {args.batch_size}")
     for block, n in ((med, 10 * args.repeats), (slow, args.repeats)):

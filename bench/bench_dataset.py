@@ -16,6 +16,7 @@ speed drifts).
     python bench/bench_dataset.py            # both cases
     python bench/bench_dataset.py --quick    # the 64 px case only
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,7 +50,7 @@ def loop_rate(model: str, x: np.ndarray, method: str, opts: dict, threads: int, 
         ex.run(x[:batch], method, batch_size=batch, **opts)  # graphs and sessions, not timed
         t0 = time.perf_counter()
         for i in range(0, len(x), batch):
-            ex.run(x[i:i + batch], method, batch_size=batch, **opts)
+            ex.run(x[i : i + batch], method, batch_size=batch, **opts)
         return len(x) / (time.perf_counter() - t0)
     finally:
         set_default_threads(0)
@@ -62,9 +63,17 @@ def ray_rate(model: str, data: Path, method: str, opts: dict, actors: int, shard
     shutil.rmtree(out, ignore_errors=True)
     marks = []
     t0 = time.perf_counter()
-    summary = explain_dataset(model, [data], methods=[method], output=out, shard_size=shard, actors=actors,
-                              threads=1, method_options=opts,
-                              progress=lambda done, total, errors, rate: marks.append((time.perf_counter(), done)))
+    summary = explain_dataset(
+        model,
+        [data],
+        methods=[method],
+        output=out,
+        shard_size=shard,
+        actors=actors,
+        threads=1,
+        method_options=opts,
+        progress=lambda done, total, errors, rate: marks.append((time.perf_counter(), done)),
+    )
     total = time.perf_counter() - t0
     assert summary["errors"] == 0, summary
     (t1, n1), (t2, n2) = marks[0], marks[-1]
@@ -89,9 +98,12 @@ def case(name: str, model: str, x: np.ndarray, opts: dict, shard: int, work: Pat
                 runs[k + "all"].append(everything)
         med = {k: float(np.median(v)) for k, v in runs.items()}
         rows.append((name, m, med))
-        print(f"{name:<12} {m:<10} loop {med['loop']:8.1f} (1 thread {med['loop1']:8.1f})   1 actor {med['a1']:8.1f} "
-              f"(all {med['a1all']:7.1f})   2 actors {med['a2']:8.1f} (all {med['a2all']:7.1f})   2 actors / loop "
-              f"{med['a2'] / med['loop']:5.2f}x  1 actor / loop {med['a1'] / med['loop']:5.2f}x", flush=True)
+        print(
+            f"{name:<12} {m:<10} loop {med['loop']:8.1f} (1 thread {med['loop1']:8.1f})   1 actor {med['a1']:8.1f} "
+            f"(all {med['a1all']:7.1f})   2 actors {med['a2']:8.1f} (all {med['a2all']:7.1f})   2 actors / loop "
+            f"{med['a2'] / med['loop']:5.2f}x  1 actor / loop {med['a1'] / med['loop']:5.2f}x",
+            flush=True,
+        )
     return rows
 
 
@@ -105,8 +117,10 @@ def main():
     import onnxruntime as ort
     import ray
 
-    print(f"onnxplain {__version__}; onnxruntime {ort.__version__}; ray {ray.__version__}; {platform.machine()}; "
-          f"{os.cpu_count()} cores; load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print(
+        f"onnxplain {__version__}; onnxruntime {ort.__version__}; ray {ray.__version__}; {platform.machine()}; "
+        f"{os.cpu_count()} cores; load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}"
+    )
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
     for name in ("ray", "ray.data"):
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -114,8 +128,7 @@ def main():
     try:
         print("images/s; Ray: steady (all, with actor start-up)")
         x, _, _ = make_shapes(args.n, seed=0)
-        case("demo 64px", str(demo_model()), x, {"occlusion": {"window": 16, "stride": 8}}, 32, work,
-             args.repeats)
+        case("demo 64px", str(demo_model()), x, {"occlusion": {"window": 16, "stride": 8}}, 32, work, args.repeats)
         if not args.quick:
             import onnx
             from archs import resnet18
@@ -123,8 +136,7 @@ def main():
             path = work / "resnet18.onnx"
             onnx.save(resnet18(), str(path))
             x, _, _ = make_shapes(args.n224, seed=0, size=224)
-            case("resnet18 224", str(path), x, {"occlusion": {"window": 56, "stride": 56}}, 8, work,
-                 args.repeats)
+            case("resnet18 224", str(path), x, {"occlusion": {"window": 56, "stride": 56}}, 8, work, args.repeats)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         ray.shutdown()

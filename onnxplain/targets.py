@@ -20,6 +20,7 @@ Target objects name what users mean and turn into that seed from the model's out
 :func:`guess_task` reads the output shapes (``classify``, ``detect``, ``segment``, ``sequence``);
 :func:`resolve` picks the default target of a task and says in :attr:`Target.notes` what it chose.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -80,9 +81,15 @@ def sibling(explainer, output: str, model=None):
         from onnxplain.runtime.explainer import Explainer
 
         o = explainer.options
-        ex = Explainer(model if model is not None else explainer.canonical.model, input=o.input, output=output,
-                       probabilities=o.probabilities, channel_axis=o.channel_axis, rules=o.rules,
-                       providers=explainer.providers)
+        ex = Explainer(
+            model if model is not None else explainer.canonical.model,
+            input=o.input,
+            output=output,
+            probabilities=o.probabilities,
+            channel_axis=o.channel_axis,
+            rules=o.rules,
+            providers=explainer.providers,
+        )
         ex.task = getattr(explainer, "task", None)
         cache[key] = (ex, model)  # keep the model alive: the key holds its id
     return cache[key][0]
@@ -102,8 +109,7 @@ class Class(Spec):
         classes = explainer.check_target(self.index, len(x))
         out = explainer.canonical.output(explainer.options.output)
         note = f"class {'arg-max' if np.all(classes < 0) else classes.tolist()} on {class_axis_text(explainer, out)}"
-        return Target(classes, None, not np.all(np.asarray(self.index) < 0), notes=(note,) * len(x),
-                      spec=self)
+        return Target(classes, None, not np.all(np.asarray(self.index) < 0), notes=(note,) * len(x), spec=self)
 
 
 def class_axis_text(explainer, out) -> str:
@@ -140,8 +146,15 @@ def to_xyxy(b: np.ndarray, fmt: str) -> np.ndarray:
     if fmt == "yxyx":
         return b[..., [1, 0, 3, 2]]
     if fmt == "cxcywh":
-        return np.stack([b[..., 0] - b[..., 2] / 2, b[..., 1] - b[..., 3] / 2,
-                         b[..., 0] + b[..., 2] / 2, b[..., 1] + b[..., 3] / 2], -1)
+        return np.stack(
+            [
+                b[..., 0] - b[..., 2] / 2,
+                b[..., 1] - b[..., 3] / 2,
+                b[..., 0] + b[..., 2] / 2,
+                b[..., 1] + b[..., 3] / 2,
+            ],
+            -1,
+        )
     if fmt == "xywh":
         return np.stack([b[..., 0], b[..., 1], b[..., 0] + b[..., 2], b[..., 1] + b[..., 3]], -1)
     raise OnnxplainError(f"box format must be xyxy, cxcywh, xywh or yxyx, not '{fmt}'")
@@ -193,8 +206,15 @@ PRESETS = {
     "yolov5": Layout(anchor_axis=1, box=0, objectness=4, classes=5),
     "yolov8": Layout(anchor_axis=2, box=0, classes=4),
     "ssd": Layout(anchor_axis=1, classes=0, format="xyxy", separate=True, background="first"),
-    "detr": Layout(anchor_axis=1, classes=0, format="cxcywh", separate=True, activation="softmax",
-                   background="last", normalized=True),
+    "detr": Layout(
+        anchor_axis=1,
+        classes=0,
+        format="cxcywh",
+        separate=True,
+        activation="softmax",
+        background="last",
+        normalized=True,
+    ),
 }
 
 
@@ -222,8 +242,9 @@ class Candidates:
 def _moved(t: np.ndarray, anchor_axis: int) -> np.ndarray:
     """[N, A, F] view of a rank-3 [N, ...] tensor with candidates on ``anchor_axis``."""
     if t.ndim != 3:
-        raise OnnxplainError(f"detector outputs must be rank 3 [N, anchors, features] or [N, features, anchors], "
-                             f"got {list(t.shape)}")
+        raise OnnxplainError(
+            f"detector outputs must be rank 3 [N, anchors, features] or [N, features, anchors], got {list(t.shape)}"
+        )
     return np.moveaxis(t, anchor_axis, 1)
 
 
@@ -270,8 +291,14 @@ class Detection(Spec):
         nms = find_nms(explainer.canonical.graph)
         if nms is not None:
             tapped, names = tap_nms(explainer, nms)
-            lay = Layout(anchor_axis=2, classes=0, format="cxcywh" if nms.attrs.get("center_point_box", 0) else "yxyx",
-                         scores=names["scores"], boxes=names["boxes"], separate=True)
+            lay = Layout(
+                anchor_axis=2,
+                classes=0,
+                format="cxcywh" if nms.attrs.get("center_point_box", 0) else "yxyx",
+                scores=names["scores"],
+                boxes=names["boxes"],
+                separate=True,
+            )
             return lay, sibling(explainer, lay.scores, tapped), sibling(explainer, lay.boxes, tapped), names
         lay = layout(self.layout)
         g = explainer.canonical
@@ -280,8 +307,10 @@ class Detection(Spec):
             boxes = lay.boxes or next((t.name for t in outs if t.shape[-1] == 4), None)
             scores = lay.scores or next((t.name for t in outs if t.name != boxes), None)
             if boxes is None or scores is None:
-                raise OnnxplainError("a separate-outputs detector layout needs a boxes output [N, A, 4] and a scores "
-                                     "output [N, A, C]; name them in the Layout (scores=, boxes=)")
+                raise OnnxplainError(
+                    "a separate-outputs detector layout needs a boxes output [N, A, 4] and a scores "
+                    "output [N, A, C]; name them in the Layout (scores=, boxes=)"
+                )
             lay = replace(lay, boxes=boxes, scores=scores)
         else:
             name = lay.scores or g.output(explainer.options.output).name
@@ -293,21 +322,24 @@ class Detection(Spec):
         ``driver_logits`` where the scores tensor is not an output)."""
         from onnxplain.runtime.driver import SCORE
 
-        s = _moved(np.asarray(outs.get(lay.scores, outs[SCORE]))[i:i + 1], lay.anchor_axis)[0]
-        bt = np.asarray(outs.get(lay.boxes, outs[SCORE]))[i:i + 1]
+        s = _moved(np.asarray(outs.get(lay.scores, outs[SCORE]))[i : i + 1], lay.anchor_axis)[0]
+        bt = np.asarray(outs.get(lay.boxes, outs[SCORE]))[i : i + 1]
         b = _moved(bt, lay.boxes_anchor_axis if lay.separate else lay.anchor_axis)[0]
-        boxes = to_xyxy(b[:, lay.box:lay.box + 4], lay.format)
+        boxes = to_xyxy(b[:, lay.box : lay.box + 4], lay.format)
         if lay.normalized:
             h, w = size
             boxes = boxes * np.array([w, h, w, h], np.float64)
         stop = s.shape[1] if lay.num_classes is None else lay.classes + lay.num_classes
-        probs = _act(s[:, lay.classes:stop], lay.activation)
+        probs = _act(s[:, lay.classes : stop], lay.activation)
         if lay.background == "first":
             probs = probs[:, 1:]
         elif lay.background == "last":
             probs = probs[:, :-1]
-        obj = np.ones(len(s)) if lay.objectness is None or not self.use_objectness else \
-            np.asarray(s[:, lay.objectness], np.float64)
+        obj = (
+            np.ones(len(s))
+            if lay.objectness is None or not self.use_objectness
+            else np.asarray(s[:, lay.objectness], np.float64)
+        )
         return Candidates(boxes, probs, obj)
 
     def feature(self, lay: Layout, c: int) -> int:
@@ -326,12 +358,16 @@ class Detection(Spec):
             if self.cls is not None:
                 sel = sel[sel[:, 1] == self.cls]
             if len(sel) == 0:
-                raise OnnxplainError(f"NonMaxSuppression selected no detection for item {i}; give --box or --class "
-                                     "to explain a candidate")
+                raise OnnxplainError(
+                    f"NonMaxSuppression selected no detection for item {i}; give --box or --class "
+                    "to explain a candidate"
+                )
             if self.selected is not None:
                 if not 0 <= self.selected < len(sel):
-                    raise OnnxplainError(f"selected detection {self.selected} out of range: NonMaxSuppression "
-                                         f"selected {len(sel)} for item {i}")
+                    raise OnnxplainError(
+                        f"selected detection {self.selected} out of range: NonMaxSuppression "
+                        f"selected {len(sel)} for item {i}"
+                    )
                 k = self.selected
             else:
                 k = int(np.argmax(scores[sel[:, 2], sel[:, 1]]))
@@ -376,11 +412,11 @@ class Detection(Spec):
             cand = self.decode(lay, outs, i, size)
             a, c, how = self.choose(cand, names, outs, i)
             if self.coordinate is not None:
-                wb = _moved(w[i:i + 1], lay.boxes_anchor_axis if lay.separate else lay.anchor_axis)
+                wb = _moved(w[i : i + 1], lay.boxes_anchor_axis if lay.separate else lay.anchor_axis)
                 wb[0, a, lay.box + self.coordinate] = 1.0
                 what = f"box number {self.coordinate} ({lay.format}) of candidate {a}"
             else:
-                ws = _moved(w[i:i + 1], lay.anchor_axis)  # a view: writes go to w
+                ws = _moved(w[i : i + 1], lay.anchor_axis)  # a view: writes go to w
                 with_obj = lay.objectness is not None and self.use_objectness
                 ws[0, a, self.feature(lay, c)] = cand.objectness[a] if with_obj else 1.0
                 if with_obj:  # d(obj * cls) = cls d(obj) + obj d(cls)
@@ -390,9 +426,17 @@ class Detection(Spec):
             others = [int(k) for k in _keep(cand.boxes, top, 0.5, 10) if k != a and cand.scores[k].max() >= 0.25]
             bx = np.round(cand.boxes[a], 1).tolist()
             notes.append(f"{how}: {what}, box {bx}, score {cand.scores[a, c]:.3g}")
-            items.append({"box": cand.boxes[a], "boxes": cand.boxes[others], "class": c, "candidate": a,
-                          "scores": cand.probs[a], "objectness": float(cand.objectness[a]),
-                          "caption": f"box {a} class {c} ({cand.scores[a, c]:.2f})"})
+            items.append(
+                {
+                    "box": cand.boxes[a],
+                    "boxes": cand.boxes[others],
+                    "class": c,
+                    "candidate": a,
+                    "scores": cand.probs[a],
+                    "objectness": float(cand.objectness[a]),
+                    "caption": f"box {a} class {c} ({cand.scores[a, c]:.2f})",
+                }
+            )
         return Target(None, w, True, explainer=target_ex, spec=self, notes=tuple(notes), items=tuple(items))
 
 
@@ -438,8 +482,10 @@ def find_nms(graph):
     output selected_indices [K, 3] = (batch, class, box)); None without one; an error with several."""
     nodes = [n for n in graph.nodes if n.op == "NonMaxSuppression"]
     if len(nodes) > 1:
-        raise OnnxplainError(f"the graph has {len(nodes)} NonMaxSuppression nodes; explain one with a Layout "
-                             "naming its scores and boxes tensors")
+        raise OnnxplainError(
+            f"the graph has {len(nodes)} NonMaxSuppression nodes; explain one with a Layout "
+            "naming its scores and boxes tensors"
+        )
     return nodes[0] if nodes else None
 
 
@@ -578,10 +624,12 @@ class Sequence(Spec):
             text = " ".join(str(k) for k, _, _ in decoded)
             if self.char is not None:
                 if not -len(decoded) <= self.char < len(decoded):
-                    raise OnnxplainError(f"character {self.char} out of range: the greedy decode of item {i} has "
-                                         f"{len(decoded)} characters")
+                    raise OnnxplainError(
+                        f"character {self.char} out of range: the greedy decode of item {i} has "
+                        f"{len(decoded)} characters"
+                    )
                 k, t0, t1 = decoded[self.char]
-                t = t0 + int(np.argmax(y[i, t0:t1 + 1, k]))
+                t = t0 + int(np.argmax(y[i, t0 : t1 + 1, k]))
                 w[i, t, k] = 1
                 what = f"character {self.char % len(decoded)} of the greedy decode [{text}]: token {k} at timestep {t}"
                 cap = f"char {self.char % len(decoded)} = token {k} (t={t})"
@@ -668,5 +716,16 @@ def resolve(explainer, x: np.ndarray, target=None, target_weights=None) -> Targe
     return None  # plain classes: the explainer's own path
 
 
-__all__ = ["Class", "Detection", "Layout", "PRESETS", "Region", "Sequence", "Target", "Weights", "ctc_greedy",
-           "guess_task", "resolve"]
+__all__ = [
+    "Class",
+    "Detection",
+    "Layout",
+    "PRESETS",
+    "Region",
+    "Sequence",
+    "Target",
+    "Weights",
+    "ctc_greedy",
+    "guess_task",
+    "resolve",
+]

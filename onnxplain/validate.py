@@ -3,6 +3,7 @@
 Every check raises a one-line :class:`~onnxplain.errors.OnnxplainError`; nothing is wrapped,
 clipped or guessed (an axis of 9 on a rank-2 output is an error, not axis 1).
 """
+
 from __future__ import annotations
 
 import functools
@@ -33,8 +34,9 @@ def class_axis(axis: int | None, rank: int, name: str = "the explained output") 
         raise OnnxplainError(f"class_axis must be an integer, not {axis!r}")
     a = int(axis)
     if not -rank <= a < rank:
-        raise OnnxplainError(f"class_axis {a} is out of range for {name} of rank {rank} "
-                             f"(valid: 1..{rank - 1} or {-rank + 1}..-1)")
+        raise OnnxplainError(
+            f"class_axis {a} is out of range for {name} of rank {rank} (valid: 1..{rank - 1} or {-rank + 1}..-1)"
+        )
     a %= rank
     if a == 0:
         raise OnnxplainError(f"class_axis {axis} is the batch axis of {name}; give the class axis (1..{rank - 1})")
@@ -53,8 +55,9 @@ def targets_in_range(classes, outputs: dict, name: str, axis: int | None) -> Non
     t = np.asarray(classes)
     bad = t[(t >= n) | (t < -1)]
     if bad.size:
-        raise OnnxplainError(f"target {int(bad[0])} out of range: output '{name}' has {n} classes at run time "
-                             "(use -1 for the arg-max)")
+        raise OnnxplainError(
+            f"target {int(bad[0])} out of range: output '{name}' has {n} classes at run time (use -1 for the arg-max)"
+        )
 
 
 # ---- memory ------------------------------------------------------------------------------------------------
@@ -68,7 +71,8 @@ def machine_memory() -> int:
         total = 8 * 2**30
     for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
         try:
-            text = open(path).read().strip()
+            with open(path) as f:
+                text = f.read().strip()
         except OSError:
             continue
         if text.isdigit() and 0 < int(text) < total:
@@ -121,9 +125,11 @@ def check_bytes(need: int, budget: int | None, what: str) -> None:
     """Refuse ``need`` bytes above ``budget`` (None: the default budget)."""
     budget = default_budget() if budget is None else budget
     if need > budget:
-        raise OnnxplainError(f"{what} needs about {human(need)}, above the memory limit of {human(budget)} "
-                             "(half of this machine's memory; raise it with --max-memory / max_memory=, or use a "
-                             "smaller --size / --batch-size)")
+        raise OnnxplainError(
+            f"{what} needs about {human(need)}, above the memory limit of {human(budget)} "
+            "(half of this machine's memory; raise it with --max-memory / max_memory=, or use a "
+            "smaller --size / --batch-size)"
+        )
 
 
 def activations(graph, input_tensor, x_shape) -> tuple[int, int, str]:
@@ -177,4 +183,5 @@ def check_run_memory(explainer, x: np.ndarray, batch_size: int | None, budget: i
         raise OnnxplainError(
             f"the model's activations for a batch of {rows} of shape {list(x.shape[1:])} need about {human(total)} "
             f"(largest: '{name}', {human(largest)}), above the memory limit of {human(budget)}; use a smaller "
-            "--batch-size / --size, or raise the limit with --max-memory (max_memory= in Python)")
+            "--batch-size / --size, or raise the limit with --max-memory (max_memory= in Python)"
+        )

@@ -6,6 +6,7 @@
   ``<vjp(w), u>`` against ``(F(x + h u) - F(x - h u)) / 2h`` with ``F = sum(w * f)``;
 * :func:`case` builds a one-node model for a per-op test.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,10 +20,10 @@ from onnx.reference.op_run import OpRun
 from onnx.reference.ops.op_loop import Loop as _ReferenceLoop
 from onnx.reference.ops.op_resize import Resize as _ReferenceResize
 from onnx.reference.ops.op_scan import Scan as _ReferenceScan
+from rnn_reference import GRUByDefinition, LSTMByDefinition, RNNByDefinition
 
 import onnxplain
 from onnxplain.runtime.session import make_session
-from rnn_reference import GRUByDefinition, LSTMByDefinition, RNNByDefinition
 
 F32, F64 = TensorProto.FLOAT, TensorProto.DOUBLE
 # inputs that stay float32 whatever the data type (Resize/Upsample scales)
@@ -46,7 +47,9 @@ def _graph_to_float64(g: onnx.GraphProto) -> None:
     del g.value_info[:]
     for i, init in enumerate(g.initializer):
         if init.data_type == F32 and init.name not in keep:
-            g.initializer[i].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float64), init.name))
+            g.initializer[i].CopyFrom(
+                numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float64), init.name)
+            )
     for node in g.node:
         for a in node.attribute:
             if a.name in ("to", "dtype") and a.type == onnx.AttributeProto.INT and a.i == F32:
@@ -67,8 +70,20 @@ class ConvTransposeByDefinition(OpRun):
 
     op_domain = ""
 
-    def _run(self, x, w, bias=None, auto_pad=None, dilations=None, group=None, kernel_shape=None,
-             output_padding=None, output_shape=None, pads=None, strides=None):
+    def _run(
+        self,
+        x,
+        w,
+        bias=None,
+        auto_pad=None,
+        dilations=None,
+        group=None,
+        kernel_shape=None,
+        output_padding=None,
+        output_shape=None,
+        pads=None,
+        strides=None,
+    ):
         nd = x.ndim - 2
         k = list(w.shape[2:])
         s, d = list(strides or [1] * nd), list(dilations or [1] * nd)
@@ -86,11 +101,13 @@ class ConvTransposeByDefinition(OpRun):
         ci, co = w.shape[0] // group, w.shape[1]
         buf = np.zeros((x.shape[0], co * group, *full), dtype=x.dtype)
         for g in range(group):
-            xg, wg = x[:, g * ci:(g + 1) * ci], w[g * ci:(g + 1) * ci]
+            xg, wg = x[:, g * ci : (g + 1) * ci], w[g * ci : (g + 1) * ci]
             for kk in np.ndindex(*k):
                 contrib = np.tensordot(xg, wg[(slice(None), slice(None)) + kk], axes=([1], [0]))
                 contrib = np.moveaxis(contrib, -1, 1)
-                idx = tuple(slice(kk[i] * d[i], kk[i] * d[i] + s[i] * (x.shape[2 + i] - 1) + 1, s[i]) for i in range(nd))
+                idx = tuple(
+                    slice(kk[i] * d[i], kk[i] * d[i] + s[i] * (x.shape[2 + i] - 1) + 1, s[i]) for i in range(nd)
+                )
                 buf[(slice(None), slice(g * co, (g + 1) * co)) + idx] += contrib
         crop = tuple(slice(pb[i], full[i] - pe[i]) for i in range(nd))
         y = buf[(slice(None), slice(None)) + crop]
@@ -211,8 +228,17 @@ class MaxPoolByDefinition(OpRun):
 
     op_domain = ""
 
-    def _run(self, x, auto_pad=None, ceil_mode=None, dilations=None, kernel_shape=None, pads=None,
-             storage_order=None, strides=None):
+    def _run(
+        self,
+        x,
+        auto_pad=None,
+        ceil_mode=None,
+        dilations=None,
+        kernel_shape=None,
+        pads=None,
+        storage_order=None,
+        strides=None,
+    ):
         geo, s, d = _pool_windows(x.shape, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode)
         out = x.shape[:2] + tuple(g[0] for g in geo)
         y, ind = np.zeros(out, dtype=x.dtype), np.zeros(out, dtype=np.int64)
@@ -240,8 +266,17 @@ class AveragePoolByDefinition(OpRun):
 
     op_domain = ""
 
-    def _run(self, x, auto_pad=None, ceil_mode=None, count_include_pad=None, dilations=None,
-             kernel_shape=None, pads=None, strides=None):
+    def _run(
+        self,
+        x,
+        auto_pad=None,
+        ceil_mode=None,
+        count_include_pad=None,
+        dilations=None,
+        kernel_shape=None,
+        pads=None,
+        strides=None,
+    ):
         geo, s, d = _pool_windows(x.shape, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode)
         y = np.zeros(x.shape[:2] + tuple(g[0] for g in geo), dtype=x.dtype)
         for o, taps in _window_taps(x.shape, kernel_shape, geo, s, d):
@@ -274,8 +309,9 @@ class LpPoolByDefinition(OpRun):
 
     op_domain = ""
 
-    def _run(self, x, auto_pad=None, ceil_mode=None, dilations=None, kernel_shape=None, p=None, pads=None,
-             strides=None):
+    def _run(
+        self, x, auto_pad=None, ceil_mode=None, dilations=None, kernel_shape=None, p=None, pads=None, strides=None
+    ):
         p = 2 if p is None else p
         geo, s, d = _pool_windows(x.shape, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode)
         y = np.zeros(x.shape[:2] + tuple(g[0] for g in geo), dtype=x.dtype)
@@ -294,8 +330,9 @@ class BatchNormalizationByDefinition(OpRun):
 
     op_domain = ""
 
-    def _run(self, x, scale, bias, mean, var, epsilon=None, momentum=None, training_mode=None, spatial=None,
-             is_test=None):
+    def _run(
+        self, x, scale, bias, mean, var, epsilon=None, momentum=None, training_mode=None, spatial=None, is_test=None
+    ):
         eps = 1e-5 if epsilon is None else epsilon
         axes = tuple(a for a in range(x.ndim) if a != 1)
         shape = [-1] + [1] * (x.ndim - 2)
@@ -303,8 +340,11 @@ class BatchNormalizationByDefinition(OpRun):
             m, v = x.mean(axis=axes), x.var(axis=axes)
             mom = 0.9 if momentum is None else momentum
             y = scale.reshape(shape) * (x - m.reshape(shape)) / np.sqrt(v.reshape(shape) + eps) + bias.reshape(shape)
-            return (y.astype(x.dtype), (mean * mom + m * (1 - mom)).astype(x.dtype),
-                    (var * mom + v * (1 - mom)).astype(x.dtype))[: len(self.onnx_node.output)]
+            return (
+                y.astype(x.dtype),
+                (mean * mom + m * (1 - mom)).astype(x.dtype),
+                (var * mom + v * (1 - mom)).astype(x.dtype),
+            )[: len(self.onnx_node.output)]
         y = scale.reshape(shape) * (x - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + eps) + bias.reshape(shape)
         return (y.astype(x.dtype),)
 
@@ -318,11 +358,15 @@ class LRNByDefinition(OpRun):
     op_domain = ""
 
     def _run(self, x, alpha=None, beta=None, bias=None, size=None):
-        alpha, beta, bias = (1e-4 if alpha is None else alpha), (0.75 if beta is None else beta), (1.0 if bias is None else bias)
+        alpha, beta, bias = (
+            (1e-4 if alpha is None else alpha),
+            (0.75 if beta is None else beta),
+            (1.0 if bias is None else bias),
+        )
         lo, hi = (size - 1) // 2, size // 2
         sq = np.zeros_like(x)
         for c in range(x.shape[1]):
-            sq[:, c] = (x[:, max(0, c - lo): c + hi + 1] ** 2).sum(axis=1)
+            sq[:, c] = (x[:, max(0, c - lo) : c + hi + 1] ** 2).sum(axis=1)
         return ((x / (bias + alpha / size * sq) ** beta).astype(x.dtype),)
 
 
@@ -386,8 +430,9 @@ class MaxUnpoolByDefinition(OpRun):
         nd = x.ndim - 2
         s, pads = list(strides or [1] * nd), list(pads or [0] * (2 * nd))
         if output_shape is None:
-            output_shape = list(x.shape[:2]) + [(x.shape[2 + i] - 1) * s[i] - pads[i] - pads[nd + i] + kernel_shape[i]
-                                                for i in range(nd)]
+            output_shape = list(x.shape[:2]) + [
+                (x.shape[2 + i] - 1) * s[i] - pads[i] - pads[nd + i] + kernel_shape[i] for i in range(nd)
+            ]
         y = np.zeros(int(np.prod(output_shape)), dtype=x.dtype)
         y[indices.ravel()] = x.ravel()
         return (y.reshape([int(v) for v in output_shape]),)
@@ -401,15 +446,36 @@ class ResizeByDefinition(_ReferenceResize):
     onnx.reference lacks, from the spec: nearest mode only, x_original = (x_resized + 0.5) / scale
     per axis, rounded per nearest_mode and clamped to the input. Other modes: onnx.reference."""
 
-    def _run(self, X, roi=None, scales=None, sizes=None, coordinate_transformation_mode=None, mode=None,
-             nearest_mode=None, **kw):
+    def _run(
+        self,
+        X,
+        roi=None,
+        scales=None,
+        sizes=None,
+        coordinate_transformation_mode=None,
+        mode=None,
+        nearest_mode=None,
+        **kw,
+    ):
         if coordinate_transformation_mode not in ("tf_half_pixel_for_nn", b"tf_half_pixel_for_nn"):
-            return super()._run(X, roi, scales, sizes, coordinate_transformation_mode=coordinate_transformation_mode,
-                                mode=mode, nearest_mode=nearest_mode, **kw)
+            return super()._run(
+                X,
+                roi,
+                scales,
+                sizes,
+                coordinate_transformation_mode=coordinate_transformation_mode,
+                mode=mode,
+                nearest_mode=nearest_mode,
+                **kw,
+            )
         if mode not in ("nearest", b"nearest", None):
             raise NotImplementedError("tf_half_pixel_for_nn is only defined for nearest resizing here")
-        roundings = {"round_prefer_floor": lambda v: math.ceil(v - 0.5),
-                     "round_prefer_ceil": lambda v: math.floor(v + 0.5), "floor": math.floor, "ceil": math.ceil}
+        roundings = {
+            "round_prefer_floor": lambda v: math.ceil(v - 0.5),
+            "round_prefer_ceil": lambda v: math.floor(v + 0.5),
+            "floor": math.floor,
+            "ceil": math.ceil,
+        }
         rounding = roundings[nearest_mode or "round_prefer_floor"]
         y = X
         for axis, n_in in enumerate(X.shape):
@@ -419,8 +485,9 @@ class ResizeByDefinition(_ReferenceResize):
             else:
                 scale = np.float32(scales[axis])
                 n_out = int(math.floor(n_in * float(scale)))
-            src = [min(max(rounding(float((np.float32(o) + np.float32(0.5)) / scale)), 0), n_in - 1)
-                   for o in range(n_out)]
+            src = [
+                min(max(rounding(float((np.float32(o) + np.float32(0.5)) / scale)), 0), n_in - 1) for o in range(n_out)
+            ]
             y = np.take(y, np.array(src, dtype=np.int64), axis=axis)
         return (y,)
 
@@ -446,8 +513,8 @@ class LoopByDefinition(_ReferenceLoop):
             feeds[names_in[1]] = np.array(keep_going)
             feeds.update(zip(names_in[2:], state))
             out = self._run_body(feeds, attributes=attributes, bindings=bindings)
-            keep_going, state = bool(out[0]), list(out[1:1 + n])
-            for k, value in enumerate(out[1 + n:]):
+            keep_going, state = bool(out[0]), list(out[1 : 1 + n])
+            for k, value in enumerate(out[1 + n :]):
                 scans[k].append(value)
             it += 1
         stacked = [np.stack(values) if values else np.empty((0,)) for values in scans]
@@ -465,9 +532,19 @@ class ScanByDefinition(_ReferenceScan):
         OpRun.__init__(self, onnx_node, run_params)
         self.input_names, self.output_names = self.body.input_names, self.body.output_names
 
-    def _run(self, *args, context=None, body=None, num_scan_inputs=None, scan_input_axes=None,
-             scan_input_directions=None, scan_output_axes=None, scan_output_directions=None, attributes=None,
-             bindings=None):
+    def _run(
+        self,
+        *args,
+        context=None,
+        body=None,
+        num_scan_inputs=None,
+        scan_input_axes=None,
+        scan_input_directions=None,
+        scan_output_axes=None,
+        scan_output_directions=None,
+        attributes=None,
+        bindings=None,
+    ):
         n_state = len(args) - num_scan_inputs
         states, seqs = list(args[:n_state]), args[n_state:]
         in_axes = [a % s.ndim for a, s in zip(scan_input_axes or [0] * len(seqs), seqs)]
@@ -497,13 +574,32 @@ ScanByDefinition.__name__ = "Scan"
 
 
 def run_ref(model: onnx.ModelProto, feeds: dict) -> dict:
-    ref = ReferenceEvaluator(model, new_ops=[ConvTransposeByDefinition, ErfFloat64, GeluByDefinition, SoftmaxByOpset,
-                                             LogSoftmaxByOpset, MaxPoolByDefinition, AveragePoolByDefinition,
-                                             GlobalMaxPoolByDefinition, ResizeByDefinition, LpPoolByDefinition,
-                                             BatchNormalizationByDefinition, LRNByDefinition,
-                                             MeanVarianceNormalizationByDefinition, GroupNormalizationByDefinition,
-                                             GatherElementsByDefinition, MaxUnpoolByDefinition, LSTMByDefinition,
-                                             GRUByDefinition, RNNByDefinition, LoopByDefinition, ScanByDefinition])
+    ref = ReferenceEvaluator(
+        model,
+        new_ops=[
+            ConvTransposeByDefinition,
+            ErfFloat64,
+            GeluByDefinition,
+            SoftmaxByOpset,
+            LogSoftmaxByOpset,
+            MaxPoolByDefinition,
+            AveragePoolByDefinition,
+            GlobalMaxPoolByDefinition,
+            ResizeByDefinition,
+            LpPoolByDefinition,
+            BatchNormalizationByDefinition,
+            LRNByDefinition,
+            MeanVarianceNormalizationByDefinition,
+            GroupNormalizationByDefinition,
+            GatherElementsByDefinition,
+            MaxUnpoolByDefinition,
+            LSTMByDefinition,
+            GRUByDefinition,
+            RNNByDefinition,
+            LoopByDefinition,
+            ScanByDefinition,
+        ],
+    )
     names = [o.name for o in model.graph.output]
     return dict(zip(names, ref.run(None, feeds)))
 
@@ -520,8 +616,16 @@ class VjpCheck:
     grad: np.ndarray
 
 
-def check_vjp(model: onnx.ModelProto, feeds: dict, wrt: str, output: str | None = None, directions: int = 6,
-              h: float = 1e-5, seed: int = 0, ort: bool = True) -> VjpCheck:
+def check_vjp(
+    model: onnx.ModelProto,
+    feeds: dict,
+    wrt: str,
+    output: str | None = None,
+    directions: int = 6,
+    h: float = 1e-5,
+    seed: int = 0,
+    ort: bool = True,
+) -> VjpCheck:
     """Check the gradient graph of ``output`` w.r.t. input ``wrt`` against finite differences."""
     rng = np.random.default_rng(seed)
     m64 = to_float64(model)
@@ -542,7 +646,8 @@ def check_vjp(model: onnx.ModelProto, feeds: dict, wrt: str, output: str | None 
     err32 = float("nan")
     if ort:
         g32 = make_session(gradient_graph(model, wrt, output)).run(
-            ["attribution"], {**feeds, "target_weights": w.astype(np.float32)})[0]
+            ["attribution"], {**feeds, "target_weights": w.astype(np.float32)}
+        )[0]
         err32 = float(np.linalg.norm(g32 - g64) / max(np.linalg.norm(g64), 1e-12))
     return VjpCheck(err, err32, g64)
 
@@ -570,8 +675,19 @@ class Case:
         return self.id
 
 
-def case(op: str, *args, opset: int = 17, outputs: int = 1, output: int = 0, id: str = "", tol: float = 1e-6,
-         ort: bool = True, domain: str = "", dims: dict | None = None, **attrs) -> Case:
+def case(
+    op: str,
+    *args,
+    opset: int = 17,
+    outputs: int = 1,
+    output: int = 0,
+    id: str = "",
+    tol: float = 1e-6,
+    ort: bool = True,
+    domain: str = "",
+    dims: dict | None = None,
+    **attrs,
+) -> Case:
     """A one-node model ``op(*args)``; ``X(...)`` args are graph inputs, others initializers, None empty.
 
     ``dims={"x0": ["N", 3]}`` declares input ``x0`` with that (possibly symbolic) shape.
@@ -593,8 +709,9 @@ def case(op: str, *args, opset: int = 17, outputs: int = 1, output: int = 0, id:
             inits.append(numpy_helper.from_array(arr, f"c{i}"))
     outs = [f"y{k}" for k in range(outputs)]
     node = helper.make_node(op, names, outs, domain=domain or None, **attrs)
-    graph = helper.make_graph([node], f"{op}_case", inputs,
-                              [helper.make_tensor_value_info(o, F32, None) for o in outs], inits)
+    graph = helper.make_graph(
+        [node], f"{op}_case", inputs, [helper.make_tensor_value_info(o, F32, None) for o in outs], inits
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
     inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
     del model.graph.output[:]

@@ -11,6 +11,7 @@ where the spec is silent (checked against onnxruntime's forward in tests/test_re
 * activation_alpha/beta are consumed, in order, only by the activations that take them, with
   onnxruntime's defaults (LeakyRelu 0.01, HardSigmoid 0.2/0.5, Elu 1.0, the others 0).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -34,8 +35,14 @@ FUNCS = {
     "softsign": lambda x, a, b: x / (1 + np.abs(x)),
     "softplus": lambda x, a, b: np.logaddexp(0, x),
 }
-TAKES = {"affine": (1, 1), "leakyrelu": (1, 0), "thresholdedrelu": (1, 0), "scaledtanh": (1, 1),
-         "hardsigmoid": (1, 1), "elu": (1, 0)}
+TAKES = {
+    "affine": (1, 1),
+    "leakyrelu": (1, 0),
+    "thresholdedrelu": (1, 0),
+    "scaledtanh": (1, 1),
+    "hardsigmoid": (1, 1),
+    "elu": (1, 0),
+}
 DEFAULTS = {"leakyrelu": (0.01, 0.0), "hardsigmoid": (0.2, 0.5), "elu": (1.0, 0.0)}
 N_ACTS = {"LSTM": 3, "GRU": 2, "RNN": 1}
 DEFAULT_ACTS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"], "RNN": ["Tanh"]}
@@ -53,7 +60,7 @@ def activations(op, names, alphas, betas, dirs):
         b = (betas.pop(0) if betas else db) if tb else 0.0
         out.append(lambda x, f=FUNCS[key], a=a, b=b: f(x, a, b))
     n = N_ACTS[op]
-    return [out[d * n:(d + 1) * n] for d in range(dirs)]
+    return [out[d * n : (d + 1) * n] for d in range(dirs)]
 
 
 def _step(op, acts, x, h, c, w, r, wb, rb, p, clip, input_forget, lbr):
@@ -85,9 +92,26 @@ def _step(op, acts, x, h, c, w, r, wb, rb, p, clip, input_forget, lbr):
     return o * hf(cn), cn
 
 
-def run(op, X, W, R, B=None, sequence_lens=None, initial_h=None, initial_c=None, P=None, *, activations_=None,
-        activation_alpha=None, activation_beta=None, clip=None, direction="forward", input_forget=0, layout=0,
-        linear_before_reset=0):
+def run(
+    op,
+    X,
+    W,
+    R,
+    B=None,
+    sequence_lens=None,
+    initial_h=None,
+    initial_c=None,
+    P=None,
+    *,
+    activations_=None,
+    activation_alpha=None,
+    activation_beta=None,
+    clip=None,
+    direction="forward",
+    input_forget=0,
+    layout=0,
+    linear_before_reset=0,
+):
     """(Y, Y_h, Y_c) of LSTM/GRU/RNN in the inputs' precision (Y_c is None but for LSTM)."""
     direction = direction.decode() if isinstance(direction, bytes) else (direction or "forward")
     dirs = 2 if direction == "bidirectional" else 1
@@ -110,7 +134,7 @@ def run(op, X, W, R, B=None, sequence_lens=None, initial_h=None, initial_c=None,
         reverse = direction == "reverse" or d == 1
         wb, rb = np.split(B[d], 2)
         h, c = h0[d].copy(), c0[d].copy()
-        for t in (range(T - 1, -1, -1) if reverse else range(T)):
+        for t in range(T - 1, -1, -1) if reverse else range(T):
             hn, cn = _step(op, acts[d], X[t], h, c, W[d], R[d], wb, rb, P[d], clip, input_forget, linear_before_reset)
             live = (t < lens)[:, None]
             h, c = np.where(live, hn, h), np.where(live, cn, c)
@@ -124,12 +148,24 @@ def run(op, X, W, R, B=None, sequence_lens=None, initial_h=None, initial_c=None,
 class _Recurrent(OpRun):
     op_domain = ""
 
-    def _run(self, X, W, R, B=None, sequence_lens=None, initial_h=None, initial_c=None, P=None, activations=None,
-             **attrs):
+    def _run(
+        self, X, W, R, B=None, sequence_lens=None, initial_h=None, initial_c=None, P=None, activations=None, **attrs
+    ):
         attrs.pop("hidden_size", None)
         attrs = {k: v for k, v in attrs.items() if v is not None}
-        outs = run(self.onnx_node.op_type, X, W, R, B, sequence_lens, initial_h, initial_c, P,
-                   activations_=activations, **attrs)
+        outs = run(
+            self.onnx_node.op_type,
+            X,
+            W,
+            R,
+            B,
+            sequence_lens,
+            initial_h,
+            initial_c,
+            P,
+            activations_=activations,
+            **attrs,
+        )
         return tuple(o for o in outs if o is not None)[: len(self.onnx_node.output)]
 
 

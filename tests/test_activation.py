@@ -3,6 +3,7 @@
 Finite differences cannot see a kink, so ``test_kinks`` compares the exported gradient (run in
 onnxruntime) at the kink points with PyTorch's convention, written as a small numpy formula.
 """
+
 import numpy as np
 import pytest
 from oracle import X, assert_case, case, gradient_graph
@@ -44,13 +45,18 @@ CASES = [
     case("Clip", X(away((3, 4), 0.5)), None, np.float32(0.5), opset=13, id="clip-max-only"),
     case("Clip", X(away((3, 4), -0.5)), np.float32(-0.5), opset=13, id="clip-min-only"),
     case("Clip", X(n(size=(3, 4))), opset=13, id="clip-no-bounds"),
-    case("Clip", X(away((4, 5), -0.3, 0.5)), X(np.float32(-0.3)), X(np.float32(0.5)), opset=13,
-         id="clip-differentiable-bounds"),
+    case(
+        "Clip",
+        X(away((4, 5), -0.3, 0.5)),
+        X(np.float32(-0.3)),
+        X(np.float32(0.5)),
+        opset=13,
+        id="clip-differentiable-bounds",
+    ),
     case("Sigmoid", X(n(size=(3, 4))), opset=11, id="sigmoid-opset11"),
     case("Sigmoid", X(n(size=(3, 4))), opset=13, id="sigmoid-opset13"),
     case("HardSigmoid", X(away((3, 4), -2.5, 2.5, scale=3)), id="hardsigmoid-default"),
-    case("HardSigmoid", X(away((3, 4), -3, 3, scale=4)), alpha=1 / 6, beta=0.5, opset=22,
-         id="hardsigmoid-torch"),
+    case("HardSigmoid", X(away((3, 4), -3, 3, scale=4)), alpha=1 / 6, beta=0.5, opset=22, id="hardsigmoid-torch"),
     case("HardSwish", X(away((3, 4), -3, 3, scale=4)), opset=14, id="hardswish-opset14"),
     case("HardSwish", X(away((3, 4), -3, 3, scale=4)), opset=22, id="hardswish-opset22"),
     case("Tanh", X(n(size=(3, 4))), opset=11, id="tanh-opset11"),
@@ -89,6 +95,7 @@ def test_vjp(c):
 
 # ---- exact gradients at kinks: PyTorch's convention ------------------------------------------
 
+
 def exported_grad(c, wrt="x0", w=None):
     """The gradient of sum(w * y) w.r.t. ``wrt`` from the exported graph, run in onnxruntime."""
     y_shape = make_session(c.model).run([c.output], c.feeds)[0].shape
@@ -111,7 +118,11 @@ KINKS = [
     ("prelu", case("PRelu", X(K), np.array([0.25], f32)), lambda x: np.where(x > 0, 1, 0.25)),
     ("elu", case("Elu", X(K), alpha=0.5), lambda x: np.where(x > 0, 1, 0.5 * np.exp(x))),
     ("celu", case("Celu", X(K), alpha=2.0, opset=12), lambda x: np.where(x > 0, 1, np.exp(x / 2))),
-    ("selu", case("Selu", X(K)), lambda x: np.where(x > 0, 1.0507009873554805, 1.0507009873554805 * 1.6732632423543772 * np.exp(x))),
+    (
+        "selu",
+        case("Selu", X(K)),
+        lambda x: np.where(x > 0, 1.0507009873554805, 1.0507009873554805 * 1.6732632423543772 * np.exp(x)),
+    ),
     ("thresholdedrelu", case("ThresholdedRelu", X(K), alpha=1.0), lambda x: (x > 1) * 1.0),
     ("relu6", case("Clip", X(K), f32(0), f32(6), opset=11), lambda x: ((x > 0) & (x < 6)) * 1.0),  # nn.ReLU6
     ("clip-min", case("Clip", X(K), f32(-0.5), opset=13), lambda x: (x > -0.5) * 1.0),

@@ -6,6 +6,7 @@ gradients dY/dA that Chefer's rule weighs them with from the gradient method on 
 map is cut out into a graph input (the VJPs have their own oracle tests). Everything else is numpy, following
 the papers.
 """
+
 import pathlib
 
 import numpy as np
@@ -111,8 +112,8 @@ def test_text_model_gets_per_token_scores():
     names, sess = softmax_maps(model)
     maps = sess.run(None, {"ids": ids})[1:]
     for i in range(3):
-        res = ex.run(ids[i:i + 1], "attention_rollout")
-        want = numpy_rollout([m[i:i + 1] for m in maps])[0, 0].copy()
+        res = ex.run(ids[i : i + 1], "attention_rollout")
+        want = numpy_rollout([m[i : i + 1] for m in maps])[0, 0].copy()
         want[0] = 0
         np.testing.assert_allclose(res.attribution[0], want, rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(res.outputs["token_scores"][0], want, rtol=1e-5, atol=1e-7)

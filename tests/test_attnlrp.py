@@ -17,6 +17,7 @@ sum of those softmax terms; on the zoo ViTs AttnLRP with the softmax rule swappe
 measured 24% there (random weights, near-uniform attention). These tests explain the token sequence the
 first block reads, so the class token and the positions count as input.
 """
+
 import pathlib
 
 import numpy as np
@@ -41,40 +42,87 @@ def stab(z, eps=EPS):
 def block(bias=True, seed=0):
     """The helper-built block and its weights (float32 model, float64 copies of the weights)."""
     r = np.random.default_rng(seed)
-    w = {n: r.normal(size=s) * 0.6 for n, s in [("Wq", (D, D)), ("Wk", (D, D)), ("Wv", (D, D)), ("Wo", (D, D)),
-                                                  ("W1", (D, 6)), ("W3", (D, 6)), ("W2", (6, D)), ("Wc", (D, 3))]}
+    w = {
+        n: r.normal(size=s) * 0.6
+        for n, s in [
+            ("Wq", (D, D)),
+            ("Wk", (D, D)),
+            ("Wv", (D, D)),
+            ("Wo", (D, D)),
+            ("W1", (D, 6)),
+            ("W3", (D, 6)),
+            ("W2", (6, D)),
+            ("Wc", (D, 3)),
+        ]
+    }
     for n, s in [("bq", D), ("bk", D), ("bv", D), ("bo", D), ("b1", D), ("bc", 3)]:
         w[n] = r.normal(size=s) * 0.3 if bias else np.zeros(s)
     w["g1"], w["g2"] = 1 + 0.2 * r.normal(size=D), 1 + 0.2 * r.normal(size=D)
     w = {k: v.astype(np.float32).astype(np.float64) for k, v in w.items()}
-    consts = {"scale": np.array(DH ** -0.5), "shape_h": np.array([1, T, H, DH]), "shape_d": np.array([1, T, D]),
-              "eps": np.array(1e-5), "sqrt2": np.array(1.4142135381698608), "one": np.array(1.0),
-              "half": np.array(0.5), "zero": np.array(0), "axes": np.array([-1])}
+    consts = {
+        "scale": np.array(DH**-0.5),
+        "shape_h": np.array([1, T, H, DH]),
+        "shape_d": np.array([1, T, D]),
+        "eps": np.array(1e-5),
+        "sqrt2": np.array(1.4142135381698608),
+        "one": np.array(1.0),
+        "half": np.array(0.5),
+        "zero": np.array(0),
+        "axes": np.array([-1]),
+    }
     N = helper.make_node
     nodes = [N("LayerNormalization", ["x0", "g1", "b1"], ["ln1"], axis=-1, epsilon=1e-3)]
     for p in "qkv":
-        nodes += [N("MatMul", ["ln1", f"W{p}"], [f"{p}m"]), N("Add", [f"{p}m", f"b{p}"], [p]),
-                  N("Reshape", [p, "shape_h"], [f"{p}r"]), N("Transpose", [f"{p}r"], [f"{p}h"], perm=[0, 2, 1, 3])]
-    nodes += [N("Transpose", ["kh"], ["kt"], perm=[0, 1, 3, 2]), N("MatMul", ["qh", "kt"], ["sm"]),
-              N("Mul", ["sm", "scale"], ["s"]), N("Softmax", ["s"], ["a"], axis=-1), N("MatMul", ["a", "vh"], ["o"]),
-              N("Transpose", ["o"], ["ot"], perm=[0, 2, 1, 3]), N("Reshape", ["ot", "shape_d"], ["oc"]),
-              N("MatMul", ["oc", "Wo"], ["hm"]), N("Add", ["hm", "bo"], ["h"]), N("Add", ["x0", "h"], ["r1"]),
-              # decomposed RMSNorm
-              N("Mul", ["r1", "r1"], ["sq"]), N("ReduceMean", ["sq"], ["ms"], axes=[-1], keepdims=1),
-              N("Add", ["ms", "eps"], ["mse"]), N("Sqrt", ["mse"], ["rms"]), N("Reciprocal", ["rms"], ["inv"]),
-              N("Mul", ["r1", "inv"], ["n1"]), N("Mul", ["n1", "g2"], ["n2"]),
-              # gated MLP with PyTorch's erf GELU
-              N("MatMul", ["n2", "W1"], ["u"]), N("Div", ["u", "sqrt2"], ["ud"]), N("Erf", ["ud"], ["ue"]),
-              N("Add", ["ue", "one"], ["up"]), N("Mul", ["u", "up"], ["uu"]), N("Mul", ["uu", "half"], ["gl"]),
-              N("MatMul", ["n2", "W3"], ["wg"]), N("Mul", ["gl", "wg"], ["m"]), N("MatMul", ["m", "W2"], ["f"]),
-              N("Add", ["r1", "f"], ["r2"]), N("Gather", ["r2", "zero"], ["t"], axis=1),
-              N("Gemm", ["t", "Wc", "bc"], ["logits"])]
+        nodes += [
+            N("MatMul", ["ln1", f"W{p}"], [f"{p}m"]),
+            N("Add", [f"{p}m", f"b{p}"], [p]),
+            N("Reshape", [p, "shape_h"], [f"{p}r"]),
+            N("Transpose", [f"{p}r"], [f"{p}h"], perm=[0, 2, 1, 3]),
+        ]
+    nodes += [
+        N("Transpose", ["kh"], ["kt"], perm=[0, 1, 3, 2]),
+        N("MatMul", ["qh", "kt"], ["sm"]),
+        N("Mul", ["sm", "scale"], ["s"]),
+        N("Softmax", ["s"], ["a"], axis=-1),
+        N("MatMul", ["a", "vh"], ["o"]),
+        N("Transpose", ["o"], ["ot"], perm=[0, 2, 1, 3]),
+        N("Reshape", ["ot", "shape_d"], ["oc"]),
+        N("MatMul", ["oc", "Wo"], ["hm"]),
+        N("Add", ["hm", "bo"], ["h"]),
+        N("Add", ["x0", "h"], ["r1"]),
+        # decomposed RMSNorm
+        N("Mul", ["r1", "r1"], ["sq"]),
+        N("ReduceMean", ["sq"], ["ms"], axes=[-1], keepdims=1),
+        N("Add", ["ms", "eps"], ["mse"]),
+        N("Sqrt", ["mse"], ["rms"]),
+        N("Reciprocal", ["rms"], ["inv"]),
+        N("Mul", ["r1", "inv"], ["n1"]),
+        N("Mul", ["n1", "g2"], ["n2"]),
+        # gated MLP with PyTorch's erf GELU
+        N("MatMul", ["n2", "W1"], ["u"]),
+        N("Div", ["u", "sqrt2"], ["ud"]),
+        N("Erf", ["ud"], ["ue"]),
+        N("Add", ["ue", "one"], ["up"]),
+        N("Mul", ["u", "up"], ["uu"]),
+        N("Mul", ["uu", "half"], ["gl"]),
+        N("MatMul", ["n2", "W3"], ["wg"]),
+        N("Mul", ["gl", "wg"], ["m"]),
+        N("MatMul", ["m", "W2"], ["f"]),
+        N("Add", ["r1", "f"], ["r2"]),
+        N("Gather", ["r2", "zero"], ["t"], axis=1),
+        N("Gemm", ["t", "Wc", "bc"], ["logits"]),
+    ]
     inits = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in w.items()]
     for k, v in consts.items():
         dt = np.int64 if k in ("shape_h", "shape_d", "zero", "axes") else np.float32
         inits.append(numpy_helper.from_array(np.asarray(v, dtype=dt), k))
-    g = helper.make_graph(nodes, "block", [helper.make_tensor_value_info("x0", TensorProto.FLOAT, [1, T, D])],
-                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3])], inits)
+    g = helper.make_graph(
+        nodes,
+        "block",
+        [helper.make_tensor_value_info("x0", TensorProto.FLOAT, [1, T, D])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3])],
+        inits,
+    )
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), w
 
 
@@ -112,7 +160,7 @@ def oracle(x, w, R_top, rule="attnlrp"):
     qh, kh, vh = heads(q), heads(k), heads(v)
     kt = kh.transpose(0, 2, 1)
     sm = qh @ kt
-    s = sm * DH ** -0.5
+    s = sm * DH**-0.5
     a = softmax(s)
     o = a @ vh
     oc = o.transpose(1, 0, 2).reshape(T, D)
@@ -154,14 +202,17 @@ def oracle(x, w, R_top, rule="attnlrp"):
     R_a = 0.5 * a * (n_o @ vh.transpose(0, 2, 1)) if rule == "attnlrp" else np.zeros_like(a)
     R_s = s * (R_a - a * R_a.sum(-1, keepdims=True))  # softmax (Prop. 3.1)
     deficit = R_a.sum() - R_s.sum()
-    R_sm = sm * DH ** -0.5 * R_s / stab(s)
+    R_sm = sm * DH**-0.5 * R_s / stab(s)
     n_sm = R_sm / stab(sm)
     R_qh = 0.5 * qh * (n_sm @ kt.transpose(0, 2, 1))  # Q K^T: epsilon then uniform
     R_kt = 0.5 * kt * (qh.transpose(0, 2, 1) @ n_sm)
     back = lambda t: t.transpose(1, 0, 2).reshape(T, D)  # noqa: E731
     R_ln1 = np.zeros_like(ln1)
-    for R_p, pm, p, W in [(back(R_qh), qm, q, w["Wq"]), (back(R_kt.transpose(0, 2, 1)), km, k, w["Wk"]),
-                          (back(R_vh), vm, v, w["Wv"])]:
+    for R_p, pm, p, W in [
+        (back(R_qh), qm, q, w["Wq"]),
+        (back(R_kt.transpose(0, 2, 1)), km, k, w["Wk"]),
+        (back(R_vh), vm, v, w["Wv"]),
+    ]:
         R_pm = pm * R_p / stab(p)
         R_ln1 += dense(ln1, W, R_pm, pm)
     R_x = R_x + frozen_ln(x, w["g1"], w["b1"], R_ln1)
@@ -257,8 +308,9 @@ def test_attnlrp_conserves_but_for_its_softmax_rule_on_bias_free_zoo_vits(name, 
     w = np.eye(y.shape[1])[[int(y[0].argmax())]]
     sums = {}
     for tag, rules in [("identity", str(swapped)), ("paper", None)]:
-        g = onnxplain.build(to_float64(m), "attnlrp", onnxplain.Options(input=tokens, target_mode="weights",
-                                                                                   rules=rules))
+        g = onnxplain.build(
+            to_float64(m), "attnlrp", onnxplain.Options(input=tokens, target_mode="weights", rules=rules)
+        )
         sums[tag] = run_ref(g, {inp: x, "target_weights": w})["attribution"].sum()
     logit = (w * y).sum()
     assert abs(sums["identity"] - logit) < 1e-3 * abs(logit), (sums, logit)  # measured 1e-4: eps = 1e-6 absolute

@@ -11,6 +11,7 @@ then each CAM is computed in numpy (token maps read as a grid by hand) and upsam
 bilinear half-pixel resize, and compared with the exported graph run in float64 by the reference
 evaluator and in float32 by onnxruntime.
 """
+
 from __future__ import annotations
 
 import functools
@@ -23,10 +24,10 @@ from onnx import TensorProto, helper
 from oracle import gradient_graph, run_ref, to_float64
 
 import onnxplain
-from onnxplain.graph.canonicalize import canonicalize
 from onnxplain.errors import OnnxplainError
-from onnxplain.runtime.session import make_session
+from onnxplain.graph.canonicalize import canonicalize
 from onnxplain.graph.taps import find_tap
+from onnxplain.runtime.session import make_session
 
 ROOT = Path(__file__).resolve().parents[1]
 ZOO = ROOT / "tests" / "zoo"
@@ -109,6 +110,7 @@ def as_grid(t, prefix, grid):
 
 def bilinear(m, size):
     """[N, 1, h, w] -> [N, 1, H, W]: bilinear, half-pixel centres, edges clamped."""
+
     def weights(n_in, n_out):
         src = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
         lo = np.floor(src).astype(int)
@@ -178,8 +180,10 @@ def test_cam_matches_numpy_oracle(case, method):
     want_layer = numpy_cam(method, ga, gg)
     want = bilinear(want_layer, x.shape[2:])
     if method == "guided_gradcam":
-        guided = run_ref(to_float64(onnxplain.build(model, "guided_backprop")),
-                         {model.graph.input[0].name: x, "target": np.array(target)})["attribution"]
+        guided = run_ref(
+            to_float64(onnxplain.build(model, "guided_backprop")),
+            {model.graph.input[0].name: x, "target": np.array(target)},
+        )["attribution"]
         want = want * guided
     feeds = {model.graph.input[0].name: x, "target": np.array(target, dtype=np.int64)}
     got = run_ref(to_float64(explained), feeds)
@@ -187,8 +191,9 @@ def test_cam_matches_numpy_oracle(case, method):
     assert _rel(got["attribution_layer"], want_layer) < 1e-7
     assert _rel(got["attribution"], want) < 1e-7
     assert np.linalg.norm(want_layer) > 0  # not a vacuous match
-    got32 = make_session(explained).run(["attribution", "attribution_layer"],
-                                        {**feeds, model.graph.input[0].name: x.astype(np.float32)})
+    got32 = make_session(explained).run(
+        ["attribution", "attribution_layer"], {**feeds, model.graph.input[0].name: x.astype(np.float32)}
+    )
     assert _rel(got32[1], want_layer) < 1e-3
     assert _rel(got32[0], want) < 1e-3
 
@@ -265,8 +270,10 @@ def test_no_automatic_layer_on_a_segmenter_or_tabular_model():
 def test_inspect_shows_the_cam_choice():
     from onnxplain.graph.describe import describe
 
-    for name, expected in (("vit_ts17.onnx", "/blocks/blocks.1/norm1/LayerNormalization_output_0"),
-                           ("resnet_ts13.onnx", "/layer3/Relu_1_output_0")):
+    for name, expected in (
+        ("vit_ts17.onnx", "/blocks/blocks.1/norm1/LayerNormalization_output_0"),
+        ("resnet_ts13.onnx", "/layer3/Relu_1_output_0"),
+    ):
         model = _model(str(ZOO / name))
         cam = describe(model)["cam_candidates"]
         assert [c["tensor"] for c in cam if c["default"]] == [expected]
@@ -284,8 +291,9 @@ def _invoke(*args):
 
 def test_cli_export_layer_and_prefix_tokens(tmp_path):
     out = tmp_path / "vit.gradcam.onnx"
-    res = _invoke("export", ZOO / "vit_ts17.onnx", "-m", "layercam", "-o", out, "--layer", VIT_BLOCK0,
-                  "--prefix-tokens", "1")
+    res = _invoke(
+        "export", ZOO / "vit_ts17.onnx", "-m", "layercam", "-o", out, "--layer", VIT_BLOCK0, "--prefix-tokens", "1"
+    )
     assert res.exit_code == 0, res.output
     assert f"layer    '{VIT_BLOCK0}' (tokens: 1 prefix tokens + 4x4)" in res.output
     m = onnx.load(str(out))
@@ -301,8 +309,19 @@ def test_cli_explain_renders_cam_overlays(tmp_path):
 
     images, _, _ = make_shapes(1, seed=3)
     np.save(tmp_path / "s.npy", images[0])
-    res = _invoke("explain", DEMO, tmp_path / "s.npy", "-m", "gradcam", "-m", "guided_gradcam", "-d", tmp_path / "out",
-                  "--layer", "/features/features.17/Relu_output_0")
+    res = _invoke(
+        "explain",
+        DEMO,
+        tmp_path / "s.npy",
+        "-m",
+        "gradcam",
+        "-m",
+        "guided_gradcam",
+        "-d",
+        tmp_path / "out",
+        "--layer",
+        "/features/features.17/Relu_output_0",
+    )
     assert res.exit_code == 0, res.output
     cam = np.load(tmp_path / "out" / "s.gradcam.npy")
     assert cam.shape == (1, 64, 64) and cam.min() >= 0 and cam.max() > 0
@@ -323,8 +342,11 @@ def _zoo_classifiers():
 
     entries = json.loads((ZOO / "manifest.json").read_text())
     # not segmentation, hand-written graphs or the CRNN (per-column logits, no pooled class head)
-    return [e for e in entries if len(e["input_shape"]) == 4 and e["family"] not in ("segnet", "recurrent")
-            and not e["file"].startswith("hw_")]
+    return [
+        e
+        for e in entries
+        if len(e["input_shape"]) == 4 and e["family"] not in ("segnet", "recurrent") and not e["file"].startswith("hw_")
+    ]
 
 
 @pytest.mark.parametrize("entry", _zoo_classifiers(), ids=lambda e: e["file"])

@@ -1,5 +1,6 @@
 """Score-CAM, Ablation-CAM (forward-only, batched through one session) and Zeiler & Fergus unit
 explanations (featurevis), against slow direct definitions."""
+
 import numpy as np
 import onnx
 import pytest
@@ -9,8 +10,8 @@ from oracle import check_vjp, run_ref, to_float64
 from models import tiny_cnn
 from onnxplain import Explainer
 from onnxplain.errors import OnnxplainError
-from onnxplain.methods.featurevis import parse_unit, unit_weights
 from onnxplain.methods import cam_forward as cf
+from onnxplain.methods.featurevis import parse_unit, unit_weights
 from onnxplain.runtime.session import make_session
 
 
@@ -36,8 +37,9 @@ def test_forward_cams_equal_unbatched_loops(method, score):
     a = ex.run(x, method, target=t, **kw).attribution
     w = np.eye(5, dtype=np.float32)[t]
     np.testing.assert_allclose(ex.run(x, method, target_weights=w, **kw).attribution, a, rtol=1e-6, atol=1e-7)
-    np.testing.assert_array_equal(cf.upsample(cf.reference(model, x[:1], method, None, target=0, score=score), (8, 8)),
-                                  a[:1])
+    np.testing.assert_array_equal(
+        cf.upsample(cf.reference(model, x[:1], method, None, target=0, score=score), (8, 8)), a[:1]
+    )
 
 
 @pytest.mark.parametrize("method", cf.METHODS)
@@ -77,13 +79,19 @@ def test_progress_callback_and_named_layer():
 
 def test_upsample_matches_onnx_resize():
     a = np.random.default_rng(0).normal(size=(2, 3, 4, 5)).astype(np.float32)
-    node = helper.make_node("Resize", ["a", "", "scales"], ["y"], mode="linear",
-                            coordinate_transformation_mode="half_pixel")
-    g = helper.make_graph([node], "r", [helper.make_tensor_value_info("a", onnx.TensorProto.FLOAT, a.shape)],
-                          [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
-                          [onnx.numpy_helper.from_array(np.array([1, 1, 4, 3], dtype=np.float32), "scales")])
+    node = helper.make_node(
+        "Resize", ["a", "", "scales"], ["y"], mode="linear", coordinate_transformation_mode="half_pixel"
+    )
+    g = helper.make_graph(
+        [node],
+        "r",
+        [helper.make_tensor_value_info("a", onnx.TensorProto.FLOAT, a.shape)],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        [onnx.numpy_helper.from_array(np.array([1, 1, 4, 3], dtype=np.float32), "scales")],
+    )
     want = make_session(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)).run(
-        None, {"a": a})[0]
+        None, {"a": a}
+    )[0]
     np.testing.assert_allclose(cf.upsample(a, (16, 15)), want, rtol=1e-5, atol=1e-6)
 
 
@@ -149,18 +157,30 @@ def _skip_model():
     """x -> conv a -> relu r -> conv b -> Add(b, a) -> GlobalAveragePool -> Flatten -> Gemm: a skip
     connection around "r"."""
     rng = np.random.default_rng(2)
-    init = [onnx.numpy_helper.from_array(v.astype(np.float32), k) for k, v in
-            {"Wa": rng.normal(size=(4, 3, 3, 3)), "Wb": rng.normal(size=(4, 4, 3, 3)) / 3,
-             "Wf": rng.normal(size=(5, 4))}.items()]
-    nodes = [helper.make_node("Conv", ["x", "Wa"], ["a"], pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["a"], ["r"]),
-             helper.make_node("Conv", ["r", "Wb"], ["b"], pads=[1, 1, 1, 1]),
-             helper.make_node("Add", ["b", "a"], ["s"]),
-             helper.make_node("GlobalAveragePool", ["s"], ["p"]),
-             helper.make_node("Flatten", ["p"], ["f"]),
-             helper.make_node("Gemm", ["f", "Wf"], ["logits"], transB=1)]
-    g = helper.make_graph(nodes, "skip", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3, 8, 8])],
-                          [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["N", 5])], init)
+    init = [
+        onnx.numpy_helper.from_array(v.astype(np.float32), k)
+        for k, v in {
+            "Wa": rng.normal(size=(4, 3, 3, 3)),
+            "Wb": rng.normal(size=(4, 4, 3, 3)) / 3,
+            "Wf": rng.normal(size=(5, 4)),
+        }.items()
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "Wa"], ["a"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["a"], ["r"]),
+        helper.make_node("Conv", ["r", "Wb"], ["b"], pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["b", "a"], ["s"]),
+        helper.make_node("GlobalAveragePool", ["s"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["f"]),
+        helper.make_node("Gemm", ["f", "Wf"], ["logits"], transB=1),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "skip",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["N", 5])],
+        init,
+    )
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
@@ -192,21 +212,28 @@ def test_cli_forward_cams_and_unit(tmp_path):
     x = _x(1, seed=6)
     np.save(tmp_path / "a.npy", x[0])
     out = tmp_path / "out"
-    r = runner.invoke(app, ["explain", str(mp), str(tmp_path / "a.npy"), "-m", "scorecam", "-m", "ablationcam",
-                            "-d", str(out)])
+    r = runner.invoke(
+        app, ["explain", str(mp), str(tmp_path / "a.npy"), "-m", "scorecam", "-m", "ablationcam", "-d", str(out)]
+    )
     assert r.exit_code == 0, r.output
     ex = Explainer(tiny_cnn())
     for m in ("scorecam", "ablationcam"):
         np.testing.assert_allclose(np.load(out / f"a.{m}.npy"), ex.explain(x, m)[0], rtol=1e-6)
-    r = runner.invoke(app, ["explain", str(mp), str(tmp_path / "a.npy"), "-m", "deconvnet", "--unit", "r:1:2:3",
-                            "-d", str(out)])
+    r = runner.invoke(
+        app, ["explain", str(mp), str(tmp_path / "a.npy"), "-m", "deconvnet", "--unit", "r:1:2:3", "-d", str(out)]
+    )
     assert r.exit_code == 0, r.output
-    np.testing.assert_allclose(np.load(out / "a.deconvnet.npy"), ex.explain(x, "deconvnet", unit=("r", 1, 2, 3))[0],
-                               rtol=1e-6)
-    for bad, msg in ((["--unit", "r:9"], "out of range"), (["--unit", "r:1", "-t", "0"], "not both"),
-                     (["--unit", "r"], "LAYER:CHANNEL")):
-        r = runner.invoke(app, ["explain", str(mp), str(tmp_path / "a.npy"), "-m", "gradient", *bad,
-                                "-d", str(tmp_path / "o2")])
+    np.testing.assert_allclose(
+        np.load(out / "a.deconvnet.npy"), ex.explain(x, "deconvnet", unit=("r", 1, 2, 3))[0], rtol=1e-6
+    )
+    for bad, msg in (
+        (["--unit", "r:9"], "out of range"),
+        (["--unit", "r:1", "-t", "0"], "not both"),
+        (["--unit", "r"], "LAYER:CHANNEL"),
+    ):
+        r = runner.invoke(
+            app, ["explain", str(mp), str(tmp_path / "a.npy"), "-m", "gradient", *bad, "-d", str(tmp_path / "o2")]
+        )
         assert r.exit_code != 0 and msg in r.output, r.output
     r = runner.invoke(app, ["export", str(mp), "-m", "scorecam", "-o", str(tmp_path / "x.onnx")])
     assert r.exit_code != 0 and "onnxplain explain" in r.output

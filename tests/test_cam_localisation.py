@@ -4,6 +4,7 @@
 when its argmax pixel lies inside the object's mask dilated by 3 px; the baseline always points
 at the image centre. Each CAM explains the true class.
 """
+
 import os
 
 import numpy as np
@@ -24,7 +25,7 @@ def dilate(masks: np.ndarray, r: int) -> np.ndarray:
     for dy in range(-r, r + 1):
         for dx in range(-r, r + 1):
             if dy * dy + dx * dx <= r * r:
-                out |= pad[:, r + dy:r + dy + h, r + dx:r + dx + w]
+                out |= pad[:, r + dy : r + dy + h, r + dx : r + dx + w]
     return out
 
 

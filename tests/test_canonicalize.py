@@ -1,4 +1,5 @@
 """Canonicalisation: BN folding is exact, pass-through nodes go, logits are found."""
+
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 from oracle import run_ref, to_float64
@@ -9,24 +10,30 @@ rng = np.random.default_rng(0)
 
 
 def conv_bn(second_consumer=False, with_bias=True):
-    inits = [numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "W"),
-             numpy_helper.from_array(rng.normal(size=4).astype(np.float32), "gamma"),
-             numpy_helper.from_array(rng.normal(size=4).astype(np.float32), "beta"),
-             numpy_helper.from_array(rng.normal(size=4).astype(np.float32), "mean"),
-             numpy_helper.from_array((rng.random(4) + 0.5).astype(np.float32), "var")]
+    inits = [
+        numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "W"),
+        numpy_helper.from_array(rng.normal(size=4).astype(np.float32), "gamma"),
+        numpy_helper.from_array(rng.normal(size=4).astype(np.float32), "beta"),
+        numpy_helper.from_array(rng.normal(size=4).astype(np.float32), "mean"),
+        numpy_helper.from_array((rng.random(4) + 0.5).astype(np.float32), "var"),
+    ]
     conv_in = ["x", "W"]
     if with_bias:
         inits.append(numpy_helper.from_array(rng.normal(size=4).astype(np.float32), "B"))
         conv_in.append("B")
-    nodes = [helper.make_node("Conv", conv_in, ["c"], pads=[1, 1, 1, 1]),
-             helper.make_node("Dropout", ["c"], ["d"]),
-             helper.make_node("BatchNormalization", ["d", "gamma", "beta", "mean", "var"], ["bn"], epsilon=1e-3),
-             helper.make_node("Sigmoid", ["bn"], ["y"])]
+    nodes = [
+        helper.make_node("Conv", conv_in, ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Dropout", ["c"], ["d"]),
+        helper.make_node("BatchNormalization", ["d", "gamma", "beta", "mean", "var"], ["bn"], epsilon=1e-3),
+        helper.make_node("Sigmoid", ["bn"], ["y"]),
+    ]
     outs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 6, 6])]
     if second_consumer:
         nodes.append(helper.make_node("Neg", ["d"], ["side"]))
         outs.append(helper.make_tensor_value_info("side", TensorProto.FLOAT, [1, 4, 6, 6]))
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 6])], outs, inits)
+    g = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 6])], outs, inits
+    )
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 15)], ir_version=8)
 
 

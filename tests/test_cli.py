@@ -1,4 +1,5 @@
 """The command line: one-line errors with exit code 2, and each command end to end."""
+
 import hashlib
 import json
 import os
@@ -33,27 +34,43 @@ def _save(graph, path, opset=17):
 def tiny_cnn(path, input_shape=("N", 3, 8, 8)):
     """image [N,3,8,8] -> Conv -> Relu -> Flatten -> Gemm (logits) -> Softmax (probs), 3 classes."""
     r = np.random.default_rng(0)
-    inits = [nh.from_array(r.normal(size=(4, 3, 3, 3)).astype(np.float32), "W"),
-             nh.from_array(np.zeros(4, np.float32), "B"),
-             nh.from_array((r.normal(size=(4 * 8 * 8, 3)) * 0.1).astype(np.float32), "G")]
-    nodes = [h.make_node("Conv", ["image", "W", "B"], ["c"], pads=[1, 1, 1, 1], name="conv"),
-             h.make_node("Relu", ["c"], ["r"], name="relu"),
-             h.make_node("Flatten", ["r"], ["f"], name="flat"),
-             h.make_node("Gemm", ["f", "G"], ["logits"], name="fc"),
-             h.make_node("Softmax", ["logits"], ["probs"], axis=1, name="softmax")]
-    g = h.make_graph(nodes, "tiny", [h.make_tensor_value_info("image", T.FLOAT, list(input_shape))],
-                     [h.make_tensor_value_info("probs", T.FLOAT, ["N", 3])], inits)
+    inits = [
+        nh.from_array(r.normal(size=(4, 3, 3, 3)).astype(np.float32), "W"),
+        nh.from_array(np.zeros(4, np.float32), "B"),
+        nh.from_array((r.normal(size=(4 * 8 * 8, 3)) * 0.1).astype(np.float32), "G"),
+    ]
+    nodes = [
+        h.make_node("Conv", ["image", "W", "B"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+        h.make_node("Relu", ["c"], ["r"], name="relu"),
+        h.make_node("Flatten", ["r"], ["f"], name="flat"),
+        h.make_node("Gemm", ["f", "G"], ["logits"], name="fc"),
+        h.make_node("Softmax", ["logits"], ["probs"], axis=1, name="softmax"),
+    ]
+    g = h.make_graph(
+        nodes,
+        "tiny",
+        [h.make_tensor_value_info("image", T.FLOAT, list(input_shape))],
+        [h.make_tensor_value_info("probs", T.FLOAT, ["N", 3])],
+        inits,
+    )
     return _save(g, path)
 
 
 def det_model(path):
     """Two Det nodes (no gradient rule) on the explained path, plus covered ones."""
-    nodes = [h.make_node("Det", ["x"], ["da"], name="det_a"),
-             h.make_node("Mul", ["x", "two"], ["x2"], name="mul"),
-             h.make_node("Det", ["x2"], ["db"], name="det_b"),
-             h.make_node("Add", ["da", "db"], ["y"], name="add")]
-    g = h.make_graph(nodes, "det", [h.make_tensor_value_info("x", T.FLOAT, ["N", 2, 4, 4])],
-                     [h.make_tensor_value_info("y", T.FLOAT, ["N", 2])], [h.make_tensor("two", T.FLOAT, [], [2.0])])
+    nodes = [
+        h.make_node("Det", ["x"], ["da"], name="det_a"),
+        h.make_node("Mul", ["x", "two"], ["x2"], name="mul"),
+        h.make_node("Det", ["x2"], ["db"], name="det_b"),
+        h.make_node("Add", ["da", "db"], ["y"], name="add"),
+    ]
+    g = h.make_graph(
+        nodes,
+        "det",
+        [h.make_tensor_value_info("x", T.FLOAT, ["N", 2, 4, 4])],
+        [h.make_tensor_value_info("y", T.FLOAT, ["N", 2])],
+        [h.make_tensor("two", T.FLOAT, [], [2.0])],
+    )
     return _save(g, path)
 
 
@@ -191,14 +208,17 @@ def test_explain_never_overwrites_inputs(cli, files, tmp_path):
     assert digest(src) == before
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["frobnicate"], "No such command"),
-    (["export", "MODEL"], "Missing option"),
-    (["explain"], "Missing argument"),
-    (["inspect", "m.onnx", "--bogus"], "No such option"),
-    (["export", "m.onnx", "-o", "x.onnx", "--steps", "0"], "--steps"),
-    (["export", "m.onnx", "-o", "x.onnx", "--steps", "many"], "--steps"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["frobnicate"], "No such command"),
+        (["export", "MODEL"], "Missing option"),
+        (["explain"], "Missing argument"),
+        (["inspect", "m.onnx", "--bogus"], "No such option"),
+        (["export", "m.onnx", "-o", "x.onnx", "--steps", "0"], "--steps"),
+        (["export", "m.onnx", "-o", "x.onnx", "--steps", "many"], "--steps"),
+    ],
+)
 def test_usage_errors(cli, args, needle):
     assert_user_error(cli(*args), needle)
 
@@ -219,10 +239,19 @@ def test_bad_options(cli, files, tmp_path):
 
 def test_subprocess_error_has_no_traceback(files, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    for args in (["inspect", str(files["junk"])], ["export", str(files["det"]), "-o", str(tmp_path / "x.onnx")],
-                 ["explain", str(files["dyn"]), str(files["big"]), "-d", str(tmp_path / "o")]):
-        p = subprocess.run([sys.executable, "-m", "onnxplain.cli", *args], capture_output=True, text=True, env=env,
-                           cwd=tmp_path, timeout=120)
+    for args in (
+        ["inspect", str(files["junk"])],
+        ["export", str(files["det"]), "-o", str(tmp_path / "x.onnx")],
+        ["explain", str(files["dyn"]), str(files["big"]), "-d", str(tmp_path / "o")],
+    ):
+        p = subprocess.run(
+            [sys.executable, "-m", "onnxplain.cli", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=120,
+        )
         assert p.returncode == 2, p.stderr
         assert len(p.stderr.strip().splitlines()) == 1 and p.stderr.startswith("error: "), p.stderr
         assert "Traceback" not in p.stderr + p.stdout
@@ -253,9 +282,15 @@ def test_version(cli):
     assert res.exit_code == 0 and res.stdout.strip() == f"onnxplain {__version__}"
 
 
-@pytest.mark.parametrize("method, extra", [("gradient", []), ("saliency", []),
-                                           ("integrated_gradients", ["--steps", "8"]),
-                                           ("smoothgrad", ["--samples", "4"])])
+@pytest.mark.parametrize(
+    "method, extra",
+    [
+        ("gradient", []),
+        ("saliency", []),
+        ("integrated_gradients", ["--steps", "8"]),
+        ("smoothgrad", ["--samples", "4"]),
+    ],
+)
 def test_export_checks_and_runs(cli, files, tmp_path, method, extra):
     out = tmp_path / "deep" / f"tiny.{method}.onnx"
     res = cli("export", files["tiny"], "-m", method, "-o", out, *extra)
@@ -284,8 +319,23 @@ def test_export_weights_mode(cli, files, tmp_path):
 
 def test_explain_writes_png_and_npy(cli, files, tmp_path):
     out = tmp_path / "res"
-    res = cli("explain", files["tiny"], files["png"], files["npy"], files["batch"], "-m", "gradient",
-              "-m", "saliency", "-m", "integrated_gradients", "--steps", "4", "-d", out)
+    res = cli(
+        "explain",
+        files["tiny"],
+        files["png"],
+        files["npy"],
+        files["batch"],
+        "-m",
+        "gradient",
+        "-m",
+        "saliency",
+        "-m",
+        "integrated_gradients",
+        "--steps",
+        "4",
+        "-d",
+        out,
+    )
     assert res.exit_code == 0, res.output
     stems = ["photo", "item", "batch_0", "batch_1"]
     for stem in stems:
@@ -302,8 +352,9 @@ def test_explain_writes_png_and_npy(cli, files, tmp_path):
 
 
 def test_explain_target_and_preset(cli, files, tmp_path):
-    res = cli("explain", files["tiny"], files["png"], "--target", 2, "--preset", "imagenet", "--size", 8, 8,
-              "-d", tmp_path)
+    res = cli(
+        "explain", files["tiny"], files["png"], "--target", 2, "--preset", "imagenet", "--size", 8, 8, "-d", tmp_path
+    )
     assert res.exit_code == 0, res.output
     assert "target 2" in res.stdout
     assert (tmp_path / "photo.gradient.png").exists() and not (tmp_path / "comparison.png").exists()
@@ -313,8 +364,17 @@ def test_inspect_text(cli, files):
     res = cli("inspect", files["tiny"])
     assert res.exit_code == 0, res.output
     out = res.stdout
-    for needle in ("image", "[N, 3, 8, 8]", "probs", "opset ai.onnx 17", "Conv", "Gemm", "Softmax stripped",
-                   "unsupported on the explained path: none", "CAM candidate"):
+    for needle in (
+        "image",
+        "[N, 3, 8, 8]",
+        "probs",
+        "opset ai.onnx 17",
+        "Conv",
+        "Gemm",
+        "Softmax stripped",
+        "unsupported on the explained path: none",
+        "CAM candidate",
+    ):
         assert needle in out, needle
     conv = next(ln for ln in out.splitlines() if ln.strip().startswith("Conv "))
     assert "✓" in conv
@@ -361,15 +421,24 @@ def test_run_demo_logic_with_a_stand_in_model(tmp_path):
     from onnxplain.io.demo import METHODS, format_table, mask_mass, run_demo
 
     r = np.random.default_rng(0)
-    inits = [nh.from_array((r.normal(size=(4, 3, 5, 5)) * 0.2).astype(np.float32), "W"),
-             nh.from_array(np.zeros(4, np.float32), "B"),
-             nh.from_array((r.normal(size=(4 * 16 * 16, 5)) * 0.02).astype(np.float32), "G")]
-    nodes = [h.make_node("Conv", ["image", "W", "B"], ["c"], pads=[2, 2, 2, 2], strides=[4, 4], name="conv"),
-             h.make_node("Relu", ["c"], ["r"], name="relu"),
-             h.make_node("Flatten", ["r"], ["f"], name="flat"),
-             h.make_node("Gemm", ["f", "G"], ["logits"], name="fc")]
-    g = h.make_graph(nodes, "standin", [h.make_tensor_value_info("image", T.FLOAT, ["N", 3, 64, 64])],
-                     [h.make_tensor_value_info("logits", T.FLOAT, ["N", 5])], inits)
+    inits = [
+        nh.from_array((r.normal(size=(4, 3, 5, 5)) * 0.2).astype(np.float32), "W"),
+        nh.from_array(np.zeros(4, np.float32), "B"),
+        nh.from_array((r.normal(size=(4 * 16 * 16, 5)) * 0.02).astype(np.float32), "G"),
+    ]
+    nodes = [
+        h.make_node("Conv", ["image", "W", "B"], ["c"], pads=[2, 2, 2, 2], strides=[4, 4], name="conv"),
+        h.make_node("Relu", ["c"], ["r"], name="relu"),
+        h.make_node("Flatten", ["r"], ["f"], name="flat"),
+        h.make_node("Gemm", ["f", "G"], ["logits"], name="fc"),
+    ]
+    g = h.make_graph(
+        nodes,
+        "standin",
+        [h.make_tensor_value_info("image", T.FLOAT, ["N", 3, 64, 64])],
+        [h.make_tensor_value_info("logits", T.FLOAT, ["N", 5])],
+        inits,
+    )
     model = _save(g, tmp_path / "standin.onnx")
     res = run_demo(tmp_path / "out", n=2, steps=4, samples=4, model=model)
     assert set(res.seconds_per_image) == set(METHODS) and res.predicted.shape == (2,)

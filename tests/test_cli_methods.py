@@ -1,10 +1,11 @@
 """The CLI with the rule-set methods: --rules files, --baseline, every method exports and explains."""
+
 import numpy as np
 import onnx
 import pytest
-from models import tiny_cnn
 from typer.testing import CliRunner
 
+from models import tiny_cnn
 from onnxplain.cli import app
 from onnxplain.methods.attention import ATTENTION_ONLY
 from onnxplain.methods.catalog import METHODS
@@ -44,7 +45,11 @@ def test_rules_file_changes_the_exported_graph(model, tmp_path):
 
 
 EXPORTABLE = sorted(m.name for m in METHODS if m.exportable and m.name not in ATTENTION_ONLY)  # test_attention.py
-SMALL = {"integrated_gradients": ["--steps", "4"], "smoothgrad": ["--samples", "2"], "smoothgrad_sq": ["--samples", "2"]}
+SMALL = {
+    "integrated_gradients": ["--steps", "4"],
+    "smoothgrad": ["--samples", "2"],
+    "smoothgrad_sq": ["--samples", "2"],
+}
 
 
 @pytest.mark.parametrize("method", EXPORTABLE)
@@ -56,8 +61,9 @@ def test_every_method_exports_and_explains(model, tmp_path, method):
     x = np.random.default_rng(1).normal(size=(1, 3, 8, 8)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
     small = SMALL.get(method, []) + (["--baseline", "0.1"] if METHODS.get(method).option("baseline") else [])
-    r = runner.invoke(app, ["explain", str(model), str(tmp_path / "x.npy"), "-m", method, "-d", str(tmp_path / "o"),
-                            *small])
+    r = runner.invoke(
+        app, ["explain", str(model), str(tmp_path / "x.npy"), "-m", method, "-d", str(tmp_path / "o"), *small]
+    )
     assert r.exit_code == 0, r.output
     a = np.load(tmp_path / "o" / f"x.{method}.npy")
     assert np.isfinite(a).all() and np.abs(a).max() > 0

@@ -5,6 +5,7 @@ Models are tests/zoo/if_*.onnx and loop_*.onnx (made by models/zoo/control_flow.
 checked against float64 central differences (tests/oracle.py); each probe states which branch it
 takes, read from the model's own condition tensor by the reference evaluator.
 """
+
 import pathlib
 
 import numpy as np
@@ -96,6 +97,7 @@ def test_explainer_on_an_if_model_is_not_zero():
 
 # ---- constant conditions, Loop and Scan -------------------------------------------------------
 
+
 def _ops(model_or_can):
     graph = model_or_can.graph
     return [n.op for n in graph.nodes]
@@ -184,8 +186,11 @@ def test_short_loop_at_the_limit_unrolls():
     x = np.random.default_rng(4).standard_normal((2, 3)).astype(np.float32)
     res = check_vjp(model, {"x": x}, "x", "y")
     assert res.error <= 1e-6
-    np.testing.assert_allclose(run_ref(to_float64(model), {"x": x.astype(np.float64)})["y"],
-                               np.sin(np.sin(np.sin(x.astype(np.float64)))), rtol=1e-12)
+    np.testing.assert_allclose(
+        run_ref(to_float64(model), {"x": x.astype(np.float64)})["y"],
+        np.sin(np.sin(np.sin(x.astype(np.float64)))),
+        rtol=1e-12,
+    )
 
 
 def test_deeplift_through_an_input_dependent_if_is_refused():
@@ -194,6 +199,7 @@ def test_deeplift_through_an_input_dependent_if_is_refused():
 
 
 # ---- the zero-attribution guard ---------------------------------------------------------------
+
 
 def _int_cast_model() -> onnx.ModelProto:
     """y = W * float(int(100 x)) / 100: depends on x, but the walker sends no cotangent through int32.
@@ -210,8 +216,9 @@ def _int_cast_model() -> onnx.ModelProto:
         y = Mul (d, W)
     }"""
     m = onnx.parser.parse_model(text)
-    m.graph.initializer.append(numpy_helper.from_array(
-        np.random.default_rng(0).standard_normal((4, 16)).astype(np.float32), "W"))
+    m.graph.initializer.append(
+        numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 16)).astype(np.float32), "W")
+    )
     return m
 
 

@@ -4,6 +4,7 @@ One local Ray (2 CPUs) for the module; a few dozen generated shapes images and t
 The references are a plain `Explainer` loop and `onnxplain.evaluation.runner.evaluate` in this process,
 on images decoded here with PIL (not by the code under test).
 """
+
 import logging
 import os
 
@@ -12,8 +13,9 @@ import pytest
 
 ray = pytest.importorskip("ray", reason='the dataset runs need the optional extra: pip install "onnxplain[ray]"')
 pytest.importorskip("ray.data", reason='the dataset runs need the optional extra: pip install "onnxplain[ray]"')
-pq = pytest.importorskip("pyarrow.parquet", reason='the dataset runs need the optional extra: pip install '
-                         '"onnxplain[ray]"')
+pq = pytest.importorskip(
+    "pyarrow.parquet", reason='the dataset runs need the optional extra: pip install "onnxplain[ray]"'
+)
 
 from PIL import Image  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
@@ -57,8 +59,15 @@ def folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def explained(local_ray, folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "out"
-    summary = explain_dataset(str(demo_model()), folder[0], methods=["gradient", "gradcam", "occlusion"],
-                              output=out, shard_size=8, actors=2, method_options={"window": 16, "stride": 8})
+    summary = explain_dataset(
+        str(demo_model()),
+        folder[0],
+        methods=["gradient", "gradcam", "occlusion"],
+        output=out,
+        shard_size=8,
+        actors=2,
+        method_options={"window": 16, "stride": 8},
+    )
     return out, summary
 
 
@@ -74,8 +83,9 @@ def test_maps_equal_a_plain_explainer_loop(folder, explained):
         res = ex.run(x, m, **opts)
         got = np.stack([maps[(i, m)] for i in ids])
         assert got.shape == res.attribution.shape, m
-        np.testing.assert_allclose(got, res.attribution, rtol=1e-5, atol=1e-6 * np.abs(res.attribution).max(),
-                                   err_msg=m)
+        np.testing.assert_allclose(
+            got, res.attribution, rtol=1e-5, atol=1e-6 * np.abs(res.attribution).max(), err_msg=m
+        )
     # prediction, target and score: the model's own logits
     logits = ex.run(x, "gradient").outputs
     logits = next(v for v in logits.values() if v.ndim == 2)
@@ -101,8 +111,15 @@ def test_a_model_error_on_one_item_leaves_the_rest(local_ray, tmp_path):
     bad = images.copy()
     bad[3, 0, 5, 5] = np.nan  # the explainer refuses NaN inputs: an error for this item only
     np.savez(tmp_path / "part.npz", images=bad, labels=labels)
-    summary = explain_dataset(str(demo_model()), [tmp_path / "part.npz"], methods=["gradient"],
-                              output=tmp_path / "out", shard_size=16, actors=1, target="label")
+    summary = explain_dataset(
+        str(demo_model()),
+        [tmp_path / "part.npz"],
+        methods=["gradient"],
+        output=tmp_path / "out",
+        shard_size=16,
+        actors=1,
+        target="label",
+    )
     assert summary["items"] == 10 and summary["errors"] == 1
     (err,) = read_errors(tmp_path / "out")
     assert err["id"] == "part.npz:3" and err["stage"] == "gradient" and "NaN" in err["reason"]
@@ -110,8 +127,9 @@ def test_a_model_error_on_one_item_leaves_the_rest(local_ray, tmp_path):
     keep = [i for i in range(10) if i != 3]
     assert sorted(maps) == sorted((f"part.npz:{i}", "gradient") for i in keep)
     ref = Explainer(str(demo_model())).explain(images[keep], "gradient", target=labels[keep])
-    np.testing.assert_allclose(np.stack([maps[(f"part.npz:{i}", "gradient")] for i in keep]), ref,
-                               rtol=1e-5, atol=1e-6 * np.abs(ref).max())
+    np.testing.assert_allclose(
+        np.stack([maps[(f"part.npz:{i}", "gradient")] for i in keep]), ref, rtol=1e-5, atol=1e-6 * np.abs(ref).max()
+    )
     t = pq.read_table(tmp_path / "out" / "maps").to_pydict()
     assert sorted(t["target"]) == sorted(int(labels[i]) for i in keep)
 
@@ -136,18 +154,31 @@ def test_resume_skips_written_shards(local_ray, folder, tmp_path):
 def test_a_ray_dataset_source(local_ray, tmp_path):
     images, labels, _ = make_shapes(6, seed=9)
     rows = [{"id": f"item{i}", "image": images[i], "label": int(labels[i])} for i in range(6)]
-    first = explain_dataset(str(demo_model()), ray.data.from_items(rows[:4]), methods=["gradient"],
-                            output=tmp_path / "out", shard_size=4, actors=1)
+    first = explain_dataset(
+        str(demo_model()),
+        ray.data.from_items(rows[:4]),
+        methods=["gradient"],
+        output=tmp_path / "out",
+        shard_size=4,
+        actors=1,
+    )
     assert first["items"] == 4
     # resumed with two more rows: only those are explained
-    again = explain_dataset(str(demo_model()), ray.data.from_items(rows), methods=["gradient"],
-                            output=tmp_path / "out", shard_size=4, actors=1)
+    again = explain_dataset(
+        str(demo_model()),
+        ray.data.from_items(rows),
+        methods=["gradient"],
+        output=tmp_path / "out",
+        shard_size=4,
+        actors=1,
+    )
     assert again["items"] == 2
     maps = read_maps(tmp_path / "out")
     assert len(maps) == 6
     ref = Explainer(str(demo_model())).explain(images, "gradient")
-    np.testing.assert_allclose(np.stack([maps[(f"item{i}", "gradient")] for i in range(6)]), ref, rtol=1e-5,
-                               atol=1e-6 * np.abs(ref).max())
+    np.testing.assert_allclose(
+        np.stack([maps[(f"item{i}", "gradient")] for i in range(6)]), ref, rtol=1e-5, atol=1e-6 * np.abs(ref).max()
+    )
     with pytest.raises(OnnxplainError, match="needs an 'image' column"):
         explain_dataset(str(demo_model()), ray.data.from_items([{"x": 1}]), output=tmp_path / "o2")
 
@@ -157,17 +188,27 @@ def test_evaluate_dataset_matches_the_runner(local_ray, tmp_path):
     np.savez(tmp_path / "val.npz", images=images, labels=labels, masks=masks)
     settings = E.Settings(steps=8, n_sanity=2)
     metrics = ["deletion", "pointing_game", "relevance_mass", "cascading"]
-    ev = evaluate_dataset(str(demo_model()), tmp_path / "val.npz", methods=["gradient", "gradcam"], metrics=metrics,
-                          output=tmp_path / "out", settings=settings, shard_size=5, actors=2)
-    ref = E.evaluate(str(demo_model()), images, labels, masks, methods=["gradient", "gradcam"], metrics=metrics,
-                     settings=settings)
+    ev = evaluate_dataset(
+        str(demo_model()),
+        tmp_path / "val.npz",
+        methods=["gradient", "gradcam"],
+        metrics=metrics,
+        output=tmp_path / "out",
+        settings=settings,
+        shard_size=5,
+        actors=2,
+    )
+    ref = E.evaluate(
+        str(demo_model()), images, labels, masks, methods=["gradient", "gradcam"], metrics=metrics, settings=settings
+    )
     assert ev.ids == [f"val.npz:{i}" for i in range(12)] and ev.n == 12 and ev.n_sanity == 2
     for key in ("deletion", "pointing_game", "relevance_mass", "cascading", "cascading_last"):
         for m in ("gradient", "gradcam"):
             np.testing.assert_allclose(ev.values[key][m], ref.values[key][m], rtol=1e-6, atol=1e-9, err_msg=key)
     assert (tmp_path / "out" / "evaluation.md").read_text().splitlines()[0] == ref.markdown().splitlines()[0]
     assert (tmp_path / "out" / "evaluation.csv").read_text() == ref.to_csv().replace(
-        *_seconds_rows(ref, tmp_path / "out" / "evaluation.csv"))
+        *_seconds_rows(ref, tmp_path / "out" / "evaluation.csv")
+    )
 
 
 def _seconds_rows(ref, csv_path):
@@ -180,18 +221,53 @@ def _seconds_rows(ref, csv_path):
 def test_cli_end_to_end(local_ray, folder, tmp_path):
     runner = CliRunner()
     out = tmp_path / "cli"
-    res = runner.invoke(app, ["explain-dataset", "demo", str(folder[0]), "-m", "gradient,saliency", "-d", str(out),
-                              "--shard-size", "16", "--actors", "2"])
+    res = runner.invoke(
+        app,
+        [
+            "explain-dataset",
+            "demo",
+            str(folder[0]),
+            "-m",
+            "gradient,saliency",
+            "-d",
+            str(out),
+            "--shard-size",
+            "16",
+            "--actors",
+            "2",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert f"explained {N + 1} items in 2 shards" in res.stdout and "1 items failed" in res.stdout
     assert len(read_maps(out)) == 2 * N
-    res = runner.invoke(app, ["explain-dataset", "demo", str(folder[0]), "-m", "gradient,saliency", "-d", str(out),
-                              "--shard-size", "16"])
+    res = runner.invoke(
+        app,
+        ["explain-dataset", "demo", str(folder[0]), "-m", "gradient,saliency", "-d", str(out), "--shard-size", "16"],
+    )
     assert res.exit_code == 0 and "2 shards already written, skipped" in res.stdout, res.output
     res = runner.invoke(app, ["explain-dataset", "demo", str(folder[0]), "-d", str(tmp_path / "t"), "--target", "x"])
     assert res.exit_code == 2 and res.stderr.startswith("error: --target takes"), res.output
-    res = runner.invoke(app, ["evaluate", "demo", "shapes", "--ray", "--actors", "2", "--n", "6", "-m", "gradient",
-                              "--metrics", "deletion,pointing_game", "--steps", "8", "-d", str(tmp_path / "ev")])
+    res = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "demo",
+            "shapes",
+            "--ray",
+            "--actors",
+            "2",
+            "--n",
+            "6",
+            "-m",
+            "gradient",
+            "--metrics",
+            "deletion,pointing_game",
+            "--steps",
+            "8",
+            "-d",
+            str(tmp_path / "ev"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "del AUC" in res.stdout and (tmp_path / "ev" / "evaluation.csv").is_file()
 
@@ -204,12 +280,14 @@ def test_parquet_sources(local_ray, tmp_path):
 
     images, labels, _ = make_shapes(7, seed=11)
     ray.data.from_items([{"id": f"t{i}", "image": images[i]} for i in range(7)]).write_parquet(tmp_path / "tensors")
-    explain_dataset(str(demo_model()), tmp_path / "tensors", methods=["gradient"], output=tmp_path / "o1",
-                    shard_size=4, actors=1)
+    explain_dataset(
+        str(demo_model()), tmp_path / "tensors", methods=["gradient"], output=tmp_path / "o1", shard_size=4, actors=1
+    )
     ref = Explainer(str(demo_model())).explain(images, "gradient")
     maps = read_maps(tmp_path / "o1")
-    np.testing.assert_allclose(np.stack([maps[(f"t{i}", "gradient")] for i in range(7)]), ref, rtol=1e-5,
-                               atol=1e-6 * np.abs(ref).max())
+    np.testing.assert_allclose(
+        np.stack([maps[(f"t{i}", "gradient")] for i in range(7)]), ref, rtol=1e-5, atol=1e-6 * np.abs(ref).max()
+    )
 
     pngs, decoded = [], []
     for im in images:
@@ -219,11 +297,19 @@ def test_parquet_sources(local_ray, tmp_path):
         decoded.append(np.asarray(Image.open(io.BytesIO(pngs[-1])).convert("RGB"), np.float32).transpose(2, 0, 1) / 255)
     pngs[2] = b"garbage"
     pq.write_table(pa.table({"image": pa.array(pngs, pa.binary()), "label": pa.array(labels)}), tmp_path / "p.parquet")
-    explain_dataset(str(demo_model()), tmp_path / "p.parquet", methods=["gradient"], output=tmp_path / "o2",
-                    shard_size=4, actors=1, target="label")
+    explain_dataset(
+        str(demo_model()),
+        tmp_path / "p.parquet",
+        methods=["gradient"],
+        output=tmp_path / "o2",
+        shard_size=4,
+        actors=1,
+        target="label",
+    )
     maps = read_maps(tmp_path / "o2")
     keep = [0, 1, 3, 4, 5, 6]
     ref = Explainer(str(demo_model())).explain(np.stack([decoded[i] for i in keep]), "gradient", target=labels[keep])
-    np.testing.assert_allclose(np.stack([maps[(f"p.parquet:{i}", "gradient")] for i in keep]), ref, rtol=1e-5,
-                               atol=1e-6 * np.abs(ref).max())
+    np.testing.assert_allclose(
+        np.stack([maps[(f"p.parquet:{i}", "gradient")] for i in keep]), ref, rtol=1e-5, atol=1e-6 * np.abs(ref).max()
+    )
     assert [(e["id"], e["stage"]) for e in read_errors(tmp_path / "o2")] == [("p.parquet:2", "reading")]

@@ -10,6 +10,7 @@
   must agree with the same layer spelled out in primitive ops), Where, projection;
 * the baseline input: default zeros, broadcast baselines, fixed-batch-1 models, the Python API.
 """
+
 import json
 import pathlib
 
@@ -33,10 +34,18 @@ ORT_MAX_OPSET = 25
 # ---- helpers ------------------------------------------------------------------------------
 def make(nodes, x_shape, inits, opset=17, output="y", x="x", y_shape=None):
     """A model from nodes; ``inits`` name -> array become float32 initializers."""
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(x, F32, list(x_shape))],
-                          [helper.make_tensor_value_info(output, F32, y_shape)],
-                          [numpy_helper.from_array(np.asarray(v, dtype=np.float32) if np.asarray(v).dtype.kind == "f"
-                                                   else np.asarray(v), k) for k, v in inits.items()])
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info(x, F32, list(x_shape))],
+        [helper.make_tensor_value_info(output, F32, y_shape)],
+        [
+            numpy_helper.from_array(
+                np.asarray(v, dtype=np.float32) if np.asarray(v).dtype.kind == "f" else np.asarray(v), k
+            )
+            for k, v in inits.items()
+        ],
+    )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
     if y_shape is None:
         inferred = onnx.shape_inference.infer_shapes(m, strict_mode=True)
@@ -46,8 +55,13 @@ def make(nodes, x_shape, inits, opset=17, output="y", x="x", y_shape=None):
 
 
 def options(model, input=None, output=None, rules=None):
-    return onnxplain.Options(input=input or model.graph.input[0].name, output=output or model.graph.output[0].name,
-                             probabilities=True, target_mode="weights", rules=rules)
+    return onnxplain.Options(
+        input=input or model.graph.input[0].name,
+        output=output or model.graph.output[0].name,
+        probabilities=True,
+        target_mode="weights",
+        rules=rules,
+    )
 
 
 def forward64(model, x, input=None, output=None):
@@ -157,7 +171,7 @@ def conv2d(x, W, c, pad):
     y = np.zeros((n, co, ho, wo))
     for i in range(ho):
         for j in range(wo):
-            y[:, :, i, j] = np.einsum("nckl,ockl->no", xp[:, :, i:i + k, j:j + k], W) + c
+            y[:, :, i, j] = np.einsum("nckl,ockl->no", xp[:, :, i : i + k, j : j + k], W) + c
     return y
 
 
@@ -168,8 +182,8 @@ def conv2d_back(m, W, x_shape, pad):
     mp = np.zeros((n, ci, h + 2 * pad, wd + 2 * pad))
     for i in range(m.shape[2]):
         for j in range(m.shape[3]):
-            mp[:, :, i:i + k, j:j + k] += np.einsum("no,ockl->nckl", m[:, :, i, j], W)
-    return mp[:, :, pad:pad + h, pad:pad + wd]
+            mp[:, :, i : i + k, j : j + k] += np.einsum("no,ockl->nckl", m[:, :, i, j], W)
+    return mp[:, :, pad : pad + h, pad : pad + wd]
 
 
 def max_pool(x, k, s):
@@ -181,7 +195,7 @@ def max_pool(x, k, s):
         for b in range(c):
             for i in range(ho):
                 for j in range(wo):
-                    win = x[a, b, i * s:i * s + k, j * s:j * s + k]
+                    win = x[a, b, i * s : i * s + k, j * s : j * s + k]
                     p = np.unravel_index(np.argmax(win), win.shape)  # first maximum, raster order
                     y[a, b, i, j] = win[p]
                     idx[a, b, i, j] = (i * s + p[0], j * s + p[1])
@@ -208,14 +222,16 @@ def cnn(pool_k, pool_s, seed, opset=17):
     W1, c1 = f32(r.normal(size=(3, 2, 3, 3)) / 3), f32(r.normal(size=3) * 0.2)
     W2, c2 = f32(r.normal(size=(4, 3, 3, 3)) / 5), f32(r.normal(size=4) * 0.2)
     W3, c3 = f32(r.normal(size=(5, 4)) / 2), f32(r.normal(size=5) * 0.2)
-    nodes = [helper.make_node("Conv", ["x", "W1", "c1"], ["z1"], pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
-             helper.make_node("Relu", ["z1"], ["a1"]),
-             helper.make_node("MaxPool", ["a1"], ["p1"], kernel_shape=[pool_k] * 2, strides=[pool_s] * 2),
-             helper.make_node("Conv", ["p1", "W2", "c2"], ["z2"], pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
-             helper.make_node("Relu", ["z2"], ["a2"]),
-             helper.make_node("GlobalAveragePool", ["a2"], ["g"]),
-             helper.make_node("Flatten", ["g"], ["f"]),
-             helper.make_node("Gemm", ["f", "W3", "c3"], ["y"], transB=1)]
+    nodes = [
+        helper.make_node("Conv", ["x", "W1", "c1"], ["z1"], pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
+        helper.make_node("Relu", ["z1"], ["a1"]),
+        helper.make_node("MaxPool", ["a1"], ["p1"], kernel_shape=[pool_k] * 2, strides=[pool_s] * 2),
+        helper.make_node("Conv", ["p1", "W2", "c2"], ["z2"], pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
+        helper.make_node("Relu", ["z2"], ["a2"]),
+        helper.make_node("GlobalAveragePool", ["a2"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+        helper.make_node("Gemm", ["f", "W3", "c3"], ["y"], transB=1),
+    ]
     model = make(nodes, ["N", 2, 6, 6], dict(W1=W1, c1=c1, W2=W2, c2=c2, W3=W3, c3=c3), opset=opset)
     return model, (W1, c1, W2, c2, W3, c3)
 
@@ -258,8 +274,15 @@ def test_cnn_matches_numpy_deeplift(k, s, opset):
 def test_residual_add_is_exact():
     """y = Relu(x W^T + c) + x: the Add passes m_y to both branches."""
     W, c = f32(rng.normal(size=(4, 4))), f32(rng.normal(size=4))
-    model = make([helper.make_node("Gemm", ["x", "W", "c"], ["z"], transB=1), helper.make_node("Relu", ["z"], ["a"]),
-                  helper.make_node("Add", ["a", "x"], ["y"])], ["N", 4], dict(W=W, c=c))
+    model = make(
+        [
+            helper.make_node("Gemm", ["x", "W", "c"], ["z"], transB=1),
+            helper.make_node("Relu", ["z"], ["a"]),
+            helper.make_node("Add", ["a", "x"], ["y"]),
+        ],
+        ["N", 4],
+        dict(W=W, c=c),
+    )
     x, xb, w = rng.normal(size=(3, 4)), rng.normal(size=(3, 4)), rng.normal(size=(3, 4))
     z, zb = x @ W.T + c, xb @ W.T + c
     want = (x - xb) * ((w * rescale_multiplier(z, zb, "Relu")) @ W + w)
@@ -288,22 +311,33 @@ def test_zoo_completeness(entry):
     g32 = onnxplain.build(model, "deeplift", options(model, inp, out))
     onnx.checker.check_model(g32, full_check=True)
     if opset_of(model) <= ORT_MAX_OPSET:
-        a32 = make_session(g32).run(["attribution"], {inp: x.astype(np.float32), "baseline": xb.astype(np.float32),
-                                                      "target_weights": w.astype(np.float32)})[0]
+        a32 = make_session(g32).run(
+            ["attribution"],
+            {inp: x.astype(np.float32), "baseline": xb.astype(np.float32), "target_weights": w.astype(np.float32)},
+        )[0]
         err32 = abs(float(a32.sum(dtype=np.float64)) - want) / abs(want)
         assert err32 <= 1e-3, f"float32 onnxruntime completeness: rel {err32:.1e}"
         assert np.linalg.norm(a32 - a) <= 1e-3 * np.linalg.norm(a)
 
 
-@pytest.mark.parametrize("name", ["resnet_ts13.onnx", "vit_ts17.onnx", "efficientnet_dynamo18.onnx",
-                                  "densenet_ts17.onnx", "mobilenetv2_dynamo20.onnx", "convnext_erf_dynamo18.onnx"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "resnet_ts13.onnx",
+        "vit_ts17.onnx",
+        "efficientnet_dynamo18.onnx",
+        "densenet_ts17.onnx",
+        "mobilenetv2_dynamo20.onnx",
+        "convnext_erf_dynamo18.onnx",
+    ],
+)
 def test_zoo_class_mode_zero_baseline_explains_logits(name):
     """The default: class targets (argmax), logits, zero baseline (not fed)."""
     entry = next(e for e in MANIFEST if e["file"] == name)
     model = load_model(ZOO / name)
     x = np.random.default_rng(5).normal(size=entry["input_shape"]).astype(np.float32)
     g = onnxplain.build(model, "deeplift")
-    a, t, logits = (make_session(g).run(["attribution", "target_index", entry["output"]], {entry["input"]: x}))
+    a, t, logits = make_session(g).run(["attribution", "target_index", entry["output"]], {entry["input"]: x})
     zero = make_session(model).run([entry["output"]], {entry["input"]: np.zeros_like(x)})[0]
     n = np.arange(len(x))
     want = logits[n, t].astype(np.float64) - zero[n, t]
@@ -317,18 +351,39 @@ def _pos(shape):
 
 
 RESCALE_CASES = [
-    ("Relu", {}, 17, None), ("LeakyRelu", {"alpha": 0.1}, 17, None), ("Elu", {"alpha": 0.7}, 17, None),
-    ("Selu", {}, 17, None), ("Celu", {"alpha": 1.5}, 17, None), ("ThresholdedRelu", {"alpha": 0.3}, 17, None),
-    ("Sigmoid", {}, 17, None), ("HardSigmoid", {}, 17, None), ("Tanh", {}, 17, None), ("HardSwish", {}, 17, None),
-    ("Softplus", {}, 17, None), ("Softsign", {}, 17, None), ("Erf", {}, 17, None), ("Gelu", {}, 20, None),
-    ("Gelu", {"approximate": "tanh"}, 20, None), ("Mish", {}, 18, None), ("Exp", {}, 17, None),
-    ("Log", {}, 17, "pos"), ("Sqrt", {}, 17, "pos"), ("Abs", {}, 17, None), ("Reciprocal", {}, 17, "pos"),
-    ("Sin", {}, 17, None), ("Cos", {}, 17, None), ("Neg", {}, 17, None), ("Cast", {"to": TensorProto.FLOAT}, 17, None),
+    ("Relu", {}, 17, None),
+    ("LeakyRelu", {"alpha": 0.1}, 17, None),
+    ("Elu", {"alpha": 0.7}, 17, None),
+    ("Selu", {}, 17, None),
+    ("Celu", {"alpha": 1.5}, 17, None),
+    ("ThresholdedRelu", {"alpha": 0.3}, 17, None),
+    ("Sigmoid", {}, 17, None),
+    ("HardSigmoid", {}, 17, None),
+    ("Tanh", {}, 17, None),
+    ("HardSwish", {}, 17, None),
+    ("Softplus", {}, 17, None),
+    ("Softsign", {}, 17, None),
+    ("Erf", {}, 17, None),
+    ("Gelu", {}, 20, None),
+    ("Gelu", {"approximate": "tanh"}, 20, None),
+    ("Mish", {}, 18, None),
+    ("Exp", {}, 17, None),
+    ("Log", {}, 17, "pos"),
+    ("Sqrt", {}, 17, "pos"),
+    ("Abs", {}, 17, None),
+    ("Reciprocal", {}, 17, "pos"),
+    ("Sin", {}, 17, None),
+    ("Cos", {}, 17, None),
+    ("Neg", {}, 17, None),
+    ("Cast", {"to": TensorProto.FLOAT}, 17, None),
 ]
 
 
-@pytest.mark.parametrize("op,attrs,opset,domain", RESCALE_CASES,
-                         ids=[f"{c[0]}{'-' + str(list(c[1].values())[0]) if c[1] else ''}" for c in RESCALE_CASES])
+@pytest.mark.parametrize(
+    "op,attrs,opset,domain",
+    RESCALE_CASES,
+    ids=[f"{c[0]}{'-' + str(list(c[1].values())[0]) if c[1] else ''}" for c in RESCALE_CASES],
+)
 def test_rescale_elementwise(op, attrs, opset, domain):
     """For y = f(x) elementwise, rescale gives attribution = w * (f(x) - f(x')) element by element."""
     shape = (3, 5)
@@ -342,13 +397,17 @@ def test_rescale_elementwise(op, attrs, opset, domain):
     assert np.all(got[0, :2] == 0)
 
 
-@pytest.mark.parametrize("op,inputs,opset", [
-    ("PRelu", [np.array([0.1, -0.3, 0.5, 0.2, 0.0])], 17),
-    ("Clip", [np.float32(-0.5), np.float32(0.8)], 17),
-    ("Pow", [np.float32(3.0)], 17),
-    ("Pow", [np.float32(2.0)], 11),
-    ("Div", "numerator", 17),
-], ids=["PRelu", "Clip", "Pow3", "Pow2-op11", "c-over-x"])
+@pytest.mark.parametrize(
+    "op,inputs,opset",
+    [
+        ("PRelu", [np.array([0.1, -0.3, 0.5, 0.2, 0.0])], 17),
+        ("Clip", [np.float32(-0.5), np.float32(0.8)], 17),
+        ("Pow", [np.float32(3.0)], 17),
+        ("Pow", [np.float32(2.0)], 11),
+        ("Div", "numerator", 17),
+    ],
+    ids=["PRelu", "Clip", "Pow3", "Pow2-op11", "c-over-x"],
+)
 def test_rescale_with_constant_operands(op, inputs, opset):
     x, xb = rng.normal(size=(3, 5)) * 2, rng.normal(size=(3, 5)) * 2
     if inputs == "numerator":
@@ -364,10 +423,14 @@ def test_rescale_with_constant_operands(op, inputs, opset):
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("op,deriv", [
-    ("Sigmoid", lambda x: np.exp(-x) / (1 + np.exp(-x)) ** 2),
-    ("Tanh", lambda x: 1 - np.tanh(x) ** 2),
-    ("Exp", np.exp)])
+@pytest.mark.parametrize(
+    "op,deriv",
+    [
+        ("Sigmoid", lambda x: np.exp(-x) / (1 + np.exp(-x)) ** 2),
+        ("Tanh", lambda x: 1 - np.tanh(x) ** 2),
+        ("Exp", np.exp),
+    ],
+)
 def test_rescale_falls_back_to_the_gradient_where_the_difference_is_tiny(op, deriv):
     """|Δx| = 1e-12 in float64: the secant would carry a rounding error of ~1e-4; the multiplier
     is f'(x) to 1e-9 instead."""
@@ -411,7 +474,7 @@ def test_rescaled_reductions(op):
     if op == "ReduceSumSquare":  # m = w (x + x'), exactly
         np.testing.assert_allclose(got, (x - xb) * w[:, None, :] * (x + xb), rtol=1e-12)
     if op == "ReduceL2":
-        y, yb = np.sqrt((x ** 2).sum(1)), np.sqrt((xb ** 2).sum(1))
+        y, yb = np.sqrt((x**2).sum(1)), np.sqrt((xb**2).sum(1))
         np.testing.assert_allclose(got, (x - xb) * (w / (y + yb))[:, None, :] * (x + xb), rtol=1e-10)
 
 
@@ -465,8 +528,15 @@ def test_silu_and_square_of_one_tensor():
 
 def test_squeeze_excitation_block():
     """y = x * sigmoid(mean over H, W of x): the gate broadcasts over the spatial axes."""
-    model = make([helper.make_node("ReduceMean", ["x"], ["z"], axes=[2, 3]), helper.make_node("Sigmoid", ["z"], ["s"]),
-                  helper.make_node("Mul", ["x", "s"], ["y"])], ["N", 3, 4, 4], {})
+    model = make(
+        [
+            helper.make_node("ReduceMean", ["x"], ["z"], axes=[2, 3]),
+            helper.make_node("Sigmoid", ["z"], ["s"]),
+            helper.make_node("Mul", ["x", "s"], ["y"]),
+        ],
+        ["N", 3, 4, 4],
+        {},
+    )
     x, xb, w = rng.normal(size=(2, 3, 4, 4)), rng.normal(size=(2, 3, 4, 4)), rng.normal(size=(2, 3, 4, 4))
     z, zb = x.mean(axis=(2, 3), keepdims=True), xb.mean(axis=(2, 3), keepdims=True)
     s, sb = 1 / (1 + np.exp(-z)), 1 / (1 + np.exp(-zb))
@@ -483,8 +553,10 @@ def test_attention_scores_are_bilinear(form):
     Wq, Wk = f32(rng.normal(size=(4, 4))), f32(rng.normal(size=(4, 4)))
     nodes = [helper.make_node("MatMul", ["x", "Wq"], ["q"]), helper.make_node("MatMul", ["x", "Wk"], ["k"])]
     if form == "MatMul":
-        nodes += [helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),
-                  helper.make_node("MatMul", ["q", "kt"], ["y"])]
+        nodes += [
+            helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),
+            helper.make_node("MatMul", ["q", "kt"], ["y"]),
+        ]
     else:
         nodes += [helper.make_node("Einsum", ["q", "k"], ["y"], equation="bij,bkj->bik")]
     model = make(nodes, ["N", 3, 4], dict(Wq=Wq, Wk=Wk))
@@ -552,8 +624,9 @@ def test_max_pool_same_winners_is_gradient_routing():
     c = case("MaxPool", X(x), kernel_shape=[2, 2], strides=[2, 2])
     w = rng.normal(size=(1, 2, 2, 2))
     got = deeplift64(c.model, x, xb, w)
-    grad = run_ref(onnxplain.build(to_float64(c.model), "gradient", options(c.model)),
-                   {"x0": x, "target_weights": w})["attribution"]
+    grad = run_ref(onnxplain.build(to_float64(c.model), "gradient", options(c.model)), {"x0": x, "target_weights": w})[
+        "attribution"
+    ]
     np.testing.assert_allclose(got, grad * (x - xb), rtol=1e-12)
 
 
@@ -562,10 +635,17 @@ def test_softmax_rule_equals_its_primitive_spelling():
     """Softmax = exp(x - log(sum(exp x))) in primitive ops, each one rescaled (or linear)."""
     x, xb, w = rng.normal(size=(3, 6)) * 3, rng.normal(size=(3, 6)) * 3, rng.normal(size=(3, 6))
     op = make([helper.make_node("Softmax", ["x"], ["y"], axis=-1)], ["N", 6], {})
-    spelled = make([helper.make_node("Exp", ["x"], ["e"]),
-                    helper.make_node("ReduceSum", ["e", "ax"], ["s"], keepdims=1),
-                    helper.make_node("Log", ["s"], ["lse"]), helper.make_node("Sub", ["x", "lse"], ["z"]),
-                    helper.make_node("Exp", ["z"], ["y"])], ["N", 6], dict(ax=np.array([-1])))
+    spelled = make(
+        [
+            helper.make_node("Exp", ["x"], ["e"]),
+            helper.make_node("ReduceSum", ["e", "ax"], ["s"], keepdims=1),
+            helper.make_node("Log", ["s"], ["lse"]),
+            helper.make_node("Sub", ["x", "lse"], ["z"]),
+            helper.make_node("Exp", ["z"], ["y"]),
+        ],
+        ["N", 6],
+        dict(ax=np.array([-1])),
+    )
     got = deeplift64(op, x, xb, w)
     np.testing.assert_allclose(got, deeplift64(spelled, x, xb, w), rtol=1e-9, atol=1e-14)
     np.testing.assert_allclose(got.sum(axis=1), (w * (forward64(op, x) - forward64(op, xb))).sum(axis=1), rtol=1e-10)
@@ -575,52 +655,73 @@ def test_softmax_multipliers_stay_bounded_far_from_the_baseline():
     """Logits ~1000 apart: exp would overflow unshifted; every multiplier stays below sum |w|."""
     x, xb, w = rng.normal(size=(3, 6)) * 300, rng.normal(size=(3, 6)) * 300, rng.normal(size=(3, 6))
     op = make([helper.make_node("Softmax", ["x"], ["y"], axis=-1)], ["N", 6], {})
-    for model, out in [(op, "y"), (make([helper.make_node("LogSoftmax", ["x"], ["y"], axis=-1)], ["N", 6], {}), "y")]:
+    for model, _out in [(op, "y"), (make([helper.make_node("LogSoftmax", ["x"], ["y"], axis=-1)], ["N", 6], {}), "y")]:
         got = deeplift64(model, x, xb, w)
         assert np.all(np.isfinite(got))
         assert np.all(np.abs(got / (x - xb)) <= np.abs(w).sum(axis=1, keepdims=True) * 2)
-        np.testing.assert_allclose(got.sum(axis=1), (w * (forward64(model, x) - forward64(model, xb))).sum(axis=1),
-                                   rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(
+            got.sum(axis=1), (w * (forward64(model, x) - forward64(model, xb))).sum(axis=1), rtol=1e-8, atol=1e-10
+        )
 
 
 def test_log_softmax_completeness_opset11():
     x, xb, w = rng.normal(size=(2, 3, 4)), rng.normal(size=(2, 3, 4)), rng.normal(size=(2, 3, 4))
     op = make([helper.make_node("LogSoftmax", ["x"], ["y"], axis=1)], ["N", 3, 4], {}, opset=11)  # 2-D coercion
     got = deeplift64(op, x, xb, w)
-    np.testing.assert_allclose(got.sum(axis=(1, 2)), (w * (forward64(op, x) - forward64(op, xb))).sum(axis=(1, 2)),
-                               rtol=1e-10)
+    np.testing.assert_allclose(
+        got.sum(axis=(1, 2)), (w * (forward64(op, x) - forward64(op, xb))).sum(axis=(1, 2)), rtol=1e-10
+    )
 
 
 def test_layer_norm_rule_equals_its_primitive_spelling():
     x, xb, w = rng.normal(size=(2, 3, 8)), rng.normal(size=(2, 3, 8)), rng.normal(size=(2, 3, 8))
     scale, bias = f32(rng.normal(size=8)), f32(rng.normal(size=8))
-    op = make([helper.make_node("LayerNormalization", ["x", "sc", "bi"], ["y"], axis=-1, epsilon=1e-3)],
-              ["N", 3, 8], dict(sc=scale, bi=bias))
-    spelled = make([helper.make_node("ReduceMean", ["x"], ["mu"], axes=[-1]),
-                    helper.make_node("Sub", ["x", "mu"], ["xc"]),
-                    helper.make_node("Pow", ["xc", "two"], ["sq"]),
-                    helper.make_node("ReduceMean", ["sq"], ["v"], axes=[-1]),
-                    helper.make_node("Add", ["v", "eps"], ["ve"]), helper.make_node("Sqrt", ["ve"], ["sd"]),
-                    helper.make_node("Div", ["xc", "sd"], ["h"]), helper.make_node("Mul", ["h", "sc"], ["hs"]),
-                    helper.make_node("Add", ["hs", "bi"], ["y"])], ["N", 3, 8],
-                   dict(sc=scale, bi=bias, two=np.float32(2), eps=np.float32(1e-3)), opset=13)
+    op = make(
+        [helper.make_node("LayerNormalization", ["x", "sc", "bi"], ["y"], axis=-1, epsilon=1e-3)],
+        ["N", 3, 8],
+        dict(sc=scale, bi=bias),
+    )
+    spelled = make(
+        [
+            helper.make_node("ReduceMean", ["x"], ["mu"], axes=[-1]),
+            helper.make_node("Sub", ["x", "mu"], ["xc"]),
+            helper.make_node("Pow", ["xc", "two"], ["sq"]),
+            helper.make_node("ReduceMean", ["sq"], ["v"], axes=[-1]),
+            helper.make_node("Add", ["v", "eps"], ["ve"]),
+            helper.make_node("Sqrt", ["ve"], ["sd"]),
+            helper.make_node("Div", ["xc", "sd"], ["h"]),
+            helper.make_node("Mul", ["h", "sc"], ["hs"]),
+            helper.make_node("Add", ["hs", "bi"], ["y"]),
+        ],
+        ["N", 3, 8],
+        dict(sc=scale, bi=bias, two=np.float32(2), eps=np.float32(1e-3)),
+        opset=13,
+    )
     got = deeplift64(op, x, xb, w)
     np.testing.assert_allclose(got, deeplift64(spelled, x, xb, w), rtol=1e-8, atol=1e-12)
     np.testing.assert_allclose(got.sum(axis=2), (w * (forward64(op, x) - forward64(op, xb))).sum(axis=2), rtol=1e-10)
 
 
-@pytest.mark.parametrize("op,opset,attrs,shape", [
-    ("InstanceNormalization", 17, {"epsilon": 1e-2}, (2, 3, 4, 5)),
-    ("GroupNormalization", 21, {"num_groups": 2, "epsilon": 1e-2}, (2, 4, 3, 3)),
-    ("BatchNormalization", 15, {"training_mode": 1}, (4, 3, 2, 2)),
-])
+@pytest.mark.parametrize(
+    "op,opset,attrs,shape",
+    [
+        ("InstanceNormalization", 17, {"epsilon": 1e-2}, (2, 3, 4, 5)),
+        ("GroupNormalization", 21, {"num_groups": 2, "epsilon": 1e-2}, (2, 4, 3, 3)),
+        ("BatchNormalization", 15, {"training_mode": 1}, (4, 3, 2, 2)),
+    ],
+)
 def test_normalization_completeness(op, opset, attrs, shape):
     c = shape[1]
     x, xb, w = rng.normal(size=shape), rng.normal(size=shape), rng.normal(size=shape)
     ins = ["x", "sc", "bi"] + (["mean", "var"] if op == "BatchNormalization" else [])
     inits = dict(sc=f32(rng.normal(size=c)), bi=f32(rng.normal(size=c)), mean=np.zeros(c), var=np.ones(c))
-    model = make([helper.make_node(op, ins, ["y"], **attrs)], ["N", *shape[1:]], {k: inits[k] for k in ins[1:]},
-                 opset=opset, y_shape=["N", *shape[1:]])
+    model = make(
+        [helper.make_node(op, ins, ["y"], **attrs)],
+        ["N", *shape[1:]],
+        {k: inits[k] for k in ins[1:]},
+        opset=opset,
+        y_shape=["N", *shape[1:]],
+    )
     got = deeplift64(model, x, xb, w)
     np.testing.assert_allclose(got.sum(), np.sum(w * (forward64(model, x) - forward64(model, xb))), rtol=1e-10)
 
@@ -628,9 +729,15 @@ def test_normalization_completeness(op, opset, attrs, shape):
 # ---- Where, projection --------------------------------------------------------------------
 def test_where_with_a_condition_on_the_input():
     """LeakyRelu spelled as Where(x > 0, x, 0.1 x): exact element by element."""
-    model = make([helper.make_node("Greater", ["x", "zero"], ["c"]), helper.make_node("Mul", ["x", "tenth"], ["b"]),
-                  helper.make_node("Where", ["c", "x", "b"], ["y"])], ["N", 6],
-                 dict(zero=np.float32(0), tenth=np.float32(0.1)))
+    model = make(
+        [
+            helper.make_node("Greater", ["x", "zero"], ["c"]),
+            helper.make_node("Mul", ["x", "tenth"], ["b"]),
+            helper.make_node("Where", ["c", "x", "b"], ["y"]),
+        ],
+        ["N", 6],
+        dict(zero=np.float32(0), tenth=np.float32(0.1)),
+    )
     x, xb, w = rng.normal(size=(3, 6)), rng.normal(size=(3, 6)), rng.normal(size=(3, 6))
     lrelu = lambda t: np.where(t > 0, t, f32(0.1) * t)  # noqa: E731
     np.testing.assert_allclose(deeplift64(model, x, xb, w), w * (lrelu(x) - lrelu(xb)), rtol=1e-10, atol=1e-14)
@@ -650,13 +757,20 @@ def test_projection_rule_for_other_ops():
 
 def test_unknown_ops_fall_to_projection_and_stay_complete():
     """LpPool and LRN have no dedicated rule: the projection keeps completeness."""
-    model = make([helper.make_node("LRN", ["x"], ["l"], size=3),
-                  helper.make_node("LpPool", ["l"], ["y"], kernel_shape=[2, 2], p=3)], ["N", 3, 4, 4], {})
+    model = make(
+        [
+            helper.make_node("LRN", ["x"], ["l"], size=3),
+            helper.make_node("LpPool", ["l"], ["y"], kernel_shape=[2, 2], p=3),
+        ],
+        ["N", 3, 4, 4],
+        {},
+    )
     x, xb = rng.normal(size=(2, 3, 4, 4)), rng.normal(size=(2, 3, 4, 4))
     w = rng.normal(size=(2, 3, 3, 3))
     got = deeplift64(model, x, xb, w)
-    np.testing.assert_allclose(got.sum(axis=(1, 2, 3)),
-                               (w * (forward64(model, x) - forward64(model, xb))).sum(axis=(1, 2, 3)), rtol=1e-10)
+    np.testing.assert_allclose(
+        got.sum(axis=(1, 2, 3)), (w * (forward64(model, x) - forward64(model, xb))).sum(axis=(1, 2, 3)), rtol=1e-10
+    )
 
 
 # ---- the baseline and the Python API ------------------------------------------------------
@@ -674,9 +788,11 @@ def test_default_baseline_is_zeros_and_broadcasts():
     zeros_run = sess.run(["attribution"], {"x": x, "target_weights": w, "baseline": np.zeros_like(x)})[0]
     np.testing.assert_array_equal(default_run, zeros_run)
     one = rng.normal(size=(1, 2, 6, 6)).astype(np.float32)  # one baseline for the whole batch
-    np.testing.assert_allclose(sess.run(["attribution"], {"x": x, "target_weights": w, "baseline": one})[0],
-                               sess.run(["attribution"], {"x": x, "target_weights": w,
-                                                          "baseline": np.repeat(one, 3, axis=0)})[0], rtol=1e-6)
+    np.testing.assert_allclose(
+        sess.run(["attribution"], {"x": x, "target_weights": w, "baseline": one})[0],
+        sess.run(["attribution"], {"x": x, "target_weights": w, "baseline": np.repeat(one, 3, axis=0)})[0],
+        rtol=1e-6,
+    )
     want, _ = numpy_deeplift_cnn(params, 2, 2, x.astype(np.float64), np.zeros(x.shape), w.astype(np.float64))
     np.testing.assert_allclose(default_run, want, rtol=1e-3, atol=1e-5)
 
@@ -694,7 +810,7 @@ def test_explainer_fixed_batch_one_with_baseline(name):
     ex = Explainer(model)
     res = ex.run(x, "deeplift", target=[0, 3, 7], baseline=base)
     fwd = make_session(model)
-    logits = np.concatenate([fwd.run([entry["output"]], {entry["input"]: x[i:i + 1]})[0] for i in range(3)])
+    logits = np.concatenate([fwd.run([entry["output"]], {entry["input"]: x[i : i + 1]})[0] for i in range(3)])
     logits_b = fwd.run([entry["output"]], {entry["input"]: base})[0][0]
     want = logits[np.arange(3), [0, 3, 7]].astype(np.float64) - logits_b[[0, 3, 7]]
     got = res.attribution.reshape(3, -1).sum(axis=1, dtype=np.float64)
@@ -711,6 +827,14 @@ def test_rule_set_file_loads_and_lists_the_rules():
 
     rs = builtin_ruleset("deeplift")
     rules = {e.rule for e in rs.entries}
-    assert rules >= {"gradient", "rescale", "shapley_product", "extremum", "softmax", "standardize", "switch",
-                     "projection"}
+    assert rules >= {
+        "gradient",
+        "rescale",
+        "shapley_product",
+        "extremum",
+        "softmax",
+        "standardize",
+        "switch",
+        "projection",
+    }
     assert rs.entries[-1].rule == "projection"  # the catch-all comes last

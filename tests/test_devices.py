@@ -1,9 +1,10 @@
 """Installation and devices: the onnxruntime distribution per platform, a defensive import, --device."""
+
 import importlib.metadata
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 from packaging.markers import Marker
 from packaging.requirements import Requirement
 
@@ -19,10 +20,16 @@ def _runtime_for(env: dict) -> list[str]:
     return [r.name for r in reqs if r.name.startswith("onnxruntime") and (r.marker is None or r.marker.evaluate(env))]
 
 
-@pytest.mark.parametrize("platform,machine,want", [
-    ("linux", "x86_64", "onnxruntime-gpu"), ("win32", "AMD64", "onnxruntime-gpu"),
-    ("darwin", "arm64", "onnxruntime"), ("linux", "aarch64", "onnxruntime"), ("darwin", "x86_64", "onnxruntime"),
-])
+@pytest.mark.parametrize(
+    "platform,machine,want",
+    [
+        ("linux", "x86_64", "onnxruntime-gpu"),
+        ("win32", "AMD64", "onnxruntime-gpu"),
+        ("darwin", "arm64", "onnxruntime"),
+        ("linux", "aarch64", "onnxruntime"),
+        ("darwin", "x86_64", "onnxruntime"),
+    ],
+)
 def test_one_onnxruntime_distribution_per_platform(platform, machine, want):
     env = {"sys_platform": platform, "platform_machine": machine}
     assert _runtime_for(env) == [want]

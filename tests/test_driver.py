@@ -1,4 +1,5 @@
 """The black-box driver: batched scores equal single runs; fixed-batch-1 models made batchable."""
+
 import numpy as np
 import onnx
 from onnx import numpy_helper

@@ -1,4 +1,5 @@
 """Oracle tests for the Einsum VJP (finite differences in float64, float32 in onnxruntime)."""
+
 import numpy as np
 import pytest
 from oracle import X, assert_case, case, gradient_graph

@@ -1,10 +1,11 @@
 """Oracle tests for elementwise arithmetic VJPs (finite differences in float64), with broadcasting
 (static and symbolic shapes, so the walker's unbroadcast is exercised) and values at kinks/ties."""
+
 import numpy as np
 import onnx
 import pytest
-from oracle import Case, X, assert_case, case, gradient_graph
 from onnx import TensorProto, helper
+from oracle import Case, X, assert_case, case, gradient_graph
 
 from onnxplain.runtime.session import make_session
 
@@ -25,10 +26,16 @@ def nonzero(shape, eps=0.2):
 
 def cast_chain(opset=17):
     """x (float32) -> Cast(to=DOUBLE) -> Cast(to=FLOAT) -> y: the cotangent is cast back twice."""
-    nodes = [helper.make_node("Cast", ["x0"], ["t"], to=TensorProto.DOUBLE),
-             helper.make_node("Cast", ["t"], ["y0"], to=TensorProto.FLOAT)]
-    graph = helper.make_graph(nodes, "cast_chain", [helper.make_tensor_value_info("x0", TensorProto.FLOAT, [2, 3])],
-                              [helper.make_tensor_value_info("y0", TensorProto.FLOAT, [2, 3])])
+    nodes = [
+        helper.make_node("Cast", ["x0"], ["t"], to=TensorProto.DOUBLE),
+        helper.make_node("Cast", ["t"], ["y0"], to=TensorProto.FLOAT),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "cast_chain",
+        [helper.make_tensor_value_info("x0", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y0", TensorProto.FLOAT, [2, 3])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
     onnx.checker.check_model(model, full_check=True)
     return Case("Cast", model, {"x0": n(size=(2, 3)).astype(f32)}, ["x0"], id=f"cast-f32-f64-f32-chain-opset{opset}")
@@ -41,8 +48,18 @@ CASES = [
     case("Add", X(n(size=(2, 1, 4))), X(n(size=(3, 1))), opset=14, id="add-both-broadcast"),
     case("Add", X(n(size=(2, 3))), X(f32(0.7)), id="add-scalar"),
     case("Add", X(n(size=(2, 3))), n(size=(3,)), id="add-const-other"),
-    case("Sum", X(n(size=(2, 3, 4))), X(n(size=(3, 1))), X(n(size=(4,))), opset=11, id="sum-variadic3-broadcast-opset11"),
-    case("Sum", X(n(size=(2, 1))), X(n(size=(1, 3))), X(f32(1.5)), X(n(size=(2, 3))), opset=13, id="sum-variadic4-opset13"),
+    case(
+        "Sum", X(n(size=(2, 3, 4))), X(n(size=(3, 1))), X(n(size=(4,))), opset=11, id="sum-variadic3-broadcast-opset11"
+    ),
+    case(
+        "Sum",
+        X(n(size=(2, 1))),
+        X(n(size=(1, 3))),
+        X(f32(1.5)),
+        X(n(size=(2, 3))),
+        opset=13,
+        id="sum-variadic4-opset13",
+    ),
     case("Sum", X(n(size=(2, 3))), opset=13, id="sum-single"),
     # Sub / Mul / Div
     case("Sub", X(n(size=(2, 3, 4))), X(n(size=(4,))), opset=11, id="sub-trailing-broadcast-opset11"),
@@ -86,8 +103,14 @@ CASES = [
     cast_chain(13),
     # Where: constant bool condition, both branches differentiable, all three broadcast
     case("Where", r.uniform(size=(2, 3)) > 0.5, X(n(size=(2, 3))), X(n(size=(2, 3))), opset=11, id="where-same-shape"),
-    case("Where", r.uniform(size=(3, 1)) > 0.5, X(n(size=(2, 1, 4))), X(n(size=(4,))), opset=16,
-         id="where-broadcast-all-three"),
+    case(
+        "Where",
+        r.uniform(size=(3, 1)) > 0.5,
+        X(n(size=(2, 1, 4))),
+        X(n(size=(4,))),
+        opset=16,
+        id="where-broadcast-all-three",
+    ),
     case("Where", np.array(True), X(n(size=(2, 3))), X(f32(0.5)), id="where-scalar-condition"),
     # Max / Min: variadic, broadcasting (no ties here; ties are in test_max_min_ties)
     case("Max", X(n(size=(2, 3, 4))), X(n(size=(4,))), opset=11, id="max-broadcast-opset11"),
@@ -98,15 +121,42 @@ CASES = [
     case("Min", X(n(size=(2, 3))), n(size=(2, 3)), opset=12, id="min-const-other"),
     # symbolic dimensions: comparable ones (static reduction), and incomparable ones (Shape-driven)
     case("Add", X(n(size=(2, 3, 4))), X(n(size=(4,))), opset=13, dims={"x0": ["N", 3, 4]}, id="add-symbolic-batch"),
-    case("Mul", X(n(size=(2, 1, 4))), X(n(size=(3, 1))), opset=13, dims={"x0": ["N", 1, 4]}, id="mul-symbolic-batch-both"),
-    case("Mul", X(n(size=(1, 3))), X(n(size=(2, 3))), opset=13, dims={"x0": ["N", 3], "x1": ["M", 3]},
-         id="mul-incomparable-symbolic-dims"),
-    case("Sub", X(n(size=(2, 1))), X(n(size=(1, 3))), opset=17, dims={"x0": ["A", "B"], "x1": ["C", "D"]},
-         id="sub-all-dims-symbolic"),
-    case("Max", X(n(size=(2, 3))), X(n(size=(1, 3))), opset=13, dims={"x0": ["N", 3], "x1": ["M", 3]},
-         id="max-incomparable-symbolic-dims"),
-    case("Where", r.uniform(size=(3,)) > 0.5, X(n(size=(2, 3))), X(n(size=(1, 3))), opset=16,
-         dims={"x1": ["N", 3], "x2": ["M", 3]}, id="where-incomparable-symbolic-dims"),
+    case(
+        "Mul", X(n(size=(2, 1, 4))), X(n(size=(3, 1))), opset=13, dims={"x0": ["N", 1, 4]}, id="mul-symbolic-batch-both"
+    ),
+    case(
+        "Mul",
+        X(n(size=(1, 3))),
+        X(n(size=(2, 3))),
+        opset=13,
+        dims={"x0": ["N", 3], "x1": ["M", 3]},
+        id="mul-incomparable-symbolic-dims",
+    ),
+    case(
+        "Sub",
+        X(n(size=(2, 1))),
+        X(n(size=(1, 3))),
+        opset=17,
+        dims={"x0": ["A", "B"], "x1": ["C", "D"]},
+        id="sub-all-dims-symbolic",
+    ),
+    case(
+        "Max",
+        X(n(size=(2, 3))),
+        X(n(size=(1, 3))),
+        opset=13,
+        dims={"x0": ["N", 3], "x1": ["M", 3]},
+        id="max-incomparable-symbolic-dims",
+    ),
+    case(
+        "Where",
+        r.uniform(size=(3,)) > 0.5,
+        X(n(size=(2, 3))),
+        X(n(size=(1, 3))),
+        opset=16,
+        dims={"x1": ["N", 3], "x2": ["M", 3]},
+        id="where-incomparable-symbolic-dims",
+    ),
 ]
 
 
@@ -116,6 +166,7 @@ def test_vjp(c):
 
 
 # ---- exact gradients at kinks and ties: PyTorch's convention ---------------------------------
+
 
 def exported_grad(c, wrt="x0"):
     """d sum(y) / d wrt from the exported graph, run in onnxruntime."""

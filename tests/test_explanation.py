@@ -1,12 +1,13 @@
 """The explanation graph's contract and the gradient-family methods, on tiny handwritten models."""
+
 import numpy as np
 import onnx
 import pytest
-from models import tiny_cnn, with_ops
 from oracle import check_vjp
 
 import onnxplain
-from onnxplain import Explainer, Options, OnnxplainError, UnsupportedOpsError
+from models import tiny_cnn, with_ops
+from onnxplain import Explainer, OnnxplainError, Options, UnsupportedOpsError
 from onnxplain.runtime.session import make_session
 
 rng = np.random.default_rng(0)
@@ -39,10 +40,10 @@ def test_default_explains_logits_not_probabilities():
     for i in range(len(X)):
         w = np.zeros((1, 5))
         w[0, t[i]] = 1
-        res = check_vjp(tiny_cnn(softmax=False), {"x": X[i:i + 1]}, "x", "logits", ort=False)
+        res = check_vjp(tiny_cnn(softmax=False), {"x": X[i : i + 1]}, "x", "logits", ort=False)
         assert res.error < 1e-6
-        ref = Explainer(tiny_cnn(softmax=False)).explain(X[i:i + 1], target_weights=w)
-        np.testing.assert_allclose(a[i:i + 1], ref, rtol=1e-5, atol=1e-6)
+        ref = Explainer(tiny_cnn(softmax=False)).explain(X[i : i + 1], target_weights=w)
+        np.testing.assert_allclose(a[i : i + 1], ref, rtol=1e-5, atol=1e-6)
     p = Explainer(tiny_cnn(), probabilities=True).explain(X, target=t)
     assert np.abs(p - a).max() > 1e-3 * np.abs(a).max()
 
@@ -56,15 +57,19 @@ def test_class_target_equals_one_hot_weights():
 
 def test_fixed_batch_one_model_loops_over_items():
     ex_fixed, ex_dyn = Explainer(tiny_cnn(batch=1)), Explainer(tiny_cnn())
-    np.testing.assert_allclose(ex_fixed.explain(X, target=[1, 2, 3]), ex_dyn.explain(X, target=[1, 2, 3]),
-                               rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        ex_fixed.explain(X, target=[1, 2, 3]), ex_dyn.explain(X, target=[1, 2, 3]), rtol=1e-6, atol=1e-7
+    )
 
 
-@pytest.mark.parametrize("bad,match", [
-    (dict(target=5), "out of range"),
-    (dict(target=[0, 1]), "one class per batch item"),
-    (dict(target=1.5), "integer"),
-])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (dict(target=5), "out of range"),
+        (dict(target=[0, 1]), "one class per batch item"),
+        (dict(target=1.5), "integer"),
+    ],
+)
 def test_bad_targets(bad, match):
     with pytest.raises(OnnxplainError, match=match):
         Explainer(tiny_cnn()).explain(X, **bad)
@@ -155,10 +160,15 @@ def test_segmentation_class_axis():
     rng2 = np.random.default_rng(1)
     w = onnx.numpy_helper.from_array(rng2.normal(size=(4, 3, 3, 3)).astype(np.float32), "W")
     g = onnx.helper.make_graph(
-        [onnx.helper.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1]),
-         onnx.helper.make_node("Relu", ["c"], ["seg"])], "seg",
+        [
+            onnx.helper.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1]),
+            onnx.helper.make_node("Relu", ["c"], ["seg"]),
+        ],
+        "seg",
         [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3, 8, 8])],
-        [onnx.helper.make_tensor_value_info("seg", onnx.TensorProto.FLOAT, ["N", 4, 8, 8])], [w])
+        [onnx.helper.make_tensor_value_info("seg", onnx.TensorProto.FLOAT, ["N", 4, 8, 8])],
+        [w],
+    )
     m = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", 17)], ir_version=8)
     ex = Explainer(m)
     weights = np.zeros((3, 4, 8, 8), np.float32)

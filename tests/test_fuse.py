@@ -14,6 +14,7 @@
   the gradient on PyTorch's SiLU (unfused they equal it), and guided backprop on Swish is
   Swish'(x) relu(g) (numpy); DeepLIFT stays complete.
 """
+
 import json
 import math
 import pathlib
@@ -24,7 +25,7 @@ import onnx.parser
 import onnx_graphsurgeon as gs
 import pytest
 from onnx import helper, numpy_helper
-from oracle import check_vjp, gradient_graph, run_ref, to_float64
+from oracle import check_vjp, run_ref, to_float64
 
 import onnxplain
 from onnxplain.graph.canonicalize import canonicalize, export_graph
@@ -99,10 +100,16 @@ OTHERS = {
     "gelu_half_first": ("Gelu", "h = Mul(x, half)\n d = Div(x, r2)\n e = Erf(d)\n p = Add(one, e)\n y = Mul(h, p)"),
     "gelu_cdf": ("Gelu", "d = Mul(ir2, x)\n e = Erf(d)\n p = Add(e, one)\n c = Mul(half, p)\n y = Mul(x, c)"),
     "gelu_over_two": ("Gelu", "d = Div(x, r2)\n e = Erf(d)\n p = Add(e, one)\n m = Mul(p, x)\n y = Div(m, two)"),
-    "gelu_tanh_torch": ("Gelu", "s = Mul(x, x)\n cu = Mul(x, s)\n a = Mul(c3, cu)\n i = Add(x, a)\n u = Mul(k, i)\n"
-                                " t = Tanh(u)\n p = Add(one, t)\n m = Mul(x, p)\n y = Mul(half, m)"),
-    "gelu_tanh_pow": ("Gelu", "cu = Pow(x, e3)\n a = Mul(cu, c3)\n i = Add(x, a)\n u = Mul(i, k)\n t = Tanh(u)\n"
-                              " p = Add(t, one)\n h = Mul(half, x)\n y = Mul(h, p)"),
+    "gelu_tanh_torch": (
+        "Gelu",
+        "s = Mul(x, x)\n cu = Mul(x, s)\n a = Mul(c3, cu)\n i = Add(x, a)\n u = Mul(k, i)\n"
+        " t = Tanh(u)\n p = Add(one, t)\n m = Mul(x, p)\n y = Mul(half, m)",
+    ),
+    "gelu_tanh_pow": (
+        "Gelu",
+        "cu = Pow(x, e3)\n a = Mul(cu, c3)\n i = Add(x, a)\n u = Mul(i, k)\n t = Tanh(u)\n"
+        " p = Add(t, one)\n h = Mul(half, x)\n y = Mul(h, p)",
+    ),
 }
 PATTERNS = {**{f"hardswish_{k}": ("HardSwish", v) for k, v in HARDSWISH.items()}, **OTHERS}
 
@@ -145,12 +152,15 @@ def test_fused_attributes():
 
 def test_clip_with_attribute_bounds_before_opset_11():
     """Opset 10 Clip takes min/max as attributes (onnxplain loads opsets >= 11, so fuse the graph directly)."""
-    model = parse("""three = Constant <value = float {3.0}> ()
+    model = parse(
+        """three = Constant <value = float {3.0}> ()
         six = Constant <value = float {6.0}> ()
         t = Add(x, three)
         c = Clip <min = 0.0, max = 6.0> (t)
         m = Mul(x, c)
-        y = Div(m, six)""", opset=10)
+        y = Div(m, six)""",
+        opset=10,
+    )
     graph = gs.import_onnx(model)
     fusions = fuse(graph)
     graph.cleanup()  # the Constant nodes the pattern read
@@ -163,15 +173,35 @@ def test_clip_with_attribute_bounds_before_opset_11():
 
 
 LAYERNORMS = {
-    "pow_div": ("""m = ReduceMean <axes = [-1]> (x)\n d = Sub(x, m)\n p = Pow(d, two)\n v = ReduceMean <axes = [-1]> (p)
-                 a = Add(v, eps)\n s = Sqrt(a)\n n = Div(d, s)\n g = Mul(n, gamma)\n y = Add(g, beta)""", 13, 2, True),
-    "mul_reciprocal": ("""m = ReduceMean <axes = [1, 2]> (x)\n d = Sub(x, m)\n p = Mul(d, d)
+    "pow_div": (
+        """m = ReduceMean <axes = [-1]> (x)\n d = Sub(x, m)\n p = Pow(d, two)\n v = ReduceMean <axes = [-1]> (p)
+                 a = Add(v, eps)\n s = Sqrt(a)\n n = Div(d, s)\n g = Mul(n, gamma)\n y = Add(g, beta)""",
+        13,
+        2,
+        True,
+    ),
+    "mul_reciprocal": (
+        """m = ReduceMean <axes = [1, 2]> (x)\n d = Sub(x, m)\n p = Mul(d, d)
                  v = ReduceMean <axes = [2, 1]> (p)\n a = Add(eps, v)\n s = Sqrt(a)\n r = Reciprocal(s)
-                 n = Mul(r, d)\n y = Mul(gamma, n)""", 13, 1, False),
-    "no_affine": ("""m = ReduceMean <axes = [2]> (x)\n d = Sub(x, m)\n p = Pow(d, two)\n v = ReduceMean <axes = [2]> (p)
-                 a = Add(v, eps)\n s = Sqrt(a)\n y = Div(d, s)""", 13, 2, False),
-    "axes_input_opset18": ("""m = ReduceMean(x, ax)\n d = Sub(x, m)\n p = Pow(d, two)\n v = ReduceMean(p, ax)
-                 a = Add(v, eps)\n s = Sqrt(a)\n n = Div(d, s)\n g = Mul(n, gamma)\n y = Add(g, beta)""", 18, 2, True),
+                 n = Mul(r, d)\n y = Mul(gamma, n)""",
+        13,
+        1,
+        False,
+    ),
+    "no_affine": (
+        """m = ReduceMean <axes = [2]> (x)\n d = Sub(x, m)\n p = Pow(d, two)\n v = ReduceMean <axes = [2]> (p)
+                 a = Add(v, eps)\n s = Sqrt(a)\n y = Div(d, s)""",
+        13,
+        2,
+        False,
+    ),
+    "axes_input_opset18": (
+        """m = ReduceMean(x, ax)\n d = Sub(x, m)\n p = Pow(d, two)\n v = ReduceMean(p, ax)
+                 a = Add(v, eps)\n s = Sqrt(a)\n n = Div(d, s)\n g = Mul(n, gamma)\n y = Add(g, beta)""",
+        18,
+        2,
+        True,
+    ),
 }
 
 
@@ -194,7 +224,7 @@ def layernorm_model(body, opset, gamma_shape=(1, 6), beta_shape=(6,)):
 def test_layernorm_fuses_with_the_same_forward_and_gradient(name):
     body, opset, _, has_beta = LAYERNORMS[name]
     model = layernorm_model(body, opset)
-    node, = canonicalize(model).graph.nodes
+    (node,) = canonicalize(model).graph.nodes
     assert node.op == "LayerNormalization" and len(node.inputs) == (3 if has_beta else 2)
     x = pattern_input(shape=(2, 1, 6) if "[1, 2]" in body else (2, 3, 6)) * 3 + 1
     assert_same_forward(model, x)
@@ -204,10 +234,10 @@ def test_layernorm_fuses_with_the_same_forward_and_gradient(name):
 
 NOT_FUSED = {
     "gelu_wrong_sqrt2": CONSTS + "w = Constant <value = float {1.41}> ()\n d = Div(x, w)\n e = Erf(d)\n"
-                                 " p = Add(e, one)\n m = Mul(x, p)\n y = Mul(m, half)",
+    " p = Add(e, one)\n m = Mul(x, p)\n y = Mul(m, half)",
     "gelu_no_half": CONSTS + "d = Div(x, r2)\n e = Erf(d)\n p = Add(e, one)\n y = Mul(x, p)",
     "hardswish_div5": CONSTS + "five = Constant <value = float {5.0}> ()\n t = Add(x, three)\n c = Clip(t, zero, six)\n"
-                               " m = Mul(x, c)\n y = Div(m, five)",
+    " m = Mul(x, c)\n y = Div(m, five)",
     "keras_hard_sigmoid_times_x": CONSTS + "h = HardSigmoid <alpha = 0.2> (x)\n y = Mul(x, h)",
     "relu6_over_6": CONSTS + "c = Clip(x, zero, six)\n y = Div(c, six)",
     "gate_of_another_tensor": CONSTS + "z = Abs(x)\n s = Sigmoid(z)\n y = Mul(x, s)",
@@ -241,11 +271,18 @@ def test_shared_intermediates_and_graph_outputs_block_fusion():
     assert canonicalize(pattern_model(OTHERS["silu"][1]), fuse=False).fused == []
 
 
-@pytest.mark.parametrize("op, body, opset, kept", [
-    ("HardSwish", HARDSWISH["paddle_div"], 13, False), ("HardSwish", HARDSWISH["paddle_div"], 14, True),
-    ("Gelu", OTHERS["gelu_torch"][1], 19, False), ("Gelu", OTHERS["gelu_torch"][1], 20, True),
-    ("Swish", OTHERS["silu"][1], 13, False), ("Swish", OTHERS["silu"][1], 24, False),
-    ("LayerNormalization", LAYERNORMS["pow_div"][0], 17, False)])  # its rule recomputes the statistics: no copy
+@pytest.mark.parametrize(
+    "op, body, opset, kept",
+    [
+        ("HardSwish", HARDSWISH["paddle_div"], 13, False),
+        ("HardSwish", HARDSWISH["paddle_div"], 14, True),
+        ("Gelu", OTHERS["gelu_torch"][1], 19, False),
+        ("Gelu", OTHERS["gelu_torch"][1], 20, True),
+        ("Swish", OTHERS["silu"][1], 13, False),
+        ("Swish", OTHERS["silu"][1], 24, False),
+        ("LayerNormalization", LAYERNORMS["pow_div"][0], 17, False),
+    ],
+)  # its rule recomputes the statistics: no copy
 def test_exports_restore_the_models_nodes_and_write_copies_for_the_opset(op, body, opset, kept):
     """The explained graph runs the model's own nodes forward; DeepLIFT's copy of the forward (the
     baseline pass) holds the fused op, written in primitives where the opset lacks it (Swish always:
@@ -261,8 +298,9 @@ def test_exports_restore_the_models_nodes_and_write_copies_for_the_opset(op, bod
     x = pattern_input(shape=(2, 3, 6) if op == "LayerNormalization" else (2, 6))
     xb = pattern_input(shape=x.shape, seed=1)
     w = np.random.default_rng(3).normal(size=x.shape).astype(np.float32)
-    y, a = make_session(g).run(["y", "attribution"], {"x": x.astype(np.float32), "baseline": xb.astype(np.float32),
-                                                      "target_weights": w})
+    y, a = make_session(g).run(
+        ["y", "attribution"], {"x": x.astype(np.float32), "baseline": xb.astype(np.float32), "target_weights": w}
+    )
     np.testing.assert_array_equal(y, forward32(model, x))
     want = np.sum(w * (forward32(model, x) - forward32(model, xb)), dtype=np.float64)
     assert math.isclose(float(a.sum(dtype=np.float64)), want, rel_tol=1e-4)  # complete, in float32
@@ -273,8 +311,9 @@ def lowered_forward(op, attrs, x, extra=()):
     model = parse("y = Relu(x)", 13, ", ".join(str(d) for d in x.shape))
     graph = gs.import_onnx(model)
     xt, yt = graph.inputs[0], graph.outputs[0]
-    graph.nodes = [gs.Node(op, attrs=attrs, inputs=[xt, *[gs.Constant(f"c{i}", v) for i, v in enumerate(extra)]],
-                           outputs=[yt])]
+    graph.nodes = [
+        gs.Node(op, attrs=attrs, inputs=[xt, *[gs.Constant(f"c{i}", v) for i, v in enumerate(extra)]], outputs=[yt])
+    ]
     lowered = export_graph(graph, model)
     assert op not in ops(lowered)
     onnx.checker.check_model(lowered, full_check=True)
@@ -286,10 +325,12 @@ def test_ops_without_a_decomposition_are_written_in_primitives_for_older_opsets(
     x64 = x.astype(np.float64)
     erf = np.vectorize(math.erf)
     np.testing.assert_allclose(lowered_forward("HardSwish", {}, x), x64 * np.clip(x64 / 6 + 0.5, 0, 1), atol=1e-6)
-    np.testing.assert_allclose(lowered_forward("Swish", {"alpha": 1.702}, x), x64 / (1 + np.exp(-1.702 * x64)),
-                               rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(lowered_forward("Gelu", {}, x), 0.5 * x64 * (1 + erf(x64 / math.sqrt(2))),
-                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        lowered_forward("Swish", {"alpha": 1.702}, x), x64 / (1 + np.exp(-1.702 * x64)), rtol=1e-6, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        lowered_forward("Gelu", {}, x), 0.5 * x64 * (1 + erf(x64 / math.sqrt(2))), rtol=1e-6, atol=1e-6
+    )
     tanh = 0.5 * x64 * (1 + np.tanh(math.sqrt(2 / math.pi) * (x64 + 0.044715 * x64**3)))
     np.testing.assert_allclose(lowered_forward("Gelu", {"approximate": "tanh"}, x), tanh, rtol=1e-6, atol=1e-6)
     gamma, beta = np.linspace(0.5, 1.5, 6, dtype=np.float32), np.linspace(-1, 1, 6, dtype=np.float32)
@@ -373,14 +414,19 @@ def native_twin(model, scopes: dict, opset: int) -> onnx.ModelProto:
 HS, HSIG = ("HardSwish", {}, []), ("HardSigmoid", {"alpha": 1 / 6, "beta": 0.5}, [])
 TWINS = {
     "paddle_hardswish.onnx": ({"/act1": HS, "/act2": HS, "/act3": HS, "/se/gate": HSIG}, 14),
-    "silu_decomposed.onnx": ({"/act1": ("Swish", {}, []), "/act2": ("Swish", {}, []),
-                              "/quick_gelu": ("Swish", {"alpha": 1.702}, [])}, 24),
+    "silu_decomposed.onnx": (
+        {"/act1": ("Swish", {}, []), "/act2": ("Swish", {}, []), "/quick_gelu": ("Swish", {"alpha": 1.702}, [])},
+        24,
+    ),
     "gelu_erf_decomposed.onnx": ({f"/act{i}": ("Gelu", {}, []) for i in range(3)}, 20),
     "gelu_tanh_decomposed.onnx": ({f"/act{i}": ("Gelu", {"approximate": "tanh"}, []) for i in range(2)}, 20),
-    "layernorm_decomposed.onnx": ({"/act0": ("LayerNormalization", {"axis": -1, "epsilon": 1e-5},
-                                             ["/act0.gamma", "/act0.beta"]),
-                                   "/act1": ("LayerNormalization", {"axis": -1, "epsilon": 1e-6},
-                                             ["/act1.gamma"])}, 17),
+    "layernorm_decomposed.onnx": (
+        {
+            "/act0": ("LayerNormalization", {"axis": -1, "epsilon": 1e-5}, ["/act0.gamma", "/act0.beta"]),
+            "/act1": ("LayerNormalization", {"axis": -1, "epsilon": 1e-6}, ["/act1.gamma"]),
+        },
+        17,
+    ),
 }
 METHODS = ["gradient", "guided_backprop", "deconvnet", "lrp_0", "lrp_epsilon", "lrp_epsilon_plus", "deeplift"]
 
@@ -464,12 +510,23 @@ def test_guided_backprop_on_swish_is_its_slope_times_relu_of_the_cotangent():
     W1, W2, W3 = r.normal(size=(6, 8)), r.normal(size=(8, 8)), r.normal(size=(8, 3))
     inits = [numpy_helper.from_array(v.astype(np.float32), n) for n, v in (("W1", W1), ("W2", W2), ("W3", W3))]
     inits.append(numpy_helper.from_array(np.float32(1.702), "q"))
-    nodes = [helper.make_node("MatMul", ["x", "W1"], ["z1"]), helper.make_node("Sigmoid", ["z1"], ["s1"]),
-             helper.make_node("Mul", ["z1", "s1"], ["a1"]), helper.make_node("MatMul", ["a1", "W2"], ["z2"]),
-             helper.make_node("Mul", ["z2", "q"], ["u2"]), helper.make_node("Sigmoid", ["u2"], ["s2"]),
-             helper.make_node("Mul", ["s2", "z2"], ["a2"]), helper.make_node("MatMul", ["a2", "W3"], ["logits"])]
-    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 6])],
-                              [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["N", 3])], inits)
+    nodes = [
+        helper.make_node("MatMul", ["x", "W1"], ["z1"]),
+        helper.make_node("Sigmoid", ["z1"], ["s1"]),
+        helper.make_node("Mul", ["z1", "s1"], ["a1"]),
+        helper.make_node("MatMul", ["a1", "W2"], ["z2"]),
+        helper.make_node("Mul", ["z2", "q"], ["u2"]),
+        helper.make_node("Sigmoid", ["u2"], ["s2"]),
+        helper.make_node("Mul", ["s2", "z2"], ["a2"]),
+        helper.make_node("MatMul", ["a2", "W3"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 6])],
+        [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["N", 3])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
     W1, W2, W3 = (numpy_helper.to_array(i).astype(np.float64) for i in inits[:3])
     q = float(np.float32(1.702))

@@ -7,6 +7,7 @@ descriptor level matters) or an API call with a bad input, and checks:
 * nothing left in the output location (no file, no temporary file, no folder it made);
 * every input file (models, the files they reference, images, arrays, rule files) byte-identical.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -44,8 +45,9 @@ TOO_LONG = "n" * 300
 
 # ---- the inputs ----------------------------------------------------------------------------------------
 def _model(nodes, inputs, outputs, inits=(), opset=17):
-    return h.make_model(h.make_graph(nodes, "m", inputs, outputs, list(inits)),
-                        opset_imports=[h.make_opsetid("", opset)], ir_version=8)
+    return h.make_model(
+        h.make_graph(nodes, "m", inputs, outputs, list(inits)), opset_imports=[h.make_opsetid("", opset)], ir_version=8
+    )
 
 
 def _vi(name, shape, kind=T.FLOAT):
@@ -54,16 +56,19 @@ def _vi(name, shape, kind=T.FLOAT):
 
 def _png_header(path, width, height):
     """A valid PNG that claims width x height pixels (decoding it would need width*height*3 bytes)."""
+
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 def _npy_header(path, shape):
     """An .npy file whose header claims ``shape`` but that holds no data."""
-    header = "{'descr': '<f4', 'fortran_order': False, 'shape': %r, }" % (tuple(shape),)
+    header = f"{{'descr': '<f4', 'fortran_order': False, 'shape': {tuple(shape)!r}, }}"
     header = header + " " * (64 - (10 + len(header) + 1) % 64) + "\n"
     path.write_bytes(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode())
 
@@ -72,8 +77,14 @@ def _external(folder: Path, location: str) -> Path:
     """tiny_cnn with its weights in ``folder/location``."""
     folder.mkdir(parents=True, exist_ok=True)
     m = tiny_cnn()
-    onnx.save_model(m, str(folder / "m.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=location, size_threshold=0)
+    onnx.save_model(
+        m,
+        str(folder / "m.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=location,
+        size_threshold=0,
+    )
     return folder / "m.onnx"
 
 
@@ -102,28 +113,70 @@ def world(tmp_path_factory):
     w["clash"] = _external(d / "clash", "x.gradient.npy")
     w["evalclash"] = _external(d / "evalclash", "evaluation.json")
     # class count known only at run time
-    onnx.save(_model([h.make_node("Relu", ["x"], ["y"], name="relu")], [_vi("x", ["N", "C"])], [_vi("y", ["N", "C"])]),
-              str(d / "dyn.onnx"))
-    onnx.save(_model([h.make_node("ReduceMean", ["x"], ["y"], axes=[2, 3], keepdims=0, name="pool")],
-                     [_vi("x", ["N", "C", 8, 8])], [_vi("y", ["N", "C"])]), str(d / "dynimg.onnx"))
-    onnx.save(_model([h.make_node("Add", ["x", "z"], ["y"], name="add")], [_vi("x", ["N", 4]), _vi("z", ["N", 4])],
-                     [_vi("y", ["N", 4])]), str(d / "two.onnx"))
-    onnx.save(_model([h.make_node("Relu", ["x"], ["y"], name="relu")], [_vi("x", ["N", 4], T.BFLOAT16)],
-                     [_vi("y", ["N", 4], T.BFLOAT16)]), str(d / "bf16.onnx"))
-    fold = _model([h.make_node("Reshape", ["c6", "bad"], ["r"], name="reshape"),
-                   h.make_node("Add", ["x", "r"], ["y"], name="add")], [_vi("x", ["N", 4])], [_vi("y", ["N", 4])],
-                  [nh.from_array(np.ones(6, np.float32), "c6"), nh.from_array(np.array([4, 4], np.int64), "bad")])
+    onnx.save(
+        _model([h.make_node("Relu", ["x"], ["y"], name="relu")], [_vi("x", ["N", "C"])], [_vi("y", ["N", "C"])]),
+        str(d / "dyn.onnx"),
+    )
+    onnx.save(
+        _model(
+            [h.make_node("ReduceMean", ["x"], ["y"], axes=[2, 3], keepdims=0, name="pool")],
+            [_vi("x", ["N", "C", 8, 8])],
+            [_vi("y", ["N", "C"])],
+        ),
+        str(d / "dynimg.onnx"),
+    )
+    onnx.save(
+        _model(
+            [h.make_node("Add", ["x", "z"], ["y"], name="add")],
+            [_vi("x", ["N", 4]), _vi("z", ["N", 4])],
+            [_vi("y", ["N", 4])],
+        ),
+        str(d / "two.onnx"),
+    )
+    onnx.save(
+        _model(
+            [h.make_node("Relu", ["x"], ["y"], name="relu")],
+            [_vi("x", ["N", 4], T.BFLOAT16)],
+            [_vi("y", ["N", 4], T.BFLOAT16)],
+        ),
+        str(d / "bf16.onnx"),
+    )
+    fold = _model(
+        [
+            h.make_node("Reshape", ["c6", "bad"], ["r"], name="reshape"),
+            h.make_node("Add", ["x", "r"], ["y"], name="add"),
+        ],
+        [_vi("x", ["N", 4])],
+        [_vi("y", ["N", 4])],
+        [nh.from_array(np.ones(6, np.float32), "c6"), nh.from_array(np.array([4, 4], np.int64), "bad")],
+    )
     onnx.save(fold, str(d / "fold.onnx"))
-    custom = h.make_model(h.make_graph(
-        [h.make_node("Relu", ["x"], ["r"], name="relu"), h.make_node("Weird", ["r"], ["w"], name="weird", domain="my.dom"),
-         h.make_node("Relu", ["w"], ["y"], name="relu2")], "m", [_vi("x", ["N", 4])], [_vi("y", ["N", None])]),
-        opset_imports=[h.make_opsetid("", 17), h.make_opsetid("my.dom", 1)], ir_version=8)
+    custom = h.make_model(
+        h.make_graph(
+            [
+                h.make_node("Relu", ["x"], ["r"], name="relu"),
+                h.make_node("Weird", ["r"], ["w"], name="weird", domain="my.dom"),
+                h.make_node("Relu", ["w"], ["y"], name="relu2"),
+            ],
+            "m",
+            [_vi("x", ["N", 4])],
+            [_vi("y", ["N", None])],
+        ),
+        opset_imports=[h.make_opsetid("", 17), h.make_opsetid("my.dom", 1)],
+        ir_version=8,
+    )
     onnx.save(custom, str(d / "custom.onnx"))  # symbolic shape inference gives up on it (and used to leave files)
 
     def pooled(side):
-        return _model([h.make_node("Relu", ["x"], ["r"], name="relu"),
-                       h.make_node("ReduceMean", ["r"], ["y"], axes=[2, 3], keepdims=0, name="pool")],
-                      [_vi("x", ["N", 3, side, side])], [_vi("y", ["N", 3])])
+        return _model(
+            [
+                h.make_node("Relu", ["x"], ["r"], name="relu"),
+                h.make_node("ReduceMean", ["r"], ["y"], axes=[2, 3], keepdims=0, name="pool"),
+            ],
+            [_vi("x", ["N", 3, side, side])],
+            [_vi("y", ["N", 3])],
+        )
+
     onnx.save(pooled(12000), str(d / "big.onnx"))
     onnx.save(pooled(100000), str(d / "huge.onnx"))
     onnx.save(pooled(64), str(d / "pool64.onnx"))
@@ -137,8 +190,12 @@ def world(tmp_path_factory):
     (d / "nonodes.onnx").write_bytes(nonodes.SerializeToString())
     (d / "junk.onnx").write_bytes(r.integers(0, 256, 300, dtype=np.uint8).tobytes())
     (d / "empty.onnx").write_bytes(b"")
-    for name, loc in (("abs", "/etc/passwd"), ("escape", "../tiny.onnx"), ("missing", "nope.bin"),
-                      ("nul", "w\0eights.bin")):
+    for name, loc in (
+        ("abs", "/etc/passwd"),
+        ("escape", "../tiny.onnx"),
+        ("missing", "nope.bin"),
+        ("nul", "w\0eights.bin"),
+    ):
         _set_location(_external(d / f"ext_{name}", "weights.bin"), loc)
     trunc = _external(d / "ext_trunc", "weights.bin")
     (d / "ext_trunc" / "weights.bin").write_bytes(b"\0" * 16)
@@ -170,7 +227,7 @@ def world(tmp_path_factory):
         "lookahead": '[[rule]]\nnames = ["(?=a)a"]\nrule = "guided"',
         "longpat": '[[rule]]\nnames = ["' + "a" * 5000 + '"]\nrule = "guided"',
         "catastrophic": '[[rule]]\nnames = ["(a+)+$"]\nrule = "epsilon"\n[[rule]]\nops = ["Gemm", "Conv"]\n'
-                        'rule = "epsilon"',
+        'rule = "epsilon"',
         "notutf8": None,
     }
     for name, text in rules.items():
@@ -229,7 +286,7 @@ def nothing_written(out: Path, before=None):
 
 # ---- the command-line battery ------------------------------------------------------------------------------
 D = "{d}"  # the inputs folder
-O = "{o}"  # a fresh output location that must stay absent
+O = "{o}"  # a fresh output location that must stay absent  # noqa: E741
 
 CLI_CASES = {
     # 1. never clobber: the model, its external data, files named like it
@@ -238,37 +295,74 @@ CLI_CASES = {
     "export onto a symlink to the model": (["export", f"{D}/tiny.onnx", "-o", "{link_model}"], "refusing"),
     "export onto a hard link to the data": (["export", f"{D}/ext/m.onnx", "-o", "{hardlink_data}"], "refusing"),
     "explain into the model folder (data named like an output)": (
-        ["explain", f"{D}/clash/m.onnx", f"{D}/x.npy", "-d", f"{D}/clash"], "refusing"),
+        ["explain", f"{D}/clash/m.onnx", f"{D}/x.npy", "-d", f"{D}/clash"],
+        "refusing",
+    ),
     "explain with labels named like an output": (
-        ["explain", f"{D}/tiny.onnx", f"{D}/x.npy", "--labels", "{labels_clash}", "-d", "{labels_dir}"], "refusing"),
+        ["explain", f"{D}/tiny.onnx", f"{D}/x.npy", "--labels", "{labels_clash}", "-d", "{labels_dir}"],
+        "refusing",
+    ),
     "explain through a symlinked folder onto the data": (
-        ["explain", f"{D}/clash/m.onnx", f"{D}/x.npy", "-d", "{link_dir}"], "refusing"),
+        ["explain", f"{D}/clash/m.onnx", f"{D}/x.npy", "-d", "{link_dir}"],
+        "refusing",
+    ),
     "evaluate into the folder of a model whose data is evaluation.json": (
-        ["evaluate", f"{D}/evalclash/m.onnx", "shapes", "--n", "2", "-m", "gradient", "--metrics", "deletion",
-         "-d", f"{D}/evalclash"], "refusing"),
+        [
+            "evaluate",
+            f"{D}/evalclash/m.onnx",
+            "shapes",
+            "--n",
+            "2",
+            "-m",
+            "gradient",
+            "--metrics",
+            "deletion",
+            "-d",
+            f"{D}/evalclash",
+        ],
+        "refusing",
+    ),
     # 2. never a silent wrong answer
-    "target beyond the run-time class count": (["explain", f"{D}/dyn.onnx", f"{D}/x4.npy", "--target", "1000000000",
-                                                 "-d", O], "out of range"),
-    "target one past the run-time class count": (["explain", f"{D}/dyn.onnx", f"{D}/x4.npy", "--target", "4",
-                                                  "-d", O], "4 classes"),
+    "target beyond the run-time class count": (
+        ["explain", f"{D}/dyn.onnx", f"{D}/x4.npy", "--target", "1000000000", "-d", O],
+        "out of range",
+    ),
+    "target one past the run-time class count": (
+        ["explain", f"{D}/dyn.onnx", f"{D}/x4.npy", "--target", "4", "-d", O],
+        "4 classes",
+    ),
     "target beyond the static class count": (["explain", f"{D}/tiny.onnx", f"{D}/x.npy", "-t", "5", "-d", O], "range"),
     "target -2": (["explain", f"{D}/tiny.onnx", f"{D}/x.npy", "-t", "-2", "-d", O], "range"),
-    "target past the class count, black-box": (["explain", f"{D}/dynimg.onnx", f"{D}/x.npy", "-m", "occlusion",
-                                                "--target", "7", "-d", O], "range"),
+    "target past the class count, black-box": (
+        ["explain", f"{D}/dynimg.onnx", f"{D}/x.npy", "-m", "occlusion", "--target", "7", "-d", O],
+        "range",
+    ),
     "baseline nan": (["explain", f"{D}/tiny.onnx", f"{D}/x.npy", "-m", "ig", "--baseline", "nan", "-d", O], "NaN"),
     "baseline inf": (["explain", f"{D}/tiny.onnx", f"{D}/x.npy", "-m", "ig", "--baseline", "inf", "-d", O], None),
-    "baseline -inf deeplift": (["explain", f"{D}/tiny.onnx", f"{D}/x.npy", "-m", "deeplift", "--baseline", "-inf",
-                                "-d", O], None),
-    "rules epsilon nan": (["explain", f"{D}/tiny.onnx", f"{D}/x.npy", "-m", "lrp_epsilon", "--rules",
-                           f"{D}/eps_nan.toml", "-d", O], "epsilon"),
-    "rules epsilon inf": (["explain", f"{D}/tiny.onnx", f"{D}/x.npy", "-m", "lrp_epsilon", "--rules",
-                           f"{D}/eps_inf.toml", "-d", O], "epsilon"),
-    "rules epsilon 1e999": (["explain", f"{D}/tiny.onnx", f"{D}/x.npy", "-m", "lrp_epsilon", "--rules",
-                             f"{D}/eps_big.toml", "-d", O], "epsilon"),
-    "rules epsilon with 5000 digits": (["explain", f"{D}/tiny.onnx", f"{D}/x.npy", "-m", "lrp_epsilon", "--rules",
-                                        f"{D}/eps_hugeint.toml", "-d", O], "digits"),
-    "rules gamma -nan": (["export", f"{D}/tiny.onnx", "-m", "lrp_epsilon", "--rules", f"{D}/gamma_nan.toml",
-                          "-o", f"{O}/g.onnx"], "gamma"),
+    "baseline -inf deeplift": (
+        ["explain", f"{D}/tiny.onnx", f"{D}/x.npy", "-m", "deeplift", "--baseline", "-inf", "-d", O],
+        None,
+    ),
+    "rules epsilon nan": (
+        ["explain", f"{D}/tiny.onnx", f"{D}/x.npy", "-m", "lrp_epsilon", "--rules", f"{D}/eps_nan.toml", "-d", O],
+        "epsilon",
+    ),
+    "rules epsilon inf": (
+        ["explain", f"{D}/tiny.onnx", f"{D}/x.npy", "-m", "lrp_epsilon", "--rules", f"{D}/eps_inf.toml", "-d", O],
+        "epsilon",
+    ),
+    "rules epsilon 1e999": (
+        ["explain", f"{D}/tiny.onnx", f"{D}/x.npy", "-m", "lrp_epsilon", "--rules", f"{D}/eps_big.toml", "-d", O],
+        "epsilon",
+    ),
+    "rules epsilon with 5000 digits": (
+        ["explain", f"{D}/tiny.onnx", f"{D}/x.npy", "-m", "lrp_epsilon", "--rules", f"{D}/eps_hugeint.toml", "-d", O],
+        "digits",
+    ),
+    "rules gamma -nan": (
+        ["export", f"{D}/tiny.onnx", "-m", "lrp_epsilon", "--rules", f"{D}/gamma_nan.toml", "-o", f"{O}/g.onnx"],
+        "gamma",
+    ),
     "noise inf": (["explain", f"{D}/tiny.onnx", f"{D}/x.npy", "-m", "smoothgrad", "--noise", "inf", "-d", O], "finite"),
     "noise nan": (["explain", f"{D}/tiny.onnx", f"{D}/x.npy", "-m", "smoothgrad", "--noise", "nan", "-d", O], None),
     "noise negative": (["explain", f"{D}/tiny.onnx", f"{D}/x.npy", "-m", "smoothgrad", "--noise", "-1", "-d", O], None),
@@ -281,11 +375,15 @@ CLI_CASES = {
     "class axis 9": (["explain", f"{D}/tiny.onnx", f"{D}/x.npy", "--class-axis", "9", "-d", O], "class_axis"),
     "class axis 0 (the batch)": (["explain", f"{D}/tiny.onnx", f"{D}/x.npy", "--class-axis", "0", "-d", O], "batch"),
     "class axis -3": (["explain", f"{D}/tiny.onnx", f"{D}/x.npy", "--class-axis", "-3", "-d", O], "class_axis"),
-    "class axis 9, black-box": (["explain", f"{D}/tiny.onnx", f"{D}/x.npy", "-m", "occlusion", "--class-axis", "9",
-                                 "-d", O], "class_axis"),
+    "class axis 9, black-box": (
+        ["explain", f"{D}/tiny.onnx", f"{D}/x.npy", "-m", "occlusion", "--class-axis", "9", "-d", O],
+        "class_axis",
+    ),
     "export class axis 9": (["export", f"{D}/tiny.onnx", "--class-axis", "9", "-o", f"{O}/g.onnx"], "class_axis"),
-    "export class axis 9, dynamic classes": (["export", f"{D}/dyn.onnx", "--class-axis", "7", "-o", f"{O}/g.onnx"],
-                                             "class_axis"),
+    "export class axis 9, dynamic classes": (
+        ["export", f"{D}/dyn.onnx", "--class-axis", "7", "-o", f"{O}/g.onnx"],
+        "class_axis",
+    ),
     "alpha nan": (["explain", f"{D}/tiny.onnx", f"{D}/photo.png", "--alpha", "nan", "-d", O], None),
     "std 0": (["explain", f"{D}/tiny.onnx", f"{D}/photo.png", "--std", "0", "-d", O], "std"),
     "mean nan": (["explain", f"{D}/tiny.onnx", f"{D}/photo.png", "--mean", "nan", "-d", O], "finite"),
@@ -294,21 +392,31 @@ CLI_CASES = {
     "size 0": (["explain", f"{D}/tiny.onnx", f"{D}/photo.png", "--size", "0", "-d", O], "size"),
     "size -5": (["explain", f"{D}/tiny.onnx", f"{D}/photo.png", "--size", "-5", "-d", O], None),
     "input with NaN": (["explain", f"{D}/tiny.onnx", f"{D}/nan.npy", "-d", O], "NaN"),
-    "occlusion window larger than the input": (["explain", f"{D}/tiny.onnx", f"{D}/x.npy", "-m", "occlusion",
-                                                "--window", "0", "-d", O], None),
+    "occlusion window larger than the input": (
+        ["explain", f"{D}/tiny.onnx", f"{D}/x.npy", "-m", "occlusion", "--window", "0", "-d", O],
+        None,
+    ),
     # 3. memory the model (or an option) asks for
-    "model input 12000x12000 under a 1G limit": (["explain", f"{D}/big.onnx", f"{D}/photo.png", "--max-memory", "1G",
-                                                  "-d", O], "memory limit"),
-    "model input 100000x100000 (default limit)": (["explain", f"{D}/huge.onnx", f"{D}/photo.png", "-d", O],
-                                                  "memory limit"),
+    "model input 12000x12000 under a 1G limit": (
+        ["explain", f"{D}/big.onnx", f"{D}/photo.png", "--max-memory", "1G", "-d", O],
+        "memory limit",
+    ),
+    "model input 100000x100000 (default limit)": (
+        ["explain", f"{D}/huge.onnx", f"{D}/photo.png", "-d", O],
+        "memory limit",
+    ),
     "size 100000": (["explain", f"{D}/pool64.onnx", f"{D}/photo.png", "--size", "100000", "-d", O], "memory limit"),
-    "size 60000 under 8G": (["explain", f"{D}/pool64.onnx", f"{D}/photo.png", "--size", "60000", "--max-memory", "8G",
-                             "-d", O], "memory limit"),
+    "size 60000 under 8G": (
+        ["explain", f"{D}/pool64.onnx", f"{D}/photo.png", "--size", "60000", "--max-memory", "8G", "-d", O],
+        "memory limit",
+    ),
     "png claiming 100000x100000": (["explain", f"{D}/tiny.onnx", f"{D}/bomb.png", "-d", O], None),
     "npy header claiming data it lacks": (["explain", f"{D}/tiny.onnx", f"{D}/claims.npy", "-d", O], "header"),
     "npy header claiming 10^20 values": (["explain", f"{D}/tiny.onnx", f"{D}/claims_huge.npy", "-d", O], None),
-    "batch over the memory limit": (["explain", f"{D}/tiny.onnx", f"{D}/x.npy", "--max-memory", "2K", "-d", O],
-                                    "memory limit"),
+    "batch over the memory limit": (
+        ["explain", f"{D}/tiny.onnx", f"{D}/x.npy", "--max-memory", "2K", "-d", O],
+        "memory limit",
+    ),
     "max-memory abc": (["explain", f"{D}/tiny.onnx", f"{D}/x.npy", "--max-memory", "abc", "-d", O], "max-memory"),
     "max-memory 0": (["explain", f"{D}/tiny.onnx", f"{D}/x.npy", "--max-memory", "0", "-d", O], "max-memory"),
     "max-memory -5G": (["explain", f"{D}/tiny.onnx", f"{D}/x.npy", "--max-memory", "-5G", "-d", O], "max-memory"),
@@ -335,48 +443,82 @@ CLI_CASES = {
     "garbage image": (["explain", f"{D}/tiny.onnx", f"{D}/junk.png", "-d", O], None),
     "image is a folder": (["explain", f"{D}/tiny.onnx", f"{D}/folder.png", "-d", O], None),
     "model with two inputs": (["explain", f"{D}/two.onnx", f"{D}/x4.npy", "-d", O], None),
-    "model with two inputs, black-box": (["explain", f"{D}/two.onnx", f"{D}/x4.npy", "-m", "occlusion", "-d", O],
-                                         None),
+    "model with two inputs, black-box": (["explain", f"{D}/two.onnx", f"{D}/x4.npy", "-m", "occlusion", "-d", O], None),
     "constant folding fails": (["explain", f"{D}/fold.onnx", f"{D}/x4.npy", "-d", O], None),
     "garbage model": (["explain", f"{D}/junk.onnx", f"{D}/x.npy", "-d", O], "not a valid ONNX model"),
     "empty model file": (["export", f"{D}/empty.onnx", "-o", f"{O}/g.onnx"], None),
     "model is a folder": (["export", f"{D}/ext", "-o", f"{O}/g.onnx"], "not a file"),
     "model without nodes": (["inspect", f"{D}/nonodes.onnx"], "no graph nodes"),
     "opset 5": (["explain", f"{D}/opset5.onnx", f"{D}/x.npy", "-d", O], "opset"),
-    "TOML nested 100000 deep": (["explain", f"{D}/tiny.onnx", f"{D}/x.npy", "-m", "lrp_epsilon", "--rules",
-                                 f"{D}/deep.toml", "-d", O], "nested"),
-    "TOML tables nested 5000 deep": (["export", f"{D}/tiny.onnx", "-m", "lrp_epsilon", "--rules",
-                                      f"{D}/deep_tables.toml", "-o", f"{O}/g.onnx"], "nested"),
-    "rules file not UTF-8": (["explain", f"{D}/tiny.onnx", f"{D}/x.npy", "-m", "lrp_epsilon", "--rules",
-                              f"{D}/notutf8.toml", "-d", O], "TOML"),
-    "rules file of 2 MB": (["explain", f"{D}/tiny.onnx", f"{D}/x.npy", "-m", "lrp_epsilon", "--rules",
-                            f"{D}/large.toml", "-d", O], "too large"),
-    "rules file is a folder": (["explain", f"{D}/tiny.onnx", f"{D}/x.npy", "-m", "lrp_epsilon", "--rules",
-                                f"{D}/rules_dir.toml", "-d", O], None),
+    "TOML nested 100000 deep": (
+        ["explain", f"{D}/tiny.onnx", f"{D}/x.npy", "-m", "lrp_epsilon", "--rules", f"{D}/deep.toml", "-d", O],
+        "nested",
+    ),
+    "TOML tables nested 5000 deep": (
+        ["export", f"{D}/tiny.onnx", "-m", "lrp_epsilon", "--rules", f"{D}/deep_tables.toml", "-o", f"{O}/g.onnx"],
+        "nested",
+    ),
+    "rules file not UTF-8": (
+        ["explain", f"{D}/tiny.onnx", f"{D}/x.npy", "-m", "lrp_epsilon", "--rules", f"{D}/notutf8.toml", "-d", O],
+        "TOML",
+    ),
+    "rules file of 2 MB": (
+        ["explain", f"{D}/tiny.onnx", f"{D}/x.npy", "-m", "lrp_epsilon", "--rules", f"{D}/large.toml", "-d", O],
+        "too large",
+    ),
+    "rules file is a folder": (
+        ["explain", f"{D}/tiny.onnx", f"{D}/x.npy", "-m", "lrp_epsilon", "--rules", f"{D}/rules_dir.toml", "-d", O],
+        None,
+    ),
     "labels file is a folder": (["explain", f"{D}/tiny.onnx", f"{D}/x.npy", "--labels", f"{D}/ext", "-d", O], None),
     "unknown method": (["explain", f"{D}/tiny.onnx", f"{D}/x.npy", "-m", "gradientt", "-d", O], "did you mean"),
     "option of another method": (["explain", f"{D}/tiny.onnx", f"{D}/x.npy", "--steps", "4", "-d", O], "--steps"),
     "export of a black-box method": (["export", f"{D}/tiny.onnx", "-m", "lime", "-o", f"{O}/g.onnx"], None),
     "export without .onnx": (["export", f"{D}/tiny.onnx", "-o", f"{O}/g.bin"], ".onnx"),
     "evaluate with a bad metric": (["evaluate", f"{D}/tiny.onnx", "shapes", "--metrics", "nope", "-d", O], None),
-    "evaluate a garbage shuffled model": (["evaluate", f"{D}/tiny.onnx", "shapes", "--n", "2", "-m", "gradient",
-                                           "--metrics", "data_randomisation", "--shuffled-model", f"{D}/junk.onnx",
-                                           "-d", O], None),
+    "evaluate a garbage shuffled model": (
+        [
+            "evaluate",
+            f"{D}/tiny.onnx",
+            "shapes",
+            "--n",
+            "2",
+            "-m",
+            "gradient",
+            "--metrics",
+            "data_randomisation",
+            "--shuffled-model",
+            f"{D}/junk.onnx",
+            "-d",
+            O,
+        ],
+        None,
+    ),
     "evaluate data that is not an npz": (["evaluate", f"{D}/tiny.onnx", f"{D}/x.npy", "-d", O], None),
     "inspect a 300-char path": (["inspect", f"{D}/{TOO_LONG}.onnx"], None),
     # 5. no partial outputs
-    "second method refused": (["explain", f"{D}/tiny.onnx", f"{D}/x.npy", "-m", "gradient", "-m", "gradcam",
-                               "--layer", "fc", "-d", O], None),
-    "second method fails at run time": (["explain", f"{D}/dyn.onnx", f"{D}/x4.npy", "-m", "saliency", "-m", "gradient",
-                                         "-t", "9", "-d", O], "range"),
+    "second method refused": (
+        ["explain", f"{D}/tiny.onnx", f"{D}/x.npy", "-m", "gradient", "-m", "gradcam", "--layer", "fc", "-d", O],
+        None,
+    ),
+    "second method fails at run time": (
+        ["explain", f"{D}/dyn.onnx", f"{D}/x4.npy", "-m", "saliency", "-m", "gradient", "-t", "9", "-d", O],
+        "range",
+    ),
     "second image fails": (["explain", f"{D}/tiny.onnx", f"{D}/x.npy", f"{D}/nan.npy", "-d", O], "NaN"),
     # 8. rule-file regexes
-    "backreference in a name pattern": (["explain", f"{D}/tiny.onnx", f"{D}/x.npy", "-m", "guided_backprop",
-                                         "--rules", f"{D}/backref.toml", "-d", O], "regular expression"),
-    "lookahead in a name pattern": (["explain", f"{D}/tiny.onnx", f"{D}/x.npy", "-m", "guided_backprop",
-                                     "--rules", f"{D}/lookahead.toml", "-d", O], "regular expression"),
-    "5000-character name pattern": (["explain", f"{D}/tiny.onnx", f"{D}/x.npy", "-m", "guided_backprop",
-                                     "--rules", f"{D}/longpat.toml", "-d", O], "too long"),
+    "backreference in a name pattern": (
+        ["explain", f"{D}/tiny.onnx", f"{D}/x.npy", "-m", "guided_backprop", "--rules", f"{D}/backref.toml", "-d", O],
+        "regular expression",
+    ),
+    "lookahead in a name pattern": (
+        ["explain", f"{D}/tiny.onnx", f"{D}/x.npy", "-m", "guided_backprop", "--rules", f"{D}/lookahead.toml", "-d", O],
+        "regular expression",
+    ),
+    "5000-character name pattern": (
+        ["explain", f"{D}/tiny.onnx", f"{D}/x.npy", "-m", "guided_backprop", "--rules", f"{D}/longpat.toml", "-d", O],
+        "too long",
+    ),
 }
 
 
@@ -398,8 +540,14 @@ def extras(world):
     labels = d / "labels"
     labels.mkdir()
     shutil.copy(world["dir"] / "labels.txt", labels / "x.gradient.png")
-    vals = {"link_model": d / "link.onnx", "hardlink_data": d / "hard.onnx", "onnx_dir": d / "dir.onnx",
-            "link_dir": d / "linkdir", "labels_clash": labels / "x.gradient.png", "labels_dir": labels}
+    vals = {
+        "link_model": d / "link.onnx",
+        "hardlink_data": d / "hard.onnx",
+        "onnx_dir": d / "dir.onnx",
+        "link_dir": d / "linkdir",
+        "labels_clash": labels / "x.gradient.png",
+        "labels_dir": labels,
+    }
     world["extra"] = lambda tmp: {k: str(v) for k, v in vals.items()}
     return d
 
@@ -419,8 +567,14 @@ def test_cli_case(cli, world, extras, tmp_path, name):
 def run_cli(*args, cwd=None, timeout=120):
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("ONNXPLAIN_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "onnxplain", *map(str, args)], capture_output=True, text=True,
-                          env=env, cwd=cwd, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "onnxplain", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=timeout,
+    )
 
 
 def one_line(proc, code=2):
@@ -431,15 +585,23 @@ def one_line(proc, code=2):
     return lines[0]
 
 
-@pytest.mark.parametrize("name,args", [
-    ("constant folding fails (onnxruntime logs)", ["explain", "fold.onnx", "x4.npy"]),
-    ("two inputs", ["explain", "two.onnx", "x4.npy", "-m", "gradient,occlusion"]),
-    ("TOML nested 100000 deep", ["export", "tiny.onnx", "-m", "lrp_epsilon", "--rules", "deep.toml", "-o", "g.onnx"]),
-    ("png bomb (Pillow)", ["explain", "tiny.onnx", "bomb.png"]),
-    ("shape inference gives up (its temp files)", ["explain", "custom.onnx", "x4.npy"]),
-    ("ragged TOML and a missing rule", ["export", "tiny.onnx", "-m", "lrp_epsilon", "--rules", "notutf8.toml",
-                                        "-o", "g.onnx"]),
-])
+@pytest.mark.parametrize(
+    "name,args",
+    [
+        ("constant folding fails (onnxruntime logs)", ["explain", "fold.onnx", "x4.npy"]),
+        ("two inputs", ["explain", "two.onnx", "x4.npy", "-m", "gradient,occlusion"]),
+        (
+            "TOML nested 100000 deep",
+            ["export", "tiny.onnx", "-m", "lrp_epsilon", "--rules", "deep.toml", "-o", "g.onnx"],
+        ),
+        ("png bomb (Pillow)", ["explain", "tiny.onnx", "bomb.png"]),
+        ("shape inference gives up (its temp files)", ["explain", "custom.onnx", "x4.npy"]),
+        (
+            "ragged TOML and a missing rule",
+            ["export", "tiny.onnx", "-m", "lrp_epsilon", "--rules", "notutf8.toml", "-o", "g.onnx"],
+        ),
+    ],
+)
 def test_one_stderr_line_at_the_fd_level(world, tmp_path, name, args):
     """A subprocess, so that onnxruntime's C++ log, onnx/Pillow warnings and graphsurgeon lines would show."""
     cwd = tmp_path / "cwd"
@@ -472,9 +634,30 @@ def test_bfloat16_model_is_explained_without_a_word_on_stderr(world, tmp_path):
 def test_ctrl_c_removes_temporaries_and_says_interrupted(world, tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-m", "onnxplain", "explain", str(world["tiny"]), str(world["dir"] / "x.npy"),
-                             "-m", "gradient", "-m", "lime", "--samples", "5000000", "--batch-size", "1", "-d", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "onnxplain",
+            "explain",
+            str(world["tiny"]),
+            str(world["dir"] / "x.npy"),
+            "-m",
+            "gradient",
+            "-m",
+            "lime",
+            "--samples",
+            "5000000",
+            "--batch-size",
+            "1",
+            "-d",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     deadline = time.time() + 60
     while time.time() < deadline and not (out.is_dir() and any(out.iterdir())):  # the gradient files are staged
         time.sleep(0.2)
@@ -522,11 +705,36 @@ def test_full_disk_while_writing(world, tmpfs, cli):
     """A disk that fills up mid-run (ENOSPC from the writes): one line, no file, no temporary file."""
     _fill_disk(tmpfs, 0)
     before = snapshot(tmpfs)
-    user_error(cli("explain", world["tiny"], world["dir"] / "x.npy", world["dir"] / "photo.png", "-m",
-                   "gradient,saliency", "-d", tmpfs / "out"), "space")
+    user_error(
+        cli(
+            "explain",
+            world["tiny"],
+            world["dir"] / "x.npy",
+            world["dir"] / "photo.png",
+            "-m",
+            "gradient,saliency",
+            "-d",
+            tmpfs / "out",
+        ),
+        "space",
+    )
     assert snapshot(tmpfs) == before
-    user_error(cli("evaluate", world["dir"] / "pool64.onnx", "shapes", "--n", "2", "-m", "gradient", "--metrics",
-                   "deletion", "-d", tmpfs / "eval"), "space")  # used to leave an empty or half-filled folder
+    user_error(
+        cli(
+            "evaluate",
+            world["dir"] / "pool64.onnx",
+            "shapes",
+            "--n",
+            "2",
+            "-m",
+            "gradient",
+            "--metrics",
+            "deletion",
+            "-d",
+            tmpfs / "eval",
+        ),
+        "space",
+    )  # used to leave an empty or half-filled folder
     assert snapshot(tmpfs) == before
     (tmpfs / "ballast").unlink()
     _fill_disk(tmpfs, 0)
@@ -556,11 +764,15 @@ def test_read_only_folder_as_nobody(world, tmp_path):
     setpriv = shutil.which("setpriv")
     if os.geteuid() != 0 or setpriv is None:
         pytest.skip("needs root and setpriv to run as another user")
-    probe = subprocess.run([setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable, "-c",
-                            "import onnxruntime"], capture_output=True, text=True)
+    probe = subprocess.run(
+        [setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable, "-c", "import onnxruntime"],
+        capture_output=True,
+        text=True,
+    )
     if probe.returncode != 0:
-        pytest.skip(f"'nobody' cannot run this Python ({sys.executable}): "
-                    f"{(probe.stderr.strip().splitlines() or ['?'])[-1]}")
+        pytest.skip(
+            f"'nobody' cannot run this Python ({sys.executable}): {(probe.stderr.strip().splitlines() or ['?'])[-1]}"
+        )
     base = Path(tempfile_dir())
     try:
         for name in ("tiny.onnx", "x.npy"):
@@ -568,9 +780,26 @@ def test_read_only_folder_as_nobody(world, tmp_path):
         locked = base / "locked"
         locked.mkdir(mode=0o555)
         env = dict(os.environ, PYTHONPATH=str(ROOT))
-        r = subprocess.run([setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable, "-m",
-                            "onnxplain", "explain", str(base / "tiny.onnx"), str(base / "x.npy"), "-d",
-                            str(locked / "out")], capture_output=True, text=True, env=env, cwd=str(base))
+        r = subprocess.run(
+            [
+                setpriv,
+                "--reuid=nobody",
+                "--regid=nogroup",
+                "--clear-groups",
+                sys.executable,
+                "-m",
+                "onnxplain",
+                "explain",
+                str(base / "tiny.onnx"),
+                str(base / "x.npy"),
+                "-d",
+                str(locked / "out"),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=str(base),
+        )
         assert "permission denied" in one_line(r)
         assert list(locked.iterdir()) == []
     finally:
@@ -596,8 +825,16 @@ def test_long_valid_output_name_works(cli, world, tmp_path):
 def test_catastrophic_pattern_against_a_hostile_node_name(cli, world, tmp_path):
     """(a+)+$ against 'aaaa...a!' takes exponential time in a backtracking engine; RE2 is linear."""
     t0 = time.perf_counter()
-    res = cli("export", world["dir"] / "evilnames.onnx", "-m", "lrp_epsilon", "--rules",
-              world["dir"] / "catastrophic.toml", "-o", tmp_path / "g.onnx")
+    res = cli(
+        "export",
+        world["dir"] / "evilnames.onnx",
+        "-m",
+        "lrp_epsilon",
+        "--rules",
+        world["dir"] / "catastrophic.toml",
+        "-o",
+        tmp_path / "g.onnx",
+    )
     assert res.exit_code == 0, res.output
     assert time.perf_counter() - t0 < 20
 
@@ -631,12 +868,11 @@ def test_output_that_is_a_symlink_is_replaced_not_followed(tmp_path):
 
 def test_transaction_is_all_or_nothing(tmp_path):
     out = tmp_path / "new" / "deeper"
-    with pytest.raises(RuntimeError):
-        with Outputs().folder(out) as tx:
-            render.save_text("one", out / "a.txt")
-            render.save_text("two", out / "b.txt")
-            assert not (out / "a.txt").exists()  # staged, not yet in place
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), Outputs().folder(out) as tx:
+        render.save_text("one", out / "a.txt")
+        render.save_text("two", out / "b.txt")
+        assert not (out / "a.txt").exists()  # staged, not yet in place
+        raise RuntimeError("boom")
     assert not (tmp_path / "new").exists()
     with Outputs().folder(out) as tx:
         render.save_text("one", out / "a.txt")
@@ -659,10 +895,12 @@ API_CASES = {
     "wrong shape": lambda ex, w: ex.explain(np.zeros((1, 3, 9, 8), np.float32)),
     "NaN input": lambda ex, w: ex.explain(np.full((1, 3, 8, 8), np.nan, np.float32)),
     "integer input": lambda ex, w: ex.explain(np.zeros((1, 3, 8, 8), np.int32)),
-    "baseline of the wrong shape": lambda ex, w: ex.explain(X, "integrated_gradients", steps=2,
-                                                            baseline=np.zeros((5, 5), np.float32)),
-    "baseline NaN array": lambda ex, w: ex.explain(X, "integrated_gradients", steps=2,
-                                                   baseline=np.full((3, 8, 8), np.nan, np.float32)),
+    "baseline of the wrong shape": lambda ex, w: ex.explain(
+        X, "integrated_gradients", steps=2, baseline=np.zeros((5, 5), np.float32)
+    ),
+    "baseline NaN array": lambda ex, w: ex.explain(
+        X, "integrated_gradients", steps=2, baseline=np.full((3, 8, 8), np.nan, np.float32)
+    ),
     "baseline inf": lambda ex, w: ex.explain(X, "deeplift", baseline=np.inf),
     "target_weights of the wrong shape": lambda ex, w: ex.run(X, "gradient", target_weights=np.ones((2, 7))),
     "target_weights NaN": lambda ex, w: ex.run(X, "gradient", target_weights=np.full((2, 5), np.nan)),
@@ -671,11 +909,13 @@ API_CASES = {
     "target per item, wrong count": lambda ex, w: ex.explain(X, target=[1, 2, 3]),
     "target out of range": lambda ex, w: ex.explain(X, target=5),
     "run-time target out of range": lambda ex, w: Explainer(str(w["dir"] / "dyn.onnx")).explain(
-        np.ones((1, 4), np.float32), target=4),
+        np.ones((1, 4), np.float32), target=4
+    ),
     "class_axis 9": lambda ex, w: Explainer(str(w["tiny"]), class_axis=9),
     "class_axis 0": lambda ex, w: Explainer(str(w["tiny"]), class_axis=0),
     "class_axis 9, dynamic output": lambda ex, w: Explainer(str(w["dir"] / "dyn.onnx"), class_axis=9).explain(
-        np.ones((1, 4), np.float32)),
+        np.ones((1, 4), np.float32)
+    ),
     "class_axis 2.5": lambda ex, w: Explainer(str(w["tiny"]), class_axis=2.5),
     "max_memory tiny": lambda ex, w: Explainer(str(w["tiny"]), max_memory=100).explain(X),
     "max_memory abc": lambda ex, w: Explainer(str(w["tiny"]), max_memory="abc"),
@@ -689,7 +929,9 @@ API_CASES = {
     "save_model_atomic under a file": lambda ex, w: save_model_atomic(tiny_cnn(), w["dir"] / "afile" / "m.onnx"),
     "save_npy under /proc": lambda ex, w: render.save_npy(np.ones(2), Path("/proc/onnxplain/x.npy")),
     "save_png with a NUL": lambda ex, w: render.save_png(np.zeros((2, 2, 3), np.uint8), w["dir"] / "a\0b.png"),
-    "Outputs refuses the model's data": lambda ex, w: Outputs(models=[w["ext"]]).file(w["dir"] / "ext" / "weights.onnx"),
+    "Outputs refuses the model's data": lambda ex, w: Outputs(models=[w["ext"]]).file(
+        w["dir"] / "ext" / "weights.onnx"
+    ),
 }
 
 

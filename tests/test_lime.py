@@ -1,13 +1,13 @@
 """LIME and KernelSHAP over superpixels (onnxplain.methods.lime)."""
+
 import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from models import tiny_cnn
 from onnxplain import Explainer
 from onnxplain.errors import OnnxplainError
 from onnxplain.methods import lime
-
-from models import tiny_cnn
 
 H = W = 12
 
@@ -30,12 +30,18 @@ def linear_model(segments, w, channels=3, batch="N", nhwc=False):
     flat = full.reshape(-1)
     mat = np.stack([flat, -flat], axis=1).astype(np.float32)
     shape = [batch, h, wd, channels] if nhwc else [batch, channels, h, wd]
-    inits = [numpy_helper.from_array(mat, "M"),
-             numpy_helper.from_array(np.array([-1 if batch != 1 else 1, flat.size], np.int64), "shape")]
-    nodes = [helper.make_node("Reshape", ["x", "shape"], ["f"]),
-             helper.make_node("MatMul", ["f", "M"], ["logits"])]
-    g = helper.make_graph(nodes, "linear", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
-                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 2])], inits)
+    inits = [
+        numpy_helper.from_array(mat, "M"),
+        numpy_helper.from_array(np.array([-1 if batch != 1 else 1, flat.size], np.int64), "shape"),
+    ]
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["f"]), helper.make_node("MatMul", ["f", "M"], ["logits"])]
+    g = helper.make_graph(
+        nodes,
+        "linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 2])],
+        inits,
+    )
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
@@ -131,8 +137,9 @@ def test_mean_fill_and_fill_value():
             np.testing.assert_allclose(out[c][(seg == 0) | (seg == 3)], item[c].mean())
         np.testing.assert_array_equal(out[:, (seg == 1) | (seg == 2)], item[:, (seg == 1) | (seg == 2)])
     flat = np.full((2, 16, 16), 0.25, np.float32)  # blur of a constant image is that constant
-    np.testing.assert_allclose(lime.Perturber(flat, blocks(16, 16, 4, 4), "blur", 1)(np.zeros((1, 16)))[0], 0.25,
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        lime.Perturber(flat, blocks(16, 16, 4, 4), "blur", 1)(np.zeros((1, 16)))[0], 0.25, rtol=1e-6
+    )
     out = lime.Perturber(item, seg, 7.0, 1)(np.zeros((1, 4)))
     assert np.all(out == 7)
 
@@ -221,16 +228,35 @@ def test_cli_explain_lime_and_kernelshap(tmp_path):
     np.save(tmp_path / "a.npy", x)
     out = tmp_path / "out"
     runner = CliRunner()
-    r = runner.invoke(app, ["explain", str(model), str(tmp_path / "a.npy"), "-m", "lime", "-m", "kernelshap",
-                            "--samples", "40", "--n-segments", "6", "--fill", "0", "-d", str(out)])
+    r = runner.invoke(
+        app,
+        [
+            "explain",
+            str(model),
+            str(tmp_path / "a.npy"),
+            "-m",
+            "lime",
+            "-m",
+            "kernelshap",
+            "--samples",
+            "40",
+            "--n-segments",
+            "6",
+            "--fill",
+            "0",
+            "-d",
+            str(out),
+        ],
+    )
     assert r.exit_code == 0, r.output
     for m in ("lime", "kernelshap"):
         a = np.load(out / f"a.{m}.npy")
         assert a.shape == (1, 8, 8)
         b = Explainer(tiny_cnn()).run(x[None], m, samples=40, n_segments=6, fill=0.0, batch_size=16).attribution[0]
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    r = runner.invoke(app, ["explain", str(model), str(tmp_path / "a.npy"), "-m", "lime", "--fill", "blue",
-                            "-d", str(out)])
+    r = runner.invoke(
+        app, ["explain", str(model), str(tmp_path / "a.npy"), "-m", "lime", "--fill", "blue", "-d", str(out)]
+    )
     assert r.exit_code == 2 and "--fill" in r.output
     r = runner.invoke(app, ["export", str(model), "-m", "lime", "-o", str(tmp_path / "e.onnx")])
     assert r.exit_code == 2 and "no single explanation graph" in r.output

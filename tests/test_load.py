@@ -1,11 +1,12 @@
 """Safe loading and atomic saving: bad files give one-line errors; external data stays inside."""
+
 import os
 
 import numpy as np
 import onnx
 import pytest
-from models import tiny_cnn
 
+from models import tiny_cnn
 from onnxplain import Explainer, OnnxplainError, load_model, save_model_atomic
 
 
@@ -30,8 +31,9 @@ def test_unsupported_opset(tmp_path):
 def _external(tmp_path, m):
     path = tmp_path / "m.onnx"
     m = onnx.ModelProto.FromString(m.SerializeToString())  # onnx.save_model converts it in place
-    onnx.save_model(m, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location="m.weights", size_threshold=0)
+    onnx.save_model(
+        m, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="m.weights", size_threshold=0
+    )
     return path
 
 
@@ -75,8 +77,9 @@ def test_save_atomic_and_external(tmp_path):
     big = save_model_atomic(m, tmp_path / "b.onnx", external_threshold=100)
     assert (tmp_path / "b.onnx.data").is_file()
     back = load_model(big)
-    np.testing.assert_array_equal(onnx.numpy_helper.to_array(back.graph.initializer[0]),
-                                  onnx.numpy_helper.to_array(m.graph.initializer[0]))
+    np.testing.assert_array_equal(
+        onnx.numpy_helper.to_array(back.graph.initializer[0]), onnx.numpy_helper.to_array(m.graph.initializer[0])
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.onnx", "b.onnx", "b.onnx.data"]
 
 

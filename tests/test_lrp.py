@@ -11,6 +11,7 @@
 
 Float64 graphs run in onnx.reference (tests/oracle.py); float32 graphs in onnxruntime.
 """
+
 import functools
 import json
 import math
@@ -26,8 +27,8 @@ from oracle import X, case, run_ref, to_float64
 import onnxplain
 from onnxplain import OnnxplainError
 from onnxplain.graph.load import load_model, opset_of
-from onnxplain.methods.lrp import METHODS
 from onnxplain.io.resources import rules_dir
+from onnxplain.methods.lrp import METHODS
 from onnxplain.rules.ruleset import load_ruleset
 from onnxplain.runtime.session import make_session
 
@@ -147,10 +148,12 @@ def arr(*shape, scale=1.0):
 
 # linear ops in their only on-path input x0: (id, case builder); each case has the explained x0
 LINEAR = {
-    "Conv": lambda: case("Conv", X(arr(1, 4, 5, 5)), arr(6, 2, 3, 3), arr(6), pads=[1, 0, 1, 2], strides=[2, 1],
-                         group=2),
-    "ConvTranspose": lambda: case("ConvTranspose", X(arr(1, 2, 3, 3)), arr(2, 3, 3, 3), arr(3), strides=[2, 2],
-                                  pads=[1, 1, 0, 0]),
+    "Conv": lambda: case(
+        "Conv", X(arr(1, 4, 5, 5)), arr(6, 2, 3, 3), arr(6), pads=[1, 0, 1, 2], strides=[2, 1], group=2
+    ),
+    "ConvTranspose": lambda: case(
+        "ConvTranspose", X(arr(1, 2, 3, 3)), arr(2, 3, 3, 3), arr(3), strides=[2, 2], pads=[1, 1, 0, 0]
+    ),
     "Gemm": lambda: case("Gemm", X(arr(3, 5)), arr(4, 5), arr(4), transB=1, alpha=0.7, beta=1.3),
     "Gemm-xB": lambda: case("Gemm", arr(3, 5), X(arr(5, 4)), arr(1, 4)),
     "MatMul": lambda: case("MatMul", X(arr(2, 3, 5)), arr(5, 4)),
@@ -163,11 +166,13 @@ LINEAR = {
     "Mul": lambda: case("Mul", X(arr(2, 3, 4)), arr(3, 1)),
     "Div": lambda: case("Div", X(arr(2, 4)), np.array([2.0, -0.5, 4.0, 1.5], np.float32)),
     "Neg": lambda: case("Neg", X(arr(2, 4))),
-    "AveragePool": lambda: case("AveragePool", X(arr(1, 2, 5, 5)), kernel_shape=[3, 3], strides=[2, 2],
-                                pads=[1, 1, 1, 1]),
+    "AveragePool": lambda: case(
+        "AveragePool", X(arr(1, 2, 5, 5)), kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]
+    ),
     "GlobalAveragePool": lambda: case("GlobalAveragePool", X(arr(2, 3, 3, 3))),
-    "BatchNormalization": lambda: case("BatchNormalization", X(arr(2, 3, 2, 2)), arr(3), arr(3), arr(3),
-                                       np.abs(arr(3)) + 0.5),
+    "BatchNormalization": lambda: case(
+        "BatchNormalization", X(arr(2, 3, 2, 2)), arr(3), arr(3), arr(3), np.abs(arr(3)) + 0.5
+    ),
     "ReduceMean": lambda: case("ReduceMean", X(arr(2, 3, 4)), np.array([1], np.int64), opset=18),
     "ReduceSum": lambda: case("ReduceSum", X(arr(2, 3, 4)), np.array([2], np.int64), keepdims=0),
     "Pad": lambda: case("Pad", X(arr(1, 2, 3)), np.array([0, 1, 0, 0, 0, 2], np.int64), np.array(0.7, np.float32)),
@@ -202,29 +207,72 @@ def qarr(*shape):
 
 # weighted layers: (case builder from (W, B or None)), weight and bias
 WEIGHTED = {
-    "Conv": (lambda W, B: case("Conv", X(XS["Conv"]), W, *([B] if B is not None else []), pads=[1, 1, 0, 1],
-                               strides=[1, 2]), qarr(3, 2, 3, 3), qarr(3)),
-    "Conv-group": (lambda W, B: case("Conv", X(XS["Conv-group"]), W, *([B] if B is not None else []), group=2,
-                                     pads=[1, 1, 1, 1], dilations=[2, 1]), qarr(4, 1, 2, 2), qarr(4)),
-    "ConvTranspose": (lambda W, B: case("ConvTranspose", X(XS["ConvTranspose"]), W, *([B] if B is not None else []),
-                                        strides=[2, 2], pads=[0, 1, 1, 0]), qarr(2, 3, 2, 3), qarr(3)),
-    "Gemm": (lambda W, B: case("Gemm", X(XS["Gemm"]), W, *([B] if B is not None else []), transB=1, alpha=0.5,
-                               beta=2.0),
-             qarr(4, 6), qarr(4)),
-    "Gemm-xB": (lambda W, B: case("Gemm", W, X(XS["Gemm-xB"]), *([B] if B is not None else []), transA=1),
-                qarr(6, 3), qarr(3, 1)),
+    "Conv": (
+        lambda W, B: case("Conv", X(XS["Conv"]), W, *([B] if B is not None else []), pads=[1, 1, 0, 1], strides=[1, 2]),
+        qarr(3, 2, 3, 3),
+        qarr(3),
+    ),
+    "Conv-group": (
+        lambda W, B: case(
+            "Conv",
+            X(XS["Conv-group"]),
+            W,
+            *([B] if B is not None else []),
+            group=2,
+            pads=[1, 1, 1, 1],
+            dilations=[2, 1],
+        ),
+        qarr(4, 1, 2, 2),
+        qarr(4),
+    ),
+    "ConvTranspose": (
+        lambda W, B: case(
+            "ConvTranspose",
+            X(XS["ConvTranspose"]),
+            W,
+            *([B] if B is not None else []),
+            strides=[2, 2],
+            pads=[0, 1, 1, 0],
+        ),
+        qarr(2, 3, 2, 3),
+        qarr(3),
+    ),
+    "Gemm": (
+        lambda W, B: case("Gemm", X(XS["Gemm"]), W, *([B] if B is not None else []), transB=1, alpha=0.5, beta=2.0),
+        qarr(4, 6),
+        qarr(4),
+    ),
+    "Gemm-xB": (
+        lambda W, B: case("Gemm", W, X(XS["Gemm-xB"]), *([B] if B is not None else []), transA=1),
+        qarr(6, 3),
+        qarr(3, 1),
+    ),
     "MatMul": (lambda W, B: case("MatMul", X(XS["MatMul"]), W), qarr(5, 3), None),
     "MatMul-Wx": (lambda W, B: case("MatMul", W, X(XS["MatMul-Wx"])), qarr(3, 4), None),
 }
-XS = {"Conv": arr(2, 2, 4, 5), "Conv-group": arr(1, 2, 4, 4), "ConvTranspose": arr(1, 2, 3, 2), "Gemm": arr(3, 6),
-      "Gemm-xB": arr(6, 2), "MatMul": arr(2, 3, 5), "MatMul-Wx": arr(4, 2)}
+XS = {
+    "Conv": arr(2, 2, 4, 5),
+    "Conv-group": arr(1, 2, 4, 4),
+    "ConvTranspose": arr(1, 2, 3, 2),
+    "Gemm": arr(3, 6),
+    "Gemm-xB": arr(6, 2),
+    "MatMul": arr(2, 3, 5),
+    "MatMul-Wx": arr(4, 2),
+}
 
-RULES = [("epsilon", {"epsilon": 0.1}), ("zplus", {}), ("alpha_beta", {"alpha": 2.0, "beta": 1.0}),
-         ("alpha_beta", {"alpha": 1.0, "beta": 0.0}), ("gamma", {"gamma": 0.25}), ("flat", {}), ("wsquare", {}),
-         ("zbox", {"low": -1.5, "high": 2.0})]
+RULES = [
+    ("epsilon", {"epsilon": 0.1}),
+    ("zplus", {}),
+    ("alpha_beta", {"alpha": 2.0, "beta": 1.0}),
+    ("alpha_beta", {"alpha": 1.0, "beta": 0.0}),
+    ("gamma", {"gamma": 0.25}),
+    ("flat", {}),
+    ("wsquare", {}),
+    ("zbox", {"low": -1.5, "high": 2.0}),
+]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _probe_weighted(name, w_bytes, b_bytes):
     make, W, B = WEIGHTED[name]
     Wf = np.frombuffer(w_bytes, np.float32).reshape(W.shape)
@@ -245,8 +293,13 @@ def test_weighted_rule_matches_the_paper(name, rule, params, tmp_path):
     path = rules_file(tmp_path, [({"ops": [c.op]}, rule, params)])
     f32 = lambda f, v: np.ascontiguousarray(f(v.astype(np.float64)), dtype=np.float32)  # noqa: E731
     mat = lambda f: _probe_weighted(name, f32(f, W).tobytes(), None)[0]  # noqa: E731
-    bias = lambda f: 0.0 if B is None else _probe_weighted(  # noqa: E731
-        name, f32(f, W).tobytes(), f32(f, B).tobytes())[1]
+    bias = lambda f: (
+        0.0
+        if B is None
+        else _probe_weighted(  # noqa: E731
+            name, f32(f, W).tobytes(), f32(f, B).tobytes()
+        )[1]
+    )
     M, f0 = _probe_weighted(name, W.tobytes(), None if B is None else B.tobytes())
     z = M @ x.ravel() + f0
     w = rng.normal(size=z.size)
@@ -263,7 +316,7 @@ def test_weighted_rule_matches_the_paper(name, rule, params, tmp_path):
 def conv_matrix(W, in_shape, pads, stride):
     """The [out, in] matrix of a 2-D convolution of one [C, H, W] item (zero padding), by its definition."""
     C, H, Wd = in_shape
-    O, _, kh, kw = W.shape
+    O, _, kh, kw = W.shape  # noqa: E741
     pt, pl, pb, pr = pads
     Ho, Wo = (H + pt + pb - kh) // stride + 1, (Wd + pl + pr - kw) // stride + 1
     M = np.zeros((O * Ho * Wo, C * H * Wd))
@@ -307,8 +360,9 @@ class Net:
         W = qarr(out_ch, self.shapes[x][0], k, k) / 2
         B = qarr(out_ch) / 4 if bias else np.zeros(out_ch, np.float32)
         ins = [x, self._init(name + ".W", W)] + ([self._init(name + ".B", B)] if bias else [])
-        self.nodes.append(helper.make_node("Conv", ins, [name], name=name, pads=[pad] * 4, strides=[stride] * 2,
-                                           kernel_shape=[k, k]))
+        self.nodes.append(
+            helper.make_node("Conv", ins, [name], name=name, pads=[pad] * 4, strides=[stride] * 2, kernel_shape=[k, k])
+        )
         pads, s, in_shape = [pad] * 4, stride, self.shapes[x]
         mat = lambda f: conv_matrix(np.asarray(f(W.astype(np.float64))), in_shape, pads, s)[0]  # noqa: E731
         _, out_shape = conv_matrix(W, in_shape, pads, s)
@@ -364,10 +418,13 @@ class Net:
 
     def model(self, out):
         self.out = out
-        g = helper.make_graph(self.nodes, "net", [helper.make_tensor_value_info("x0", TensorProto.FLOAT,
-                                                                                [self.batch, *self.in_shape])],
-                              [helper.make_tensor_value_info(out, TensorProto.FLOAT, [self.batch, *self.shapes[out]])],
-                              self.inits)
+        g = helper.make_graph(
+            self.nodes,
+            "net",
+            [helper.make_tensor_value_info("x0", TensorProto.FLOAT, [self.batch, *self.in_shape])],
+            [helper.make_tensor_value_info(out, TensorProto.FLOAT, [self.batch, *self.shapes[out]])],
+            self.inits,
+        )
         return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
     # -- the oracle -----------------------------------------------------------------------------
@@ -407,7 +464,7 @@ class Net:
                 out = [r]
             elif kind == "maxpool":
                 out = [np.zeros_like(v)]
-                for (o, taps) in p["windows"]:
+                for o, taps in p["windows"]:
                     out[0][taps[int(np.argmax(v[taps]))]] += r[o]
             elif kind == "linear":
                 out = [spread(p["M"] * v[None, :], stab(p["M"] @ v, norm_eps), r)]
@@ -453,8 +510,10 @@ def test_rule_on_a_cnn_matches_numpy(rule, params, tmp_path):
     t = [1, 2]
     entries = [({"ops": ["Add", "AveragePool"]}, "epsilon", {"epsilon": 1e-6}), ({"ops": ["Relu"]}, "pass", {})]
     if rule == "zbox":
-        entries = [({"position": "first"}, rule, params),
-                   ({"ops": ["Conv", "Gemm"]}, "epsilon", {"epsilon": 0.1})] + entries
+        entries = [
+            ({"position": "first"}, rule, params),
+            ({"ops": ["Conv", "Gemm"]}, "epsilon", {"epsilon": 0.1}),
+        ] + entries
         want = numpy_lrp(net, x, t, weighted_rule=lambda n: ("epsilon", {"epsilon": 0.1}), first_rule=(rule, params))
     else:
         entries = [({"ops": ["Conv", "Gemm"]}, rule, params)] + entries
@@ -471,10 +530,18 @@ COMPOSITES = {
     "lrp_epsilon": (None, ("epsilon", {"epsilon": 0.25}), ("epsilon", {"epsilon": 0.25}), 1e-6),
     "lrp_epsilon_plus": (None, ("zplus", {}), ("epsilon", {"epsilon": 1e-6}), 1e-6),
     "lrp_epsilon_plus_flat": (("flat", {}), ("zplus", {}), ("epsilon", {"epsilon": 1e-6}), 1e-6),
-    "lrp_epsilon_gamma_box": (("zbox", {"low": 0.0, "high": 1.0}), ("gamma", {"gamma": 0.25}),
-                              ("epsilon", {"epsilon": 1e-6}), 1e-6),
-    "lrp_epsilon_alpha2_beta1": (None, ("alpha_beta", {"alpha": 2.0, "beta": 1.0}), ("epsilon", {"epsilon": 1e-6}),
-                                 1e-6),
+    "lrp_epsilon_gamma_box": (
+        ("zbox", {"low": 0.0, "high": 1.0}),
+        ("gamma", {"gamma": 0.25}),
+        ("epsilon", {"epsilon": 1e-6}),
+        1e-6,
+    ),
+    "lrp_epsilon_alpha2_beta1": (
+        None,
+        ("alpha_beta", {"alpha": 2.0, "beta": 1.0}),
+        ("epsilon", {"epsilon": 1e-6}),
+        1e-6,
+    ),
 }
 
 
@@ -488,8 +555,9 @@ def test_shipped_composite_matches_numpy(method):
     net, m = cnn(depth=4)
     x = rng.uniform(0, 1, size=(2, 2, 6, 6)).astype(np.float32)
     t = [0, 2]
-    want = numpy_lrp(net, x, t, weighted_rule=lambda n: conv if n.startswith("conv") else dense, first_rule=first,
-                     norm_eps=norm)
+    want = numpy_lrp(
+        net, x, t, weighted_rule=lambda n: conv if n.startswith("conv") else dense, first_rule=first, norm_eps=norm
+    )
     got = lrp64(m, x, method=method, target=t)
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12 * np.abs(want).max())
     got32 = onnxplain.Explainer(m).explain(x, method, target=np.array(t))
@@ -556,23 +624,42 @@ def test_numpy_oracle_conserves_layer_by_layer():
 def _mlp_with(kind):
     """x[2,4] -> Gemm -> z[2,5] -> (a product involving z) -> m -> Gemm -> logits[2,3]."""
     W1, B1, W2, B2, W3, B3 = arr(4, 5), arr(5), arr(5, 3), arr(3), arr(4, 5), arr(5)
-    inits = [numpy_helper.from_array(v, n) for v, n in
-             [(W1, "W1"), (B1, "B1"), (W2, "W2"), (B2, "B2"), (W3, "W3"), (B3, "B3"),
-              (np.array(1.4142135, np.float32), "sqrt2"), (np.array(1, np.float32), "one"),
-              (np.array(0.5, np.float32), "half")]]
+    inits = [
+        numpy_helper.from_array(v, n)
+        for v, n in [
+            (W1, "W1"),
+            (B1, "B1"),
+            (W2, "W2"),
+            (B2, "B2"),
+            (W3, "W3"),
+            (B3, "B3"),
+            (np.array(1.4142135, np.float32), "sqrt2"),
+            (np.array(1, np.float32), "one"),
+            (np.array(0.5, np.float32), "half"),
+        ]
+    ]
     nodes = [helper.make_node("Gemm", ["x0", "W1", "B1"], ["z"])]
     if kind in ("silu", "silu_swapped"):
         nodes.append(helper.make_node("Sigmoid", ["z"], ["gate"]))
         nodes.append(helper.make_node("Mul", ["z", "gate"] if kind == "silu" else ["gate", "z"], ["m"]))
     elif kind == "gelu":  # z * (0.5 * (1 + erf(z / sqrt 2))), as torch exports it
-        nodes += [helper.make_node("Div", ["z", "sqrt2"], ["d"]), helper.make_node("Erf", ["d"], ["e"]),
-                  helper.make_node("Add", ["e", "one"], ["a"]), helper.make_node("Mul", ["half", "a"], ["gate"]),
-                  helper.make_node("Mul", ["z", "gate"], ["m"])]
+        nodes += [
+            helper.make_node("Div", ["z", "sqrt2"], ["d"]),
+            helper.make_node("Erf", ["d"], ["e"]),
+            helper.make_node("Add", ["e", "one"], ["a"]),
+            helper.make_node("Mul", ["half", "a"], ["gate"]),
+            helper.make_node("Mul", ["z", "gate"], ["m"]),
+        ]
     else:  # two plain branches
         nodes += [helper.make_node("Gemm", ["x0", "W3", "B3"], ["z2"]), helper.make_node("Mul", ["z", "z2"], ["m"])]
     nodes.append(helper.make_node("Gemm", ["m", "W2", "B2"], ["logits"]))
-    g = helper.make_graph(nodes, "gated", [helper.make_tensor_value_info("x0", TensorProto.FLOAT, [2, 4])],
-                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [2, 3])], inits)
+    g = helper.make_graph(
+        nodes,
+        "gated",
+        [helper.make_tensor_value_info("x0", TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [2, 3])],
+        inits,
+    )
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), (W1, B1, W2, B2, W3, B3)
 
 
@@ -613,17 +700,28 @@ def test_products_freeze_the_gate_or_split(kind):
 def test_attention_freezes_the_softmax():
     """o = softmax(q k^T) v: relevance reaches x through v only (Ali et al. 2022's AH-rule)."""
     Wq, Wk, Wv, Wo = arr(4, 4), arr(4, 4), arr(4, 4), arr(4, 3)
-    inits = [numpy_helper.from_array(v, n) for v, n in [(Wq, "Wq"), (Wk, "Wk"), (Wv, "Wv"), (Wo, "Wo"),
-                                                        (np.array([1], np.int64), "ax")]]
-    nodes = [helper.make_node("MatMul", ["x0", "Wq"], ["q"]), helper.make_node("MatMul", ["x0", "Wk"], ["k"]),
-             helper.make_node("MatMul", ["x0", "Wv"], ["v"]),
-             helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),
-             helper.make_node("MatMul", ["q", "kt"], ["s"]), helper.make_node("Softmax", ["s"], ["a"], axis=-1),
-             helper.make_node("MatMul", ["a", "v"], ["o"]),
-             helper.make_node("ReduceMean", ["o", "ax"], ["p"], keepdims=0),
-             helper.make_node("Gemm", ["p", "Wo"], ["logits"])]
-    g = helper.make_graph(nodes, "attn", [helper.make_tensor_value_info("x0", TensorProto.FLOAT, [1, 3, 4])],
-                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3])], inits)
+    inits = [
+        numpy_helper.from_array(v, n)
+        for v, n in [(Wq, "Wq"), (Wk, "Wk"), (Wv, "Wv"), (Wo, "Wo"), (np.array([1], np.int64), "ax")]
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x0", "Wq"], ["q"]),
+        helper.make_node("MatMul", ["x0", "Wk"], ["k"]),
+        helper.make_node("MatMul", ["x0", "Wv"], ["v"]),
+        helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["q", "kt"], ["s"]),
+        helper.make_node("Softmax", ["s"], ["a"], axis=-1),
+        helper.make_node("MatMul", ["a", "v"], ["o"]),
+        helper.make_node("ReduceMean", ["o", "ax"], ["p"], keepdims=0),
+        helper.make_node("Gemm", ["p", "Wo"], ["logits"]),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "attn",
+        [helper.make_tensor_value_info("x0", TensorProto.FLOAT, [1, 3, 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3])],
+        inits,
+    )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
     x = arr(1, 3, 4).astype(np.float64)[0]
     q, k, v = x @ Wq, x @ Wk, x @ Wv

@@ -1,5 +1,6 @@
 """Many targets in one pass: ``target`` [N, K] gives attribution [N, K, ...], and must equal K runs with one
 target each (the single-target graphs are checked against finite differences in test_zoo.py)."""
+
 import json
 import pathlib
 
@@ -40,8 +41,9 @@ def test_folded_graph_equals_one_target_at_a_time(entry):
     for method in FOLDED:
         one = session(onnxplain.build(model, method, Options(input=entry["input"], output=entry["output"])))
         try:
-            many = onnxplain.build(model, method, Options(input=entry["input"], output=entry["output"],
-                                                          target_mode="classes"))
+            many = onnxplain.build(
+                model, method, Options(input=entry["input"], output=entry["output"], target_mode="classes")
+            )
         except FoldError as e:  # refused: one line, and the API falls back (test_api_falls_back_...)
             assert "\n" not in str(e)
             continue
@@ -61,18 +63,26 @@ def small_cnn(batch="N"):
     rng = np.random.default_rng(0)
     w1 = numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w1")
     w2 = numpy_helper.from_array(rng.normal(size=(4, 5)).astype(np.float32), "w2")
-    nodes = [helper.make_node("Conv", ["x", "w1"], ["c"], pads=[1, 1, 1, 1]),
-             helper.make_node("HardSwish", ["c"], ["h"]),
-             helper.make_node("GlobalAveragePool", ["h"], ["p"]),
-             helper.make_node("Flatten", ["p"], ["f"]),
-             helper.make_node("MatMul", ["f", "w2"], ["y"])]
-    g = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 6, 6])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 5])], [w1, w2])
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("HardSwish", ["c"], ["h"]),
+        helper.make_node("GlobalAveragePool", ["h"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["f"]),
+        helper.make_node("MatMul", ["f", "w2"], ["y"]),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "cnn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 5])],
+        [w1, w2],
+    )
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
-@pytest.mark.parametrize("method", ["gradient", "input_x_gradient", "saliency", "lrp_epsilon", "deeplift",
-                                    "guided_backprop"])
+@pytest.mark.parametrize(
+    "method", ["gradient", "input_x_gradient", "saliency", "lrp_epsilon", "deeplift", "guided_backprop"]
+)
 def test_api_many_targets_equal_one_at_a_time(method):
     ex = onnxplain.Explainer(small_cnn())
     x = np.random.default_rng(1).normal(size=(3, 3, 6, 6)).astype(np.float32)
@@ -80,8 +90,9 @@ def test_api_many_targets_equal_one_at_a_time(method):
     res = ex.run(x, method, target=t)
     for k in range(2):
         one = ex.run(x, method, target=np.array(t)[:, k])
-        np.testing.assert_allclose(res.attribution[:, k], one.attribution, rtol=1e-5,
-                                   atol=1e-6 * np.abs(one.attribution).max())
+        np.testing.assert_allclose(
+            res.attribution[:, k], one.attribution, rtol=1e-5, atol=1e-6 * np.abs(one.attribution).max()
+        )
         np.testing.assert_array_equal(res.target[:, k], one.target)
     assert res.attribution.shape[:2] == (3, 2)
 

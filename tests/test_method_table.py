@@ -1,12 +1,13 @@
 """The method table: one entry per method, read by the API, the CLI, validation and the README."""
+
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
-from models import tiny_cnn
 from typer.testing import CliRunner
 
+from models import tiny_cnn
 from onnxplain import Explainer, OnnxplainError
 from onnxplain.cli import app
 from onnxplain.methods.attention import ATTENTION_ONLY
@@ -16,11 +17,18 @@ from onnxplain.methods.table import COMMON, KINDS, MAPS, markdown
 README = Path(__file__).resolve().parent.parent / "README.md"
 runner = CliRunner()
 # small settings so that every method runs in a fraction of a second on the tiny model
-SMALL = {"integrated_gradients": {"steps": 4}, "smoothgrad": {"samples": 3}, "smoothgrad_sq": {"samples": 3},
-         "rise": {"n_masks": 40}, "lime": {"samples": 40, "n_segments": 8},
-         "kernelshap": {"samples": 40, "n_segments": 8}, "occlusion": {"window": 4},
-         # an 8x8 image has a 1x1 mask: at the default l1=1 deleting it all is exactly break-even
-         "meaningful_perturbation": {"iterations": 3, "l1": 0.5}, "extremal_perturbation": {"iterations": 3}}
+SMALL = {
+    "integrated_gradients": {"steps": 4},
+    "smoothgrad": {"samples": 3},
+    "smoothgrad_sq": {"samples": 3},
+    "rise": {"n_masks": 40},
+    "lime": {"samples": 40, "n_segments": 8},
+    "kernelshap": {"samples": 40, "n_segments": 8},
+    "occlusion": {"window": 4},
+    # an 8x8 image has a 1x1 mask: at the default l1=1 deleting it all is exactly break-even
+    "meaningful_perturbation": {"iterations": 3, "l1": 0.5},
+    "extremal_perturbation": {"iterations": 3},
+}
 
 
 def _x(n=2, seed=0):
@@ -45,15 +53,27 @@ def test_readme_method_table_is_generated_from_the_table():
     text = README.read_text()
     block = re.search(r"<!-- methods:begin -->\n(.*?)\n<!-- methods:end -->", text, re.S)
     assert block is not None, "README lacks the generated method table"
-    assert block.group(1) == markdown(METHODS), "README's method table is stale: regenerate it with " \
-        "python -c 'from onnxplain.methods.catalog import METHODS; from onnxplain.methods.table import markdown; " \
+    assert block.group(1) == markdown(METHODS), (
+        "README's method table is stale: regenerate it with "
+        "python -c 'from onnxplain.methods.catalog import METHODS; from onnxplain.methods.table import markdown; "
         "print(markdown(METHODS))'"
+    )
 
 
-@pytest.mark.parametrize("spelling,name", [("Grad-CAM", "gradcam"), ("GradCAM", "gradcam"), ("grad_cam", "gradcam"),
-                                           ("integrated-gradients", "integrated_gradients"), ("IG", "integrated_gradients"),
-                                           ("Kernel SHAP", "kernelshap"), ("shap", "kernelshap"),
-                                           ("Guided-Backprop", "guided_backprop"), ("gxi", "input_x_gradient")])
+@pytest.mark.parametrize(
+    "spelling,name",
+    [
+        ("Grad-CAM", "gradcam"),
+        ("GradCAM", "gradcam"),
+        ("grad_cam", "gradcam"),
+        ("integrated-gradients", "integrated_gradients"),
+        ("IG", "integrated_gradients"),
+        ("Kernel SHAP", "kernelshap"),
+        ("shap", "kernelshap"),
+        ("Guided-Backprop", "guided_backprop"),
+        ("gxi", "input_x_gradient"),
+    ],
+)
 def test_aliases_and_spellings(spelling, name):
     assert METHODS.get(spelling).name == name
 
@@ -65,23 +85,26 @@ def test_unknown_method_suggests_close_names():
         METHODS.get("zzz")
 
 
-@pytest.mark.parametrize("method,options,needle", [
-    ("integrated_gradients", {"steps": 0}, "at least 1"),
-    ("smoothgrad", {"noise": -1}, "at least 0"),
-    ("smoothgrad", {"noise": float("inf")}, "finite"),
-    ("smoothgrad", {"samples": 0}, "at least 1"),
-    ("smoothgrad", {"samples": 2.5}, "integer"),
-    ("integrated_gradients", {"baseline": float("nan")}, "NaN"),
-    ("deeplift", {"baseline": "abc"}, "number or a float array"),
-    ("rise", {"p": 0}, "above 0"),
-    ("occlusion", {"score": "prob"}, "softmax, logit"),
-    ("occlusion", {"fill": "blue"}, "number or one of mean"),
-    ("occlusion", {"window": 0}, "a positive integer or a pair"),
-    ("occlusion", {"stride": (2, 0)}, "a positive integer or a pair"),
-    ("gradient", {"steps": 4}, "an option of integrated_gradients"),
-    ("gradcam", {"layr": "c"}, "did you mean 'layer'"),
-    ("gradient", {"batch_size": 0}, "at least 1"),
-])
+@pytest.mark.parametrize(
+    "method,options,needle",
+    [
+        ("integrated_gradients", {"steps": 0}, "at least 1"),
+        ("smoothgrad", {"noise": -1}, "at least 0"),
+        ("smoothgrad", {"noise": float("inf")}, "finite"),
+        ("smoothgrad", {"samples": 0}, "at least 1"),
+        ("smoothgrad", {"samples": 2.5}, "integer"),
+        ("integrated_gradients", {"baseline": float("nan")}, "NaN"),
+        ("deeplift", {"baseline": "abc"}, "number or a float array"),
+        ("rise", {"p": 0}, "above 0"),
+        ("occlusion", {"score": "prob"}, "softmax, logit"),
+        ("occlusion", {"fill": "blue"}, "number or one of mean"),
+        ("occlusion", {"window": 0}, "a positive integer or a pair"),
+        ("occlusion", {"stride": (2, 0)}, "a positive integer or a pair"),
+        ("gradient", {"steps": 4}, "an option of integrated_gradients"),
+        ("gradcam", {"layr": "c"}, "did you mean 'layer'"),
+        ("gradient", {"batch_size": 0}, "at least 1"),
+    ],
+)
 def test_option_values_are_validated(method, options, needle):
     with pytest.raises(OnnxplainError, match=re.escape(needle)):
         Explainer(tiny_cnn()).run(_x(), method, **options)
@@ -125,12 +148,34 @@ def test_cli_comma_separated_methods_and_option_checks(tmp_path):
     import onnx
 
     onnx.save(tiny_cnn(), tmp_path / "m.onnx")
-    r = runner.invoke(app, ["explain", str(tmp_path / "m.onnx"), str(tmp_path / "x.npy"), "-m", "Grad-CAM,saliency",
-                            "-d", str(tmp_path / "o")])
+    r = runner.invoke(
+        app,
+        [
+            "explain",
+            str(tmp_path / "m.onnx"),
+            str(tmp_path / "x.npy"),
+            "-m",
+            "Grad-CAM,saliency",
+            "-d",
+            str(tmp_path / "o"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert (tmp_path / "o" / "x.gradcam.npy").is_file() and (tmp_path / "o" / "x.saliency.npy").is_file()
-    r = runner.invoke(app, ["explain", str(tmp_path / "m.onnx"), str(tmp_path / "x.npy"), "-m", "gradient",
-                            "--window", "4", "-d", str(tmp_path / "p")])
+    r = runner.invoke(
+        app,
+        [
+            "explain",
+            str(tmp_path / "m.onnx"),
+            str(tmp_path / "x.npy"),
+            "-m",
+            "gradient",
+            "--window",
+            "4",
+            "-d",
+            str(tmp_path / "p"),
+        ],
+    )
     assert r.exit_code == 2 and "--window does not apply to gradient (it is an option of occlusion)" in r.output
     assert not (tmp_path / "p").exists()
     r = runner.invoke(app, ["explain", "--help"])

@@ -1,31 +1,40 @@
 """Faithfulness metrics (region perturbation / AOPC, deletion / insertion) on linear models whose
 true relevance is known; expected curves come from slow per-step loops written here in numpy."""
+
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from scipy.ndimage import gaussian_filter
 
-from onnxplain.runtime.driver import Driver
+from models import tiny_cnn
 from onnxplain.errors import OnnxplainError
 from onnxplain.evaluation.metrics.faithfulness import Curve, aopc, deletion, insertion, region_perturbation
-
-from models import tiny_cnn
+from onnxplain.runtime.driver import Driver
 
 
 def linear_model(w: np.ndarray, softmax: bool = False) -> onnx.ModelProto:
     """logits[n, k] = sum(w[k] * x[n]) for x [N, C, H, W], w [K, C, H, W]."""
     k, c, h, ww = w.shape
-    inits = [numpy_helper.from_array(w.reshape(k, -1).astype(np.float32), "W"),
-             numpy_helper.from_array(np.array([-1, c * h * ww], dtype=np.int64), "shape")]
-    nodes = [helper.make_node("Reshape", ["x", "shape"], ["f"], name="flatten"),
-             helper.make_node("Gemm", ["f", "W"], ["logits"], transB=1, name="fc")]
+    inits = [
+        numpy_helper.from_array(w.reshape(k, -1).astype(np.float32), "W"),
+        numpy_helper.from_array(np.array([-1, c * h * ww], dtype=np.int64), "shape"),
+    ]
+    nodes = [
+        helper.make_node("Reshape", ["x", "shape"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "W"], ["logits"], transB=1, name="fc"),
+    ]
     out = "logits"
     if softmax:
         nodes.append(helper.make_node("Softmax", ["logits"], ["prob"], axis=1, name="softmax"))
         out = "prob"
-    g = helper.make_graph(nodes, "linear", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c, h, ww])],
-                          [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["N", k])], inits)
+    g = helper.make_graph(
+        nodes,
+        "linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c, h, ww])],
+        [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["N", k])],
+        inits,
+    )
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
@@ -118,8 +127,9 @@ def test_pixel_flipping_matches_slow_loop_and_aopc_formula():
         zero = np.zeros_like(x[n])
         expect = slow_flip(w[0], x[n].astype(np.float64), morf_order, zero)
         np.testing.assert_allclose(c.scores[n], expect, rtol=1e-4, atol=1e-4)
-        np.testing.assert_allclose(lerf.scores[n], slow_flip(w[0], x[n].astype(np.float64), lerf_order, zero),
-                                   rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(
+            lerf.scores[n], slow_flip(w[0], x[n].astype(np.float64), lerf_order, zero), rtol=1e-4, atol=1e-4
+        )
         aopc_loop = sum(expect[0] - expect[k] for k in range(37)) / 37
         assert aopc(c)[n] == pytest.approx(aopc_loop, rel=1e-4, abs=1e-4)
 
@@ -170,8 +180,13 @@ def test_border_regions_and_raster_tie_breaking():
     x = np.ones((1, 2, 5, 5), np.float32)
     raster = [4, 4, 2, 4, 4, 2, 2, 2, 1]
     by_sum = [4, 4, 4, 4, 2, 2, 2, 2, 1]  # heatmap 0.3 everywhere: tile sums 1.2, 0.6 (borders), 0.3 (corner)
-    cases = [(0.0, "morf", raster), (0.0, "lerf", raster), (0.3, "morf", by_sum), (0.3, "lerf", by_sum[::-1]),
-             (-0.3, "lerf", by_sum)]
+    cases = [
+        (0.0, "morf", raster),
+        (0.0, "lerf", raster),
+        (0.3, "morf", by_sum),
+        (0.3, "lerf", by_sum[::-1]),
+        (-0.3, "lerf", by_sum),
+    ]
     for value, order, sizes in cases:
         c = region_perturbation(drv, x, np.full((1, 5, 5), value), [0], region=2, order=order, fill=0.0)
         expect = 50 - 2 * np.concatenate([[0], np.cumsum(sizes)])
@@ -221,9 +236,11 @@ def test_batching_invariance_on_a_cnn():
     x = rng.uniform(size=(3, 3, 8, 8)).astype(np.float32)
     heat = rng.normal(size=(3, 8, 8))
     t = np.array([0, 3, 1])
-    for f in (lambda **k: region_perturbation(drv, x, heat, t, region=3, fill="uniform", score="softmax", **k),
-              lambda **k: deletion(drv, x, heat, t, steps=10, **k),
-              lambda **k: insertion(drv, x, heat, t, steps=10, **k)):
+    for f in (
+        lambda **k: region_perturbation(drv, x, heat, t, region=3, fill="uniform", score="softmax", **k),
+        lambda **k: deletion(drv, x, heat, t, steps=10, **k),
+        lambda **k: insertion(drv, x, heat, t, steps=10, **k),
+    ):
         big, one = f(batch_size=64), f(batch_size=1)
         np.testing.assert_array_equal(big.fraction, one.fraction)
         np.testing.assert_allclose(big.scores, one.scores, rtol=1e-6, atol=1e-7)
@@ -241,8 +258,16 @@ def test_steps_beyond_units_and_no_images():
 def test_progress_counts_rows():
     drv = Driver(linear_model(np.ones((1, 1, 4, 4))))
     seen = []
-    region_perturbation(drv, np.ones((2, 1, 4, 4), np.float32), np.zeros((2, 4, 4)), [0, 0], region=2,
-                        fill=0.0, batch_size=3, progress=lambda d, tot: seen.append((d, tot)))
+    region_perturbation(
+        drv,
+        np.ones((2, 1, 4, 4), np.float32),
+        np.zeros((2, 4, 4)),
+        [0, 0],
+        region=2,
+        fill=0.0,
+        batch_size=3,
+        progress=lambda d, tot: seen.append((d, tot)),
+    )
     assert seen[-1] == (10, 10) and seen[0] == (3, 10)  # 2 images x (4 regions + 1)
 
 
@@ -339,29 +364,35 @@ def test_blur_baseline():
 
 
 # ---- bad input --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("kwargs, msg", [
-    (dict(order="best"), "order"),
-    (dict(region=0), "region"),
-    (dict(region=1.5), "region"),
-    (dict(steps=0), "steps"),
-    (dict(fill="noise"), "fill"),
-    (dict(fill=np.zeros((5, 5))), "broadcast"),
-    (dict(score="prob"), "score"),
-])
+@pytest.mark.parametrize(
+    "kwargs, msg",
+    [
+        (dict(order="best"), "order"),
+        (dict(region=0), "region"),
+        (dict(region=1.5), "region"),
+        (dict(steps=0), "steps"),
+        (dict(fill="noise"), "fill"),
+        (dict(fill=np.zeros((5, 5))), "broadcast"),
+        (dict(score="prob"), "score"),
+    ],
+)
 def test_region_perturbation_bad_options(region_drv, region_x, kwargs, msg):
     with pytest.raises(OnnxplainError, match=msg):
         region_perturbation(region_drv, region_x, np.zeros((2, H, W)), [0, 0], **kwargs)
 
 
-@pytest.mark.parametrize("x_shape, heat_shape, target, msg", [
-    ((2, 3, H, W), (2, H + 1, W), [0, 0], "heatmap"),
-    ((2, 3, H, W), (2, 1, H, W), [0, 0], "heatmap"),
-    ((3, H, W), (3, H, W), [0, 0, 0], "x must be"),
-    ((2, 3, H, W), (2, H, W), [0], "target"),
-    ((2, 3, H, W), (2, H, W), [0, -1], "target"),
-    ((2, 3, H, W), (2, H, W), [0.5, 1.0], "target"),
-    ((2, 3, H, W), (2, H, W), [0, 7], "target out of range"),
-])
+@pytest.mark.parametrize(
+    "x_shape, heat_shape, target, msg",
+    [
+        ((2, 3, H, W), (2, H + 1, W), [0, 0], "heatmap"),
+        ((2, 3, H, W), (2, 1, H, W), [0, 0], "heatmap"),
+        ((3, H, W), (3, H, W), [0, 0, 0], "x must be"),
+        ((2, 3, H, W), (2, H, W), [0], "target"),
+        ((2, 3, H, W), (2, H, W), [0, -1], "target"),
+        ((2, 3, H, W), (2, H, W), [0.5, 1.0], "target"),
+        ((2, 3, H, W), (2, H, W), [0, 7], "target out of range"),
+    ],
+)
 def test_bad_shapes_and_targets(region_drv, x_shape, heat_shape, target, msg):
     x, heat = np.ones(x_shape, np.float32), np.zeros(heat_shape)
     for f in (region_perturbation, deletion, insertion):

@@ -1,4 +1,5 @@
 """Localisation metrics on synthetic maps with known answers (derived by hand or by brute force)."""
+
 import numpy as np
 import pytest
 
@@ -11,7 +12,7 @@ H = W = 32
 def square_mask(top=10, left=10, size=10, h=H, w=W) -> np.ndarray:
     """One [1, h, w] mask with a size x size square at (top, left)."""
     m = np.zeros((1, h, w), dtype=bool)
-    m[0, top:top + size, left:left + size] = True
+    m[0, top : top + size, left : left + size] = True
     return m
 
 
@@ -31,6 +32,7 @@ def brute_pointing(hmap, mask, tol) -> float:
 
 
 # --- pointing game ---------------------------------------------------------------------------
+
 
 def test_pointing_peak_inside_and_outside():
     mask = square_mask()  # rows/cols 10..19
@@ -58,7 +60,7 @@ def test_pointing_matches_brute_force_on_random_cases():
     masks = np.zeros((n, h, w), dtype=bool)
     for i in range(n):
         y, x, s = rng.integers(0, 12), rng.integers(0, 12), rng.integers(1, 5)
-        masks[i, y:y + s, x:x + s] = True
+        masks[i, y : y + s, x : x + s] = True
     for tol in (0, 1, 2.5, 4):
         want = [brute_pointing(maps[i], masks[i], tol) for i in range(n)]
         assert pointing_game(maps, masks, tolerance=tol).tolist() == want
@@ -90,6 +92,7 @@ def test_pointing_batch_is_per_image_and_accepts_01_masks():
 
 
 # --- relevance mass --------------------------------------------------------------------------
+
 
 def test_mass_of_mask_and_complement():
     mask = square_mask()
@@ -123,6 +126,7 @@ def test_mass_undefined_cases_are_nan():
 
 
 # --- relevance rank --------------------------------------------------------------------------
+
 
 def test_rank_of_mask_is_one():
     mask = square_mask()
@@ -185,6 +189,7 @@ def test_rank_undefined_cases_are_nan():
 
 
 # --- bad input -------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("metric", [pointing_game, relevance_mass, relevance_rank])
 def test_bad_input(metric):

@@ -1,4 +1,5 @@
 """Max-sensitivity and class sensitivity with explainers whose answers are known analytically."""
+
 import numpy as np
 import onnx
 import pytest
@@ -28,16 +29,26 @@ def identity(x, target):
 
 def linear_onnx(weights) -> onnx.ModelProto:
     """x[N,1,H,W] -> Reshape -> Gemm(W) -> logits [N, K]: the gradient for class t is W[t]."""
-    inits = [numpy_helper.from_array(weights.astype(np.float32), "W"),
-             numpy_helper.from_array(np.array([-1, C * H * W], dtype=np.int64), "shape")]
-    nodes = [helper.make_node("Reshape", ["x", "shape"], ["f"], name="flatten"),
-             helper.make_node("Gemm", ["f", "W"], ["logits"], transB=1, name="fc")]
-    graph = helper.make_graph(nodes, "linear", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", C, H, W])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", len(weights)])], inits)
+    inits = [
+        numpy_helper.from_array(weights.astype(np.float32), "W"),
+        numpy_helper.from_array(np.array([-1, C * H * W], dtype=np.int64), "shape"),
+    ]
+    nodes = [
+        helper.make_node("Reshape", ["x", "shape"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "W"], ["logits"], transB=1, name="fc"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", C, H, W])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", len(weights)])],
+        inits,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
 # --- max-sensitivity -------------------------------------------------------------------------
+
 
 def test_map_independent_of_x_has_zero_sensitivity():
     out = max_sensitivity(linear_gradient, X, T, radius=0.1, samples=5)
@@ -106,6 +117,7 @@ def test_max_sensitivity_bad_input():
 
 # --- class sensitivity -----------------------------------------------------------------------
 
+
 def test_class_blind_map_scores_one():
     out = class_sensitivity(identity, X, T, np.array([1, 2, 0]))
     assert set(out) == {"spearman", "spearman_abs", "ssim"}
@@ -126,8 +138,9 @@ def test_linear_gradient_spearman_equals_weight_row_correlation():
 
 def test_opposite_maps():
     # class `other`'s map is the negative of the target's: rank correlation -1, of magnitudes 1
-    out = class_sensitivity(lambda x, t: identity(x, t) * np.where(t == 9, -1.0, 1.0)[:, None, None],
-                            X, T, np.full(N, 9))
+    out = class_sensitivity(
+        lambda x, t: identity(x, t) * np.where(t == 9, -1.0, 1.0)[:, None, None], X, T, np.full(N, 9)
+    )
     assert np.allclose(out["spearman"], -1.0) and np.allclose(out["spearman_abs"], 1.0)
 
 

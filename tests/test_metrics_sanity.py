@@ -1,13 +1,14 @@
 """Model-parameter randomisation (Adebayo et al. 2018, "Sanity Checks for Saliency Maps")."""
+
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from models import with_ops
 from onnxplain.errors import OnnxplainError
 from onnxplain.evaluation.metrics import sanity
-from models import with_ops
 
 CLASSES = 10
 
@@ -19,19 +20,31 @@ def three_layer_model(seed=0) -> onnx.ModelProto:
     zeros and fc's bias is constant, so both have std 0 and must never change.
     """
     rng = np.random.default_rng(seed)
-    arr = {"W1": rng.normal(size=(16, 3, 3, 3)), "B1": rng.normal(size=16),
-           "W2": rng.normal(0.7, 0.3, size=(32, 16, 3, 3)), "B2": np.zeros(32),
-           "W3": rng.normal(size=(CLASSES, 32)), "B3": np.full(CLASSES, 0.5)}
+    arr = {
+        "W1": rng.normal(size=(16, 3, 3, 3)),
+        "B1": rng.normal(size=16),
+        "W2": rng.normal(0.7, 0.3, size=(32, 16, 3, 3)),
+        "B2": np.zeros(32),
+        "W3": rng.normal(size=(CLASSES, 32)),
+        "B3": np.full(CLASSES, 0.5),
+    }
     inits = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in arr.items()]
-    nodes = [helper.make_node("Conv", ["x", "W1", "B1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
-             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
-             helper.make_node("Conv", ["r1", "W2", "B2"], ["c2"], pads=[1, 1, 1, 1], name="conv2"),
-             helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
-             helper.make_node("GlobalAveragePool", ["r2"], ["p"], name="gap"),
-             helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
-             helper.make_node("Gemm", ["f", "W3", "B3"], ["logits"], transB=1, name="fc")]
-    graph = helper.make_graph(nodes, "three", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", CLASSES])], inits)
+    nodes = [
+        helper.make_node("Conv", ["x", "W1", "B1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "W2", "B2"], ["c2"], pads=[1, 1, 1, 1], name="conv2"),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("GlobalAveragePool", ["r2"], ["p"], name="gap"),
+        helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "W3", "B3"], ["logits"], transB=1, name="fc"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "three",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", CLASSES])],
+        inits,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
@@ -78,13 +91,22 @@ def test_batchnorm_is_folded_and_normalisation_counts_scale_and_bias_only():
     g.node.insert(1, helper.make_node("BatchNormalization", ["c1", "g", "b", "mu", "var"], ["bn"], name="bn1"))
     g.node.append(helper.make_node("LayerNormalization", ["pre", "ln_s", "ln_b"], ["logits"], name="ln", axis=-1))
     rng = np.random.default_rng(1)
-    for name, v in [("g", rng.uniform(0.5, 2, 16)), ("b", rng.normal(size=16)), ("mu", rng.normal(size=16)),
-                    ("var", rng.uniform(0.5, 2, 16)), ("ln_s", rng.normal(size=CLASSES)),
-                    ("ln_b", rng.normal(size=CLASSES))]:
+    for name, v in [
+        ("g", rng.uniform(0.5, 2, 16)),
+        ("b", rng.normal(size=16)),
+        ("mu", rng.normal(size=16)),
+        ("var", rng.uniform(0.5, 2, 16)),
+        ("ln_s", rng.normal(size=CLASSES)),
+        ("ln_b", rng.normal(size=CLASSES)),
+    ]:
         g.initializer.append(numpy_helper.from_array(v.astype(np.float32), name))
     layers = sanity.weight_layers(m)
-    assert [(lay.name, lay.op) for lay in layers] == [("ln", "LayerNormalization"), ("fc", "Gemm"),
-                                                       ("conv2", "Conv"), ("conv1", "Conv")]
+    assert [(lay.name, lay.op) for lay in layers] == [
+        ("ln", "LayerNormalization"),
+        ("fc", "Gemm"),
+        ("conv2", "Conv"),
+        ("conv1", "Conv"),
+    ]
     assert layers[0].params == ["ln_s", "ln_b"]
     assert "bn1" not in {lay.name for lay in layers}
 
@@ -182,7 +204,7 @@ def test_cascading_randomises_top_down_cumulatively():
     assert [label for label, _ in steps] == ["fc", "conv2", "conv1"]
     order = ["fc", "conv2", "conv1"]
     for k, (_, model) in enumerate(steps):
-        assert changed(model, m) == expected_changed(order[:k + 1])
+        assert changed(model, m) == expected_changed(order[: k + 1])
 
 
 def test_independent_randomises_one_layer_each():
@@ -216,10 +238,16 @@ def test_model_without_weight_layers():
 
 def test_matmul_with_weights_computed_from_the_input_is_not_a_layer():
     # x @ x^T has no constant float input: no learned weights
-    nodes = [helper.make_node("Transpose", ["x"], ["xt"], name="t"),
-             helper.make_node("MatMul", ["x", "xt"], ["y"], name="mm")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2])])
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["xt"], name="t"),
+        helper.make_node("MatMul", ["x", "xt"], ["y"], name="mm"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2])],
+    )
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     with pytest.raises(OnnxplainError):
         sanity.weight_layers(m)
@@ -235,12 +263,18 @@ def _ramps(n=2, h=8, w=9):
 def test_scores_known_answers_with_a_synthetic_explainer():
     ref = _ramps()
     # a model-agnostic explain callable: the "models" are just keys into fixed maps
-    maps = {"same": ref, "cube": ref ** 3, "neg": -ref, "flip": ref[:, ::-1, ::-1].copy()}
+    maps = {"same": ref, "cube": ref**3, "neg": -ref, "flip": ref[:, ::-1, ::-1].copy()}
     x = np.zeros((2, 3, 8, 9), np.float32)
     t = np.zeros(2, np.int64)
     calls = []
-    rows = sanity.randomisation_scores(lambda m, xx, tt: maps[m], x, t, [(k, k) for k in maps], ref,
-                                       progress=lambda done, total: calls.append((done, total)))
+    rows = sanity.randomisation_scores(
+        lambda m, xx, tt: maps[m],
+        x,
+        t,
+        [(k, k) for k in maps],
+        ref,
+        progress=lambda done, total: calls.append((done, total)),
+    )
     assert [r["layer"] for r in rows] == list(maps)
     by = {r["layer"]: r for r in rows}
     np.testing.assert_allclose(by["same"]["spearman"], [1, 1])
@@ -249,7 +283,7 @@ def test_scores_known_answers_with_a_synthetic_explainer():
     np.testing.assert_allclose(by["neg"]["spearman"], [-1, -1])
     np.testing.assert_allclose(by["neg"]["spearman_abs"], [1, 1])  # |-ref| = |ref|
     np.testing.assert_allclose(by["flip"]["spearman"], [-1, -1])  # a ramp reversed: ranks reversed
-    assert np.array_equal(by["cube"]["maps"], ref ** 3)
+    assert np.array_equal(by["cube"]["maps"], ref**3)
     assert all(r["spearman"].shape == (2,) for r in rows)
     assert calls == [(1, 4), (2, 4), (3, 4), (4, 4)]
 
@@ -268,14 +302,16 @@ def test_scores_reject_maps_of_the_wrong_shape():
 # ---- the demo model, true gradients -------------------------------------------------------
 @pytest.fixture(scope="module")
 def demo():
-    from onnxplain.io.shapes_data import make_shapes
     from onnxplain.io.resources import demo_model
+    from onnxplain.io.shapes_data import make_shapes
+
     images, labels, _ = make_shapes(3, seed=7, size=64)
     return demo_model(), images, labels.astype(np.int64)
 
 
 def gradient_maps(model, x, target):
     from onnxplain import Explainer
+
     return Explainer(model).run(x, "gradient", target=target).attribution.sum(axis=1)
 
 

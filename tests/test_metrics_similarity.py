@@ -1,4 +1,5 @@
 """Similarity of two maps: Spearman against scipy's implementation, SSIM on known cases."""
+
 import numpy as np
 import pytest
 from scipy.stats import spearmanr
@@ -23,7 +24,7 @@ def test_spearman_matches_scipy(ties):
 def test_spearman_monotone_transform_and_reversal():
     a = np.random.default_rng(2).normal(size=(8, 8))
     assert spearman(a, np.exp(a)) == pytest.approx(1.0)
-    assert spearman(a, -a ** 3) == pytest.approx(-1.0)
+    assert spearman(a, -(a**3)) == pytest.approx(-1.0)
     assert np.isnan(spearman(a, np.ones_like(a)))
 
 

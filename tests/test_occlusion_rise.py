@@ -1,13 +1,14 @@
 """Occlusion and RISE: occlusion equals a direct unbatched loop; RISE finds a model's only region."""
+
 import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from models import tiny_cnn
 from onnxplain.errors import OnnxplainError
-from onnxplain.runtime.explainer import Explainer
 from onnxplain.methods import occlusion as occ
 from onnxplain.methods.rise import Masks
+from onnxplain.runtime.explainer import Explainer
 from onnxplain.runtime.session import make_session
 
 
@@ -24,10 +25,10 @@ def _occlusion_loop(model, x, target, window, stride, fill):
         for y0 in ys:
             for x0 in xs:
                 xo = xi.copy()
-                xo[:, y0:y0 + window, x0:x0 + window] = fill
+                xo[:, y0 : y0 + window, x0 : x0 + window] = fill
                 s = sess.run(None, {"x": xo[None]})[0][0].astype(np.float64)[t]
-                total[y0:y0 + window, x0:x0 + window] += f[t] - s
-                count[y0:y0 + window, x0:x0 + window] += 1
+                total[y0 : y0 + window, x0 : x0 + window] += f[t] - s
+                count[y0 : y0 + window, x0 : x0 + window] += 1
         out.append((total / count)[None])
     return np.stack(out).astype(np.float32)
 
@@ -76,11 +77,17 @@ def region_model(size=16, region=(4, 10, 6, 12)):
     ind = np.zeros((2, size, size), dtype=np.float32)
     ind[0, y0:y1, x0:x1] = 1
     wmap[0] = ind.ravel() / ind.sum()
-    nodes = [helper.make_node("Flatten", ["x"], ["f"], axis=1),
-             helper.make_node("Gemm", ["f", "W"], ["logit"], transB=1)]
-    g = helper.make_graph(nodes, "region", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, size, size])],
-                          [helper.make_tensor_value_info("logit", TensorProto.FLOAT, ["N", 1])],
-                          [numpy_helper.from_array(wmap, "W")])
+    nodes = [
+        helper.make_node("Flatten", ["x"], ["f"], axis=1),
+        helper.make_node("Gemm", ["f", "W"], ["logit"], transB=1),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "region",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, size, size])],
+        [helper.make_tensor_value_info("logit", TensorProto.FLOAT, ["N", 1])],
+        [numpy_helper.from_array(wmap, "W")],
+    )
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), ind[0]
 
 
@@ -132,13 +139,37 @@ def test_cli_occlusion_and_rise(tmp_path):
     x = np.random.default_rng(3).random((1, 3, 8, 8), dtype=np.float32)
     np.save(tmp_path / "a.npy", x[0])
     out = tmp_path / "out"
-    r = CliRunner().invoke(app, ["explain", str(mp), str(tmp_path / "a.npy"), "-m", "occlusion", "--window", "4",
-                                 "--stride", "2", "--fill", "0.25", "-m", "rise", "--n-masks", "64", "--cells", "3",
-                                 "--seed", "5", "-d", str(out)])
+    r = CliRunner().invoke(
+        app,
+        [
+            "explain",
+            str(mp),
+            str(tmp_path / "a.npy"),
+            "-m",
+            "occlusion",
+            "--window",
+            "4",
+            "--stride",
+            "2",
+            "--fill",
+            "0.25",
+            "-m",
+            "rise",
+            "--n-masks",
+            "64",
+            "--cells",
+            "3",
+            "--seed",
+            "5",
+            "-d",
+            str(out),
+        ],
+    )
     assert r.exit_code == 0, r.output
     ex = Explainer(tiny_cnn())
-    np.testing.assert_array_equal(np.load(out / "a.occlusion.npy"),
-                                  ex.explain(x, "occlusion", window=4, stride=2, fill=0.25)[0])
+    np.testing.assert_array_equal(
+        np.load(out / "a.occlusion.npy"), ex.explain(x, "occlusion", window=4, stride=2, fill=0.25)[0]
+    )
     np.testing.assert_array_equal(np.load(out / "a.rise.npy"), ex.explain(x, "rise", n_masks=64, cells=3, seed=5)[0])
     r = CliRunner().invoke(app, ["export", str(mp), "-m", "occlusion", "-o", str(tmp_path / "x.onnx")])
     assert r.exit_code != 0

@@ -1,11 +1,12 @@
 """Meaningful and extremal perturbation: masks optimised over the gradient graph find a model's only region."""
+
 import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxplain.errors import OnnxplainError
-from onnxplain.runtime.explainer import Explainer
 from onnxplain.methods.perturbation import Problem
+from onnxplain.runtime.explainer import Explainer
 from onnxplain.runtime.session import make_session
 
 SIZE, REGION = 32, (8, 20, 12, 24)
@@ -20,13 +21,18 @@ def texture_model(batch="N", gain=12.0, bias=-3.0):
     ind[y0:y1, x0:x1] = 1
     w = np.zeros((2, 2, SIZE, SIZE), np.float32)
     w[0, 0] = gain * ind * cb / ind.sum()
-    nodes = [helper.make_node("Flatten", ["x"], ["f"], axis=1),
-             helper.make_node("Gemm", ["f", "W", "B"], ["z"], transB=1),
-             helper.make_node("Softmax", ["z"], ["p"], axis=1)]
-    g = helper.make_graph(nodes, "texture", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 2, SIZE, SIZE])],
-                          [helper.make_tensor_value_info("p", TensorProto.FLOAT, [batch, 2])],
-                          [numpy_helper.from_array(w.reshape(2, -1), "W"),
-                           numpy_helper.from_array(np.array([bias, 0], np.float32), "B")])
+    nodes = [
+        helper.make_node("Flatten", ["x"], ["f"], axis=1),
+        helper.make_node("Gemm", ["f", "W", "B"], ["z"], transB=1),
+        helper.make_node("Softmax", ["z"], ["p"], axis=1),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "texture",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 2, SIZE, SIZE])],
+        [helper.make_tensor_value_info("p", TensorProto.FLOAT, [batch, 2])],
+        [numpy_helper.from_array(w.reshape(2, -1), "W"), numpy_helper.from_array(np.array([bias, 0], np.float32), "B")],
+    )
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), ind
 
 
@@ -44,8 +50,17 @@ def test_deletion_drops_the_score_inside_the_region():
     ex = Explainer(model)
     p0 = make_session(model).run(None, {"x": x})[0][0, 0]
     calls = []
-    r = ex.run(x, "meaningful_perturbation", target=0, iterations=100, mask_size=8, blur=2, l1=0.7, score="softmax",
-               progress=lambda d, t: calls.append((d, t)))
+    r = ex.run(
+        x,
+        "meaningful_perturbation",
+        target=0,
+        iterations=100,
+        mask_size=8,
+        blur=2,
+        l1=0.7,
+        score="softmax",
+        progress=lambda d, t: calls.append((d, t)),
+    )
     assert calls[-1] == (100, 100) and len(calls) == 100
     a = r.attribution[0, 0]
     assert r.attribution.shape == (1, 1, SIZE, SIZE) and r.outputs["mask"].shape == (1, 1, SIZE, SIZE)
@@ -56,11 +71,12 @@ def test_deletion_drops_the_score_inside_the_region():
     assert p0 > 0.9 and r.outputs["perturbed_score"][0] < 0.2
     mask = r.outputs["mask"][0, 0].astype(np.float64)
     xp = (mask * x + (1 - mask) * _blur(x, 2)).astype(np.float32)
-    np.testing.assert_allclose(make_session(model).run(None, {"x": xp})[0][0, 0], r.outputs["perturbed_score"][0],
-                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        make_session(model).run(None, {"x": xp})[0][0, 0], r.outputs["perturbed_score"][0], rtol=1e-4, atol=1e-6
+    )
     # importance lies inside the region
     assert a[ind == 1].mean() > 0.8 and a[ind == 0].mean() < 0.2, (a[ind == 1].mean(), a[ind == 0].mean())
-    assert 0 <= a.min() and a.max() <= 1
+    assert a.min() >= 0 and a.max() <= 1
 
 
 def _blur(x, sigma):
@@ -94,8 +110,9 @@ def test_mask_gradient_matches_finite_differences(method, score):
     ex = Explainer(model)
     chosen = np.array([0, 1])
     # the area term's kinks (sort) are checked on their own below, with a tiny step
-    pr = Problem(ex, x, chosen, method, mask_size=(3, 4), blur=2, l1=0.05, tv=0.3, area=0.3, area_weight=0.0,
-                 score=score)
+    pr = Problem(
+        ex, x, chosen, method, mask_size=(3, 4), blur=2, l1=0.05, tv=0.3, area=0.3, area_weight=0.0, score=score
+    )
     rng = np.random.default_rng(3)
     m = rng.uniform(0.2, 0.8, size=(2, 3, 4))
     loss, grad, _ = pr.loss_and_grad(m)
@@ -153,7 +170,9 @@ def test_errors():
         ex.run(x, "meaningful_perturbation", window=3)
     with pytest.raises(OnnxplainError, match="area"):
         ex.run(x, "extremal_perturbation", area=1.5, iterations=1)
-    with pytest.raises(OnnxplainError, match="target_weights must have the explained output's shape"):  # weights are taken (targets)
+    with pytest.raises(
+        OnnxplainError, match="target_weights must have the explained output's shape"
+    ):  # weights are taken (targets)
         ex.run(x, "meaningful_perturbation", target_weights=np.ones((1, 7), np.float32), iterations=1)
 
 
@@ -169,14 +188,35 @@ def test_cli(tmp_path):
     x = texture_images()
     np.save(tmp_path / "a.npy", x[0])
     out = tmp_path / "out"
-    r = CliRunner().invoke(app, ["explain", str(mp), str(tmp_path / "a.npy"), "-m", "meaningful_perturbation",
-                                 "-m", "extremal_perturbation", "--iterations", "10", "--area", "0.2",
-                                 "--blur", "3", "-d", str(out)])
+    r = CliRunner().invoke(
+        app,
+        [
+            "explain",
+            str(mp),
+            str(tmp_path / "a.npy"),
+            "-m",
+            "meaningful_perturbation",
+            "-m",
+            "extremal_perturbation",
+            "--iterations",
+            "10",
+            "--area",
+            "0.2",
+            "--blur",
+            "3",
+            "-d",
+            str(out),
+        ],
+    )
     assert r.exit_code == 0, r.output
     ex = Explainer(model)
-    np.testing.assert_array_equal(np.load(out / "a.meaningful_perturbation.npy"),
-                                  ex.explain(x, "meaningful_perturbation", iterations=10, blur=3)[0])
-    np.testing.assert_array_equal(np.load(out / "a.extremal_perturbation.npy"),
-                                  ex.explain(x, "extremal_perturbation", iterations=10, blur=3, area=0.2)[0])
+    np.testing.assert_array_equal(
+        np.load(out / "a.meaningful_perturbation.npy"),
+        ex.explain(x, "meaningful_perturbation", iterations=10, blur=3)[0],
+    )
+    np.testing.assert_array_equal(
+        np.load(out / "a.extremal_perturbation.npy"),
+        ex.explain(x, "extremal_perturbation", iterations=10, blur=3, area=0.2)[0],
+    )
     r = CliRunner().invoke(app, ["export", str(mp), "-m", "meaningful_perturbation", "-o", str(tmp_path / "x.onnx")])
     assert r.exit_code != 0

@@ -1,4 +1,5 @@
 """Pillow line charts: ticks, size, every series drawn in its colour, gaps at non-finite points."""
+
 import numpy as np
 import pytest
 

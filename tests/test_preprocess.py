@@ -1,10 +1,11 @@
 """Preprocessing: presets give the documented numbers; layout, BGR, resize and inversion."""
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from onnxplain.io import preprocess as pp
 from onnxplain.errors import OnnxplainError
+from onnxplain.io import preprocess as pp
 
 PIXEL = np.array([255, 0, 51], dtype=np.uint8)  # R, G, B
 
@@ -19,12 +20,15 @@ def channel_values(x, layout="NCHW"):
     return np.asarray(c, dtype=np.float64)
 
 
-@pytest.mark.parametrize("preset, expected", [
-    ("raw01", [1.0, 0.0, 0.2]),
-    ("imagenet", [(1 - 0.485) / 0.229, (0 - 0.456) / 0.224, (0.2 - 0.406) / 0.225]),
-    ("caffe", [51 - 103.939, 0 - 116.779, 255 - 123.68]),  # BGR order, 0..255, no std
-    ("tf", [1.0, -1.0, 51 / 127.5 - 1]),
-])
+@pytest.mark.parametrize(
+    "preset, expected",
+    [
+        ("raw01", [1.0, 0.0, 0.2]),
+        ("imagenet", [(1 - 0.485) / 0.229, (0 - 0.456) / 0.224, (0.2 - 0.406) / 0.225]),
+        ("caffe", [51 - 103.939, 0 - 116.779, 255 - 123.68]),  # BGR order, 0..255, no std
+        ("tf", [1.0, -1.0, 51 / 127.5 - 1]),
+    ],
+)
 def test_presets_documented_numbers(preset, expected):
     p = pp.for_model(pp.resolve(preset), ["N", 3, 4, 5])
     x = pp.to_tensor(flat_image(), p)
@@ -44,8 +48,9 @@ def test_default_is_raw01_and_ranges():
 
 
 def test_explicit_options_override_preset():
-    p = pp.resolve("imagenet", mean="0.5 0.5 0.5", std="0.25,0.25,0.25", scale="1/255", bgr=True, layout="nhwc",
-                   size="32 48")
+    p = pp.resolve(
+        "imagenet", mean="0.5 0.5 0.5", std="0.25,0.25,0.25", scale="1/255", bgr=True, layout="nhwc", size="32 48"
+    )
     assert p.mean == (0.5, 0.5, 0.5) and p.std == (0.25,) * 3 and p.bgr and p.layout == "NHWC"
     assert p.size == (32, 48) and p.scale == pytest.approx(1 / 255)
     assert pp.resolve("caffe", bgr=False).bgr is False

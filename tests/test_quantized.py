@@ -12,6 +12,7 @@
   step, and every one of them gets a non-zero attribution;
 * float16/bfloat16 models against the float32 model with the same weights.
 """
+
 import pathlib
 
 import ml_dtypes
@@ -29,8 +30,14 @@ from onnxplain.graph.canonicalize import canonicalize, export_graph
 from onnxplain.runtime.session import make_session
 
 ZOO = pathlib.Path(__file__).parent / "zoo"
-RANGES = {T.INT8: (-128, 127), T.UINT8: (0, 255), T.INT16: (-32768, 32767), T.UINT16: (0, 65535),
-          T.INT4: (-8, 7), T.UINT4: (0, 15)}
+RANGES = {
+    T.INT8: (-128, 127),
+    T.UINT8: (0, 255),
+    T.INT16: (-32768, 32767),
+    T.UINT16: (0, 65535),
+    T.INT4: (-8, 7),
+    T.UINT4: (0, 15),
+}
 rng = np.random.default_rng(5)
 
 
@@ -42,8 +49,10 @@ def qdq_model(x_shape, scale, zp, qtype, axis=None, opset=13, dynamic=False):
     if axis is not None:
         attrs["axis"] = axis
     if dynamic:
-        nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["q", "qs", "qzp"]),
-                 helper.make_node("DequantizeLinear", ["q", "qs", "qzp"], ["y"])]
+        nodes = [
+            helper.make_node("DynamicQuantizeLinear", ["x"], ["q", "qs", "qzp"]),
+            helper.make_node("DequantizeLinear", ["q", "qs", "qzp"], ["y"]),
+        ]
         inits = []
     else:
         qin = ["x", "s"]
@@ -51,10 +60,17 @@ def qdq_model(x_shape, scale, zp, qtype, axis=None, opset=13, dynamic=False):
             zp = np.asarray(zp)
             inits.append(helper.make_tensor("zp", qtype, list(zp.shape), zp.ravel().tolist()))
             qin.append("zp")
-        nodes = [helper.make_node("QuantizeLinear", qin, ["q"], **attrs),
-                 helper.make_node("DequantizeLinear", ["q"] + qin[1:], ["y"], **attrs)]
-    graph = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("x", T.FLOAT, list(x_shape))],
-                              [helper.make_tensor_value_info("y", T.FLOAT, list(x_shape))], inits)
+        nodes = [
+            helper.make_node("QuantizeLinear", qin, ["q"], **attrs),
+            helper.make_node("DequantizeLinear", ["q"] + qin[1:], ["y"], **attrs),
+        ]
+    graph = helper.make_graph(
+        nodes,
+        "qdq",
+        [helper.make_tensor_value_info("x", T.FLOAT, list(x_shape))],
+        [helper.make_tensor_value_info("y", T.FLOAT, list(x_shape))],
+        inits,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10 if opset >= 21 else 8)
 
 
@@ -66,9 +82,11 @@ def interesting(shape, scale, zp, qtype, axis=None):
     steps = rng.uniform(qmin - 6, qmax + 6, size=shape)
     steps.flat[0::7] = np.round(steps.flat[0::7]) + 0.5  # ties
     x = (steps - z) * s
-    ends = ((np.array([qmin, qmax, qmin - 0.5, qmax + 0.5, qmin - 0.75, qmax + 0.75, 0]) [:, None] - z.reshape(-1)) *
-            s.reshape(-1)).T
-    x.flat[1:1 + 7 * 3:3] = ends.reshape(-1)[:len(x.flat[1:1 + 7 * 3:3])]
+    ends = (
+        (np.array([qmin, qmax, qmin - 0.5, qmax + 0.5, qmin - 0.75, qmax + 0.75, 0])[:, None] - z.reshape(-1))
+        * s.reshape(-1)
+    ).T
+    x.flat[1 : 1 + 7 * 3 : 3] = ends.reshape(-1)[: len(x.flat[1 : 1 + 7 * 3 : 3])]
     return x.astype(np.float32)
 
 
@@ -104,8 +122,15 @@ CASES = [
     qcase("int4-zp-opset21", (4, 5), 0.25, 1, T.INT4, opset=21),
     qcase("uint4-opset21", (4, 5), 0.25, 2, T.UINT4, opset=21),
     qcase("int8-per-axis1", (2, 3, 4), [0.05, 0.1, 0.2], [0, 5, -5], T.INT8, axis=1, op="DequantizeLinear"),
-    qcase("uint8-per-axis-last", (2, 3, 4), [0.05, 0.1, 0.2, 0.01], [128, 100, 3, 250], T.UINT8, axis=-1,
-          op="DequantizeLinear"),
+    qcase(
+        "uint8-per-axis-last",
+        (2, 3, 4),
+        [0.05, 0.1, 0.2, 0.01],
+        [128, 100, 3, 250],
+        T.UINT8,
+        axis=-1,
+        op="DequantizeLinear",
+    ),
     qcase("uint8-per-axis0-no-zp", (3, 4), [0.01, 0.02, 0.03], None, T.UINT8, axis=0, op="DequantizeLinear"),
 ]
 
@@ -129,8 +154,14 @@ def test_qdq_pair_is_straight_through_with_clip(c):
 
 def _dynamic_case():
     x = rng.normal(size=(3, 8)).astype(np.float32) * 2
-    return Case("DynamicQuantizeLinear", qdq_model(x.shape, 1, None, T.UINT8, dynamic=True), {"x": x}, ["x"], "y",
-                "dynamic-uint8")
+    return Case(
+        "DynamicQuantizeLinear",
+        qdq_model(x.shape, 1, None, T.UINT8, dynamic=True),
+        {"x": x},
+        ["x"],
+        "y",
+        "dynamic-uint8",
+    )
 
 
 CASES.append(_dynamic_case())
@@ -154,11 +185,15 @@ def test_dynamic_quantize_is_straight_through():
 def _q(name, scale, zp, qtype, axis=None):
     """Initializers and Q -> DQ nodes for tensor ``name`` -> ``name + '_dq'``."""
     zp = np.asarray(zp)
-    inits = [numpy_helper.from_array(np.asarray(scale, np.float32), f"{name}_s"),
-             helper.make_tensor(f"{name}_zp", qtype, list(zp.shape), zp.ravel().tolist())]
+    inits = [
+        numpy_helper.from_array(np.asarray(scale, np.float32), f"{name}_s"),
+        helper.make_tensor(f"{name}_zp", qtype, list(zp.shape), zp.ravel().tolist()),
+    ]
     attrs = {} if axis is None else {"axis": axis}
-    nodes = [helper.make_node("QuantizeLinear", [name, f"{name}_s", f"{name}_zp"], [f"{name}_q"], **attrs),
-             helper.make_node("DequantizeLinear", [f"{name}_q", f"{name}_s", f"{name}_zp"], [f"{name}_dq"], **attrs)]
+    nodes = [
+        helper.make_node("QuantizeLinear", [name, f"{name}_s", f"{name}_zp"], [f"{name}_q"], **attrs),
+        helper.make_node("DequantizeLinear", [f"{name}_q", f"{name}_s", f"{name}_zp"], [f"{name}_dq"], **attrs),
+    ]
     return inits, nodes
 
 
@@ -166,8 +201,11 @@ def _weight(name, w, axis):
     """Per-axis symmetric int8 weight behind a DequantizeLinear, and its dequantised float value."""
     s = (np.abs(w).max(axis=tuple(i for i in range(w.ndim) if i != axis)) / 127).astype(np.float32)
     q = np.clip(np.rint(w / _along(s, w.ndim, axis)), -127, 127).astype(np.int8)
-    inits = [numpy_helper.from_array(q, f"{name}_int"), numpy_helper.from_array(s, f"{name}_s"),
-             numpy_helper.from_array(np.zeros_like(s, dtype=np.int8), f"{name}_zp")]
+    inits = [
+        numpy_helper.from_array(q, f"{name}_int"),
+        numpy_helper.from_array(s, f"{name}_s"),
+        numpy_helper.from_array(np.zeros_like(s, dtype=np.int8), f"{name}_zp"),
+    ]
     node = helper.make_node("DequantizeLinear", [f"{name}_int", f"{name}_s", f"{name}_zp"], [name], axis=axis)
     return inits, [node], (q.astype(np.float32) * _along(s, w.ndim, axis)).astype(np.float32)
 
@@ -182,8 +220,12 @@ def chain(nonlinear: bool, scales, x_shape=(4, 6)):
     sx, sh, st, sy = scales
     iq = []
     blocks = []
-    for name, (s, zp, qt) in {"x": (sx, 2, T.INT8), "h": (sh, 100, T.UINT8), "t": (st, 0, T.INT8),
-                              "y": (sy, -3, T.INT8)}.items():
+    for name, (s, zp, qt) in {
+        "x": (sx, 2, T.INT8),
+        "h": (sh, 100, T.UINT8),
+        "t": (st, 0, T.INT8),
+        "y": (sy, -3, T.INT8),
+    }.items():
         i, n = _q(name, s, zp, qt)
         iq += i
         blocks.append(n)
@@ -205,9 +247,13 @@ def chain(nonlinear: bool, scales, x_shape=(4, 6)):
         if quantised:
             nodes += blocks[3]
             out = "y_dq"
-        graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", T.FLOAT, list(x_shape))],
-                                  [helper.make_tensor_value_info(out, T.FLOAT, [x_shape[0], 3])],
-                                  i1 + i2 + iq if quantised else floats)
+        graph = helper.make_graph(
+            nodes,
+            "chain",
+            [helper.make_tensor_value_info("x", T.FLOAT, list(x_shape))],
+            [helper.make_tensor_value_info(out, T.FLOAT, [x_shape[0], 3])],
+            i1 + i2 + iq if quantised else floats,
+        )
         return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), out
 
     return build(True), build(False), (w1f, w2f)
@@ -254,8 +300,12 @@ def test_chain_inside_range_equals_float_gradient():
 
 
 # ---- quantised zoo models ---------------------------------------------------------------------------------
-QUANT_ZOO = {"quant_qdq.onnx": (2, 3, 16, 16), "quant_qoperator.onnx": (2, 3, 16, 16),
-             "quant_qoperator_ops.onnx": (2, 3, 8, 8), "quant_dynamic.onnx": (2, 3, 16, 16)}
+QUANT_ZOO = {
+    "quant_qdq.onnx": (2, 3, 16, 16),
+    "quant_qoperator.onnx": (2, 3, 16, 16),
+    "quant_qoperator_ops.onnx": (2, 3, 8, 8),
+    "quant_dynamic.onnx": (2, 3, 16, 16),
+}
 
 
 def _output_step(model: onnx.ModelProto) -> float | None:
@@ -300,27 +350,42 @@ def test_qoperator_gradient_equals_its_qdq_form():
     r = np.random.default_rng(8)
     w = r.integers(-127, 128, size=(4, 2, 3, 3)).astype(np.int8)
     ws = np.float32(0.01)
-    inits = [numpy_helper.from_array(np.float32(0.05), "xs"), numpy_helper.from_array(np.uint8(128), "xzp"),
-             numpy_helper.from_array(w, "w"), numpy_helper.from_array(ws, "ws"),
-             numpy_helper.from_array(np.int8(0), "wzp"),
-             numpy_helper.from_array(np.float32(0.1), "ys"), numpy_helper.from_array(np.uint8(120), "yzp"),
-             numpy_helper.from_array(r.integers(-500, 500, size=4).astype(np.int32), "b")]
-    qop = [helper.make_node("QuantizeLinear", ["x", "xs", "xzp"], ["xq"]),
-           helper.make_node("QLinearConv", ["xq", "xs", "xzp", "w", "ws", "wzp", "ys", "yzp", "b"], ["yq"],
-                            pads=[1, 1, 1, 1]),
-           helper.make_node("DequantizeLinear", ["yq", "ys", "yzp"], ["y"])]
+    inits = [
+        numpy_helper.from_array(np.float32(0.05), "xs"),
+        numpy_helper.from_array(np.uint8(128), "xzp"),
+        numpy_helper.from_array(w, "w"),
+        numpy_helper.from_array(ws, "ws"),
+        numpy_helper.from_array(np.int8(0), "wzp"),
+        numpy_helper.from_array(np.float32(0.1), "ys"),
+        numpy_helper.from_array(np.uint8(120), "yzp"),
+        numpy_helper.from_array(r.integers(-500, 500, size=4).astype(np.int32), "b"),
+    ]
+    qop = [
+        helper.make_node("QuantizeLinear", ["x", "xs", "xzp"], ["xq"]),
+        helper.make_node(
+            "QLinearConv", ["xq", "xs", "xzp", "w", "ws", "wzp", "ys", "yzp", "b"], ["yq"], pads=[1, 1, 1, 1]
+        ),
+        helper.make_node("DequantizeLinear", ["yq", "ys", "yzp"], ["y"]),
+    ]
     wf = numpy_helper.from_array(w.astype(np.float32) * ws, "wf")
     bf = numpy_helper.from_array((numpy_helper.to_array(inits[-1]).astype(np.float32) * np.float32(0.05) * ws), "bf")
-    qdq = [helper.make_node("QuantizeLinear", ["x", "xs", "xzp"], ["xq"]),
-           helper.make_node("DequantizeLinear", ["xq", "xs", "xzp"], ["xd"]),
-           helper.make_node("Conv", ["xd", "wf", "bf"], ["yf"], pads=[1, 1, 1, 1]),
-           helper.make_node("QuantizeLinear", ["yf", "ys", "yzp"], ["yq"]),
-           helper.make_node("DequantizeLinear", ["yq", "ys", "yzp"], ["y"])]
-    io = ([helper.make_tensor_value_info("x", T.FLOAT, [1, 2, 5, 5])],
-          [helper.make_tensor_value_info("y", T.FLOAT, [1, 4, 5, 5])])
-    models = [helper.make_model(helper.make_graph(n, "g", *io, inits + extra),
-                                opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
-              for n, extra in ((qop, []), (qdq, [wf, bf]))]
+    qdq = [
+        helper.make_node("QuantizeLinear", ["x", "xs", "xzp"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "xs", "xzp"], ["xd"]),
+        helper.make_node("Conv", ["xd", "wf", "bf"], ["yf"], pads=[1, 1, 1, 1]),
+        helper.make_node("QuantizeLinear", ["yf", "ys", "yzp"], ["yq"]),
+        helper.make_node("DequantizeLinear", ["yq", "ys", "yzp"], ["y"]),
+    ]
+    io = (
+        [helper.make_tensor_value_info("x", T.FLOAT, [1, 2, 5, 5])],
+        [helper.make_tensor_value_info("y", T.FLOAT, [1, 4, 5, 5])],
+    )
+    models = [
+        helper.make_model(
+            helper.make_graph(n, "g", *io, inits + extra), opset_imports=[helper.make_opsetid("", 13)], ir_version=8
+        )
+        for n, extra in ((qop, []), (qdq, [wf, bf]))
+    ]
     x = r.normal(size=(1, 2, 5, 5)).astype(np.float32) * 3
     wt = r.normal(size=(1, 4, 5, 5)).astype(np.float32)
     g_qop, g_qdq = (gradient(m, {"x": x}, wt)[1] for m in models)
@@ -330,11 +395,16 @@ def test_qoperator_gradient_equals_its_qdq_form():
 
 def test_unsupported_integer_op_is_refused_by_name():
     graph = helper.make_graph(
-        [helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["q"]),
-         helper.make_node("Relu", ["q"], ["r"], name="int_relu"),
-         helper.make_node("DequantizeLinear", ["r", "s", "zp"], ["y"])], "g",
-        [helper.make_tensor_value_info("x", T.FLOAT, [1, 4])], [helper.make_tensor_value_info("y", T.FLOAT, [1, 4])],
-        [numpy_helper.from_array(np.float32(0.1), "s"), numpy_helper.from_array(np.int8(0), "zp")])
+        [
+            helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["q"]),
+            helper.make_node("Relu", ["q"], ["r"], name="int_relu"),
+            helper.make_node("DequantizeLinear", ["r", "s", "zp"], ["y"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", T.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", T.FLOAT, [1, 4])],
+        [numpy_helper.from_array(np.float32(0.1), "s"), numpy_helper.from_array(np.int8(0), "zp")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)], ir_version=8)
     with pytest.raises(OnnxplainError, match="Relu 'int_relu'"):
         onnxplain.Explainer(model)
@@ -343,10 +413,15 @@ def test_unsupported_integer_op_is_refused_by_name():
 def test_float8_quantizer_is_refused_by_name():
     zp = helper.make_tensor("zp", T.FLOAT8E4M3FN, [], [0])
     graph = helper.make_graph(
-        [helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["q"], name="q8"),
-         helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["y"])], "g",
-        [helper.make_tensor_value_info("x", T.FLOAT, [1, 4])], [helper.make_tensor_value_info("y", T.FLOAT, [1, 4])],
-        [numpy_helper.from_array(np.float32(0.1), "s"), zp])
+        [
+            helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["q"], name="q8"),
+            helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["y"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", T.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", T.FLOAT, [1, 4])],
+        [numpy_helper.from_array(np.float32(0.1), "s"), zp],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)], ir_version=9)
     with pytest.raises(OnnxplainError, match="[qQ]uantizeLinear '.*': quantised type FLOAT8E4M3FN is not supported"):
         onnxplain.build(model, "gradient", onnxplain.Options(target_mode="weights"))
@@ -364,8 +439,9 @@ def _as_float32(model: onnx.ModelProto) -> onnx.ModelProto:
     return m
 
 
-@pytest.mark.parametrize("name, low, tol", [("cnn_fp16.onnx", np.float16, 2e-3),
-                                            ("cnn_bf16.onnx", ml_dtypes.bfloat16, 1e-6)])
+@pytest.mark.parametrize(
+    "name, low, tol", [("cnn_fp16.onnx", np.float16, 2e-3), ("cnn_bf16.onnx", ml_dtypes.bfloat16, 1e-6)]
+)
 @pytest.mark.parametrize("method", ["gradient", "gradcam", "deeplift"])
 def test_low_precision_gradient_matches_float32(name, low, tol, method):
     model = onnx.load(str(ZOO / name))

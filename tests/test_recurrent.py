@@ -6,6 +6,7 @@ first checked against onnxruntime's forward over a grid of attributes. Finite di
 forward are then compared with the exported gradient graph (run in float64 by onnx.reference), and the
 float32 graph is run in onnxruntime, except for layout=1, which onnxruntime's CPU kernels refuse.
 """
+
 import itertools
 import json
 import pathlib
@@ -28,16 +29,36 @@ GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 REFERENCE = [LSTMByDefinition, GRUByDefinition, RNNByDefinition]
 
 
-def rnn_args(op, direction="forward", *, T=4, B=2, I=3, H=3, h0=True, c0=True, lens=None, peep=False, layout=0,
-             const_x=False, bias=True, scale=0.6):
+def rnn_args(
+    op,
+    direction="forward",
+    *,
+    T=4,
+    B=2,
+    I=3,  # noqa: E741
+    H=3,
+    h0=True,
+    c0=True,
+    lens=None,
+    peep=False,
+    layout=0,
+    const_x=False,
+    bias=True,
+    scale=0.6,
+):
     """Positional arguments of :func:`oracle.case` for one recurrent node: X, W, R, B, sequence_lens,
     initial_h[, initial_c, P]; ``X(...)`` marks the differentiated ones."""
     D, G = (2 if direction == "bidirectional" else 1), GATES[op]
     x = n(size=(B, T, I) if layout else (T, B, I))
     state = (B, D, H) if layout else (D, B, H)
-    args = [x if const_x else X(x), n(size=(D, G * H, I)) * scale, n(size=(D, G * H, H)) * scale,
-            n(size=(D, 2 * G * H)) * 0.5 if bias else None, None if lens is None else np.array(lens, np.int32),
-            X(n(size=state)) if h0 else None]
+    args = [
+        x if const_x else X(x),
+        n(size=(D, G * H, I)) * scale,
+        n(size=(D, G * H, H)) * scale,
+        n(size=(D, 2 * G * H)) * 0.5 if bias else None,
+        None if lens is None else np.array(lens, np.int32),
+        X(n(size=state)) if h0 else None,
+    ]
     if op == "LSTM":
         args += [X(n(size=state)) if c0 else None, n(size=(D, 3 * H)) * 0.5 if peep else None]
     while args[-1] is None:
@@ -45,14 +66,46 @@ def rnn_args(op, direction="forward", *, T=4, B=2, I=3, H=3, h0=True, c0=True, l
     return args
 
 
-def rc(op, direction="forward", *, id, output=0, opset=14, dims=None, ort=True, layout=0, T=4, B=2, I=3, H=3,
-       h0=True, c0=True, lens=None, peep=False, const_x=False, bias=True, **attrs):
-    args = rnn_args(op, direction, T=T, B=B, I=I, H=H, h0=h0, c0=c0, lens=lens, peep=peep, layout=layout,
-                    const_x=const_x, bias=bias)
+def rc(
+    op,
+    direction="forward",
+    *,
+    id,
+    output=0,
+    opset=14,
+    dims=None,
+    ort=True,
+    layout=0,
+    T=4,
+    B=2,
+    I=3,  # noqa: E741
+    H=3,
+    h0=True,
+    c0=True,
+    lens=None,
+    peep=False,
+    const_x=False,
+    bias=True,
+    **attrs,
+):
+    args = rnn_args(
+        op, direction, T=T, B=B, I=I, H=H, h0=h0, c0=c0, lens=lens, peep=peep, layout=layout, const_x=const_x, bias=bias
+    )
     if layout:
         attrs["layout"] = 1
-    return case(op, *args, outputs=3 if op == "LSTM" else 2, output=output, opset=opset, dims=dims, ort=ort,
-                id=id, hidden_size=H, direction=direction, **attrs)
+    return case(
+        op,
+        *args,
+        outputs=3 if op == "LSTM" else 2,
+        output=output,
+        opset=opset,
+        dims=dims,
+        ort=ort,
+        id=id,
+        hidden_size=H,
+        direction=direction,
+        **attrs,
+    )
 
 
 def combined(op, direction, *, id, lens=None, **attrs):
@@ -63,18 +116,27 @@ def combined(op, direction, *, id, lens=None, **attrs):
     del g.output[:]
     ys = list(g.node[0].output)
     g.initializer.append(numpy_helper.from_array(np.array([0], np.int64), "axis0"))
-    g.node.extend([helper.make_node("ReduceSum", [ys[0], "axis0"], ["ysum"], keepdims=0),
-                   helper.make_node("Add", ["ysum", ys[1]], ["out" if op != "LSTM" else "partial"])])
+    g.node.extend(
+        [
+            helper.make_node("ReduceSum", [ys[0], "axis0"], ["ysum"], keepdims=0),
+            helper.make_node("Add", ["ysum", ys[1]], ["out" if op != "LSTM" else "partial"]),
+        ]
+    )
     if op == "LSTM":
-        g.node.extend([helper.make_node("Mul", [ys[2], ys[2]], ["csq"]),
-                       helper.make_node("Add", ["partial", "csq"], ["out"])])
+        g.node.extend(
+            [helper.make_node("Mul", [ys[2], ys[2]], ["csq"]), helper.make_node("Add", ["partial", "csq"], ["out"])]
+        )
     g.output.append(helper.make_tensor_value_info("out", F32, None))
     m = onnx.shape_inference.infer_shapes(m, strict_mode=True)
     return Case(op, m, c.feeds, c.wrt, "out", id)
 
 
-LSTM_ACTS = [["Relu", "Softsign", "Elu"], ["HardSigmoid", "ScaledTanh", "Softplus"],
-             ["Sigmoid", "Affine", "LeakyRelu"], ["Sigmoid", "ThresholdedRelu", "Tanh"]]
+LSTM_ACTS = [
+    ["Relu", "Softsign", "Elu"],
+    ["HardSigmoid", "ScaledTanh", "Softplus"],
+    ["Sigmoid", "Affine", "LeakyRelu"],
+    ["Sigmoid", "ThresholdedRelu", "Tanh"],
+]
 ALPHA, BETA = [0.3, 0.7, 0.2, 0.9, 0.1, 0.6], [0.4, 0.8, 0.5, 0.2]
 
 CASES = [
@@ -99,12 +161,30 @@ CASES = [
     rc("GRU", linear_before_reset=1, lens=[4, 2], id="gru-lbr-lens"),
     rc("GRU", "reverse", h0=False, linear_before_reset=1, id="gru-reverse-lbr-no-h0"),
     rc("GRU", "bidirectional", lens=[1, 4], id="gru-bidi-lens"),
-    rc("GRU", "bidirectional", linear_before_reset=1, activations=["HardSigmoid", "Softsign", "Sigmoid", "LeakyRelu"],
-       activation_alpha=ALPHA[:2], activation_beta=BETA[:1], id="gru-bidi-lbr-acts"),
-    rc("GRU", activations=["Affine", "ScaledTanh"], activation_alpha=[0.5, 1.2], activation_beta=[0.5, 0.8],
-       id="gru-affine-scaledtanh"),
-    rc("GRU", activations=["Sigmoid", "Elu"], activation_alpha=[0.7], clip=1.2, linear_before_reset=1,
-       id="gru-elu-clip-lbr"),
+    rc(
+        "GRU",
+        "bidirectional",
+        linear_before_reset=1,
+        activations=["HardSigmoid", "Softsign", "Sigmoid", "LeakyRelu"],
+        activation_alpha=ALPHA[:2],
+        activation_beta=BETA[:1],
+        id="gru-bidi-lbr-acts",
+    ),
+    rc(
+        "GRU",
+        activations=["Affine", "ScaledTanh"],
+        activation_alpha=[0.5, 1.2],
+        activation_beta=[0.5, 0.8],
+        id="gru-affine-scaledtanh",
+    ),
+    rc(
+        "GRU",
+        activations=["Sigmoid", "Elu"],
+        activation_alpha=[0.7],
+        clip=1.2,
+        linear_before_reset=1,
+        id="gru-elu-clip-lbr",
+    ),
     rc("GRU", "reverse", activations=["Softplus", "Relu"], clip=2.0, lens=[3, 4], id="gru-softplus-relu-clip"),
     rc("GRU", activations=["Sigmoid", "ThresholdedRelu"], activation_alpha=[0.15], id="gru-thresholdedrelu"),
     rc("GRU", layout=1, linear_before_reset=1, lens=[2, 4], ort=False, id="gru-layout1-lbr"),
@@ -126,10 +206,25 @@ CASES = [
     rc("LSTM", "bidirectional", clip=0.9, h0=False, id="lstm-bidi-clip"),
     rc("LSTM", lens=[0, 3], output=1, id="lstm-zero-length-y_h"),
     rc("LSTM", "reverse", lens=[4, 0], output=2, id="lstm-reverse-zero-length-y_c"),
-    *[rc("LSTM", activations=a, activation_alpha=ALPHA, activation_beta=BETA, clip=c, id=f"lstm-{'-'.join(a).lower()}")
-      for a, c in zip(LSTM_ACTS, [None, 1.5, None, 2.0])],
-    rc("LSTM", "bidirectional", activations=LSTM_ACTS[0] + LSTM_ACTS[2], activation_alpha=ALPHA, lens=[4, 3],
-       id="lstm-bidi-acts-per-direction"),
+    *[
+        rc(
+            "LSTM",
+            activations=a,
+            activation_alpha=ALPHA,
+            activation_beta=BETA,
+            clip=c,
+            id=f"lstm-{'-'.join(a).lower()}",
+        )
+        for a, c in zip(LSTM_ACTS, [None, 1.5, None, 2.0])
+    ],
+    rc(
+        "LSTM",
+        "bidirectional",
+        activations=LSTM_ACTS[0] + LSTM_ACTS[2],
+        activation_alpha=ALPHA,
+        lens=[4, 3],
+        id="lstm-bidi-acts-per-direction",
+    ),
     rc("LSTM", "bidirectional", layout=1, lens=[3, 4], peep=True, ort=False, id="lstm-bidi-layout1-peepholes"),
     rc("LSTM", layout=1, output=2, ort=False, id="lstm-layout1-y_c"),
     rc("LSTM", const_x=True, id="lstm-initial-states-only"),
@@ -167,19 +262,32 @@ def test_activation_count_is_checked():
 # ---- the numpy oracle is itself checked against onnxruntime's forward ----------------------------------
 
 ORT_GRID = {
-    "LSTM": [None, ["Relu", "Softsign", "Elu", "Sigmoid", "Tanh", "Softplus"],
-             ["HardSigmoid", "ScaledTanh", "LeakyRelu", "Affine", "ThresholdedRelu", "Tanh"]],
-    "GRU": [None, ["HardSigmoid", "Softsign", "Sigmoid", "LeakyRelu"],
-            ["Affine", "ScaledTanh", "Elu", "ThresholdedRelu"]],
-    "RNN": [None, ["Relu", "Softsign"], ["ScaledTanh", "Affine"], ["LeakyRelu", "ThresholdedRelu"],
-            ["Elu", "HardSigmoid"], ["Softplus", "Sigmoid"]],
+    "LSTM": [
+        None,
+        ["Relu", "Softsign", "Elu", "Sigmoid", "Tanh", "Softplus"],
+        ["HardSigmoid", "ScaledTanh", "LeakyRelu", "Affine", "ThresholdedRelu", "Tanh"],
+    ],
+    "GRU": [
+        None,
+        ["HardSigmoid", "Softsign", "Sigmoid", "LeakyRelu"],
+        ["Affine", "ScaledTanh", "Elu", "ThresholdedRelu"],
+    ],
+    "RNN": [
+        None,
+        ["Relu", "Softsign"],
+        ["ScaledTanh", "Affine"],
+        ["LeakyRelu", "ThresholdedRelu"],
+        ["Elu", "HardSigmoid"],
+        ["Softplus", "Sigmoid"],
+    ],
 }
 
 
 def _forward_grid():
     for op, acts in ORT_GRID.items():
         for direction, lens, act, clip, extra in itertools.product(
-                ["forward", "reverse", "bidirectional"], [None, [3, 5, 0]], acts, [None, 1.1], [0, 1]):
+            ["forward", "reverse", "bidirectional"], [None, [3, 5, 0]], acts, [None, 1.1], [0, 1]
+        ):
             yield op, direction, lens, act, clip, extra
 
 
@@ -282,10 +390,12 @@ def test_explainer_default_target_is_the_argmax_class(entry):
     ex = Explainer(str(path))
     meta = {p.key: p.value for p in ex.graph("gradient", "weights").metadata_props}
     logits = run_ref(_explained_f64(path, meta["onnxplain.explained"]), {entry["input"]: x.astype(np.float64)})[
-        meta["onnxplain.explained"]]
+        meta["onnxplain.explained"]
+    ]
     scores = logits.sum(axis=tuple(range(1, logits.ndim - 1)))
-    onehot = np.broadcast_to(np.eye(logits.shape[-1])[scores.argmax(-1)].reshape(
-        [len(x)] + [1] * (logits.ndim - 2) + [-1]), logits.shape).astype(np.float32)
+    onehot = np.broadcast_to(
+        np.eye(logits.shape[-1])[scores.argmax(-1)].reshape([len(x)] + [1] * (logits.ndim - 2) + [-1]), logits.shape
+    ).astype(np.float32)
     got = ex.explain(x, method="gradient")
     want = ex.explain(x, method="gradient", target_weights=onehot)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -4,6 +4,7 @@ Every op is tried with ``axes`` as an attribute (before opset 13 for ReduceSum, 
 and as an input, keepdims 0/1, negative axes, no axes (all), noop_with_empty_axes, and a
 symbolic batch dimension.
 """
+
 import numpy as np
 import pytest
 from oracle import X, assert_case, case, gradient_graph, run_ref, to_float64
@@ -41,10 +42,23 @@ CASES = [
     case("ReduceMean", X(n(size=(2, 3, 4))), ax(-2, -1), keepdims=0, opset=18, id="mean-input-opset18"),
     case("ReduceMean", X(n(size=(2, 3, 4))), opset=18, id="mean-all-keep-opset18"),
     case("ReduceMean", X(n(size=(2, 3, 4))), noop_with_empty_axes=1, opset=18, id="mean-noop-opset18"),
-    case("ReduceMean", X(n(size=(3, 2, 4))), ax(1), keepdims=0, opset=18, dims={"x0": ["N", 2, 4]},
-         id="mean-symbolic-batch"),
-    case("ReduceMean", X(n(size=(3, 2, 4))), axes=[0, 2], opset=13, dims={"x0": ["N", 2, "L"]},
-         id="mean-over-symbolic-dims"),
+    case(
+        "ReduceMean",
+        X(n(size=(3, 2, 4))),
+        ax(1),
+        keepdims=0,
+        opset=18,
+        dims={"x0": ["N", 2, 4]},
+        id="mean-symbolic-batch",
+    ),
+    case(
+        "ReduceMean",
+        X(n(size=(3, 2, 4))),
+        axes=[0, 2],
+        opset=13,
+        dims={"x0": ["N", 2, "L"]},
+        id="mean-over-symbolic-dims",
+    ),
     case("ReduceMax", X(n(size=(2, 3, 4))), axes=[1], opset=11, id="max-attr-opset11"),
     case("ReduceMax", X(n(size=(2, 3, 4))), axes=[-1], keepdims=0, opset=13, id="max-neg-nokeep-opset13"),
     case("ReduceMax", X(n(size=(2, 3, 4))), ax(0, 2), keepdims=0, opset=18, id="max-input-opset18"),
@@ -78,9 +92,11 @@ def test_vjp(c):
 
 def exported_grad(c, w):
     g32 = make_session(gradient_graph(c.model, "x0", "y0")).run(
-        ["attribution"], {"x0": c.feeds["x0"], "target_weights": w.astype(np.float32)})[0]
-    g64 = run_ref(gradient_graph(to_float64(c.model), "x0", "y0"),
-                  {"x0": c.feeds["x0"].astype(np.float64), "target_weights": w})["attribution"]
+        ["attribution"], {"x0": c.feeds["x0"], "target_weights": w.astype(np.float32)}
+    )[0]
+    g64 = run_ref(
+        gradient_graph(to_float64(c.model), "x0", "y0"), {"x0": c.feeds["x0"].astype(np.float64), "target_weights": w}
+    )["attribution"]
     return g32, g64
 
 

@@ -1,4 +1,5 @@
 """Every registered VJP has its own oracle test: an op appears in some test module's CASES."""
+
 import importlib
 import pathlib
 

@@ -1,4 +1,5 @@
 """Colour maps, overlays and grids."""
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -83,8 +84,13 @@ def test_outline_marks_only_the_boundary():
 def test_grid_and_files(tmp_path):
     img = np.random.default_rng(4).integers(0, 256, (32, 32, 3), dtype=np.uint8)
     heat = render.overlay(img, np.random.default_rng(5).normal(size=(32, 32)))
-    g = render.grid([[img, heat, heat], [img, heat, None]], titles=["image", "gradient", "integrated_gradients"],
-                    row_titles=["a", "b"], colorbars=["signed", ("positive", 0.5)], note="scale note")
+    g = render.grid(
+        [[img, heat, heat], [img, heat, None]],
+        titles=["image", "gradient", "integrated_gradients"],
+        row_titles=["a", "b"],
+        colorbars=["signed", ("positive", 0.5)],
+        note="scale note",
+    )
     assert g.dtype == np.uint8 and g.ndim == 3 and g.shape[2] == 3
     assert g.shape[1] >= 3 * 128 and g.shape[0] >= 2 * 128  # 32 px cells are upscaled to 128
     path = render.save_png(g, tmp_path / "sub" / "grid.png")

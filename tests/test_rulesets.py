@@ -1,5 +1,6 @@
 """Rule sets as data: shipped files load, bad files fail naming file and key, first match wins;
 guided backprop and deconvnet against a numpy re-implementation of the papers."""
+
 import pathlib
 
 import numpy as np
@@ -22,18 +23,24 @@ def test_shipped_rule_sets_load(path):
     assert rs.name == path.stem and rs.description and rs.entries
 
 
-@pytest.mark.parametrize("text,match", [
-    ('nam = "x"', "unknown key 'nam'"),
-    ('[[rule]]\nops = ["Relu"]\nrule = "nope"', r"rule\[0\]: rule: unknown rule 'nope'"),
-    ('[[rule]]\nops = ["Relu"]', r"rule\[0\]: missing key 'rule'"),
-    ('[[rule]]\nrule = "guided"', r"rule\[0\]: give at least one of ops, names, position"),
-    ('[[rule]]\nops = ["Conv2d"]\nrule = "guided"', r"rule\[0\]: ops: 'Conv2d' is not an ONNX op type"),
-    ('[[rule]]\nnames = ["(unclosed"]\nrule = "guided"', r"rule\[0\]: names: bad regular expression"),
-    ('[[rule]]\nops = ["Relu"]\nrule = "guided"\nepsilon = 1', r"rule\[0\]: unknown key 'epsilon' for rule 'guided'"),
-    ('[[rule]]\nposition = "last"\nrule = "guided"', r"rule\[0\]: position: expected one of"),
-    ('base = "lrp"', "'base' must be"),
-    ("this is = not toml [", "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ('nam = "x"', "unknown key 'nam'"),
+        ('[[rule]]\nops = ["Relu"]\nrule = "nope"', r"rule\[0\]: rule: unknown rule 'nope'"),
+        ('[[rule]]\nops = ["Relu"]', r"rule\[0\]: missing key 'rule'"),
+        ('[[rule]]\nrule = "guided"', r"rule\[0\]: give at least one of ops, names, position"),
+        ('[[rule]]\nops = ["Conv2d"]\nrule = "guided"', r"rule\[0\]: ops: 'Conv2d' is not an ONNX op type"),
+        ('[[rule]]\nnames = ["(unclosed"]\nrule = "guided"', r"rule\[0\]: names: bad regular expression"),
+        (
+            '[[rule]]\nops = ["Relu"]\nrule = "guided"\nepsilon = 1',
+            r"rule\[0\]: unknown key 'epsilon' for rule 'guided'",
+        ),
+        ('[[rule]]\nposition = "last"\nrule = "guided"', r"rule\[0\]: position: expected one of"),
+        ('base = "lrp"', "'base' must be"),
+        ("this is = not toml [", "not valid TOML"),
+    ],
+)
 def test_bad_rule_files_name_file_and_key(tmp_path, text, match):
     p = tmp_path / "mine.toml"
     p.write_text(text)
@@ -54,8 +61,13 @@ def mlp(bias=True):
         if i < 2:
             nodes.append(helper.make_node("Relu", [prev], [f"a{i}"], name=f"relu{i}"))
             prev = f"a{i}"
-    g = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
-                          [helper.make_tensor_value_info(prev, TensorProto.FLOAT, ["N", 3])], inits)
+    g = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
+        [helper.make_tensor_value_info(prev, TensorProto.FLOAT, ["N", 3])],
+        inits,
+    )
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), ws, bs
 
 
@@ -103,9 +115,11 @@ def test_guided_backprop_nonnegative_below_a_relu_stack():
 def test_first_match_wins_and_names_and_position(tmp_path):
     """A user file: deconvnet for relu0 by name, guided for every other Relu (listed second)."""
     p = tmp_path / "mixed.toml"
-    p.write_text('name = "mixed"\n[[rule]]\nnames = ["relu0"]\nrule = "deconvnet"\n'
-                 '[[rule]]\nops = ["Relu"]\nrule = "guided"\n'
-                 '[[rule]]\nops = ["Relu"]\nrule = "deconvnet"\n')
+    p.write_text(
+        'name = "mixed"\n[[rule]]\nnames = ["relu0"]\nrule = "deconvnet"\n'
+        '[[rule]]\nops = ["Relu"]\nrule = "guided"\n'
+        '[[rule]]\nops = ["Relu"]\nrule = "deconvnet"\n'
+    )
     m, ws, bs = mlp()
     x = rng.normal(size=(4, 6)).astype(np.float32)
     t = np.array([2, 2, 0, 1])
@@ -118,8 +132,9 @@ def test_first_match_wins_and_names_and_position(tmp_path):
 def test_position_first_matches_the_nodes_reading_the_input(tmp_path):
     """x -> Relu -> MLP: deconvnet on the first node (the input Relu), guided on the other ReLUs."""
     p = tmp_path / "first.toml"
-    p.write_text('name = "first"\n[[rule]]\nposition = "first"\nrule = "deconvnet"\n'
-                 '[[rule]]\nops = ["Relu"]\nrule = "guided"\n')
+    p.write_text(
+        'name = "first"\n[[rule]]\nposition = "first"\nrule = "deconvnet"\n[[rule]]\nops = ["Relu"]\nrule = "guided"\n'
+    )
     m, ws, bs = mlp()
     m.graph.node.insert(0, helper.make_node("Relu", ["x"], ["xr"], name="input_relu"))
     m.graph.node[1].input[0] = "xr"

@@ -1,4 +1,5 @@
 """Sessions fall back to the CPU quietly where CUDA is absent."""
+
 import subprocess
 import sys
 
@@ -24,8 +25,12 @@ def test_providers_end_with_cpu():
 def test_no_error_spam():
     import pathlib
 
-    out = subprocess.run([sys.executable, "-c", SCRIPT.format(tests=str(pathlib.Path(__file__).parent))],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT.format(tests=str(pathlib.Path(__file__).parent))],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "(1, 3, 8, 8)"
     assert out.stderr == "", out.stderr
@@ -36,9 +41,11 @@ def test_no_torch_at_run_time():
     import pathlib
 
     zoo = pathlib.Path(__file__).parent / "zoo" / "segnet_ts11.onnx"
-    code = ("import sys, numpy as np\nfrom onnxplain import Explainer\n"
-            f"a = Explainer({str(zoo)!r}).explain(np.zeros((1, 3, 32, 32), np.float32), target=1)\n"
-            "print('torch' in sys.modules, a.shape)")
+    code = (
+        "import sys, numpy as np\nfrom onnxplain import Explainer\n"
+        f"a = Explainer({str(zoo)!r}).explain(np.zeros((1, 3, 32, 32), np.float32), target=1)\n"
+        "print('torch' in sys.modules, a.shape)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False (1, 3, 32, 32)"

@@ -5,6 +5,7 @@ attribution inside that region; an NMS graph's selected detection maps back to i
 exactly (read independently from the reference evaluator); CTC and region targets match float64
 finite differences of the forward model (tests/oracle.py).
 """
+
 import numpy as np
 import onnx
 import pytest
@@ -37,7 +38,7 @@ def block_weights(seed=0):
         gy, gx = divmod(a, G)
         for c in range(C):
             blk = np.zeros((S, S), np.float32)
-            blk[2 * gy:2 * gy + 2, 2 * gx:2 * gx + 2] = r.uniform(0.5, 1.5, (2, 2))
+            blk[2 * gy : 2 * gy + 2, 2 * gx : 2 * gx + 2] = r.uniform(0.5, 1.5, (2, 2))
             w[:, a * C + c] = blk.ravel()
     return w
 
@@ -53,28 +54,41 @@ def yolo_head(objectness=False):
     """x [N, 1, 8, 8] -> [N, 4 + C, A] (YOLOv8 layout) or [N, A, 5 + C] (YOLOv5, with an objectness
     that reads the same block); class scores = Sigmoid(block sums)."""
     w = block_weights()
-    nodes = [h.make_node("Flatten", ["x"], ["f"], axis=1),
-             h.make_node("MatMul", ["f", "W"], ["m"]),
-             h.make_node("Reshape", ["m", "shp"], ["acl"]),  # [N, A, C]
-             h.make_node("Sigmoid", ["acl"], ["ac"])]
-    inits = [nh.from_array(w, "W"), nh.from_array(np.array([-1, A, C], np.int64), "shp"),
-             nh.from_array(anchor_boxes().T[None], "boxes")]  # [1, A, 4]
+    nodes = [
+        h.make_node("Flatten", ["x"], ["f"], axis=1),
+        h.make_node("MatMul", ["f", "W"], ["m"]),
+        h.make_node("Reshape", ["m", "shp"], ["acl"]),  # [N, A, C]
+        h.make_node("Sigmoid", ["acl"], ["ac"]),
+    ]
+    inits = [
+        nh.from_array(w, "W"),
+        nh.from_array(np.array([-1, A, C], np.int64), "shp"),
+        nh.from_array(anchor_boxes().T[None], "boxes"),
+    ]  # [1, A, 4]
     nodes.append(h.make_node("Shape", ["x"], ["xs"]))
     nodes.append(h.make_node("Slice", ["xs", "z0", "z1"], ["n"]))
     nodes.append(h.make_node("Concat", ["n", "a4"], ["bshape"], axis=0))
     nodes.append(h.make_node("Expand", ["boxes", "bshape"], ["bx"]))
-    inits += [nh.from_array(np.array([0], np.int64), "z0"), nh.from_array(np.array([1], np.int64), "z1"),
-              nh.from_array(np.array([A, 4], np.int64), "a4")]
+    inits += [
+        nh.from_array(np.array([0], np.int64), "z0"),
+        nh.from_array(np.array([1], np.int64), "z1"),
+        nh.from_array(np.array([A, 4], np.int64), "a4"),
+    ]
     if objectness:
         wo = block_weights(seed=1)[:, ::C].copy()  # [S*S, A]
-        nodes += [h.make_node("MatMul", ["f", "Wo"], ["ol"]), h.make_node("Sigmoid", ["ol"], ["o"]),
-                  h.make_node("Unsqueeze", ["o", "ax2"], ["o3"]),
-                  h.make_node("Concat", ["bx", "o3", "ac"], ["det"], axis=2)]  # [N, A, 5 + C]
+        nodes += [
+            h.make_node("MatMul", ["f", "Wo"], ["ol"]),
+            h.make_node("Sigmoid", ["ol"], ["o"]),
+            h.make_node("Unsqueeze", ["o", "ax2"], ["o3"]),
+            h.make_node("Concat", ["bx", "o3", "ac"], ["det"], axis=2),
+        ]  # [N, A, 5 + C]
         inits += [nh.from_array(wo, "Wo"), nh.from_array(np.array([2], np.int64), "ax2")]
         out = h.make_tensor_value_info("det", T.FLOAT, ["N", A, 5 + C])
     else:
-        nodes += [h.make_node("Concat", ["bx", "ac"], ["cat"], axis=2),
-                  h.make_node("Transpose", ["cat"], ["det"], perm=[0, 2, 1])]  # [N, 4 + C, A]
+        nodes += [
+            h.make_node("Concat", ["bx", "ac"], ["cat"], axis=2),
+            h.make_node("Transpose", ["cat"], ["det"], perm=[0, 2, 1]),
+        ]  # [N, 4 + C, A]
         out = h.make_tensor_value_info("det", T.FLOAT, ["N", 4 + C, A])
     return _model(nodes, [h.make_tensor_value_info("x", T.FLOAT, ["N", 1, S, S])], [out], inits)
 
@@ -82,7 +96,7 @@ def yolo_head(objectness=False):
 def block_mask(a):
     m = np.zeros((S, S), bool)
     gy, gx = divmod(a, G)
-    m[2 * gy:2 * gy + 2, 2 * gx:2 * gx + 2] = True
+    m[2 * gy : 2 * gy + 2, 2 * gx : 2 * gx + 2] = True
     return m
 
 
@@ -180,8 +194,11 @@ def test_d_rise_weights_masks_by_detection_similarity():
     assert similarity(t.items[0]["box"], t.items[0]["scores"], same) == pytest.approx(1.0)  # itself: IoU 1, cos 1
     conf = t.items[0]["scores"].max()
     assert similarity(t.items[0]["box"], t.items[0]["scores"], same, objectness=False) == pytest.approx(conf)
-    shifted = tg.Candidates(np.array([[xyxy(a)[0] + 1, xyxy(a)[1], xyxy(a)[2] + 1, xyxy(a)[3]]], float),
-                            t.items[0]["scores"][None], np.full(1, 0.5))
+    shifted = tg.Candidates(
+        np.array([[xyxy(a)[0] + 1, xyxy(a)[1], xyxy(a)[2] + 1, xyxy(a)[3]]], float),
+        t.items[0]["scores"][None],
+        np.full(1, 0.5),
+    )
     assert similarity(t.items[0]["box"], t.items[0]["scores"], shifted) == pytest.approx(0.5 / 3)  # IoU 1/3 x O
 
 
@@ -189,17 +206,29 @@ def test_separate_outputs_ssd_layout_switches_the_explained_tensor():
     """SSD style: boxes [N, A, 4] first, scores [N, A, C] second; the default explained output is the
     boxes, the detection explains the scores tensor."""
     w = block_weights()
-    nodes = [h.make_node("Flatten", ["x"], ["f"], axis=1), h.make_node("MatMul", ["f", "W"], ["m"]),
-             h.make_node("Reshape", ["m", "shp"], ["scores"]),
-             h.make_node("Mul", ["f", "zero"], ["fz"]), h.make_node("ReduceSum", ["fz"], ["z"], keepdims=1),
-             h.make_node("Add", ["bxc", "z"], ["bz"]), h.make_node("Unsqueeze", ["bz", "ax0"], ["boxes"])]
+    nodes = [
+        h.make_node("Flatten", ["x"], ["f"], axis=1),
+        h.make_node("MatMul", ["f", "W"], ["m"]),
+        h.make_node("Reshape", ["m", "shp"], ["scores"]),
+        h.make_node("Mul", ["f", "zero"], ["fz"]),
+        h.make_node("ReduceSum", ["fz"], ["z"], keepdims=1),
+        h.make_node("Add", ["bxc", "z"], ["bz"]),
+        h.make_node("Unsqueeze", ["bz", "ax0"], ["boxes"]),
+    ]
     bx = np.stack([anchor_boxes()[0] - 1, anchor_boxes()[1] - 1, anchor_boxes()[0] + 1, anchor_boxes()[1] + 1], 1)
-    inits = [nh.from_array(w, "W"), nh.from_array(np.array([-1, A, C], np.int64), "shp"),
-             nh.from_array(np.zeros(1, np.float32), "zero"), nh.from_array(bx.astype(np.float32), "bxc"),
-             nh.from_array(np.array([0], np.int64), "ax0")]
-    m = _model(nodes, [h.make_tensor_value_info("x", T.FLOAT, [1, 1, S, S])],
-               [h.make_tensor_value_info("boxes", T.FLOAT, [1, A, 4]),
-                h.make_tensor_value_info("scores", T.FLOAT, [1, A, C])], inits)
+    inits = [
+        nh.from_array(w, "W"),
+        nh.from_array(np.array([-1, A, C], np.int64), "shp"),
+        nh.from_array(np.zeros(1, np.float32), "zero"),
+        nh.from_array(bx.astype(np.float32), "bxc"),
+        nh.from_array(np.array([0], np.int64), "ax0"),
+    ]
+    m = _model(
+        nodes,
+        [h.make_tensor_value_info("x", T.FLOAT, [1, 1, S, S])],
+        [h.make_tensor_value_info("boxes", T.FLOAT, [1, A, 4]), h.make_tensor_value_info("scores", T.FLOAT, [1, A, C])],
+        inits,
+    )
     ex = Explainer(m)
     assert tg.guess_task(ex.canonical.graph)[0] == "detect"
     lay = tg.Layout(anchor_axis=1, classes=0, format="xyxy", separate=True)
@@ -215,19 +244,41 @@ def nms_model():
     r = np.random.default_rng(5)
     cxcywh = anchor_boxes().T.copy()
     cxcywh[:, 2:] = r.uniform(2.0, 5.0, (A, 2))  # wider boxes: neighbours overlap and get suppressed
-    yxyx = np.stack([cxcywh[:, 1] - cxcywh[:, 3] / 2, cxcywh[:, 0] - cxcywh[:, 2] / 2,
-                     cxcywh[:, 1] + cxcywh[:, 3] / 2, cxcywh[:, 0] + cxcywh[:, 2] / 2], 1)[None].astype(np.float32)
-    nodes = [h.make_node("Flatten", ["x"], ["f"], axis=1), h.make_node("MatMul", ["f", "W"], ["m"]),
-             h.make_node("Reshape", ["m", "shp"], ["acl"]), h.make_node("Transpose", ["acl"], ["cal"], perm=[0, 2, 1]),
-             h.make_node("Sigmoid", ["cal"], ["scores"]),
-             h.make_node("NonMaxSuppression", ["nms_boxes", "scores", "maxk", "iou", "thr"], ["selected"], name="nms"),
-             h.make_node("GatherND", ["scores", "selected"], ["det_scores"])]
-    inits = [nh.from_array(w, "W"), nh.from_array(np.array([-1, A, C], np.int64), "shp"),
-             nh.from_array(yxyx, "nms_boxes"), nh.from_array(np.array([5], np.int64), "maxk"),
-             nh.from_array(np.array([0.3], np.float32), "iou"), nh.from_array(np.array([0.0], np.float32), "thr")]
-    return _model(nodes, [h.make_tensor_value_info("x", T.FLOAT, [1, 1, S, S])],
-                  [h.make_tensor_value_info("det_scores", T.FLOAT, ["K"]),
-                   h.make_tensor_value_info("selected", T.INT64, ["K", 3])], inits), w
+    yxyx = np.stack(
+        [
+            cxcywh[:, 1] - cxcywh[:, 3] / 2,
+            cxcywh[:, 0] - cxcywh[:, 2] / 2,
+            cxcywh[:, 1] + cxcywh[:, 3] / 2,
+            cxcywh[:, 0] + cxcywh[:, 2] / 2,
+        ],
+        1,
+    )[None].astype(np.float32)
+    nodes = [
+        h.make_node("Flatten", ["x"], ["f"], axis=1),
+        h.make_node("MatMul", ["f", "W"], ["m"]),
+        h.make_node("Reshape", ["m", "shp"], ["acl"]),
+        h.make_node("Transpose", ["acl"], ["cal"], perm=[0, 2, 1]),
+        h.make_node("Sigmoid", ["cal"], ["scores"]),
+        h.make_node("NonMaxSuppression", ["nms_boxes", "scores", "maxk", "iou", "thr"], ["selected"], name="nms"),
+        h.make_node("GatherND", ["scores", "selected"], ["det_scores"]),
+    ]
+    inits = [
+        nh.from_array(w, "W"),
+        nh.from_array(np.array([-1, A, C], np.int64), "shp"),
+        nh.from_array(yxyx, "nms_boxes"),
+        nh.from_array(np.array([5], np.int64), "maxk"),
+        nh.from_array(np.array([0.3], np.float32), "iou"),
+        nh.from_array(np.array([0.0], np.float32), "thr"),
+    ]
+    return _model(
+        nodes,
+        [h.make_tensor_value_info("x", T.FLOAT, [1, 1, S, S])],
+        [
+            h.make_tensor_value_info("det_scores", T.FLOAT, ["K"]),
+            h.make_tensor_value_info("selected", T.INT64, ["K", 3]),
+        ],
+        inits,
+    ), w
 
 
 def test_nms_selected_detection_maps_back_to_its_candidate_exactly():
@@ -272,12 +323,21 @@ def fd_gradient(model, x, output, w, eps=1e-6):
 def dense_model():
     """x [1, 2, 6, 6] -> Conv 3x3 (3 channels) -> Tanh -> Conv 1x1: a [1, 3, 6, 6] map."""
     r = np.random.default_rng(1)
-    nodes = [h.make_node("Conv", ["x", "W1"], ["c1"], pads=[1, 1, 1, 1]), h.make_node("Tanh", ["c1"], ["t"]),
-             h.make_node("Conv", ["t", "W2"], ["y"])]
-    inits = [nh.from_array(r.normal(size=(3, 2, 3, 3)).astype(np.float32), "W1"),
-             nh.from_array(r.normal(size=(3, 3, 1, 1)).astype(np.float32), "W2")]
-    return _model(nodes, [h.make_tensor_value_info("x", T.FLOAT, [1, 2, 6, 6])],
-                  [h.make_tensor_value_info("y", T.FLOAT, [1, 3, 6, 6])], inits)
+    nodes = [
+        h.make_node("Conv", ["x", "W1"], ["c1"], pads=[1, 1, 1, 1]),
+        h.make_node("Tanh", ["c1"], ["t"]),
+        h.make_node("Conv", ["t", "W2"], ["y"]),
+    ]
+    inits = [
+        nh.from_array(r.normal(size=(3, 2, 3, 3)).astype(np.float32), "W1"),
+        nh.from_array(r.normal(size=(3, 3, 1, 1)).astype(np.float32), "W2"),
+    ]
+    return _model(
+        nodes,
+        [h.make_tensor_value_info("x", T.FLOAT, [1, 2, 6, 6])],
+        [h.make_tensor_value_info("y", T.FLOAT, [1, 3, 6, 6])],
+        inits,
+    )
 
 
 @pytest.mark.parametrize("reduce", ["sum", "mean"])
@@ -310,15 +370,24 @@ def test_region_mask_on_the_input_grid_is_resized_and_empty_masks_fail():
 def seq_model(T_=7, V=4):
     """A CTC-like recogniser: x [1, 1, 3, T] -> per column a Tanh MLP -> [1, T, V] logits."""
     r = np.random.default_rng(4)
-    nodes = [h.make_node("Reshape", ["x", "s1"], ["cols"]),  # [1, 3, T]
-             h.make_node("Transpose", ["cols"], ["tc"], perm=[0, 2, 1]),  # [1, T, 3]
-             h.make_node("MatMul", ["tc", "W1"], ["h1"]), h.make_node("Tanh", ["h1"], ["a1"]),
-             h.make_node("MatMul", ["a1", "W2"], ["y"])]
-    inits = [nh.from_array(np.array([1, 3, T_], np.int64), "s1"),
-             nh.from_array(r.normal(size=(3, 5)).astype(np.float32), "W1"),
-             nh.from_array((r.normal(size=(5, V)) * 2).astype(np.float32), "W2")]
-    return _model(nodes, [h.make_tensor_value_info("x", T.FLOAT, [1, 1, 3, T_])],
-                  [h.make_tensor_value_info("y", T.FLOAT, [1, T_, V])], inits)
+    nodes = [
+        h.make_node("Reshape", ["x", "s1"], ["cols"]),  # [1, 3, T]
+        h.make_node("Transpose", ["cols"], ["tc"], perm=[0, 2, 1]),  # [1, T, 3]
+        h.make_node("MatMul", ["tc", "W1"], ["h1"]),
+        h.make_node("Tanh", ["h1"], ["a1"]),
+        h.make_node("MatMul", ["a1", "W2"], ["y"]),
+    ]
+    inits = [
+        nh.from_array(np.array([1, 3, T_], np.int64), "s1"),
+        nh.from_array(r.normal(size=(3, 5)).astype(np.float32), "W1"),
+        nh.from_array((r.normal(size=(5, V)) * 2).astype(np.float32), "W2"),
+    ]
+    return _model(
+        nodes,
+        [h.make_tensor_value_info("x", T.FLOAT, [1, 1, 3, T_])],
+        [h.make_tensor_value_info("y", T.FLOAT, [1, T_, V])],
+        inits,
+    )
 
 
 def test_ctc_greedy_decode():
@@ -338,7 +407,7 @@ def test_sequence_targets_match_finite_differences(spec):
     if spec.char is not None:
         runs = tg.ctc_greedy(path)
         k, t0, t1 = runs[spec.char]
-        w[0, t0 + int(np.argmax(y[t0:t1 + 1, k])), k] = 1
+        w[0, t0 + int(np.argmax(y[t0 : t1 + 1, k])), k] = 1
     elif spec.position is not None:
         w[0, 3, 2] = 1
     else:
@@ -358,8 +427,12 @@ def test_sequence_char_out_of_range():
 def test_guess_task():
     assert tg.guess_task(Explainer(dense_model()).canonical.graph)[0] == "segment"
     assert tg.guess_task(Explainer(seq_model()).canonical.graph)[0] == "sequence"
-    big = _model([h.make_node("Identity", ["x"], ["y"])], [h.make_tensor_value_info("x", T.FLOAT, [1, 84, 8400])],
-                 [h.make_tensor_value_info("y", T.FLOAT, [1, 84, 8400])], [])
+    big = _model(
+        [h.make_node("Identity", ["x"], ["y"])],
+        [h.make_tensor_value_info("x", T.FLOAT, [1, 84, 8400])],
+        [h.make_tensor_value_info("y", T.FLOAT, [1, 84, 8400])],
+        [],
+    )
     assert tg.guess_task(Explainer(big).canonical.graph)[0] == "detect"
 
 
@@ -367,9 +440,12 @@ def one_channel_model():
     """x [1, 1, 8, 8] -> Conv 3x3 -> Sigmoid: a one-channel probability map."""
     r = np.random.default_rng(0)
     nodes = [h.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1]), h.make_node("Sigmoid", ["c"], ["p"])]
-    return _model(nodes, [h.make_tensor_value_info("x", T.FLOAT, [1, 1, S, S])],
-                  [h.make_tensor_value_info("p", T.FLOAT, [1, 1, S, S])],
-                  [nh.from_array(r.normal(size=(1, 1, 3, 3)).astype(np.float32), "W")])
+    return _model(
+        nodes,
+        [h.make_tensor_value_info("x", T.FLOAT, [1, 1, S, S])],
+        [h.make_tensor_value_info("p", T.FLOAT, [1, 1, S, S])],
+        [nh.from_array(r.normal(size=(1, 1, 3, 3)).astype(np.float32), "W")],
+    )
 
 
 def test_one_channel_map_occlusion_is_not_a_softmax_over_one_class():
@@ -382,10 +458,16 @@ def test_one_channel_map_occlusion_is_not_a_softmax_over_one_class():
     assert np.any(r[:5, :5] != 0) and np.all(r[6:, :] == 0) and np.all(r[:, 6:] == 0)
 
 
-@pytest.mark.parametrize("method,opts", [("occlusion", {"window": 4}), ("rise", {"n_masks": 30}),
-                                         ("lime", {"samples": 30, "n_segments": 6}),
-                                         ("kernelshap", {"samples": 30, "n_segments": 6}),
-                                         ("meaningful_perturbation", {"iterations": 2})])
+@pytest.mark.parametrize(
+    "method,opts",
+    [
+        ("occlusion", {"window": 4}),
+        ("rise", {"n_masks": 30}),
+        ("lime", {"samples": 30, "n_segments": 6}),
+        ("kernelshap", {"samples": 30, "n_segments": 6}),
+        ("meaningful_perturbation", {"iterations": 2}),
+    ],
+)
 def test_black_box_weights_equal_the_class_logit(method, opts):
     """A one-hot weight on class k scores sum(w * y) = y_k: the class target's logit score, map for map."""
     from models import tiny_cnn

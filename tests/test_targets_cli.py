@@ -1,5 +1,6 @@
 """The CLI's target options: --box/--class, --target-weights, --region, --position, --task; inspect's task guess;
 all-zero maps are errors; the shipped detector and segmenter demos."""
+
 import numpy as np
 import onnx
 import pytest
@@ -43,8 +44,19 @@ def test_explain_target_weights_and_black_box(det, tmp_path):
     w = np.zeros((1, 6, 16), np.float32)
     w[0, 5, 9] = 1
     np.save(tmp_path / "w.npy", w)
-    res = run("explain", model, x, "--target-weights", tmp_path / "w.npy", "-m", "gradient,occlusion",
-              "--window", 2, "-d", tmp_path / "o")
+    res = run(
+        "explain",
+        model,
+        x,
+        "--target-weights",
+        tmp_path / "w.npy",
+        "-m",
+        "gradient,occlusion",
+        "--window",
+        2,
+        "-d",
+        tmp_path / "o",
+    )
     assert res.exit_code == 0, res.output
     for m in ("gradient", "occlusion"):
         a = np.load(tmp_path / "o" / f"x.{m}.npy")[0]
@@ -86,8 +98,17 @@ def test_region_png_and_position(tmp_path):
     mask = np.zeros((6, 6), np.uint8)
     mask[:3, :3] = 255
     Image.fromarray(mask).save(tmp_path / "mask.png")
-    res = run("explain", tmp_path / "seg.onnx", tmp_path / "x.npy", "--region", tmp_path / "mask.png", "--class", 2,
-              "-d", tmp_path / "o")
+    res = run(
+        "explain",
+        tmp_path / "seg.onnx",
+        tmp_path / "x.npy",
+        "--region",
+        tmp_path / "mask.png",
+        "--class",
+        2,
+        "-d",
+        tmp_path / "o",
+    )
     assert res.exit_code == 0, res.output
     assert "sum of channel 2 over 25% of the map (9 pixels)" in res.stdout
     onnx.save(seq_model(), str(tmp_path / "seq.onnx"))
@@ -95,15 +116,17 @@ def test_region_png_and_position(tmp_path):
     res = run("explain", tmp_path / "seq.onnx", tmp_path / "s.npy", "--position", "3:2", "-d", tmp_path / "o")
     assert res.exit_code == 0, res.output
     assert "token 2 at timestep 3" in res.stdout
-    user_error(run("explain", tmp_path / "seq.onnx", tmp_path / "s.npy", "--position", "x", "-d", tmp_path / "o"),
-               "--position")
+    user_error(
+        run("explain", tmp_path / "seq.onnx", tmp_path / "s.npy", "--position", "x", "-d", tmp_path / "o"), "--position"
+    )
 
 
 def test_one_channel_map_occlusion_is_written(tmp_path):
     onnx.save(one_channel_model(), str(tmp_path / "p.onnx"))
     np.save(tmp_path / "x.npy", X[0])
-    res = run("explain", tmp_path / "p.onnx", tmp_path / "x.npy", "-m", "occlusion", "--window", 2,
-              "-d", tmp_path / "o")
+    res = run(
+        "explain", tmp_path / "p.onnx", tmp_path / "x.npy", "-m", "occlusion", "--window", 2, "-d", tmp_path / "o"
+    )
     assert res.exit_code == 0, res.output
     assert np.any(np.load(tmp_path / "o" / "x.occlusion.npy") != 0)
 

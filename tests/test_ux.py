@@ -3,6 +3,7 @@
 The map checks run the shipped demo classifier on generated shapes (ground-truth masks) and measure
 where each method puts its evidence; the thresholds sit between the numbers measured before the fixes
 (in the comments) and after them."""
+
 import base64
 import json
 import re
@@ -43,11 +44,13 @@ def top_share(a, mask):
 def constant_model(c=(0.3, 1.2, -0.5)):
     """Logits that ignore the input: x [N, 3, 8, 8] -> Gemm with zero weights + bias."""
     w = np.zeros((len(c), 3 * 8 * 8), np.float32)
-    g = helper.make_graph([helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("Gemm", ["f", "W", "B"], ["z"],
-                                                                                       transB=1)],
-                          "const", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
-                          [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", len(c)])],
-                          [numpy_helper.from_array(w, "W"), numpy_helper.from_array(np.array(c, np.float32), "B")])
+    g = helper.make_graph(
+        [helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("Gemm", ["f", "W", "B"], ["z"], transB=1)],
+        "const",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", len(c)])],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(np.array(c, np.float32), "B")],
+    )
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
@@ -168,8 +171,9 @@ def test_folders_globs_json_and_labels(photos, tmp_path):
     assert set(rec) >= {"file", "prediction", "probability", "target", "methods"} and 0 < rec["probability"] <= 1
     assert rec["methods"][0]["method"] == "gradient" and rec["methods"][0]["seconds"] > 0
     assert all((tmp_path / "o1" / f.split("/")[-1]).exists() for f in rec["methods"][0]["files"])
-    r = runner.invoke(app, ["explain", model, str(photos / "**" / "*.png"), "--recursive", "--json",
-                            "-d", str(tmp_path / "o2")])
+    r = runner.invoke(
+        app, ["explain", model, str(photos / "**" / "*.png"), "--recursive", "--json", "-d", str(tmp_path / "o2")]
+    )
     assert r.exit_code == 0 and len(r.stdout.splitlines()) == 3, r.output
     r = runner.invoke(app, ["explain", model, str(photos), "-r", "-d", str(tmp_path / "o3")])
     assert r.exit_code == 0 and "note: b.png: 96x64 photo centre-cropped" in r.output, r.output
@@ -177,8 +181,10 @@ def test_folders_globs_json_and_labels(photos, tmp_path):
         assert b.size[0] == 1.5 * a.size[0]  # drawn on the 96x64 photo (same height, 1.5 times as wide)
     assert np.load(tmp_path / "o3" / "b.gradient.npy").shape == (3, 64, 64)  # the model-resolution map
     (tmp_path / "labels.txt").write_text("circle\nsquare\n")
-    r = runner.invoke(app, ["explain", model, str(photos / "a.png"), "--labels", str(tmp_path / "labels.txt"),
-                            "-d", str(tmp_path / "o4")])
+    r = runner.invoke(
+        app,
+        ["explain", model, str(photos / "a.png"), "--labels", str(tmp_path / "labels.txt"), "-d", str(tmp_path / "o4")],
+    )
     assert r.exit_code == 2 and "names 2 classes but the model's output has 5" in r.output
     assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "o4").exists()
     r = runner.invoke(app, ["explain", model, str(photos / "nothing*.png"), "-d", str(tmp_path / "o5")])
@@ -192,12 +198,33 @@ def test_metadata_preprocessing_is_used_by_explain(photos, tmp_path):
     m.metadata_props.add(key="onnxplain.preprocess", value=json.dumps({"mean": [0.5, 0.5, 0.5], "std": [0.25]}))
     onnx.save(m, str(tmp_path / "tagged.onnx"))
     runner = CliRunner()
-    r = runner.invoke(app, ["explain", str(tmp_path / "tagged.onnx"), str(photos / "a.png"), "-d", str(tmp_path / "o"),
-                            "--report", str(tmp_path / "r.html")])
+    r = runner.invoke(
+        app,
+        [
+            "explain",
+            str(tmp_path / "tagged.onnx"),
+            str(photos / "a.png"),
+            "-d",
+            str(tmp_path / "o"),
+            "--report",
+            str(tmp_path / "r.html"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "mean [0.5, 0.5, 0.5], std [0.25]" in (tmp_path / "r.html").read_text()
-    r = runner.invoke(app, ["export", str(tmp_path / "tagged.onnx"), "-o", str(tmp_path / "g.onnx"),
-                            "--preset", "imagenet", "--resize", "pad"])
+    r = runner.invoke(
+        app,
+        [
+            "export",
+            str(tmp_path / "tagged.onnx"),
+            "-o",
+            str(tmp_path / "g.onnx"),
+            "--preset",
+            "imagenet",
+            "--resize",
+            "pad",
+        ],
+    )
     assert r.exit_code == 0, r.output
     stored = pp.from_metadata(onnx.load(str(tmp_path / "g.onnx"), load_external_data=False))
     assert stored.std == (0.229, 0.224, 0.225) and stored.resize == "pad"
@@ -207,8 +234,22 @@ def test_metadata_preprocessing_is_used_by_explain(photos, tmp_path):
 @pytest.fixture(scope="module")
 def report(photos, tmp_path_factory):
     d = tmp_path_factory.mktemp("report")
-    r = CliRunner().invoke(app, ["explain", str(demo_model()), str(photos), "-m", "gradient,rise", "--n-masks", "100",
-                                 "-d", str(d / "out"), "--report", str(d / "report.html")])
+    r = CliRunner().invoke(
+        app,
+        [
+            "explain",
+            str(demo_model()),
+            str(photos),
+            "-m",
+            "gradient,rise",
+            "--n-masks",
+            "100",
+            "-d",
+            str(d / "out"),
+            "--report",
+            str(d / "report.html"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     return d / "report.html"
 
@@ -229,19 +270,36 @@ def test_report_renders_in_chromium(report, tmp_path):
     if chromium is None:
         pytest.skip("Chromium is not installed (apt-get install -y chromium)")
     page = tmp_path / "page.html"
-    probe = ("<script>window.addEventListener('load', () => { const imgs = [...document.images]; "
-             "const bad = imgs.filter(i => !(i.complete && i.naturalWidth > 0)).length; "
-             "document.body.setAttribute('data-check', 'IMAGES ' + imgs.length + ' BROKEN ' + bad); });</script>")
+    probe = (
+        "<script>window.addEventListener('load', () => { const imgs = [...document.images]; "
+        "const bad = imgs.filter(i => !(i.complete && i.naturalWidth > 0)).length; "
+        "document.body.setAttribute('data-check', 'IMAGES ' + imgs.length + ' BROKEN ' + bad); });</script>"
+    )
     page.write_text(report.read_text().replace("</body>", probe + "</body>"))
-    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--dump-dom", page.as_uri()]
+    cmd = [
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=5000",
+        "--dump-dom",
+        page.as_uri(),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
     m = re.search(r"IMAGES (\d+) BROKEN (\d+)", out)
     assert m is not None, out[-500:]
     assert int(m.group(1)) >= 7 and int(m.group(2)) == 0, m.group(0)
     shot = tmp_path / "shot.png"
-    subprocess.run([*cmd[:-2], f"--screenshot={shot}", "--window-size=1000,1400", report.as_uri()],
-                   capture_output=True, timeout=120)
+    subprocess.run(
+        [*cmd[:-2], f"--screenshot={shot}", "--window-size=1000,1400", report.as_uri()],
+        capture_output=True,
+        timeout=120,
+    )
     with Image.open(shot) as im:
         assert np.asarray(im.convert("L")).std() > 10  # something was drawn

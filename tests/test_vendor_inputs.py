@@ -1,5 +1,6 @@
 """Vendor models as shipped: side inputs fed by the user, integer (token) inputs, sizes and ranks
 known only at run time. Oracles: finite differences in float64 (onnx.reference) or closed forms."""
+
 import numpy as np
 import onnx
 import onnx.parser
@@ -59,8 +60,11 @@ def test_side_inputs_are_fed_and_bound_as_constants():
     model = _with(SIDE, W=rng.normal(size=(4, 3)))
     x = rng.normal(size=(2, 4)).astype(np.float32)
     state = rng.normal(size=(1, 4)).astype(np.float32)
-    with pytest.raises(OnnxplainError, match=r"need values: pass feeds=\{'state': \.\.\.\} \(command line: --feed "
-                                             r"state=FILE.npy"):
+    with pytest.raises(
+        OnnxplainError,
+        match=r"need values: pass feeds=\{'state': \.\.\.\} \(command line: --feed "
+        r"state=FILE.npy",
+    ):
         Explainer(model)
     w = rng.normal(size=(2, 3)).astype(np.float32)
     for sr in (16000, 8000):  # each rate takes its own branch; the If folds once sr is a constant
@@ -119,12 +123,15 @@ def test_token_ids_are_explained_through_the_embedding():
 
 def test_an_inner_float_tensor_can_be_the_explained_input():
     W = rng.normal(size=(4, 3))
-    model = _with("""
+    model = _with(
+        """
     <ir_version: 8, opset_import: ["" : 17]>
     inner (float[N,4] x) => (float[N,3] y) {
         h = Tanh (x)
         y = MatMul (h, W)
-    }""", W=W)
+    }""",
+        W=W,
+    )
     x = rng.normal(size=(2, 4)).astype(np.float32)
     a = Explainer(model, input="h").explain(x, "gradient", target=[0, 2])
     np.testing.assert_allclose(a, W[:, [0, 2]].T, rtol=1e-6)  # dy_k/dh = W[:, k], whatever x
@@ -226,8 +233,20 @@ def test_cli_feeds_input_shapes_and_inspect(tmp_path):
     np.save(tmp_path / "state.npy", state)
     r = run(app, ["explain", str(side), str(tmp_path / "x.npy"), "-d", str(tmp_path / "o")])
     assert r.exit_code == 2 and "--feed state=FILE.npy" in r.output
-    r = run(app, ["explain", str(side), str(tmp_path / "x.npy"), "-d", str(tmp_path / "o"),
-                  "--feed", f"state={tmp_path / 'state.npy'}", "--feed", "sr=8000"])
+    r = run(
+        app,
+        [
+            "explain",
+            str(side),
+            str(tmp_path / "x.npy"),
+            "-d",
+            str(tmp_path / "o"),
+            "--feed",
+            f"state={tmp_path / 'state.npy'}",
+            "--feed",
+            "sr=8000",
+        ],
+    )
     assert r.exit_code == 0, r.output
     want = Explainer(str(side), feeds={"state": state, "sr": 8000}).explain(np.load(tmp_path / "x.npy"))
     np.testing.assert_allclose(np.load(tmp_path / "o" / "x.gradient.npy"), want[0], rtol=1e-6)
@@ -243,8 +262,9 @@ def test_cli_feeds_input_shapes_and_inspect(tmp_path):
     r = run(app, ["explain", str(tok), str(tmp_path / "ids.npy"), "-m", "input_x_gradient", "-d", str(tmp_path / "t")])
     assert r.exit_code == 0 and "token scores (position:score) input_x_gradient: 0:" in r.output, r.output
     res = Explainer(str(tok)).run(ids, "input_x_gradient")
-    np.testing.assert_allclose(np.load(tmp_path / "t" / "ids.input_x_gradient.tokens.npy"),
-                               res.outputs["token_scores"][0], rtol=1e-6)
+    np.testing.assert_allclose(
+        np.load(tmp_path / "t" / "ids.input_x_gradient.tokens.npy"), res.outputs["token_scores"][0], rtol=1e-6
+    )
     r = run(app, ["export", str(tok), "-m", "input_x_gradient", "-o", str(tmp_path / "tok.e.onnx")])
     assert r.exit_code == 0 and "explains input 'e'" in r.output
     got = make_session(onnx.load(tmp_path / "tok.e.onnx")).run(["attribution"], {"ids": ids})[0]
@@ -262,8 +282,12 @@ def test_black_box_methods_over_tokens():
         keep = (row > 0).astype(np.float64)
         return ((table[row] * keep[:, None]).mean(0) @ W)[k]
 
-    want = np.array([[logit(ids[i], k) - logit(np.where(np.arange(6) == j, 0, ids[i]), k) for j in range(6)]
-                     for i, k in enumerate([1, 2])])
+    want = np.array(
+        [
+            [logit(ids[i], k) - logit(np.where(np.arange(6) == j, 0, ids[i]), k) for j in range(6)]
+            for i, k in enumerate([1, 2])
+        ]
+    )
     occ = ex.run(ids, "occlusion", target=[1, 2])
     np.testing.assert_allclose(occ.attribution, want, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(occ.target, [1, 2])

@@ -5,6 +5,7 @@ newest opset, an skl2onnx MLP) is converted to float64; its exported gradient gr
 reference evaluator, must match central differences to 1e-4 relative L2; the float32 graph must
 pass the full checker and, where onnxruntime supports the opset, agree with float64 in it.
 """
+
 import json
 import pathlib
 
@@ -41,4 +42,3 @@ def test_zoo_gradient_matches_finite_differences(entry):
     m32 = gradient_graph(model, entry["input"], entry["output"])
     onnx.checker.check_model(m32, full_check=True)
     assert np.abs(res.grad).max() > 0
-

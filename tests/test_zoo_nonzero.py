@@ -6,6 +6,7 @@ the input (the zero-attribution guard, checked by finite differences), so a mode
 has a map that is either non-zero or rightly zero; the assertion adds that it is non-zero for the
 input used, which for every model here depends on the input.
 """
+
 import json
 from pathlib import Path
 

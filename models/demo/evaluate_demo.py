@@ -33,10 +33,12 @@ def main():
 
     images, labels, _ = make_shapes(args.n, seed=args.seed)
     sess = ort.InferenceSession(str(args.model), providers=["CPUExecutionProvider"])
-    preds = np.concatenate([
-        sess.run(["logits"], {"image": images[i:i + args.batch]})[0].argmax(axis=1)
-        for i in range(0, args.n, args.batch)
-    ])
+    preds = np.concatenate(
+        [
+            sess.run(["logits"], {"image": images[i : i + args.batch]})[0].argmax(axis=1)
+            for i in range(0, args.n, args.batch)
+        ]
+    )
 
     k = len(CLASS_NAMES)
     confusion = np.zeros((k, k), dtype=np.int64)

@@ -8,6 +8,7 @@ summed over the object's mask (Region(mask, cls)) are explained by each method; 
 against the object's box (detection) or mask (segmentation) by the pointing game (Zhang et al. 2016)
 and relevance mass (Arras et al. 2022; RISE/D-RISE maps minus their mean). Prints markdown tables.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,10 @@ def markdown(r) -> str:
     lines = ["| method | s / object | pointing game | relevance mass |", "|---|---:|---:|---:|"]
     for m in r.pointing:
         lines.append(f"| {m} | {r.seconds[m]:.2f} | {r.pointing[m]:.2f} | {r.mass[m]:.2f} |")
-    lines.append(f"\n{r.objects} objects; the ground-truth {truth} covers {r.mask_area:.3f} of the image on average "
-                 "(a uniform map's relevance mass).")
+    lines.append(
+        f"\n{r.objects} objects; the ground-truth {truth} covers {r.mask_area:.3f} of the image on average "
+        "(a uniform map's relevance mass)."
+    )
     return "\n".join(lines)
 
 

@@ -7,11 +7,13 @@
   pointing game and relevance mass against the shape's mask. The class explained is the true label.
 * ``keyword_bert.onnx`` on :func:`onnxplain.io.keywords_data.make_keywords` (n, seed=0): token maps
   (``token_scores``) scored by the helpers below: tokens 1..15 replaced by the pad id, most / least relevant
-  first, AOPC of the explained logit over all 15 steps; ABPC; pointing game and relevance mass against the keyword's position.
+  first, AOPC of the explained logit over all 15 steps; ABPC; pointing game and relevance mass against the
+  keyword's position.
   The [CLS] token is never replaced nor scored. ``gradient``'s token score is the L2 norm of the gradient over
   the embedding (the usual saliency for text; summing it with the embedding would be input x gradient).
   Grad-CAM on tokens: ReLU(sum_d w_d A_td), w_d = mean_t dY/dA_td, A the input of the last block.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,13 +31,26 @@ import onnxplain  # noqa: E402
 from onnxplain.io.keywords_data import PAD, make_keywords  # noqa: E402
 from onnxplain.io.shapes_data import make_shapes  # noqa: E402
 
-METHODS = ("gradient", "input_x_gradient", "integrated_gradients", "attention_rollout", "chefer", "gradcam",
-           "lrp_epsilon", "cp_lrp", "attnlrp")
+METHODS = (
+    "gradient",
+    "input_x_gradient",
+    "integrated_gradients",
+    "attention_rollout",
+    "chefer",
+    "gradcam",
+    "lrp_epsilon",
+    "cp_lrp",
+    "attnlrp",
+)
 
 
 def vit_table(n):
-    ev = onnxplain.evaluate(str(HERE / "shapes_vit.onnx"), *make_shapes(n, seed=0), methods=list(METHODS),
-                            metrics=["pixel_flipping", "region_perturbation", "pointing_game", "relevance_mass"])
+    ev = onnxplain.evaluate(
+        str(HERE / "shapes_vit.onnx"),
+        *make_shapes(n, seed=0),
+        methods=list(METHODS),
+        metrics=["pixel_flipping", "region_perturbation", "pointing_game", "relevance_mass"],
+    )
     cols = {c.key: c for c in ev.columns()}
     keys = [k for k in cols if k in ev.values]
     rows = {}
@@ -84,8 +99,11 @@ def text_table(n):
     ids, labels, pos = make_keywords(n, seed=0)
     model = onnx.load(str(HERE / "keyword_bert.onnx"))
     sess = make_session(model)
-    tap = next(node.output[0] for node in model.graph.node if node.op_type == "LayerNormalization"
-               and "blocks.0/norm2" in node.name)  # block 1's input (post-norm: block 0's output)
+    tap = next(
+        node.output[0]
+        for node in model.graph.node
+        if node.op_type == "LayerNormalization" and "blocks.0/norm2" in node.name
+    )  # block 1's input (post-norm: block 0's output)
     ex = onnxplain.Explainer(model)
     rows = {}
     for m in METHODS:
@@ -98,8 +116,13 @@ def text_table(n):
         point = (body.argmax(1) + 1 == pos).astype(float)
         positive = np.maximum(body, 0)
         mass = positive[np.arange(n), pos - 1] / np.maximum(positive.sum(1), 1e-12)
-        rows[m] = {"MoRF AOPC": aopc_m.mean(), "LeRF AOPC": aopc_l.mean(),
-                   "ABPC": (aopc_m - aopc_l).mean(), "point": point.mean(), "mass": mass.mean()}
+        rows[m] = {
+            "MoRF AOPC": aopc_m.mean(),
+            "LeRF AOPC": aopc_l.mean(),
+            "ABPC": (aopc_m - aopc_l).mean(),
+            "point": point.mean(),
+            "mass": mass.mean(),
+        }
     return list(next(iter(rows.values()))), rows
 
 

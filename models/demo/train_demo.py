@@ -41,15 +41,21 @@ def stage(cin, cout, pool=True):
     return layers
 
 
+N_CLASSES = len(CLASS_NAMES)
+
+
 class ShapesCNN(nn.Module):
     """Small CNN: 3 x (Conv3x3-BN-ReLU-MaxPool) with 16-32-64 channels, then
     2 x Conv3x3-BN-ReLU with 64 channels at 8x8, GlobalAveragePool, Linear."""
 
-    def __init__(self, n_classes=len(CLASS_NAMES)):
+    def __init__(self, n_classes=N_CLASSES):
         super().__init__()
         self.features = nn.Sequential(
-            *stage(3, 16), *stage(16, 32), *stage(32, 64),
-            *stage(64, 64, pool=False), *stage(64, 64, pool=False),
+            *stage(3, 16),
+            *stage(16, 32),
+            *stage(32, 64),
+            *stage(64, 64, pool=False),
+            *stage(64, 64, pool=False),
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(64, n_classes)
@@ -64,33 +70,37 @@ def evaluate(model, x, y, batch=500):
     preds = []
     with torch.no_grad():
         for i in range(0, len(x), batch):
-            preds.append(model(x[i:i + batch]).argmax(1))
+            preds.append(model(x[i : i + batch]).argmax(1))
     return (torch.cat(preds) == y).float().mean().item()
 
 
-DEFAULTS = dict(n_train=24000, epochs=8, batch=128, lr=3e-3,
-                out=HERE / "shapes_cnn.onnx")
+DEFAULTS = dict(n_train=24000, epochs=8, batch=128, lr=3e-3, out=HERE / "shapes_cnn.onnx")
 # Memorising random labels: a small training set, many epochs, a constant
 # learning rate and no flip augmentation (a flipped image is a new image that
 # would need its own random label).
-SHUFFLED_DEFAULTS = dict(n_train=500, epochs=300, batch=32, lr=1e-3,
-                         target_train_acc=0.95,
-                         out=HERE / "shapes_cnn_shuffled.onnx")
+SHUFFLED_DEFAULTS = dict(
+    n_train=500, epochs=300, batch=32, lr=1e-3, target_train_acc=0.95, out=HERE / "shapes_cnn_shuffled.onnx"
+)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shuffle-labels", action="store_true",
-                    help="train on permuted labels (data randomisation test); "
-                         "changes the defaults below, see SHUFFLED_DEFAULTS")
+    ap.add_argument(
+        "--shuffle-labels",
+        action="store_true",
+        help="train on permuted labels (data randomisation test); changes the defaults below, see SHUFFLED_DEFAULTS",
+    )
     ap.add_argument("--n-train", type=int, default=None)
     ap.add_argument("--n-val", type=int, default=2000)
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--lr", type=float, default=None)
-    ap.add_argument("--target-train-acc", type=float, default=None,
-                    help="--shuffle-labels only: stop once eval-mode accuracy on "
-                         "the shuffled training labels reaches this")
+    ap.add_argument(
+        "--target-train-acc",
+        type=float,
+        default=None,
+        help="--shuffle-labels only: stop once eval-mode accuracy on the shuffled training labels reaches this",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None)
@@ -118,7 +128,8 @@ def main():
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     steps_per_epoch = (args.n_train + args.batch - 1) // args.batch
     sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=args.lr, total_steps=args.epochs * steps_per_epoch, pct_start=0.15)
+        opt, max_lr=args.lr, total_steps=args.epochs * steps_per_epoch, pct_start=0.15
+    )
     loss_fn = nn.CrossEntropyLoss()
     gen = torch.Generator().manual_seed(args.seed)
 
@@ -127,9 +138,11 @@ def main():
         # Random flips keep the label (all classes are flip-symmetric sets).
         loss, train_acc = train_epoch(model, opt, loss_fn, xtr, ytr, args.batch, gen, flip=True, sched=sched)
         acc = evaluate(model, xva, yva)
-        print(f"epoch {epoch + 1}/{args.epochs}: loss {loss:.4f} "
-              f"train acc {train_acc:.4f} val acc {acc:.4f} "
-              f"({time.time() - t_train:.0f}s)")
+        print(
+            f"epoch {epoch + 1}/{args.epochs}: loss {loss:.4f} "
+            f"train acc {train_acc:.4f} val acc {acc:.4f} "
+            f"({time.time() - t_train:.0f}s)"
+        )
     print(f"training time: {time.time() - t_train:.0f}s")
 
     model.eval()
@@ -146,7 +159,7 @@ def train_epoch(model, opt, loss_fn, xtr, ytr, batch, gen, flip, sched=None):
     perm = torch.randperm(n, generator=gen)
     total, correct, loss_sum = 0, 0, 0.0
     for i in range(0, n, batch):
-        idx = perm[i:i + batch]
+        idx = perm[i : i + batch]
         xb, yb = xtr[idx], ytr[idx]
         if flip and torch.rand(1, generator=gen).item() < 0.5:
             xb = xb.flip(3)
@@ -173,8 +186,10 @@ def main_shuffled(args):
     xtr, ytrue, _ = make_shapes(args.n_train, seed=args.seed)
     xva, yva, _ = make_shapes(args.n_val, seed=args.seed + 1000)
     yshuf = ytrue[np.random.default_rng(args.seed).permutation(args.n_train)]
-    print(f"data: {args.n_train} train / {args.n_val} val in {time.time() - t0:.1f}s; "
-          f"shuffled labels agree with true ones on {np.mean(yshuf == ytrue):.4f}")
+    print(
+        f"data: {args.n_train} train / {args.n_val} val in {time.time() - t0:.1f}s; "
+        f"shuffled labels agree with true ones on {np.mean(yshuf == ytrue):.4f}"
+    )
     xtr, ytr = torch.from_numpy(xtr), torch.from_numpy(yshuf)
     ytrue = torch.from_numpy(ytrue)
     xva, yva = torch.from_numpy(xva), torch.from_numpy(yva)
@@ -191,8 +206,7 @@ def main_shuffled(args):
     t_train = time.time()
     for epoch in range(args.epochs):
         loss, train_acc = train_epoch(model, opt, loss_fn, xtr, ytr, args.batch, gen, flip=False)
-        line = (f"epoch {epoch + 1}/{args.epochs}: loss {loss:.4f} "
-                f"train acc (train mode) {train_acc:.4f}")
+        line = f"epoch {epoch + 1}/{args.epochs}: loss {loss:.4f} train acc (train mode) {train_acc:.4f}"
         done = epoch + 1 == args.epochs
         if (epoch + 1) % 5 == 0 or done or train_acc >= args.target_train_acc:
             fit = evaluate(model, xtr, ytr)
@@ -219,21 +233,30 @@ def export(model, path, shuffled=False):
     # BatchNorm into Conv; the model is in eval mode, so BN exports as an
     # inference BatchNormalization node.
     torch.onnx.export(
-        model, (dummy,), str(path), dynamo=False, opset_version=17,
-        input_names=["image"], output_names=["logits"],
+        model,
+        (dummy,),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["image"],
+        output_names=["logits"],
         dynamic_axes={"image": {0: "N"}, "logits": {0: "N"}},
-        training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False,
+        training=torch.onnx.TrainingMode.PRESERVE,
+        do_constant_folding=False,
     )
     m = onnx.load(str(path))
     m.producer_name = "onnxplain-demo"
-    m.doc_string = ("Demo CNN for onnxplain: classifies the single target shape in "
-                    "a cluttered 64x64 RGB image. Input 'image' float32 [N,3,64,64] "
-                    "in [0,1]; output 'logits' [N,5] for classes "
-                    + ", ".join(CLASS_NAMES) + " (no softmax).")
+    m.doc_string = (
+        "Demo CNN for onnxplain: classifies the single target shape in "
+        "a cluttered 64x64 RGB image. Input 'image' float32 [N,3,64,64] "
+        "in [0,1]; output 'logits' [N,5] for classes " + ", ".join(CLASS_NAMES) + " (no softmax)."
+    )
     if shuffled:
-        m.doc_string += (" TRAINED ON RANDOMLY PERMUTED LABELS (data randomisation "
-                         "sanity check, Adebayo et al. 2018): its predictions are "
-                         "meaningless by design.")
+        m.doc_string += (
+            " TRAINED ON RANDOMLY PERMUTED LABELS (data randomisation "
+            "sanity check, Adebayo et al. 2018): its predictions are "
+            "meaningless by design."
+        )
     onnx.save(m, str(path))
     print(f"saved {path}")
 

@@ -19,6 +19,7 @@ cell, L1 on (cx, cy, w, h) / 64 for the positives.
 Segmenter: a small encoder-decoder (64 -> 16 -> 64 with a full-resolution skip), output
 ``logits`` [N, 1 + C, 64, 64]: channel 0 background, channel 1 + k class k; cross-entropy.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,16 @@ def cbr(cin, cout):
 class Detector(nn.Module):
     def __init__(self):
         super().__init__()
-        self.features = nn.Sequential(*cbr(3, 16), nn.MaxPool2d(2), *cbr(16, 32), nn.MaxPool2d(2),
-                                      *cbr(32, 48), nn.MaxPool2d(2), *cbr(48, 64), *cbr(64, 64))
+        self.features = nn.Sequential(
+            *cbr(3, 16),
+            nn.MaxPool2d(2),
+            *cbr(16, 32),
+            nn.MaxPool2d(2),
+            *cbr(32, 48),
+            nn.MaxPool2d(2),
+            *cbr(48, 64),
+            *cbr(64, 64),
+        )
         self.head = nn.Conv2d(64, 4 + C, 1)
         with torch.no_grad():
             self.head.bias[4:] = -4.0  # a low prior for every class score (RetinaNet's initialisation)
@@ -147,13 +156,13 @@ def mean_ap(out, labels, boxes, thr=0.5):
             b, s = b[order], s[order]
             sel = []  # NMS at 0.5 per class
             for j in range(len(b)):
-                if all(iou(b[j:j + 1], b[k:k + 1])[0, 0] < 0.5 for k in sel):
+                if all(iou(b[j : j + 1], b[k : k + 1])[0, 0] < 0.5 for k in sel):
                     sel.append(j)
             used = np.zeros(len(gt), bool)
             for j in sel:
                 ok = False
                 if len(gt):
-                    ov = iou(b[j:j + 1], gt)[0]
+                    ov = iou(b[j : j + 1], gt)[0]
                     k = int(ov.argmax())
                     if ov[k] >= thr and not used[k]:
                         used[k], ok = True, True
@@ -217,9 +226,17 @@ def fix_output_shape(path, dims):
 
 
 def export(model, path, output, doc):
-    torch.onnx.export(model, (torch.zeros(1, 3, 64, 64),), str(path), dynamo=False, opset_version=17,
-                      input_names=["image"], output_names=[output],
-                      dynamic_axes={"image": {0: "N"}, output: {0: "N"}}, do_constant_folding=True)
+    torch.onnx.export(
+        model,
+        (torch.zeros(1, 3, 64, 64),),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["image"],
+        output_names=[output],
+        dynamic_axes={"image": {0: "N"}, output: {0: "N"}},
+        do_constant_folding=True,
+    )
     m = onnx.load(str(path))
     m.producer_name = "onnxplain-demo"
     m.doc_string = doc
@@ -228,7 +245,7 @@ def export(model, path, output, doc):
 
 
 def batchify(x, *ys, bs=64):
-    return [(torch.from_numpy(x[i:i + bs]), *(y[i:i + bs] for y in ys)) for i in range(0, len(x), bs)]
+    return [(torch.from_numpy(x[i : i + bs]), *(y[i : i + bs] for y in ys)) for i in range(0, len(x), bs)]
 
 
 def main():
@@ -248,10 +265,14 @@ def main():
         cls, box, pos = det_targets(labels, boxes)
         model = train(Detector(), batchify(x, cls, box, pos), det_loss, args.seconds, args.epochs)
         path = HERE / "shapes_det.onnx"
-        export(model, path, "detections",
-               "Demo detector for onnxplain (YOLOv8-like grid head, no NMS): input 'image' float32 "
-               "[N,3,64,64] in [0,1]; output 'detections' [N, 4+5, 64]: per anchor (8x8 grid cell, row-major) "
-               "cx, cy, w, h in pixels then the sigmoid scores of " + ", ".join(CLASS_NAMES) + ".")
+        export(
+            model,
+            path,
+            "detections",
+            "Demo detector for onnxplain (YOLOv8-like grid head, no NMS): input 'image' float32 "
+            "[N,3,64,64] in [0,1]; output 'detections' [N, 4+5, 64]: per anchor (8x8 grid cell, row-major) "
+            "cx, cy, w, h in pixels then the sigmoid scores of " + ", ".join(CLASS_NAMES) + ".",
+        )
         fix_output_shape(path, (4 + C, GRID * GRID))
         out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": xt})[0]
         with torch.no_grad():
@@ -260,12 +281,21 @@ def main():
         m, aps = mean_ap(out, lt, bt)
         print(f"detector held-out mAP@0.5 {m:.3f} per class " + ", ".join(f"{a:.3f}" for a in aps))
     if args.only in (None, "segment"):
-        model = train(Segmenter(), batchify(x, seg_targets(labels, masks)),
-                      lambda mod, xb, yb: F.cross_entropy(mod(xb), yb), args.seconds, args.epochs)
+        model = train(
+            Segmenter(),
+            batchify(x, seg_targets(labels, masks)),
+            lambda mod, xb, yb: F.cross_entropy(mod(xb), yb),
+            args.seconds,
+            args.epochs,
+        )
         path = HERE / "shapes_seg.onnx"
-        export(model, path, "logits",
-               "Demo segmenter for onnxplain: input 'image' float32 [N,3,64,64] in [0,1]; output 'logits' "
-               "[N, 6, 64, 64]: background, " + ", ".join(CLASS_NAMES) + " (no softmax).")
+        export(
+            model,
+            path,
+            "logits",
+            "Demo segmenter for onnxplain: input 'image' float32 [N,3,64,64] in [0,1]; output 'logits' "
+            "[N, 6, 64, 64]: background, " + ", ".join(CLASS_NAMES) + " (no softmax).",
+        )
         fix_output_shape(path, (1 + C, 64, 64))
         out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": xt})[0]
         print(f"sha256 {hashlib.sha256(path.read_bytes()).hexdigest()}")

@@ -18,6 +18,7 @@ Dev-only script (needs torch). Reproduce with:
 Attention is written out (MatMul, Softmax over the last axis of [N, heads, T, T], MatMul), as most
 exporters write it. Held-out accuracy and sha256 are printed for MODEL_CARD.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,7 +46,7 @@ class Attention(nn.Module):
     def __init__(self, dim, heads):
         super().__init__()
         self.heads, self.head_dim = heads, dim // heads
-        self.scale = self.head_dim ** -0.5
+        self.scale = self.head_dim**-0.5
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
@@ -73,8 +74,11 @@ class Block(nn.Module):
         return self.norm2(x + self.mlp(x))
 
 
+N_SHAPES, N_KEYWORDS = len(CLASS_NAMES), len(KEYWORDS)
+
+
 class ShapesViT(nn.Module):
-    def __init__(self, image=64, patch=8, dim=64, depth=4, heads=4, mlp=128, classes=len(CLASS_NAMES)):
+    def __init__(self, image=64, patch=8, dim=64, depth=4, heads=4, mlp=128, classes=N_SHAPES):
         super().__init__()
         self.patch_embed = nn.Conv2d(3, dim, patch, patch)
         self.cls_token = nn.Parameter(0.02 * torch.randn(1, 1, dim))
@@ -90,7 +94,7 @@ class ShapesViT(nn.Module):
 
 
 class KeywordBERT(nn.Module):
-    def __init__(self, vocab=VOCAB, seq=SEQ, dim=32, depth=2, heads=2, mlp=64, classes=len(KEYWORDS)):
+    def __init__(self, vocab=VOCAB, seq=SEQ, dim=32, depth=2, heads=2, mlp=64, classes=N_KEYWORDS):
         super().__init__()
         self.tok = nn.Embedding(vocab, dim)
         self.pos = nn.Parameter(0.02 * torch.randn(1, seq, dim))
@@ -116,7 +120,7 @@ def fit(model, x, y, epochs, batch, lr, seed, augment=None):
         perm = torch.randperm(len(x), generator=gen)
         total, hits = 0.0, 0
         for i in range(0, len(x), batch):
-            idx = perm[i:i + batch]
+            idx = perm[i : i + batch]
             xb, yb = xt[idx], yt[idx]
             if augment is not None:
                 xb = augment(xb, gen)
@@ -141,8 +145,16 @@ def flip(xb, gen):
 def export(model, example, path: Path, input_name: str):
     model.eval()
     buf = io.BytesIO()
-    torch.onnx.export(model, (example,), buf, dynamo=False, opset_version=17, input_names=[input_name],
-                      output_names=["logits"], dynamic_axes={input_name: {0: "batch"}, "logits": {0: "batch"}})
+    torch.onnx.export(
+        model,
+        (example,),
+        buf,
+        dynamo=False,
+        opset_version=17,
+        input_names=[input_name],
+        output_names=["logits"],
+        dynamic_axes={input_name: {0: "batch"}, "logits": {0: "batch"}},
+    )
     m = onnx.load_from_string(buf.getvalue())
     onnx.checker.check_model(m, full_check=True)
     onnx.save(m, path)
@@ -152,7 +164,7 @@ def export(model, example, path: Path, input_name: str):
 def onnx_accuracy(path, x, y):
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
-    preds = np.concatenate([sess.run(None, {name: x[i:i + 256]})[0].argmax(1) for i in range(0, len(x), 256)])
+    preds = np.concatenate([sess.run(None, {name: x[i : i + 256]})[0].argmax(1) for i in range(0, len(x), 256)])
     return float((preds == y).mean())
 
 

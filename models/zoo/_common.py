@@ -92,9 +92,8 @@ def _graph_to_f64(graph: onnx.GraphProto) -> None:
                     att.t.CopyFrom(_tensor_to_f64(att.t))
             elif att.type == onnx.AttributeProto.GRAPH:
                 _graph_to_f64(att.g)
-            elif att.name in ("to", "dtype") and att.type == onnx.AttributeProto.INT:
-                if att.i == _F32:
-                    att.i = _F64
+            elif att.name in ("to", "dtype") and att.type == onnx.AttributeProto.INT and att.i == _F32:
+                att.i = _F64
 
 
 def to_float64(model: onnx.ModelProto) -> onnx.ModelProto:

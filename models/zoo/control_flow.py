@@ -6,6 +6,7 @@ these models need probes chosen per branch; tests/test_control_flow.py holds the
 
     python models/zoo/control_flow.py
 """
+
 from __future__ import annotations
 
 import sys
@@ -185,8 +186,11 @@ if_ignores_x (float[2,3] x) => (float[2,3] y) {
 
 MODELS = [
     ("if_capture.onnx", IF_CAPTURE, lambda: {"W": dense(3, 3)}),
-    ("if_midgraph.onnx", IF_MIDGRAPH, lambda: {"W1": dense(4, 5), "b1": dense(5) + 0.5, "W3": dense(4, 5),
-                                               "W2": dense(5, 3)}),
+    (
+        "if_midgraph.onnx",
+        IF_MIDGRAPH,
+        lambda: {"W1": dense(4, 5), "b1": dense(5) + 0.5, "W3": dense(4, 5), "W2": dense(5, 3)},
+    ),
     ("if_nested.onnx", IF_NESTED, lambda: {"W": dense(3, 3)}),
     ("if_const.onnx", IF_CONST, lambda: {"flag": np.array(True)}),
     ("loop_static.onnx", LOOP_STATIC, lambda: {"W": dense(4, 4)}),

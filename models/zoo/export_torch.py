@@ -66,9 +66,7 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(cout)
         self.shortcut = nn.Identity()
         if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
-            )
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x):
         y = F.relu(self.bn1(self.conv1(x)))
@@ -434,10 +432,10 @@ def randomize_norms(model: nn.Module, gen: torch.Generator) -> None:
     """Give every BN/IN/LN layer non-trivial statistics and affine parameters."""
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, (nn.BatchNorm2d, nn.InstanceNorm2d, nn.LayerNorm)):
-                if getattr(m, "weight", None) is not None:
-                    m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=gen))
-                    m.bias.copy_(0.2 * torch.randn(m.bias.shape, generator=gen))
+            norm = isinstance(m, (nn.BatchNorm2d, nn.InstanceNorm2d, nn.LayerNorm))
+            if norm and getattr(m, "weight", None) is not None:
+                m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=gen))
+                m.bias.copy_(0.2 * torch.randn(m.bias.shape, generator=gen))
             if isinstance(m, nn.BatchNorm2d):
                 m.running_mean.copy_(0.2 * torch.randn(m.running_mean.shape, generator=gen))
                 m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=gen))

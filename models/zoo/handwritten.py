@@ -232,12 +232,23 @@ def mixed_weights():
 
 MODELS = [
     # (file, text, weights, input shape, dynamic, note)
-    ("hw_tabular_op11.onnx", TABULAR_11, tabular_weights, [2, 6], True,
-     "log-probabilities [N,3] (LogSoftmax of Gemm logits)"),
-    ("hw_tensor_op13.onnx", TENSOR_13, tensor_weights, [2, 1, 4, 5], True,
-     "log-probabilities [N,10] (LogSoftmax)"),
-    (f"hw_mixed_op{NEWEST}.onnx", MIXED_NEW, mixed_weights, [2, 4, 6], True,
-     "log-probabilities [N,5] (LogSoftmax of Gemm logits)"),
+    (
+        "hw_tabular_op11.onnx",
+        TABULAR_11,
+        tabular_weights,
+        [2, 6],
+        True,
+        "log-probabilities [N,3] (LogSoftmax of Gemm logits)",
+    ),
+    ("hw_tensor_op13.onnx", TENSOR_13, tensor_weights, [2, 1, 4, 5], True, "log-probabilities [N,10] (LogSoftmax)"),
+    (
+        f"hw_mixed_op{NEWEST}.onnx",
+        MIXED_NEW,
+        mixed_weights,
+        [2, 4, 6],
+        True,
+        "log-probabilities [N,5] (LogSoftmax of Gemm logits)",
+    ),
 ]
 
 

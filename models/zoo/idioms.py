@@ -61,10 +61,16 @@ class Graph:
 
     def model(self, inp, out, opset: int) -> onnx.ModelProto:
         (iname, ishape), (oname, oshape) = inp, out
-        g = helper.make_graph(self.nodes, self.name, [helper.make_tensor_value_info(iname, F32, ishape)],
-                              [helper.make_tensor_value_info(oname, F32, oshape)], self.inits)
-        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], ir_version=7,
-                              producer_name="onnxplain-zoo/idioms")
+        g = helper.make_graph(
+            self.nodes,
+            self.name,
+            [helper.make_tensor_value_info(iname, F32, ishape)],
+            [helper.make_tensor_value_info(oname, F32, oshape)],
+            self.inits,
+        )
+        m = helper.make_model(
+            g, opset_imports=[helper.make_opsetid("", opset)], ir_version=7, producer_name="onnxplain-zoo/idioms"
+        )
         inferred = onnx.shape_inference.infer_shapes(m, strict_mode=True)
         m.graph.value_info.extend(inferred.graph.value_info)
         return m
@@ -110,21 +116,46 @@ def paddle_hardswish() -> onnx.ModelProto:
 # ---- PyTorch SiLU and QuickGELU ------------------------------------------------------------------
 def silu_decomposed() -> onnx.ModelProto:
     g = Graph("silu_decomposed")
-    h = g.op("Conv", "x", g.weight(8, 3, 3, 3, name="conv1.w"), g.const(RNG.normal(size=8) * 0.1, "conv1.b"),
-             pads=[1, 1, 1, 1], scope="/conv1")
+    h = g.op(
+        "Conv",
+        "x",
+        g.weight(8, 3, 3, 3, name="conv1.w"),
+        g.const(RNG.normal(size=8) * 0.1, "conv1.b"),
+        pads=[1, 1, 1, 1],
+        scope="/conv1",
+    )
     h = g.op("Mul", h, g.op("Sigmoid", h, scope="/act1"), scope="/act1")
-    h = g.op("Conv", h, g.weight(8, 8, 3, 3, name="conv2.w"), g.const(RNG.normal(size=8) * 0.1, "conv2.b"),
-             pads=[1, 1, 1, 1], strides=[2, 2], scope="/conv2")
+    h = g.op(
+        "Conv",
+        h,
+        g.weight(8, 8, 3, 3, name="conv2.w"),
+        g.const(RNG.normal(size=8) * 0.1, "conv2.b"),
+        pads=[1, 1, 1, 1],
+        strides=[2, 2],
+        scope="/conv2",
+    )
     h = g.op("Mul", g.op("Sigmoid", h, scope="/act2"), h, scope="/act2")
     se = g.op("Conv", g.op("GlobalAveragePool", h, scope="/se"), g.weight(8, 8, 1, 1, name="se.w"), scope="/se/fc")
     h = g.op("Mul", h, g.op("Sigmoid", se, scope="/se"), scope="/se")  # an SE gate: not x * sigmoid(x)
     h = g.op("Flatten", g.op("GlobalAveragePool", h, scope="/pool"), axis=1, scope="/pool")
-    h = g.op("Gemm", h, g.weight(16, 8, name="fc1.w"), g.const(RNG.normal(size=16) * 0.1, "fc1.b"), transB=1,
-             scope="/fc1")
-    h = g.op("Mul", h, g.op("Sigmoid", g.op("Mul", h, g.const(1.702, "quick"), scope="/quick_gelu"),
-                            scope="/quick_gelu"), scope="/quick_gelu")
-    g.nodes.append(helper.make_node("Gemm", [h, g.weight(10, 16, name="fc2.w"), g.const(np.zeros(10), "fc2.b")],
-                                    ["logits"], name="/fc2/Gemm", transB=1))
+    h = g.op(
+        "Gemm", h, g.weight(16, 8, name="fc1.w"), g.const(RNG.normal(size=16) * 0.1, "fc1.b"), transB=1, scope="/fc1"
+    )
+    h = g.op(
+        "Mul",
+        h,
+        g.op("Sigmoid", g.op("Mul", h, g.const(1.702, "quick"), scope="/quick_gelu"), scope="/quick_gelu"),
+        scope="/quick_gelu",
+    )
+    g.nodes.append(
+        helper.make_node(
+            "Gemm",
+            [h, g.weight(10, 16, name="fc2.w"), g.const(np.zeros(10), "fc2.b")],
+            ["logits"],
+            name="/fc2/Gemm",
+            transB=1,
+        )
+    )
     return g.model(("x", ["N", 3, 16, 16]), ("logits", ["N", 10]), 13)
 
 
@@ -223,9 +254,19 @@ def main() -> None:
     for fname, make, shape, note in MODELS:
         model = make()
         save_checked(model, fname)
-        entries.append({"file": fname, "family": "idioms", "source": "idioms", "opset": model.opset_import[0].version,
-                        "input": "x", "input_shape": shape, "dynamic_batch": True, "output": "logits",
-                        "logits_note": note})
+        entries.append(
+            {
+                "file": fname,
+                "family": "idioms",
+                "source": "idioms",
+                "opset": model.opset_import[0].version,
+                "input": "x",
+                "input_shape": shape,
+                "dynamic_batch": True,
+                "output": "logits",
+                "logits_note": note,
+            }
+        )
         print(f"wrote {fname}")
     update_manifest(entries, {"idioms"})
 

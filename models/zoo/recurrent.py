@@ -10,6 +10,7 @@
 
     python models/zoo/recurrent.py
 """
+
 from __future__ import annotations
 
 import sys
@@ -54,11 +55,25 @@ def lstm_crnn():
         n("Transpose", ["logits_tnc"], ["logits"], perm=[1, 0, 2]),  # [N, T, C]
         n("LogSoftmax", ["logits"], ["log_probs"], axis=-1),
     ]
-    inits = {"conv_w": w(4, 1, 3, 3, scale=0.5), "conv_b": w(4, scale=0.1), "seq_shape": np.array([T, -1, 16]),
-             "lstm_w": w(2, 4 * H, 16), "lstm_r": w(2, 4 * H, H), "lstm_b": w(2, 8 * H, scale=0.1),
-             "feat_shape": np.array([T, -1, 2 * H]), "fc_w": w(2 * H, C), "fc_b": w(C, scale=0.1)}
-    m = model("lstm_crnn", nodes, [helper.make_tensor_value_info("image", F, ["N", 1, 8, T])],
-              [helper.make_tensor_value_info("log_probs", F, ["N", T, C])], inits, 14)
+    inits = {
+        "conv_w": w(4, 1, 3, 3, scale=0.5),
+        "conv_b": w(4, scale=0.1),
+        "seq_shape": np.array([T, -1, 16]),
+        "lstm_w": w(2, 4 * H, 16),
+        "lstm_r": w(2, 4 * H, H),
+        "lstm_b": w(2, 8 * H, scale=0.1),
+        "feat_shape": np.array([T, -1, 2 * H]),
+        "fc_w": w(2 * H, C),
+        "fc_b": w(C, scale=0.1),
+    }
+    m = model(
+        "lstm_crnn",
+        nodes,
+        [helper.make_tensor_value_info("image", F, ["N", 1, 8, T])],
+        [helper.make_tensor_value_info("log_probs", F, ["N", T, C])],
+        inits,
+        14,
+    )
     return m, "lstm_crnn_op14.onnx", "image", [2, 1, 8, T], "log_probs", f"per-column log-probabilities [N,{T},{C}]"
 
 
@@ -75,20 +90,41 @@ def gru_audio():
         n("Slice", ["x_shape", "zero", "one", "zero"], ["batch"]),
         n("Expand", ["valid_frames", "batch"], ["lens64"]),
         n("Cast", ["lens64"], ["lens"], to=TensorProto.INT32),  # the last two frames are padding
-        n("GRU", ["seq", "gru1_w", "gru1_r", "gru1_b", "lens", "h0"], ["gru1_y"], hidden_size=H1,
-          linear_before_reset=1),
+        n(
+            "GRU",
+            ["seq", "gru1_w", "gru1_r", "gru1_b", "lens", "h0"],
+            ["gru1_y"],
+            hidden_size=H1,
+            linear_before_reset=1,
+        ),
         n("Squeeze", ["gru1_y"], ["gru1_seq"], axes=[1]),  # [T, N, H1]
         n("GRU", ["gru1_seq", "gru2_w", "gru2_r", "gru2_b"], ["", "gru2_h"], hidden_size=H2, direction="reverse"),
         n("Squeeze", ["gru2_h"], ["summary"], axes=[0]),  # [N, H2]
         n("Gemm", ["summary", "fc_w", "fc_b"], ["logits"], transB=1),
         n("Softmax", ["logits"], ["probs"], axis=1),
     ]
-    inits = {"init_w": w(Fe, H1), "zero": np.array([0]), "one": np.array([1]), "valid_frames": np.array([T - 2]),
-             "gru1_w": w(1, 3 * H1, Fe), "gru1_r": w(1, 3 * H1, H1), "gru1_b": w(1, 6 * H1, scale=0.1),
-             "gru2_w": w(1, 3 * H2, H1), "gru2_r": w(1, 3 * H2, H2), "gru2_b": w(1, 6 * H2, scale=0.1),
-             "fc_w": w(K, H2), "fc_b": w(K, scale=0.1)}
-    m = model("gru_audio", nodes, [helper.make_tensor_value_info("features", F, ["N", T, Fe])],
-              [helper.make_tensor_value_info("probs", F, ["N", K])], inits, 11)
+    inits = {
+        "init_w": w(Fe, H1),
+        "zero": np.array([0]),
+        "one": np.array([1]),
+        "valid_frames": np.array([T - 2]),
+        "gru1_w": w(1, 3 * H1, Fe),
+        "gru1_r": w(1, 3 * H1, H1),
+        "gru1_b": w(1, 6 * H1, scale=0.1),
+        "gru2_w": w(1, 3 * H2, H1),
+        "gru2_r": w(1, 3 * H2, H2),
+        "gru2_b": w(1, 6 * H2, scale=0.1),
+        "fc_w": w(K, H2),
+        "fc_b": w(K, scale=0.1),
+    }
+    m = model(
+        "gru_audio",
+        nodes,
+        [helper.make_tensor_value_info("features", F, ["N", T, Fe])],
+        [helper.make_tensor_value_info("probs", F, ["N", K])],
+        inits,
+        11,
+    )
     return m, "gru_audio_op11.onnx", "features", [2, T, Fe], "probs", f"softmax probabilities [N,{K}], not logits"
 
 
@@ -104,10 +140,22 @@ def rnn_bidi():
         n("Reshape", ["both_t", "flat_shape"], ["flat"]),  # [N, 4H]
         n("Gemm", ["flat", "fc_w", "fc_b"], ["logits"]),
     ]
-    inits = {"rnn_w": w(2, H, Fe), "rnn_r": w(2, H, H), "rnn_b": w(2, 2 * H, scale=0.1),
-             "flat_shape": np.array([-1, 4 * H]), "fc_w": w(4 * H, K), "fc_b": w(K, scale=0.1)}
-    m = model("rnn_bidi", nodes, [helper.make_tensor_value_info("x", F, ["N", T, Fe])],
-              [helper.make_tensor_value_info("logits", F, ["N", K])], inits, 17)
+    inits = {
+        "rnn_w": w(2, H, Fe),
+        "rnn_r": w(2, H, H),
+        "rnn_b": w(2, 2 * H, scale=0.1),
+        "flat_shape": np.array([-1, 4 * H]),
+        "fc_w": w(4 * H, K),
+        "fc_b": w(K, scale=0.1),
+    }
+    m = model(
+        "rnn_bidi",
+        nodes,
+        [helper.make_tensor_value_info("x", F, ["N", T, Fe])],
+        [helper.make_tensor_value_info("logits", F, ["N", K])],
+        inits,
+        17,
+    )
     return m, "rnn_bidi_op17.onnx", "x", [2, T, Fe], "logits", f"class logits [N,{K}]"
 
 
@@ -116,8 +164,19 @@ def main():
     for make in (lstm_crnn, gru_audio, rnn_bidi):
         m, file, inp, shape, out, note = make()
         save_checked(m, file)
-        entries.append({"file": file, "family": "recurrent", "source": SOURCE, "opset": opset_of(m), "input": inp,
-                        "input_shape": shape, "dynamic_batch": True, "output": out, "logits_note": note})
+        entries.append(
+            {
+                "file": file,
+                "family": "recurrent",
+                "source": SOURCE,
+                "opset": opset_of(m),
+                "input": inp,
+                "input_shape": shape,
+                "dynamic_batch": True,
+                "output": out,
+                "logits_note": note,
+            }
+        )
         print("wrote", file)
     update_manifest(entries, {SOURCE})
 

@@ -31,14 +31,10 @@ TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
 
 def main() -> None:
     warnings.filterwarnings("ignore")
-    X, y = make_classification(
-        n_samples=300, n_features=N_FEATURES, n_informative=5, n_classes=3, random_state=0
-    )
+    X, y = make_classification(n_samples=300, n_features=N_FEATURES, n_informative=5, n_classes=3, random_state=0)
     X = X.astype(np.float32)
     classifiers = {
-        "sklearn_mlp.onnx": MLPClassifier(
-            hidden_layer_sizes=(16,), activation="tanh", max_iter=500, random_state=0
-        ),
+        "sklearn_mlp.onnx": MLPClassifier(hidden_layer_sizes=(16,), activation="tanh", max_iter=500, random_state=0),
     }
     entries = []
     for fname, clf in classifiers.items():

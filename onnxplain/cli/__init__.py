@@ -5,8 +5,15 @@ refusing the input) ends in one line ``error: ...`` on stderr and exit code 2; a
 internal failure ends in one line and exit code 1 (``ONNXPLAIN_DEBUG=1`` shows the traceback).
 Results go to stdout, progress to stderr (only on a terminal).
 """
-from onnxplain.cli import demo, evaluate, explain, export, inspect_cmd  # noqa: F401  (they register commands)
-from onnxplain.cli import dataset  # noqa: F401  (explain-dataset; evaluate --ray)
+
+from onnxplain.cli import (  # noqa: F401  (they register commands)
+    dataset,  # noqa: F401  (explain-dataset; evaluate --ray)
+    demo,
+    evaluate,
+    explain,
+    export,
+    inspect_cmd,
+)
 from onnxplain.cli.app import app, merge_numeric_args
 from onnxplain.cli.export import _check_and_save
 

@@ -1,4 +1,5 @@
 """``python -m onnxplain.cli``."""
+
 from onnxplain.cli import main
 
 main()

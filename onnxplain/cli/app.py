@@ -5,6 +5,7 @@ refusing the input) ends in one line ``error: ...`` on stderr and exit code 2; a
 internal failure ends in one line and exit code 1 (``ONNXPLAIN_DEBUG=1`` shows the traceback).
 Results go to stdout, progress to stderr (only on a terminal).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -12,7 +13,6 @@ import os
 import sys
 
 import typer
-
 from typer.core import TyperGroup
 
 from onnxplain.errors import OnnxplainError, as_user_error, ort_text
@@ -98,8 +98,13 @@ class _Group(TyperGroup):
         debug = bool(os.environ.get("ONNXPLAIN_DEBUG"))
         try:
             with contextlib.nullcontext() if debug else _quiet():
-                rv = super().main(args=argv, prog_name=prog_name or "onnxplain", complete_var=complete_var,
-                                  standalone_mode=False, **extra)
+                rv = super().main(
+                    args=argv,
+                    prog_name=prog_name or "onnxplain",
+                    complete_var=complete_var,
+                    standalone_mode=False,
+                    **extra,
+                )
             code = rv if isinstance(rv, int) else 0
         except OnnxplainError as exc:
             code = _fail(str(exc))
@@ -143,8 +148,11 @@ class _Group(TyperGroup):
         user = as_user_error(exc)
         if user is not None:
             return _fail(str(user))
-        return _fail(f"internal error ({type(exc).__name__}: {exc}); set ONNXPLAIN_DEBUG=1 for the traceback "
-                     "and please report it", INTERNAL_ERROR)
+        return _fail(
+            f"internal error ({type(exc).__name__}: {exc}); set ONNXPLAIN_DEBUG=1 for the traceback "
+            "and please report it",
+            INTERNAL_ERROR,
+        )
 
 
 def _quiet():
@@ -164,7 +172,6 @@ app = typer.Typer(
 )
 
 
-
 # ---- commands ------------------------------------------------------------------------------------------
 def _version_callback(value: bool):
     if value:
@@ -175,8 +182,11 @@ def _version_callback(value: bool):
 
 
 @app.callback()
-def _main(version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
-                                       help="Print the version and exit.")):
+def _main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."
+    ),
+):
     """Explain ONNX models: explanation graphs that run in any onnxruntime."""
 
 
@@ -190,7 +200,7 @@ def version():
 
     rt = ort()
     cuda = "CUDA usable" if not cuda_unusable_reason() else f"CPU only: {cuda_unusable_reason()}"
-    typer.echo(f"onnxplain {__version__} (onnx {onnx.__version__}, onnxruntime {rt.__version__} from "
-               f"{', '.join(installed_distributions()) or 'an unknown distribution'}; {cuda})")
-
-
+    typer.echo(
+        f"onnxplain {__version__} (onnx {onnx.__version__}, onnxruntime {rt.__version__} from "
+        f"{', '.join(installed_distributions()) or 'an unknown distribution'}; {cuda})"
+    )

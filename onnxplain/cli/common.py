@@ -1,4 +1,5 @@
 """What the commands share: progress, one-line onnxruntime errors, file checks and common options."""
+
 from __future__ import annotations
 
 import contextlib
@@ -10,9 +11,8 @@ from typing import Optional
 import numpy as np
 import typer
 
-from onnxplain.errors import OnnxplainError, as_user_error
-
 from onnxplain.cli.app import is_ort_error, one_line, ort_message
+from onnxplain.errors import OnnxplainError, as_user_error
 
 
 @contextlib.contextmanager
@@ -45,8 +45,15 @@ class Progress:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             extra = [TextColumn("{task.fields[rate]}")] if rate else []
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), *extra,
-                                TimeRemainingColumn(), console=self.console, transient=True)
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                *extra,
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=True,
+            )
             self.task = self.bar.add_task(label, total=total, **({"rate": ""} if rate else {}))
 
     def __enter__(self):
@@ -76,9 +83,7 @@ def status(message: str):
         yield
 
 
-
-
-def rules_file(path: Optional[Path]) -> Optional[str]:
+def rules_file(path: Path | None) -> str | None:
     """Validate a --rules file up front, so a bad one fails before any model work."""
     if path is None:
         return None
@@ -86,12 +91,6 @@ def rules_file(path: Optional[Path]) -> Optional[str]:
 
     load_ruleset(path)
     return str(path)
-
-
-
-
-
-
 
 
 def expand_inputs(paths, recursive: bool = False) -> list[Path]:
@@ -107,11 +106,16 @@ def expand_inputs(paths, recursive: bool = False) -> list[Path]:
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(f for f in (p.rglob("*") if recursive else p.iterdir())
-                           if f.is_file() and f.suffix.lower() in wanted and not f.name.startswith("."))
+            found = sorted(
+                f
+                for f in (p.rglob("*") if recursive else p.iterdir())
+                if f.is_file() and f.suffix.lower() in wanted and not f.name.startswith(".")
+            )
             if not found:
-                raise OnnxplainError(f"no images or .npy arrays in folder {p}"
-                                     + ("" if recursive else " (--recursive looks in its subfolders)"))
+                raise OnnxplainError(
+                    f"no images or .npy arrays in folder {p}"
+                    + ("" if recursive else " (--recursive looks in its subfolders)")
+                )
             out += found
         elif not p.exists() and glob.has_magic(str(p)):
             found = sorted(Path(f) for f in glob.glob(str(p), recursive=recursive) if Path(f).is_file())
@@ -137,10 +141,8 @@ def input_bytes(model: Path) -> int:
 
     total = 0
     for p in [Path(model), *model_references(Path(model))]:
-        try:
+        with contextlib.suppress(OSError):
             total += p.stat().st_size
-        except OSError:
-            pass
     return total
 
 
@@ -182,13 +184,21 @@ def opt_prob():
 
 
 def opt_device():
-    return typer.Option("auto", "--device", help="auto (CUDA when a session really starts on it, else the CPU), "
-                        "cpu or cuda (an error when CUDA cannot start).")
+    return typer.Option(
+        "auto",
+        "--device",
+        help="auto (CUDA when a session really starts on it, else the CPU), "
+        "cpu or cuda (an error when CUDA cannot start).",
+    )
 
 
 def opt_providers():
-    return typer.Option(None, "--providers", help="onnxruntime execution providers, comma-separated, in order of "
-                        "preference (e.g. TensorrtExecutionProvider,CUDAExecutionProvider); overrides --device.")
+    return typer.Option(
+        None,
+        "--providers",
+        help="onnxruntime execution providers, comma-separated, in order of "
+        "preference (e.g. TensorrtExecutionProvider,CUDAExecutionProvider); overrides --device.",
+    )
 
 
 def session_options(device: str, providers: str | None) -> dict:
@@ -202,13 +212,9 @@ def session_options(device: str, providers: str | None) -> dict:
 
 
 def opt_class_axis():
-    return typer.Option(None, "--class-axis", help="Class axis of the explained output (default: 1 for 4-D, else last).")
-
-
-
-
-
-
+    return typer.Option(
+        None, "--class-axis", help="Class axis of the explained output (default: 1 for 4-D, else last)."
+    )
 
 
 def class_names(proto, labels: Path | None) -> list[str] | None:
@@ -235,8 +241,6 @@ def class_label(k: int, names) -> str:
     return f"{k} ({names[k]})" if names and 0 <= k < len(names) else str(k)
 
 
-
-
 # ---- method options, generated from the method table ---------------------------------------------------
 def _cli_type(opt):
     if opt.type is object or opt.check is not None or (opt.type in (int, float) and opt.choices):
@@ -254,8 +258,9 @@ def method_option_help(name: str) -> str:
         if o is not None:
             text = o.help + ("" if o.default is None else f" ({o.default})")
             by_text.setdefault(text, []).append(m.name)
-    return "; ".join(f"{', '.join(ms) if len(ms) < 6 else ', '.join(ms[:3]) + ', ...'}: {text}"
-                     for text, ms in by_text.items())
+    return "; ".join(
+        f"{', '.join(ms) if len(ms) < 6 else ', '.join(ms[:3]) + ', ...'}: {text}" for text, ms in by_text.items()
+    )
 
 
 def with_method_options(names=None):
@@ -274,9 +279,14 @@ def with_method_options(names=None):
             opt = next(o for m in METHODS for o in m.options if o.name == name)
             if not opt.cli or (names is not None and name not in names):
                 continue
-            params.append(inspect.Parameter(
-                name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[_cli_type(opt)],
-                default=typer.Option(None, opt.flag, help=method_option_help(name), show_default=False)))
+            params.append(
+                inspect.Parameter(
+                    name,
+                    inspect.Parameter.KEYWORD_ONLY,
+                    annotation=Optional[_cli_type(opt)],  # noqa: UP045 - a runtime type object for typer
+                    default=typer.Option(None, opt.flag, help=method_option_help(name), show_default=False),
+                )
+            )
         command.__signature__ = sig.replace(parameters=params)
         return command
 
@@ -301,15 +311,21 @@ def method_settings(methods, given: dict) -> dict:
     for name in given:
         if not any(m.option(name) for m in methods):
             flag = "--" + name.replace("_", "-")
-            raise OnnxplainError(f"{flag} does not apply to {', '.join(m.name for m in methods)} "
-                                 f"(it is an option of {', '.join(takers.get(name, ['no method']))})")
+            raise OnnxplainError(
+                f"{flag} does not apply to {', '.join(m.name for m in methods)} "
+                f"(it is an option of {', '.join(takers.get(name, ['no method']))})"
+            )
     return {m.name: m.settings({k: v for k, v in given.items() if m.option(k)}, cli=True) for m in methods}
 
 
 def opt_feed():
-    return typer.Option(None, "--feed", help="A value for another model input (recurrent state, sample rate, "
-                        "mask): NAME=FILE.npy or NAME=NUMBER; repeat for several. They are constants of the "
-                        "explanation; the attribution is taken with respect to the explained input only.")
+    return typer.Option(
+        None,
+        "--feed",
+        help="A value for another model input (recurrent state, sample rate, "
+        "mask): NAME=FILE.npy or NAME=NUMBER; repeat for several. They are constants of the "
+        "explanation; the attribution is taken with respect to the explained input only.",
+    )
 
 
 def parse_fill(fill: str):

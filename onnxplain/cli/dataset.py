@@ -1,10 +1,10 @@
 """`onnxplain explain-dataset` (and `onnxplain evaluate --ray`): a dataset on Ray Data, laptop or cluster."""
+
 from __future__ import annotations
 
 import contextlib
 import logging
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import typer
@@ -21,8 +21,12 @@ class RateBar(Progress):
 
     def __call__(self, done: int, total, errors: int, rate: float):
         if self.bar:
-            self.bar.update(self.task, completed=done, total=total,
-                            rate=f"{rate:.1f} images/s" + (f", {errors} errors" if errors else ""))
+            self.bar.update(
+                self.task,
+                completed=done,
+                total=total,
+                rate=f"{rate:.1f} images/s" + (f", {errors} errors" if errors else ""),
+            )
 
 
 @contextlib.contextmanager
@@ -40,39 +44,57 @@ def quiet_ray():
 
 
 def opt_address():
-    return typer.Option(None, "--address", help="A Ray cluster to run on, e.g. ray://head:10001 (default: "
-                        "RAY_ADDRESS, else a local Ray on this machine's cores).")
+    return typer.Option(
+        None,
+        "--address",
+        help="A Ray cluster to run on, e.g. ray://head:10001 (default: "
+        "RAY_ADDRESS, else a local Ray on this machine's cores).",
+    )
 
 
 def opt_actors():
-    return typer.Option(None, "--actors", min=1, help="Actors in the pool, each with one Explainer (default: "
-                        "one per CPU, or per GPU with --gpus-per-actor).")
+    return typer.Option(
+        None,
+        "--actors",
+        min=1,
+        help="Actors in the pool, each with one Explainer (default: one per CPU, or per GPU with --gpus-per-actor).",
+    )
 
 
 @app.command("explain-dataset")
 @with_method_options()
 def explain_dataset_cmd(
-    model: str = typer.Argument(..., help="The ONNX model, or 'demo' for the shipped shapes classifier.",
-                                show_default=False),
-    source: list[Path] = typer.Argument(..., help="A folder of images (searched recursively), or .parquet / "
-                                        ".npz / .npy files (or a folder of them) with an 'image' column and "
-                                        "optional 'label', 'mask', 'id'.", show_default=False),
+    model: str = typer.Argument(
+        ..., help="The ONNX model, or 'demo' for the shipped shapes classifier.", show_default=False
+    ),
+    source: list[Path] = typer.Argument(
+        ...,
+        help="A folder of images (searched recursively), or .parquet / "
+        ".npz / .npy files (or a folder of them) with an 'image' column and "
+        "optional 'label', 'mask', 'id'.",
+        show_default=False,
+    ),
     method: list[str] = typer.Option(["gradient"], "--method", "-m", help="Methods, comma-separated or repeated."),
-    target: Optional[str] = typer.Option(None, "--target", "-t", help="A class index, 'label' (each item's "
-                                         "label) or 'predicted' (default)."),
-    out_dir: Path = typer.Option(Path("explain_out"), "--out-dir", "-d", help="Folder for maps/*.parquet, "
-                                 "errors.csv and summary.json; a rerun resumes it."),
-    address: Optional[str] = opt_address(),
-    actors: Optional[int] = opt_actors(),
+    target: str | None = typer.Option(
+        None, "--target", "-t", help="A class index, 'label' (each item's label) or 'predicted' (default)."
+    ),
+    out_dir: Path = typer.Option(
+        Path("explain_out"),
+        "--out-dir",
+        "-d",
+        help="Folder for maps/*.parquet, errors.csv and summary.json; a rerun resumes it.",
+    ),
+    address: str | None = opt_address(),
+    actors: int | None = opt_actors(),
     gpus_per_actor: float = typer.Option(0.0, "--gpus-per-actor", min=0.0, help="GPUs per actor (CUDA sessions)."),
     threads: int = typer.Option(1, "--threads", min=0, help="onnxruntime intra-op threads per actor (0: all)."),
     shard_size: int = typer.Option(64, "--shard-size", min=1, help="Items per output shard (the unit of resume)."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Items per onnxruntime call."),
     preset: str = typer.Option("raw01", "--preset", help="raw01 (p/255), imagenet, caffe, tf."),
-    size: Optional[str] = typer.Option(None, "--size", help="Resize images to H W (default: the model's)."),
-    mean: Optional[str] = typer.Option(None, "--mean", help="Per-channel mean, subtracted after scaling."),
-    std: Optional[str] = typer.Option(None, "--std", help="Per-channel std, divided after the mean."),
-    layout: Optional[str] = typer.Option(None, "--layout", help="NCHW or NHWC (default: from the model input)."),
+    size: str | None = typer.Option(None, "--size", help="Resize images to H W (default: the model's)."),
+    mean: str | None = typer.Option(None, "--mean", help="Per-channel mean, subtracted after scaling."),
+    std: str | None = typer.Option(None, "--std", help="Per-channel std, divided after the mean."),
+    layout: str | None = typer.Option(None, "--layout", help="NCHW or NHWC (default: from the model input)."),
     **method_options,
 ):
     """Explain a whole dataset on Ray Data: attribution maps as Parquet shards, one errors table."""
@@ -95,33 +117,52 @@ def explain_dataset_cmd(
         except ValueError:
             raise OnnxplainError(f"--target takes a class index, 'label' or 'predicted', not '{target}'") from None
     with quiet_ray(), RateBar("explaining") as bar:
-        summary = explain_dataset(model, [str(s) for s in source], methods=[m.name for m in methods], target=target,
-                                  output=out_dir, settings=settings, shard_size=shard_size, batch_size=batch_size,
-                                  actors=actors, gpus_per_actor=gpus_per_actor, threads=threads, preset=preset,
-                                  size=size, mean=mean, std=std, layout=layout, address=address, progress=bar)
+        summary = explain_dataset(
+            model,
+            [str(s) for s in source],
+            methods=[m.name for m in methods],
+            target=target,
+            output=out_dir,
+            settings=settings,
+            shard_size=shard_size,
+            batch_size=batch_size,
+            actors=actors,
+            gpus_per_actor=gpus_per_actor,
+            threads=threads,
+            preset=preset,
+            size=size,
+            mean=mean,
+            std=std,
+            layout=layout,
+            address=address,
+            progress=bar,
+        )
     skipped = summary.get("shards_skipped")
     typer.echo(f"source  {summary['source']}; methods {', '.join(summary['methods'])}")
-    typer.echo(f"explained {summary['items']} items in {summary['shards']} shards"
-               + (f" ({skipped} shards already written, skipped)" if skipped else "")
-               + f" in {summary['seconds']:.1f} s ({summary['images_per_s']:.1f} images/s)")
+    typer.echo(
+        f"explained {summary['items']} items in {summary['shards']} shards"
+        + (f" ({skipped} shards already written, skipped)" if skipped else "")
+        + f" in {summary['seconds']:.1f} s ({summary['images_per_s']:.1f} images/s)"
+    )
     if summary["errors_total"]:
         typer.echo(f"{summary['errors_total']} items failed: see {Path(out_dir) / 'errors.csv'}")
-    typer.echo(f"maps in {Path(out_dir) / 'maps'}/ (Parquet: id, method, prediction, target, score, shape, "
-               "attribution)")
+    typer.echo(
+        f"maps in {Path(out_dir) / 'maps'}/ (Parquet: id, method, prediction, target, score, shape, attribution)"
+    )
 
 
-def evaluate_on_ray(model: str, data: str, *, methods, metrics, out_dir, settings, shuffled_model, layout,
-                    address, actors, n):
+def evaluate_on_ray(
+    model: str, data: str, *, methods, metrics, out_dir, settings, shuffled_model, layout, address, actors, n
+):
     """`onnxplain evaluate --ray`: the same table, computed shard by shard on Ray Data."""
     from onnxplain.dataset.run import evaluate_dataset, require_ray
 
     ray = require_ray()
     source = data
     if data == "shapes":  # generated images, as a ray.data.Dataset
-        from onnxplain.io.shapes_data import make_shapes
-
         from onnxplain.graph.load import load_model
         from onnxplain.io.preprocess import infer_layout
+        from onnxplain.io.shapes_data import make_shapes
 
         vi = load_model(model).graph.input[0]  # the image side the model takes (64 when it does not say)
         dims = [d.dim_value or None for d in vi.type.tensor_type.shape.dim]
@@ -134,16 +175,50 @@ def evaluate_on_ray(model: str, data: str, *, methods, metrics, out_dir, setting
             from onnxplain.dataset.run import init
 
             init(address)
-            source = ray.data.from_items([{"id": f"shapes:{i}", "image": images[i], "label": int(labels[i]),
-                                           "mask": masks[i]} for i in range(len(images))])
+            source = ray.data.from_items(
+                [
+                    {"id": f"shapes:{i}", "image": images[i], "label": int(labels[i]), "mask": masks[i]}
+                    for i in range(len(images))
+                ]
+            )
     with quiet_ray(), RateBar("evaluating") as bar:
-        return evaluate_dataset(model, source, methods=methods, metrics=metrics, output=out_dir, settings=settings,
-                                shuffled_model=shuffled_model, layout=layout, address=address, actors=actors,
-                                progress=bar)
+        return evaluate_dataset(
+            model,
+            source,
+            methods=methods,
+            metrics=metrics,
+            output=out_dir,
+            settings=settings,
+            shuffled_model=shuffled_model,
+            layout=layout,
+            address=address,
+            actors=actors,
+            progress=bar,
+        )
 
 
-def evaluate_ray_cmd(model: str, data: str, *, methods, metrics, out_dir, n, seed, n_sanity, shuffled_model, region,
-                     steps, fill, fraction, radius, batch_size, layout, as_json, address, actors) -> None:
+def evaluate_ray_cmd(
+    model: str,
+    data: str,
+    *,
+    methods,
+    metrics,
+    out_dir,
+    n,
+    seed,
+    n_sanity,
+    shuffled_model,
+    region,
+    steps,
+    fill,
+    fraction,
+    radius,
+    batch_size,
+    layout,
+    as_json,
+    address,
+    actors,
+) -> None:
     """The body of `onnxplain evaluate --ray`: settings as `evaluate` reads them, the table as it prints it."""
     import json
     import time
@@ -151,12 +226,30 @@ def evaluate_ray_cmd(model: str, data: str, *, methods, metrics, out_dir, n, see
     from onnxplain.evaluation import runner as E
 
     fill = parse_fill(fill)
-    settings = E.Settings(n_sanity=n_sanity, region=region, steps=steps, fill=fill, fraction=fraction, radius=radius,
-                          batch_size=batch_size, seed=seed)
+    settings = E.Settings(
+        n_sanity=n_sanity,
+        region=region,
+        steps=steps,
+        fill=fill,
+        fraction=fraction,
+        radius=radius,
+        batch_size=batch_size,
+        seed=seed,
+    )
     t0 = time.perf_counter()
-    ev = evaluate_on_ray(model, data, methods=methods or None, metrics=metrics or None, out_dir=out_dir,
-                         settings=settings, shuffled_model=None if shuffled_model is None else str(shuffled_model),
-                         layout=layout, address=address, actors=actors, n=n)
+    ev = evaluate_on_ray(
+        model,
+        data,
+        methods=methods or None,
+        metrics=metrics or None,
+        out_dir=out_dir,
+        settings=settings,
+        shuffled_model=None if shuffled_model is None else str(shuffled_model),
+        layout=layout,
+        address=address,
+        actors=actors,
+        n=n,
+    )
     if as_json:
         typer.echo(json.dumps(ev.to_json()["summary"], indent=1))
         return
@@ -164,5 +257,7 @@ def evaluate_ray_cmd(model: str, data: str, *, methods, metrics, out_dir, n, see
     typer.echo(f"data   {ev.n} items from {data} (on Ray); sanity checks on the first {ev.n_sanity}")
     typer.echo(ev.table())
     typer.echo("↑/↓: higher/lower is better; what each column means: " + str(Path(out_dir) / "evaluation.json"))
-    typer.echo(f"wrote the table to {out_dir} in {time.perf_counter() - t0:.1f} s; failed items: "
-               f"{Path(out_dir) / 'errors.csv'}")
+    typer.echo(
+        f"wrote the table to {out_dir} in {time.perf_counter() - t0:.1f} s; failed items: "
+        f"{Path(out_dir) / 'errors.csv'}"
+    )

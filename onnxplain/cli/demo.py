@@ -1,15 +1,15 @@
 """`onnxplain demo`: the shipped shapes classifier explained by every white-box method family."""
+
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 from onnxplain.cli.app import app
-from onnxplain.errors import OnnxplainError
 from onnxplain.cli.common import Progress, opt_device, opt_providers, running, session_options
+from onnxplain.errors import OnnxplainError
 from onnxplain.io.outputs import Outputs
 
 
@@ -20,10 +20,14 @@ def demo(
     seed: int = typer.Option(2024, "--seed", help="Seed of the generated images."),
     steps: int = typer.Option(32, "--steps", min=1, help="integrated_gradients: path points."),
     samples: int = typer.Option(16, "--samples", min=1, help="smoothgrad: noisy copies."),
-    task: str = typer.Option("classify", "--task", help="classify (the shapes classifier), detect (the shipped "
-                             "detector, each object's box explained) or segment (the segmenter, each object's mask)."),
+    task: str = typer.Option(
+        "classify",
+        "--task",
+        help="classify (the shapes classifier), detect (the shipped "
+        "detector, each object's box explained) or segment (the segmenter, each object's mask).",
+    ),
     device: str = opt_device(),
-    providers: Optional[str] = opt_providers(),
+    providers: str | None = opt_providers(),
 ):
     """Explain the shipped shapes classifier with every white-box method (or, with --task detect/segment,
     the shipped detector/segmenter); writes demo_methods.png (demo_detect.png, demo_segment.png)."""
@@ -42,17 +46,16 @@ def demo(
         outputs.file(out_dir / f"demo_{m}.npy", size=n * 3 * 64 * 64 * 4 + 128)
     outputs.check()  # before any work
     t0 = time.perf_counter()
-    with Progress(n * len(METHODS), "demo") as bar:
-        with outputs, running("running the demo model"):
-            r = run_demo(out_dir, n=n, seed=seed, steps=steps, samples=samples, model=path, progress=bar, **sessions)
+    with Progress(n * len(METHODS), "demo") as bar, outputs, running("running the demo model"):
+        r = run_demo(out_dir, n=n, seed=seed, steps=steps, samples=samples, model=path, progress=bar, **sessions)
     correct = int((r.predicted == r.labels).sum())
     typer.echo(f"model  {path}")
-    typer.echo(f"images {n} generated shapes (seed {seed}); predicted correctly: {correct}/{n}; "
-               "explained target: the true class")
+    typer.echo(
+        f"images {n} generated shapes (seed {seed}); predicted correctly: {correct}/{n}; "
+        "explained target: the true class"
+    )
     typer.echo(format_table(r))
     typer.echo(f"wrote {r.files[0]} and {len(r.files) - 1} attribution arrays in {time.perf_counter() - t0:.1f} s")
-
-
 
 
 def _task_demo(out_dir: Path, task: str, n: int, seed: int, sessions: dict):
@@ -69,8 +72,11 @@ def _task_demo(out_dir: Path, task: str, n: int, seed: int, sessions: dict):
     with Progress(None, "demo") as bar, outputs, running(f"running the demo {task} model"):
         r = run_task_demo(out_dir, task, n=n, seed=seed, model=path, progress=bar, **sessions)
     typer.echo(f"model  {path}")
-    what = "the detection that best matches each object's box" if task == "detect" else \
-        "each object's class map summed over its mask"
+    what = (
+        "the detection that best matches each object's box"
+        if task == "detect"
+        else "each object's class map summed over its mask"
+    )
     typer.echo(f"images {n} generated scenes (seed {seed}), {r.objects} objects; explained target: {what}")
     typer.echo(format_task_table(r))
     typer.echo(f"wrote {r.files[0]} in {time.perf_counter() - t0:.1f} s")

@@ -1,21 +1,38 @@
 """`onnxplain explain`: attribution maps for images or arrays, with overlays and a comparison grid."""
+
 from __future__ import annotations
 
 import json
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import typer
 
-from onnxplain.errors import OnnxplainError
-
 from onnxplain.cli.app import app
-from onnxplain.cli.common import (Progress, class_label, class_names, existing, method_settings, opt_class_axis,
-                                  opt_device, opt_feed, opt_input, opt_output, opt_prob, opt_providers, parse_feeds,
-                                  parse_methods, rules_file, running, session_options, status, with_method_options)
+from onnxplain.cli.common import (
+    Progress,
+    class_label,
+    class_names,
+    existing,
+    method_settings,
+    opt_class_axis,
+    opt_device,
+    opt_feed,
+    opt_input,
+    opt_output,
+    opt_prob,
+    opt_providers,
+    parse_feeds,
+    parse_methods,
+    rules_file,
+    running,
+    session_options,
+    status,
+    with_method_options,
+)
+from onnxplain.errors import OnnxplainError
 from onnxplain.io.outputs import Outputs
 from onnxplain.validate import check_bytes, parse_bytes
 
@@ -24,68 +41,126 @@ from onnxplain.validate import check_bytes, parse_bytes
 @with_method_options()
 def explain(
     model: Path = typer.Argument(..., help="The ONNX model.", show_default=False),
-    images: list[Path] = typer.Argument(..., help="Images (PNG, JPEG, ...) or preprocessed .npy arrays; folders "
-                                        "and glob patterns ('photos/*.jpg') too.", show_default=False),
+    images: list[Path] = typer.Argument(
+        ...,
+        help="Images (PNG, JPEG, ...) or preprocessed .npy arrays; folders and glob patterns ('photos/*.jpg') too.",
+        show_default=False,
+    ),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Folders and '**' patterns: include subfolders."),
-    method: list[str] = typer.Option(["gradient"], "--method", "-m",
-                                     help="Attribution methods, comma-separated or repeated (several: a comparison "
-                                          "grid is written too); any spelling or alias of the README's table."),
-    target: Optional[int] = typer.Option(None, "--target", "-t", help="Class to explain (default: the predicted one; "
-                                         "with --task detect: the best detection of that class)."),
-    task: Optional[str] = typer.Option(None, "--task", help="classify, detect, segment or sequence: what the default "
-                                       "target is (default: guessed from the outputs; `inspect` shows the guess)."),
-    target_weights: Optional[Path] = typer.Option(None, "--target-weights", help="A .npy seed of the explained "
-                                                  "output's shape: explain sum(w * output)."),
-    box: Optional[str] = typer.Option(None, "--box", help="Explain the detection that best matches this box: "
-                                      "x1,y1,x2,y2 in input-tensor pixels (with --class: of that class)."),
-    klass: Optional[int] = typer.Option(None, "--class", help="The class of --box or --region (default: the "
-                                        "predicted one)."),
-    detector: str = typer.Option("yolov8", "--detector", help="Detector output layout: yolov8 [N,4+C,A], yolov5 "
-                                 "[N,A,5+C], ssd (boxes + scores outputs), detr (logits + cxcywh boxes)."),
-    coordinate: Optional[int] = typer.Option(None, "--coordinate", min=0, max=3, help="Explain one box number "
-                                             "(0-3) of the detection instead of its score (ODAM)."),
-    region: Optional[Path] = typer.Option(None, "--region", help="A mask image (non-zero = inside) or .npy: explain "
-                                          "the sum of the --class map inside it (segmenters, dense maps)."),
-    position: Optional[str] = typer.Option(None, "--position", help="Sequence outputs [N, T, V]: T[:TOKEN] explains "
-                                           "one token at timestep T; cK the K-th character of the greedy CTC decode."),
+    method: list[str] = typer.Option(
+        ["gradient"],
+        "--method",
+        "-m",
+        help="Attribution methods, comma-separated or repeated (several: a comparison "
+        "grid is written too); any spelling or alias of the README's table.",
+    ),
+    target: int | None = typer.Option(
+        None,
+        "--target",
+        "-t",
+        help="Class to explain (default: the predicted one; with --task detect: the best detection of that class).",
+    ),
+    task: str | None = typer.Option(
+        None,
+        "--task",
+        help="classify, detect, segment or sequence: what the default "
+        "target is (default: guessed from the outputs; `inspect` shows the guess).",
+    ),
+    target_weights: Path | None = typer.Option(
+        None, "--target-weights", help="A .npy seed of the explained output's shape: explain sum(w * output)."
+    ),
+    box: str | None = typer.Option(
+        None,
+        "--box",
+        help="Explain the detection that best matches this box: "
+        "x1,y1,x2,y2 in input-tensor pixels (with --class: of that class).",
+    ),
+    klass: int | None = typer.Option(
+        None, "--class", help="The class of --box or --region (default: the predicted one)."
+    ),
+    detector: str = typer.Option(
+        "yolov8",
+        "--detector",
+        help="Detector output layout: yolov8 [N,4+C,A], yolov5 "
+        "[N,A,5+C], ssd (boxes + scores outputs), detr (logits + cxcywh boxes).",
+    ),
+    coordinate: int | None = typer.Option(
+        None,
+        "--coordinate",
+        min=0,
+        max=3,
+        help="Explain one box number (0-3) of the detection instead of its score (ODAM).",
+    ),
+    region: Path | None = typer.Option(
+        None,
+        "--region",
+        help="A mask image (non-zero = inside) or .npy: explain "
+        "the sum of the --class map inside it (segmenters, dense maps).",
+    ),
+    position: str | None = typer.Option(
+        None,
+        "--position",
+        help="Sequence outputs [N, T, V]: T[:TOKEN] explains "
+        "one token at timestep T; cK the K-th character of the greedy CTC decode.",
+    ),
     out_dir: Path = typer.Option(Path("out"), "--out-dir", "-d", help="Folder for the PNG and NPY files."),
-    input: Optional[str] = opt_input(),
-    output: Optional[str] = opt_output(),
+    input: str | None = opt_input(),
+    output: str | None = opt_output(),
     probabilities: bool = opt_prob(),
-    class_axis: Optional[int] = opt_class_axis(),
-    preset: Optional[str] = typer.Option(None, "--preset", help="raw01 (p/255), imagenet, caffe (BGR, mean in 0-255), "
-                                         "tf ([-1, 1]); default: the model's 'onnxplain.preprocess' metadata, else raw01."),
-    resize: Optional[str] = typer.Option(None, "--resize", help="crop (default: centre crop, aspect ratio kept), pad "
-                                         "(letterbox) or stretch: how a photo of another shape meets the model's size."),
-    size: Optional[str] = typer.Option(None, "--size", help="Resize to H W (or one int for both); default: the model's."),
-    mean: Optional[str] = typer.Option(None, "--mean", help="Per-channel mean, subtracted after --scale (tensor channel order)."),
-    std: Optional[str] = typer.Option(None, "--std", help="Per-channel std, divided after the mean."),
-    feed: Optional[list[str]] = opt_feed(),
-    layout: Optional[str] = typer.Option(None, "--layout", help="NCHW or NHWC (default: from the model input)."),
-    bgr: Optional[bool] = typer.Option(None, "--bgr/--rgb", help="Channel order of the tensor (default: the preset's)."),
-    scale: Optional[str] = typer.Option(None, "--scale", help="Pixel multiplier, e.g. 1/255 (default: the preset's)."),
-    labels: Optional[Path] = typer.Option(None, "--labels", help="Text file with one class name per line."),
+    class_axis: int | None = opt_class_axis(),
+    preset: str | None = typer.Option(
+        None,
+        "--preset",
+        help="raw01 (p/255), imagenet, caffe (BGR, mean in 0-255), "
+        "tf ([-1, 1]); default: the model's 'onnxplain.preprocess' metadata, else raw01.",
+    ),
+    resize: str | None = typer.Option(
+        None,
+        "--resize",
+        help="crop (default: centre crop, aspect ratio kept), pad "
+        "(letterbox) or stretch: how a photo of another shape meets the model's size.",
+    ),
+    size: str | None = typer.Option(None, "--size", help="Resize to H W (or one int for both); default: the model's."),
+    mean: str | None = typer.Option(
+        None, "--mean", help="Per-channel mean, subtracted after --scale (tensor channel order)."
+    ),
+    std: str | None = typer.Option(None, "--std", help="Per-channel std, divided after the mean."),
+    feed: list[str] | None = opt_feed(),
+    layout: str | None = typer.Option(None, "--layout", help="NCHW or NHWC (default: from the model input)."),
+    bgr: bool | None = typer.Option(None, "--bgr/--rgb", help="Channel order of the tensor (default: the preset's)."),
+    scale: str | None = typer.Option(None, "--scale", help="Pixel multiplier, e.g. 1/255 (default: the preset's)."),
+    labels: Path | None = typer.Option(None, "--labels", help="Text file with one class name per line."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Items per onnxruntime call."),
-    max_memory: Optional[str] = typer.Option(None, "--max-memory", help="Refuse runs whose tensors need more "
-                                             "(e.g. 8G; default: half of this machine's memory)."),
+    max_memory: str | None = typer.Option(
+        None,
+        "--max-memory",
+        help="Refuse runs whose tensors need more (e.g. 8G; default: half of this machine's memory).",
+    ),
     alpha: float = typer.Option(0.75, "--alpha", min=0.0, max=1.0, help="Heatmap opacity at full strength."),
     shared_scale: bool = typer.Option(False, "--shared-scale", help="One colour scale per grid row (all methods)."),
     device: str = opt_device(),
-    providers: Optional[str] = opt_providers(),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON record per image on stdout (file, prediction, "
-                                 "probability, target, per method its output files and time) instead of the text."),
-    report: Optional[Path] = typer.Option(None, "--report", help="Also write a self-contained HTML report (images, "
-                                          "overlays, predictions, timings; no network) to this file."),
+    providers: str | None = opt_providers(),
+    as_json: bool = typer.Option(
+        False,
+        "--json",
+        help="Print one JSON record per image on stdout (file, prediction, "
+        "probability, target, per method its output files and time) instead of the text.",
+    ),
+    report: Path | None = typer.Option(
+        None,
+        "--report",
+        help="Also write a self-contained HTML report (images, "
+        "overlays, predictions, timings; no network) to this file.",
+    ),
     **method_options,
 ):
     """Explain images with one or more methods; writes <stem>.<method>.png (overlay) and .npy (raw)."""
-    from onnxplain.io import preprocess, render
-    from onnxplain.graph.builder import np_dtype
-    from onnxplain.runtime.explainer import Explainer
-    from onnxplain.graph.rewrite import class_axis_of
-    from onnxplain.graph.describe import _dims, fmt_shape
-
     from onnxplain.cli.common import expand_inputs
+    from onnxplain.graph.builder import np_dtype
+    from onnxplain.graph.describe import _dims, fmt_shape
+    from onnxplain.graph.rewrite import class_axis_of
+    from onnxplain.io import preprocess, render
+    from onnxplain.runtime.explainer import Explainer
 
     say = (lambda *a, **k: None) if as_json else typer.echo
     methods = parse_methods(method or ["gradient"])
@@ -111,8 +186,16 @@ def explain(
     outputs.folder(out_dir, "--out-dir").check()  # before any work
     if report is not None:
         outputs.file(Path(report), flag="--report").check()
-    ex = Explainer(str(model), input=input, output=output, probabilities=probabilities, class_axis=class_axis,
-                   feeds=parse_feeds(feed), max_memory=budget, **session_options(device, providers))
+    ex = Explainer(
+        str(model),
+        input=input,
+        output=output,
+        probabilities=probabilities,
+        class_axis=class_axis,
+        feeds=parse_feeds(feed),
+        max_memory=budget,
+        **session_options(device, providers),
+    )
     stored = preprocess.from_metadata(ex.source)
     if stored is not None:  # the model's own recipe, under the options given on the command line
         recipe = preprocess.resolve(preset, **given, base=stored)
@@ -124,8 +207,10 @@ def explain(
         except OnnxplainError:  # no class axis to count (a detector's selected boxes): nothing to check against
             n_classes = None
     if n_classes is not None and len(names) != n_classes:
-        raise OnnxplainError(f"--labels {labels} names {len(names)} classes but the model's output has {n_classes}; "
-                             "give one name per class, one per line")
+        raise OnnxplainError(
+            f"--labels {labels} names {len(names)} classes but the model's output has {n_classes}; "
+            "give one name per class, one per line"
+        )
     tokens = ex.inner is not None and ex.entry_integer  # token ids / bytes, explained through their embedding
     shape = ex.entry_shape if ex.inner is not None else ex.x.shape
     has_images = any(p.suffix.lower() != ".npy" for p in images)
@@ -140,16 +225,21 @@ def explain(
     if recipe is not None and recipe.size is not None and has_images:
         h, w = recipe.size
         n_images = sum(p.suffix.lower() != ".npy" for p in images)
-        check_bytes(h * w * 3 * (8 + 4 + 1) + n_images * h * w * (4 + 3), budget,
-                    f"preprocessing {n_images} image(s) to {h}x{w}")
-    items = preprocess.load_items(images, recipe, shape, dtype=np_dtype(ex.x) or np.float32, integer=tokens,
-                                  max_memory=budget)
+        check_bytes(
+            h * w * 3 * (8 + 4 + 1) + n_images * h * w * (4 + 3),
+            budget,
+            f"preprocessing {n_images} image(s) to {h}x{w}",
+        )
+    items = preprocess.load_items(
+        images, recipe, shape, dtype=np_dtype(ex.x) or np.float32, integer=tokens, max_memory=budget
+    )
     if not items:
         raise OnnxplainError("nothing to explain: the inputs hold no items")
     for it in items:  # validate everything before the first run: nothing half-written on bad input
         ex.check_input(it.tensor[None])
-    spec, weights_file = _target_spec(ex, task, target, target_weights, box, klass, detector, coordinate, region,
-                                      position)
+    spec, weights_file = _target_spec(
+        ex, task, target, target_weights, box, klass, detector, coordinate, region, position
+    )
     if target is not None and spec is None and weights_file is None:
         ex.check_target(target, 1)
     unit = next((s["unit"] for s in settings.values() if s.get("unit") is not None), None)
@@ -195,16 +285,22 @@ def explain(
     resolved = {}  # (start, end) -> the Target of that group, resolved once for every method
     for s, e in groups:
         x = np.stack([it.tensor for it in items[s:e]])
-        w = None if weights_file is None else \
-            (weights_file[s:e] if len(weights_file) == len(items) and len(items) > 1 else weights_file)
+        w = (
+            None
+            if weights_file is None
+            else (weights_file[s:e] if len(weights_file) == len(items) and len(items) > 1 else weights_file)
+        )
         with running("resolving the target"):
             resolved[(s, e)] = ex.target(x, spec if spec is not None else target, w)
     first = resolved[groups[0]] if groups else None
     with status("building explanation graphs"):
         for m in entries:
             if unit is None and m.exportable and first is not None:
-                params = {k: settings[m.name][k] for k in ("layer", "prefix_tokens", "rules")
-                          if settings[m.name].get(k) is not None}
+                params = {
+                    k: settings[m.name][k]
+                    for k in ("layer", "prefix_tokens", "rules")
+                    if settings[m.name].get(k) is not None
+                }
                 (first.explainer or ex).graph("gradient" if m.kind == "looped" else m.name, first.mode, **params)
     if first is not None and first.mode == "weights" and first.notes:
         guessed = "" if task else " (guessed from the outputs; --task overrides)"
@@ -224,26 +320,36 @@ def explain(
                     tg = resolved[(s, e)]
                     t0 = time.perf_counter()
                     with running(f"running {m}"):
-                        res = ex.run(x, m, target=tg, batch_size=batch_size,
-                                     progress=(lambda d, t, m=m: bar(description=f"{m} ({d}/{t} passes)")),
-                                     **{k: v for k, v in settings[m].items() if k != "batch_size"})
+                        res = ex.run(
+                            x,
+                            m,
+                            target=tg,
+                            batch_size=batch_size,
+                            progress=(lambda d, t, m=m: bar(description=f"{m} ({d}/{t} passes)")),
+                            **{k: v for k, v in settings[m].items() if k != "batch_size"},
+                        )
                     per_item = (time.perf_counter() - t0) / (e - s)
                     for k, i in enumerate(range(s, e)):
                         seconds[m][i] = per_item
                         a = res.attribution[k]
                         note = tg.notes[k] if tg.notes else "the target"
                         if not np.any(a):
-                            raise OnnxplainError(f"{m} gives an all-zero map for {items[i].name} ({note}): the explained "
-                                                 "score does not depend on the input there; nothing written for it -- "
-                                                 "choose another target (--task, --box, --region, --position) or method")
+                            raise OnnxplainError(
+                                f"{m} gives an all-zero map for {items[i].name} ({note}): the explained "
+                                "score does not depend on the input there; nothing written for it -- "
+                                "choose another target (--task, --box, --region, --position) or method"
+                            )
                         results[m][i] = a
                         if "token_scores" in res.outputs:
                             scores = res.outputs["token_scores"][k]
                             tokens_out[i].append(f"{m}: " + " ".join(f"{j}:{v:+.3g}" for j, v in enumerate(scores)))
                             files[i][m].append(render.save_npy(scores, out_dir / f"{items[i].name}.{m}.tokens.npy"))
                         if summary[i] is None:
-                            summary[i] = _prediction(res, k, out_t.name, cax, ex.options.probabilities) \
-                                if tg.mode == "class" else (None, None, None, None)
+                            summary[i] = (
+                                _prediction(res, k, out_t.name, cax, ex.options.probabilities)
+                                if tg.mode == "class"
+                                else (None, None, None, None)
+                            )
                         files[i][m].append(render.save_npy(a, out_dir / f"{items[i].name}.{m}.npy"))
                         if items[i].display is not None:
                             a2 = render.to_2d(a, channel_axis=item_channel_axis)
@@ -272,15 +378,28 @@ def explain(
             if len(methods) > 1:
                 shown = [i for i, it in enumerate(items) if it.display is not None][:32]
                 if shown:
-                    grid_png = _comparison(render, items, shown, methods, shown_maps, summary, names, groups, resolved,
-                                           item_channel_axis, alpha, shared_scale)
+                    grid_png = _comparison(
+                        render,
+                        items,
+                        shown,
+                        methods,
+                        shown_maps,
+                        summary,
+                        names,
+                        groups,
+                        resolved,
+                        item_channel_axis,
+                        alpha,
+                        shared_scale,
+                    )
                     written.append(render.save_png(grid_png, out_dir / "comparison.png"))
                     if len([it for it in items if it.display is not None]) > len(shown):
                         say(f"comparison grid shows the first {len(shown)} images")
         written += [f for per in files for fs in per.values() for f in fs]
         if report is not None:
-            written.append(_report(report, model, items, methods, summary, names, seconds, files, figures, grid_png,
-                                   recipe, ex))
+            written.append(
+                _report(report, model, items, methods, summary, names, seconds, files, figures, grid_png, recipe, ex)
+            )
     # one line per item: prediction, explained target, score
     w = max(len(it.source.name if it.source.suffix.lower() != ".npy" else it.name) for it in items)
     notes = {i: resolved[(s, e)].notes[i - s] for s, e in groups for i in range(s, e) if resolved[(s, e)].notes}
@@ -288,14 +407,26 @@ def explain(
         label = it.source.name if it.source.suffix.lower() != ".npy" else it.name
         pred, tgt, score, prob = s
         if as_json:
-            typer.echo(json.dumps({
-                "file": str(it.source), "item": it.name, "prediction": pred,
-                "prediction_label": names[pred] if names and pred is not None and 0 <= pred < len(names) else None,
-                "probability": prob, "target": tgt if tgt is not None else notes.get(i),
-                "target_label": names[tgt] if names and tgt is not None and 0 <= tgt < len(names) else None,
-                "score": score,
-                "methods": [{"method": m, "files": [str(f) for f in files[i][m]], "seconds": round(seconds[m][i], 6)}
-                            for m in methods]}))
+            typer.echo(
+                json.dumps(
+                    {
+                        "file": str(it.source),
+                        "item": it.name,
+                        "prediction": pred,
+                        "prediction_label": names[pred]
+                        if names and pred is not None and 0 <= pred < len(names)
+                        else None,
+                        "probability": prob,
+                        "target": tgt if tgt is not None else notes.get(i),
+                        "target_label": names[tgt] if names and tgt is not None and 0 <= tgt < len(names) else None,
+                        "score": score,
+                        "methods": [
+                            {"method": m, "files": [str(f) for f in files[i][m]], "seconds": round(seconds[m][i], 6)}
+                            for m in methods
+                        ],
+                    }
+                )
+            )
             continue
         if pred is None and tgt is None and i in notes:
             typer.echo(f"{label:<{w}}  target {notes[i]}")
@@ -309,9 +440,12 @@ def explain(
         typer.echo("  ".join(parts))
         for line in tokens_out[items.index(it)]:
             typer.echo(f"  token scores (position:score) {line}")
-    say(f"wrote {len(written)} files to {out_dir}/" + (f" and {report}" if report is not None else "")
+    say(
+        f"wrote {len(written)} files to {out_dir}/"
+        + (f" and {report}" if report is not None else "")
         + f" (input {ex.entry} {fmt_shape(_dims(shape))}"
-        + (f", explained through '{ex.inner}')" if ex.inner is not None else ")"))
+        + (f", explained through '{ex.inner}')" if ex.inner is not None else ")")
+    )
 
 
 def _caption(summary, names, note: str) -> str:
@@ -331,8 +465,9 @@ def _scale_note(m: str, shown) -> str:
     return f"{m}: colour scale to the {what}; {shown[2]}" if shown[2] else f"{m}: colour scale to the {what}"
 
 
-def _comparison(render, items, shown, methods, shown_maps, summary, names, groups, resolved, channel_axis, alpha,
-                shared_scale):
+def _comparison(
+    render, items, shown, methods, shown_maps, summary, names, groups, resolved, channel_axis, alpha, shared_scale
+):
     """The comparison grid: one row per image (caption: prediction, probability, explained target), one
     column per method under its colour bar. Each map is coloured to its own scale (the 99.5th percentile
     of |a|), written above it; ``shared_scale``: one scale per column (over its rows), written on its bar."""
@@ -340,16 +475,18 @@ def _comparison(render, items, shown, methods, shown_maps, summary, names, group
     rows, row_titles, titles = [], [], []
     for i in shown:
         tg = next(resolved[(s, e)] for s, e in groups if s <= i < e)
-        mark = {k: v for k, v in tg.items[i - groups_start(groups, i)].items() if k != "caption"} \
-            if tg.items else None
+        mark = {k: v for k, v in tg.items[i - groups_start(groups, i)].items() if k != "caption"} if tg.items else None
         hw = _hw(items[i].tensor, channel_axis)
         cells = [render.annotate(items[i].display, mark, hw)]
         head = [] if titles else ["image"]
         for m in methods:
             values, signed, _ = shown_maps[m][i]
             scale = scales[m] if shared_scale else render.robust_scale(values)
-            cells.append(render.annotate(render.overlay(items[i].display, values, signed=signed, alpha=alpha,
-                                                        scale=scale), mark, hw))
+            cells.append(
+                render.annotate(
+                    render.overlay(items[i].display, values, signed=signed, alpha=alpha, scale=scale), mark, hw
+                )
+            )
             if not shared_scale:
                 head.append((f"{m}\n" if not titles else "") + f"scale {'±' if signed else '0..'}{scale:.3g}")
             elif not titles:
@@ -358,10 +495,15 @@ def _comparison(render, items, shown, methods, shown_maps, summary, names, group
         rows.append(cells)
         note = tg.notes[i - groups_start(groups, i)] if tg.notes else "the target"
         row_titles.append(items[i].name + "\n" + _caption(summary[i], names, note).replace(", ", "\n"))
-    bars = [None] + [(shown_maps[m][shown[0]][1], scales[m] if shared_scale else None,
-                      shown_maps[m][shown[0]][2] or "0 = none") for m in methods]
-    note = ("colour scale: 99.5th percentile of |a| " + ("over each column, on its bar" if shared_scale else
-            "of each map, written above it") + "; signed and offset maps: blue below 0, red above")
+    bars = [None] + [
+        (shown_maps[m][shown[0]][1], scales[m] if shared_scale else None, shown_maps[m][shown[0]][2] or "0 = none")
+        for m in methods
+    ]
+    note = (
+        "colour scale: 99.5th percentile of |a| "
+        + ("over each column, on its bar" if shared_scale else "of each map, written above it")
+        + "; signed and offset maps: blue below 0, red above"
+    )
     return render.grid(rows, titles=titles, row_titles=row_titles, column_bars=bars, note=note)
 
 
@@ -369,38 +511,59 @@ def _report(path, model, items, methods, summary, names, seconds, files, figures
     """The self-contained HTML report of one explain run."""
     from onnxplain.io.report_html import Report
 
-    r = Report(f"onnxplain explain: {Path(model).name}",
-               f"{len(items)} input(s), method(s): {', '.join(methods)}, providers: {', '.join(ex.providers)}")
+    r = Report(
+        f"onnxplain explain: {Path(model).name}",
+        f"{len(items)} input(s), method(s): {', '.join(methods)}, providers: {', '.join(ex.providers)}",
+    )
     r.heading("Predictions")
     rows = []
     for i, it in enumerate(items):
         pred, tgt, score, prob = summary[i] if summary[i] is not None else (None, None, None, None)
-        rows.append([it.source.name if it.source.suffix.lower() != ".npy" else it.name,
-                     class_label(pred, names) if pred is not None else "-",
-                     prob if prob is not None else "-", class_label(tgt, names) if tgt is not None else "-",
-                     score if score is not None else "-"])
+        rows.append(
+            [
+                it.source.name if it.source.suffix.lower() != ".npy" else it.name,
+                class_label(pred, names) if pred is not None else "-",
+                prob if prob is not None else "-",
+                class_label(tgt, names) if tgt is not None else "-",
+                score if score is not None else "-",
+            ]
+        )
     r.table(["input", "predicted", "probability", "explained target", "score"], rows)
     r.heading("Method timings")
-    r.table(["method", "seconds per image (mean)", "seconds (total)"],
-            [[m, float(np.mean(seconds[m])), float(np.sum(seconds[m]))] for m in methods])
+    r.table(
+        ["method", "seconds per image (mean)", "seconds (total)"],
+        [[m, float(np.mean(seconds[m])), float(np.sum(seconds[m]))] for m in methods],
+    )
     if grid_png is not None:
         r.heading("Comparison")
-        r.image(grid_png, "every method on every image; each map has its own colour scale, written above it; "
-                "each column's colour bar below it")
+        r.image(
+            grid_png,
+            "every method on every image; each map has its own colour scale, written above it; "
+            "each column's colour bar below it",
+        )
     r.heading("Overlays")
     if recipe is not None:
-        r.paragraph(f"preprocessing: scale {recipe.scale:.4g}, mean {list(recipe.mean)}, std {list(recipe.std)}, "
-                    f"{'BGR' if recipe.bgr else 'RGB'}, {recipe.layout}, {recipe.resize} to "
-                    f"{recipe.size[1] if recipe.size else '?'}x{recipe.size[0] if recipe.size else '?'}")
+        r.paragraph(
+            f"preprocessing: scale {recipe.scale:.4g}, mean {list(recipe.mean)}, std {list(recipe.std)}, "
+            f"{'BGR' if recipe.bgr else 'RGB'}, {recipe.layout}, {recipe.resize} to "
+            f"{recipe.size[1] if recipe.size else '?'}x{recipe.size[0] if recipe.size else '?'}"
+        )
     for i, it in enumerate(items):
         if it.display is None:
             continue
-        r.image(it.photo if it.photo is not None else it.display, f"{it.name}: the input",
-                width=min(320, max(160, (it.photo if it.photo is not None else it.display).shape[1])))
+        r.image(
+            it.photo if it.photo is not None else it.display,
+            f"{it.name}: the input",
+            width=min(320, max(160, (it.photo if it.photo is not None else it.display).shape[1])),
+        )
         for m in methods:
             if figures[m][i] is not None:
-                r.image(figures[m][i], f"{it.name} · {m} ({seconds[m][i] * 1000:.0f} ms); arrays: "
-                        + ", ".join(Path(f).name for f in files[i][m] if str(f).endswith(".npy")), width=320)
+                r.image(
+                    figures[m][i],
+                    f"{it.name} · {m} ({seconds[m][i] * 1000:.0f} ms); arrays: "
+                    + ", ".join(Path(f).name for f in files[i][m] if str(f).endswith(".npy")),
+                    width=320,
+                )
     return r.save(path)
 
 
@@ -412,7 +575,7 @@ def _prediction(res, k: int, out_name: str, cax: int, probabilities: bool = Fals
     out = res.outputs.get(out_name)
     if out is None or out.ndim < 2:
         return None, tgt, None, None
-    o = np.moveaxis(np.asarray(out[k:k + 1], dtype=np.float64), cax, 1)
+    o = np.moveaxis(np.asarray(out[k : k + 1], dtype=np.float64), cax, 1)
     scores = o.reshape(o.shape[0], o.shape[1], -1).sum(axis=2)[0]
     pred = int(np.argmax(scores))
     score = float(scores[tgt]) if tgt is not None and 0 <= tgt < len(scores) else None
@@ -424,8 +587,6 @@ def _prediction(res, k: int, out_name: str, cax: int, probabilities: bool = Fals
         e = np.exp(scores - scores.max())
         prob = float(e[pred] / e.sum())
     return pred, tgt, score, prob
-
-
 
 
 def groups_start(groups, i: int) -> int:
@@ -449,8 +610,17 @@ def _target_spec(ex, task, target, target_weights, box, klass, detector, coordin
     if detector not in tg.PRESETS:
         raise OnnxplainError(f"--detector must be one of {', '.join(tg.PRESETS)}, not '{detector}'")
     ex.task, ex.layout = task, detector
-    given = [n for n, v in (("--target", target), ("--target-weights", target_weights), ("--box", box),
-                            ("--region", region), ("--position", position)) if v is not None]
+    given = [
+        n
+        for n, v in (
+            ("--target", target),
+            ("--target-weights", target_weights),
+            ("--box", box),
+            ("--region", region),
+            ("--position", position),
+        )
+        if v is not None
+    ]
     if len(given) > 1:
         raise OnnxplainError(f"give one target option, not {' and '.join(given)}")
     if klass is not None and target is not None:
@@ -491,8 +661,9 @@ def _target_spec(ex, task, target, target_weights, box, klass, detector, coordin
             t, _, tok = p.partition(":")
             return tg.Sequence(position=int(t), token=int(tok) if tok else None), None
         except ValueError:
-            raise OnnxplainError(f"--position must be T, T:TOKEN or cK (the K-th decoded character), not "
-                                 f"'{position}'") from None
+            raise OnnxplainError(
+                f"--position must be T, T:TOKEN or cK (the K-th decoded character), not '{position}'"
+            ) from None
     if klass is not None or coordinate is not None:
         if task == "detect" or coordinate is not None:
             return tg.Detection(cls=klass, layout=detector, coordinate=coordinate), None

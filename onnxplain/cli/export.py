@@ -1,21 +1,34 @@
 """`onnxplain export`: write the explanation graph of a model."""
+
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 
+from onnxplain.cli.app import app, one_line
+from onnxplain.cli.common import (
+    existing,
+    fmt_io,
+    human,
+    input_bytes,
+    method_settings,
+    opt_class_axis,
+    opt_feed,
+    opt_input,
+    opt_output,
+    opt_prob,
+    parse_feeds,
+    parse_input_shapes,
+    rules_file,
+    status,
+    with_method_options,
+)
 from onnxplain.errors import OnnxplainError, ShapeError
 from onnxplain.graph.specialise import bind, specialised
-
-from onnxplain.methods.catalog import method as lookup
-from onnxplain.cli.app import app, one_line
-from onnxplain.cli.common import (existing, fmt_io, human, input_bytes, method_settings, opt_class_axis, opt_feed,
-                                  opt_input, opt_output, opt_prob, parse_feeds, parse_input_shapes, rules_file, status,
-                                  with_method_options)
 from onnxplain.io.outputs import Outputs
+from onnxplain.methods.catalog import method as lookup
 
 # the options of the table that change how an explanation graph is built
 GRAPH_OPTIONS = ("steps", "samples", "noise", "seed", "rules", "layer", "prefix_tokens")
@@ -25,37 +38,47 @@ GRAPH_OPTIONS = ("steps", "samples", "noise", "seed", "rules", "layer", "prefix_
 @with_method_options(names=GRAPH_OPTIONS)
 def export(
     model: Path = typer.Argument(..., help="The ONNX model to explain.", show_default=False),
-    method: str = typer.Option("gradient", "--method", "-m", help="Attribution method (one with a graph head: "
-                               "see the README's table)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Where to write the explanation graph (.onnx).",
-                             show_default=False),
-    input: Optional[str] = opt_input(),
-    output: Optional[str] = opt_output(),
+    method: str = typer.Option(
+        "gradient", "--method", "-m", help="Attribution method (one with a graph head: see the README's table)."
+    ),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Where to write the explanation graph (.onnx).", show_default=False
+    ),
+    input: str | None = opt_input(),
+    output: str | None = opt_output(),
     probabilities: bool = opt_prob(),
-    target_mode: str = typer.Option("class", "--target-mode",
-                                    help="class: an int64 'target' input; weights: a 'target_weights' seed tensor."),
-    class_axis: Optional[int] = opt_class_axis(),
-    feed: Optional[list[str]] = opt_feed(),
-    input_shape: Optional[list[str]] = typer.Option(None, "--input-shape", help="Specialise input NAME to a "
-                                                    "concrete shape, NAME=1,3,320,320 (repeatable): for rules that "
-                                                    "need sizes only known at run time (Resize on symbolic sizes, "
-                                                    "pads computed from shapes); the batch axis stays dynamic."),
-    preset: Optional[str] = typer.Option(None, "--preset", help="Record the model's image preprocessing in its "
-                                         "metadata ('onnxplain.preprocess'; explain reads it): raw01, imagenet, caffe, "
-                                         "tf, refined by --mean/--std/--scale/--size/--resize."),
-    mean: Optional[str] = typer.Option(None, "--mean", help="Preprocessing metadata: per-channel mean."),
-    std: Optional[str] = typer.Option(None, "--std", help="Preprocessing metadata: per-channel std."),
-    scale: Optional[str] = typer.Option(None, "--scale", help="Preprocessing metadata: pixel multiplier."),
-    size: Optional[str] = typer.Option(None, "--size", help="Preprocessing metadata: H W."),
-    resize: Optional[str] = typer.Option(None, "--resize", help="Preprocessing metadata: crop, pad or stretch."),
+    target_mode: str = typer.Option(
+        "class", "--target-mode", help="class: an int64 'target' input; weights: a 'target_weights' seed tensor."
+    ),
+    class_axis: int | None = opt_class_axis(),
+    feed: list[str] | None = opt_feed(),
+    input_shape: list[str] | None = typer.Option(
+        None,
+        "--input-shape",
+        help="Specialise input NAME to a "
+        "concrete shape, NAME=1,3,320,320 (repeatable): for rules that "
+        "need sizes only known at run time (Resize on symbolic sizes, "
+        "pads computed from shapes); the batch axis stays dynamic.",
+    ),
+    preset: str | None = typer.Option(
+        None,
+        "--preset",
+        help="Record the model's image preprocessing in its "
+        "metadata ('onnxplain.preprocess'; explain reads it): raw01, imagenet, caffe, "
+        "tf, refined by --mean/--std/--scale/--size/--resize.",
+    ),
+    mean: str | None = typer.Option(None, "--mean", help="Preprocessing metadata: per-channel mean."),
+    std: str | None = typer.Option(None, "--std", help="Preprocessing metadata: per-channel std."),
+    scale: str | None = typer.Option(None, "--scale", help="Preprocessing metadata: pixel multiplier."),
+    size: str | None = typer.Option(None, "--size", help="Preprocessing metadata: H W."),
+    resize: str | None = typer.Option(None, "--resize", help="Preprocessing metadata: crop, pad or stretch."),
     **method_options,
 ):
     """Write the explanation graph of MODEL: the model plus a backward pass and an `attribution` output."""
     import onnx
 
-    from onnxplain.graph.rewrite import Options, build
     from onnxplain.graph.load import load_model
-
+    from onnxplain.graph.rewrite import Options, build
     from onnxplain.io import preprocess
 
     t0 = time.perf_counter()
@@ -64,8 +87,10 @@ def export(
         recipe = preprocess.resolve(preset, mean=mean, std=std, scale=scale, size=size, resize=resize)
     entry = lookup(method)
     if not entry.exportable:
-        raise OnnxplainError(f"{entry.name} runs {entry.kind} passes from Python and has no single explanation "
-                             "graph; use `onnxplain explain` (or Explainer) for it")
+        raise OnnxplainError(
+            f"{entry.name} runs {entry.kind} passes from Python and has no single explanation "
+            "graph; use `onnxplain explain` (or Explainer) for it"
+        )
     method = entry.name
     settings = method_settings([entry], method_options)[method]
     if settings.get("rules") is not None:
@@ -87,8 +112,14 @@ def export(
         for name, shape in shapes.items():
             src = specialised(src, name, shape)
         graph_params = {k: v for k, v in settings.items() if k in GRAPH_OPTIONS and v is not None}
-        options = Options(input=input, output=output, probabilities=probabilities, target_mode=target_mode,
-                          class_axis=class_axis, **graph_params)
+        options = Options(
+            input=input,
+            output=output,
+            probabilities=probabilities,
+            target_mode=target_mode,
+            class_axis=class_axis,
+            **graph_params,
+        )
         with status(f"building the {method} graph"):
             try:
                 graph = build(src, method, options)
@@ -96,8 +127,10 @@ def export(
                 if shapes:
                     raise
                 x = input or next((i.name for i in src.graph.input), "INPUT")
-                raise ShapeError(f"{exc}; export the graph for one input shape with --input-shape {x}=N,C,H,W "
-                                 "(onnxplain explain and the Python API do this by themselves)") from None
+                raise ShapeError(
+                    f"{exc}; export the graph for one input shape with --input-shape {x}=N,C,H,W "
+                    "(onnxplain explain and the Python API do this by themselves)"
+                ) from None
         stored = recipe if recipe is not None else preprocess.from_metadata(src)
         if stored is not None:  # the recipe travels with the explanation graph
             kept = [p for p in graph.metadata_props if p.key != preprocess.METADATA_KEY]
@@ -112,7 +145,9 @@ def export(
     typer.echo(f"wrote {out} ({human(out.stat().st_size)}) in {elapsed:.2f} s")
     typer.echo(f"  method   {method} (target mode {target_mode}{params})")
     explained = meta.get("onnxplain.explained", "?")
-    inner = "" if explained in {o.name for o in src.graph.output} | {output} else " (the logits under the Softmax/Sigmoid)"
+    inner = (
+        "" if explained in {o.name for o in src.graph.output} | {output} else " (the logits under the Softmax/Sigmoid)"
+    )
     typer.echo(f"  explains input '{meta.get('onnxplain.input', '?')}' -> '{explained}'{inner}")
     if "onnxplain.layer" in meta:
         grid = meta.get("onnxplain.layer_grid")
@@ -133,8 +168,10 @@ def _check_and_save(graph, out: Path, onnx, in_memory_limit: int = 2**31 - 2**26
     from onnxplain.graph.load import save_model_atomic
 
     def failed(exc):
-        return OnnxplainError(f"the explanation graph fails onnx.checker.check_model(full_check=True): "
-                              f"{one_line(exc, 300)}; nothing was written (please report this)")
+        return OnnxplainError(
+            f"the explanation graph fails onnx.checker.check_model(full_check=True): "
+            f"{one_line(exc, 300)}; nothing was written (please report this)"
+        )
 
     def check(path):
         try:

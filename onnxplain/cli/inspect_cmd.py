@@ -1,12 +1,11 @@
 """`onnxplain inspect`: what a model looks like to onnxplain."""
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
-
 
 from onnxplain.cli.app import app
 from onnxplain.cli.common import existing, opt_input, opt_output, opt_prob
@@ -16,8 +15,8 @@ from onnxplain.cli.common import existing, opt_input, opt_output, opt_prob
 def inspect_cmd(
     model: Path = typer.Argument(..., help="The ONNX model.", show_default=False),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
-    input: Optional[str] = opt_input(),
-    output: Optional[str] = opt_output(),
+    input: str | None = opt_input(),
+    output: str | None = opt_output(),
     probabilities: bool = opt_prob(),
 ):
     """Show inputs, outputs, op types with gradient-rule coverage, the explained path and CAM layers."""
@@ -26,5 +25,3 @@ def inspect_cmd(
     existing(model)
     info = describe(model, input=input, output=output, probabilities=probabilities)
     typer.echo(json.dumps(info, indent=2) if as_json else format_text(info))
-
-

@@ -12,6 +12,7 @@ atomically; a rerun skips the shards already written; an item that fails is a ro
 Modules: :mod:`~onnxplain.dataset.sources` (what is read), :mod:`~onnxplain.dataset.worker` (the actor),
 :mod:`~onnxplain.dataset.store` (what is written), :mod:`~onnxplain.dataset.run` (the driver).
 """
+
 from onnxplain.dataset.run import INSTALL, evaluate_dataset, explain_dataset, init, require_ray
 from onnxplain.dataset.store import read_errors, read_maps
 

@@ -5,6 +5,7 @@ No scheduler of our own: the shards are a ``ray.data.Dataset`` and ``map_batches
 does the placement, back-pressure and retries. The driver only validates, plans, counts and, at the end,
 gathers the small tables (errors, the evaluation summary).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -29,8 +30,9 @@ def require_ray():
         import ray
         import ray.data  # noqa: F401
     except ImportError:
-        raise OnnxplainError(f"dataset runs need Ray Data, which is not installed; install it with: {INSTALL}") \
-            from None
+        raise OnnxplainError(
+            f"dataset runs need Ray Data, which is not installed; install it with: {INSTALL}"
+        ) from None
     return ray
 
 
@@ -46,8 +48,9 @@ def init(address: str | None = None, num_cpus: int | None = None, runtime_env: d
         try:
             ray.init(address=address, **kw)
         except (ConnectionError, TimeoutError, ValueError, RuntimeError) as exc:
-            raise OnnxplainError(f"cannot connect to the Ray cluster at {address}: "
-                                 f"{' '.join(str(exc).split())[:300]}") from None
+            raise OnnxplainError(
+                f"cannot connect to the Ray cluster at {address}: {' '.join(str(exc).split())[:300]}"
+            ) from None
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False, **kw)
     return ray
@@ -94,13 +97,15 @@ def _methods(methods, options: dict | None, settings: dict | None) -> tuple[list
     from onnxplain.methods.catalog import method
 
     values = [methods] if isinstance(methods, str) else list(methods or ["gradient"])
-    chosen = list({m.name: m for m in (method(p.strip()) for v in values for p in str(v).split(",") if p.strip())}
-                  .values())
+    chosen = list(
+        {m.name: m for m in (method(p.strip()) for v in values for p in str(v).split(",") if p.strip())}.values()
+    )
     if not chosen:
         raise OnnxplainError("no methods given")
     if settings is not None:  # the command line's, already validated
-        return [m.name for m in chosen], {k: {o: v for o, v in s.items() if o != "batch_size"}
-                                          for k, s in settings.items()}
+        return [m.name for m in chosen], {
+            k: {o: v for o, v in s.items() if o != "batch_size"} for k, s in settings.items()
+        }
     options = dict(options or {})
     for k in options:
         if not any(m.option(k) for m in chosen):
@@ -113,8 +118,30 @@ def _methods(methods, options: dict | None, settings: dict | None) -> tuple[list
     return [m.name for m in chosen], out
 
 
-def _setup(model, source, kind: str, methods, target, output, *, options, settings, shard_size, batch_size,
-           preset, size, mean, std, layout, explainer_kw, threads, gpus_per_actor, providers, resume, extra):
+def _setup(
+    model,
+    source,
+    kind: str,
+    methods,
+    target,
+    output,
+    *,
+    options,
+    settings,
+    shard_size,
+    batch_size,
+    preset,
+    size,
+    mean,
+    std,
+    layout,
+    explainer_kw,
+    threads,
+    gpus_per_actor,
+    providers,
+    resume,
+    extra,
+):
     """Everything both runs check before Ray starts: model, methods, target, preprocessing, the shards and
     the output folder. Returns (job, model bytes, shards or None, description, output folder)."""
     from onnxplain.evaluation import runner as E
@@ -146,14 +173,34 @@ def _setup(model, source, kind: str, methods, target, output, *, options, settin
         shards, what = sources.plan(source, shard_size)
         inputs = [Path(s) for s in ([source] if isinstance(source, (str, Path)) else source)]
     inputs += [Path(model)] if isinstance(model, (str, Path)) else []
-    job = Job(kind=kind, output=str(output), methods=names, settings=per_method, target=target,
-              batch_size=batch_size, recipe=recipe, explainer=dict(explainer_kw), layout=lay, threads=threads,
-              gpus=gpus_per_actor, providers=providers, **extra)
-    config = {"kind": kind, "model": digest, "methods": names, "settings": _plain(per_method), "target": target,
-              "preprocess": None if recipe is None else _plain(recipe.__dict__), "explainer": _plain(explainer_kw),
-              "shard_size": shard_size, "source": what if ray_source else [str(p) for p in inputs[:-1] or inputs],
-              **{k: _plain(v) for k, v in extra.items() if k == "metrics"},
-              **({"evaluation": _plain(extra["evaluation"].__dict__)} if extra.get("evaluation") else {})}
+    job = Job(
+        kind=kind,
+        output=str(output),
+        methods=names,
+        settings=per_method,
+        target=target,
+        batch_size=batch_size,
+        recipe=recipe,
+        explainer=dict(explainer_kw),
+        layout=lay,
+        threads=threads,
+        gpus=gpus_per_actor,
+        providers=providers,
+        **extra,
+    )
+    config = {
+        "kind": kind,
+        "model": digest,
+        "methods": names,
+        "settings": _plain(per_method),
+        "target": target,
+        "preprocess": None if recipe is None else _plain(recipe.__dict__),
+        "explainer": _plain(explainer_kw),
+        "shard_size": shard_size,
+        "source": what if ray_source else [str(p) for p in inputs[:-1] or inputs],
+        **{k: _plain(v) for k, v in extra.items() if k == "metrics"},
+        **({"evaluation": _plain(extra["evaluation"].__dict__)} if extra.get("evaluation") else {}),
+    }
     out = store.prepare(output, config, inputs, resume=resume)
     job.output = str(out.resolve())
     return job, data, shards, what, out
@@ -172,8 +219,21 @@ def _pool(ray, actors, cpus_per_actor, gpus_per_actor) -> int:
     return max(1, int(res.get("CPU", 1) // max(cpus_per_actor, 1e-9)))
 
 
-def _stream(ray, job: Job, model_ref, shards, source, done_names, *, shard_size, actors, cpus_per_actor,
-            gpus_per_actor, progress, sub: str):
+def _stream(
+    ray,
+    job: Job,
+    model_ref,
+    shards,
+    source,
+    done_names,
+    *,
+    shard_size,
+    actors,
+    cpus_per_actor,
+    gpus_per_actor,
+    progress,
+    sub: str,
+):
     """Run the Worker pool over what is left to do; returns (items, errors, shards) of this run."""
     import ray.data as rd
 
@@ -181,14 +241,41 @@ def _stream(ray, job: Job, model_ref, shards, source, done_names, *, shard_size,
     bars = ctx.enable_progress_bars
     ctx.enable_progress_bars = progress is None and bool(os.environ.get("ONNXPLAIN_RAY_PROGRESS"))
     try:
-        return _execute(ray, rd, job, model_ref, shards, source, done_names, shard_size=shard_size, actors=actors,
-                        cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor, progress=progress, sub=sub)
+        return _execute(
+            ray,
+            rd,
+            job,
+            model_ref,
+            shards,
+            source,
+            done_names,
+            shard_size=shard_size,
+            actors=actors,
+            cpus_per_actor=cpus_per_actor,
+            gpus_per_actor=gpus_per_actor,
+            progress=progress,
+            sub=sub,
+        )
     finally:
         ctx.enable_progress_bars = bars
 
 
-def _execute(ray, rd, job, model_ref, shards, source, done_names, *, shard_size, actors, cpus_per_actor,
-             gpus_per_actor, progress, sub):
+def _execute(
+    ray,
+    rd,
+    job,
+    model_ref,
+    shards,
+    source,
+    done_names,
+    *,
+    shard_size,
+    actors,
+    cpus_per_actor,
+    gpus_per_actor,
+    progress,
+    sub,
+):
     size = _pool(ray, actors, cpus_per_actor, gpus_per_actor)
     # the model travels inside a list: the actor fetches it from the object store itself (a top-level
     # reference would be pinned as a constructor dependency, which Ray warns about for restartable actors)
@@ -256,13 +343,35 @@ def _finish(out: Path, summary: dict) -> dict:
 
 
 # ---- the two runs ------------------------------------------------------------------------------------------
-def explain_dataset(model, source, methods=("gradient",), target=None, output="explain_out", *,
-                    method_options: dict | None = None, shard_size: int = 64, batch_size: int = 16,
-                    actors: int | None = None, cpus_per_actor: float = 1, gpus_per_actor: float = 0,
-                    threads: int = 1, providers: list | None = None, preset: str = "raw01", size=None, mean=None,
-                    std=None, layout: str | None = None, input: str | None = None, model_output: str | None = None,
-                    probabilities: bool = False, class_axis: int | None = None, address: str | None = None,
-                    resume: bool = True, progress=None, settings: dict | None = None) -> dict:
+def explain_dataset(
+    model,
+    source,
+    methods=("gradient",),
+    target=None,
+    output="explain_out",
+    *,
+    method_options: dict | None = None,
+    shard_size: int = 64,
+    batch_size: int = 16,
+    actors: int | None = None,
+    cpus_per_actor: float = 1,
+    gpus_per_actor: float = 0,
+    threads: int = 1,
+    providers: list | None = None,
+    preset: str = "raw01",
+    size=None,
+    mean=None,
+    std=None,
+    layout: str | None = None,
+    input: str | None = None,
+    model_output: str | None = None,
+    probabilities: bool = False,
+    class_axis: int | None = None,
+    address: str | None = None,
+    resume: bool = True,
+    progress=None,
+    settings: dict | None = None,
+) -> dict:
     """Explain every item of ``source`` with ``methods``; attribution maps go to ``output/maps/*.parquet``.
 
     ``source``: a folder of images (recursive), Parquet/``.npz``/``.npy`` files (or a folder of them) with an
@@ -279,31 +388,95 @@ def explain_dataset(model, source, methods=("gradient",), target=None, output="e
         if client_mode(ray):
             kw = {k: v for k, v in locals().items() if k not in ("model", "source", "ray")}
             return on_cluster(ray, explain_dataset, model, (source,), kw)
-    explainer_kw = {k: v for k, v in dict(input=input, output=model_output, probabilities=probabilities,
-                                          class_axis=class_axis).items() if v}
+    explainer_kw = {
+        k: v
+        for k, v in dict(input=input, output=model_output, probabilities=probabilities, class_axis=class_axis).items()
+        if v
+    }
     job, data, shards, what, out = _setup(
-        model, source, "explain", methods, target, output, options=method_options, settings=settings,
-        shard_size=shard_size, batch_size=batch_size, preset=preset, size=size, mean=mean, std=std, layout=layout,
-        explainer_kw=explainer_kw, threads=threads, gpus_per_actor=gpus_per_actor, providers=providers,
-        resume=resume, extra={})
+        model,
+        source,
+        "explain",
+        methods,
+        target,
+        output,
+        options=method_options,
+        settings=settings,
+        shard_size=shard_size,
+        batch_size=batch_size,
+        preset=preset,
+        size=size,
+        mean=mean,
+        std=std,
+        layout=layout,
+        explainer_kw=explainer_kw,
+        threads=threads,
+        gpus_per_actor=gpus_per_actor,
+        providers=providers,
+        resume=resume,
+        extra={},
+    )
     ray = init(address)
     t0 = time.perf_counter()
     done_names = store.done(out, "maps", ".parquet")
-    n, errors, parts, busy = _stream(ray, job, ray.put(data), shards, source, done_names, shard_size=shard_size,
-                               actors=actors, cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor,
-                               progress=progress, sub="maps")
+    n, errors, parts, busy = _stream(
+        ray,
+        job,
+        ray.put(data),
+        shards,
+        source,
+        done_names,
+        shard_size=shard_size,
+        actors=actors,
+        cpus_per_actor=cpus_per_actor,
+        gpus_per_actor=gpus_per_actor,
+        progress=progress,
+        sub="maps",
+    )
     seconds = time.perf_counter() - t0
     skipped = len(done_names & {s.name for s in shards}) if shards is not None else None
-    return _finish(out, {"source": what, "methods": job.methods, "items": n, "errors": errors, "shards": parts,
-                         "shards_skipped": skipped, "seconds": round(seconds, 3), "actor_seconds": round(busy, 3),
-                         "images_per_s": round(n / seconds, 3) if n else 0.0, "output": str(out)})
+    return _finish(
+        out,
+        {
+            "source": what,
+            "methods": job.methods,
+            "items": n,
+            "errors": errors,
+            "shards": parts,
+            "shards_skipped": skipped,
+            "seconds": round(seconds, 3),
+            "actor_seconds": round(busy, 3),
+            "images_per_s": round(n / seconds, 3) if n else 0.0,
+            "output": str(out),
+        },
+    )
 
 
-def evaluate_dataset(model, source, methods=None, metrics=None, output="eval_out", *, settings=None,
-                     shuffled_model=None, target=None, shard_size: int = 64, actors: int | None = None,
-                     cpus_per_actor: float = 1, gpus_per_actor: float = 0, threads: int = 1,
-                     providers: list | None = None, preset: str = "raw01", size=None, mean=None, std=None,
-                     layout: str | None = None, address: str | None = None, resume: bool = True, progress=None):
+def evaluate_dataset(
+    model,
+    source,
+    methods=None,
+    metrics=None,
+    output="eval_out",
+    *,
+    settings=None,
+    shuffled_model=None,
+    target=None,
+    shard_size: int = 64,
+    actors: int | None = None,
+    cpus_per_actor: float = 1,
+    gpus_per_actor: float = 0,
+    threads: int = 1,
+    providers: list | None = None,
+    preset: str = "raw01",
+    size=None,
+    mean=None,
+    std=None,
+    layout: str | None = None,
+    address: str | None = None,
+    resume: bool = True,
+    progress=None,
+):
     """:func:`onnxplain.evaluation.runner.evaluate` over a dataset, shard by shard on a Ray actor pool.
 
     The per-image metrics (faithfulness, localisation where there are masks, class sensitivity,
@@ -330,41 +503,96 @@ def evaluate_dataset(model, source, methods=None, metrics=None, output="eval_out
     if wanted and "data_randomisation" in wanted and shuffled_model is None:
         raise OnnxplainError("data_randomisation needs a model trained on shuffled labels (shuffled_model=)")
     job, data, shards, what, out = _setup(
-        model, source, "evaluate", names, None if target is None else target, output, options=None,
-        settings=None, shard_size=shard_size, batch_size=s.batch_size, preset=preset, size=size, mean=mean, std=std,
-        layout=layout, explainer_kw={}, threads=threads, gpus_per_actor=gpus_per_actor, providers=providers,
-        resume=resume, extra={"metrics": wanted, "evaluation": s})
+        model,
+        source,
+        "evaluate",
+        names,
+        None if target is None else target,
+        output,
+        options=None,
+        settings=None,
+        shard_size=shard_size,
+        batch_size=s.batch_size,
+        preset=preset,
+        size=size,
+        mean=mean,
+        std=std,
+        layout=layout,
+        explainer_kw={},
+        threads=threads,
+        gpus_per_actor=gpus_per_actor,
+        providers=providers,
+        resume=resume,
+        extra={"metrics": wanted, "evaluation": s},
+    )
     shuffled = None if shuffled_model is None else _model(shuffled_model)[1]
     ray = init(address)
     done_names = store.done(out, "eval", ".npz")
-    _stream(ray, job, ray.put(data), shards, source, done_names, shard_size=shard_size, actors=actors,
-            cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor, progress=progress, sub="eval")
-    files = [out / "eval" / f"{sh.name}.npz" for sh in shards] if shards is not None else \
-        sorted((out / "eval").glob("*.npz"))
+    _stream(
+        ray,
+        job,
+        ray.put(data),
+        shards,
+        source,
+        done_names,
+        shard_size=shard_size,
+        actors=actors,
+        cpus_per_actor=cpus_per_actor,
+        gpus_per_actor=gpus_per_actor,
+        progress=progress,
+        sub="eval",
+    )
+    files = (
+        [out / "eval" / f"{sh.name}.npz" for sh in shards]
+        if shards is not None
+        else sorted((out / "eval").glob("*.npz"))
+    )
     ids, values, curves = store.merge_eval([store.unpack_eval(store.load_npz(f)) for f in files if f.exists()])
     if not ids:
         _finish(out, {"source": what, "items": 0})
         raise OnnxplainError(f"no item could be evaluated; see {out / 'errors.csv'}")
-    sanity_metrics = [m for m in (wanted if wanted is not None else
-                                  ["cascading", "independent"] + (["data_randomisation"] if shuffled else []))
-                      if m in E.SANITY]
+    sanity_metrics = [
+        m
+        for m in (
+            wanted
+            if wanted is not None
+            else ["cascading", "independent"] + (["data_randomisation"] if shuffled else [])
+        )
+        if m in E.SANITY
+    ]
     ev = E.Evaluation(methods=job.methods, metrics=[], n=len(ids), n_sanity=0, values=values, curves=curves)
     if sanity_metrics:
         rows, shard = _first_rows(source, shards, s.n_sanity)
         remote = ray.remote(num_cpus=cpus_per_actor, num_gpus=gpus_per_actor or None)(_sanity)
-        res = ray.get(remote.remote(ray.put(data), job, shard, rows, None if shuffled is None else ray.put(shuffled),
-                                    sanity_metrics))
+        res = ray.get(
+            remote.remote(
+                ray.put(data), job, shard, rows, None if shuffled is None else ray.put(shuffled), sanity_metrics
+            )
+        )
         if res is not None:
-            ev.sanity, ev.cascade_maps, ev.layers, ev.image = res["sanity"], res["cascade_maps"], res["layers"], \
-                res["image"]
+            ev.sanity, ev.cascade_maps, ev.layers, ev.image = (
+                res["sanity"],
+                res["cascade_maps"],
+                res["layers"],
+                res["image"],
+            )
             ev.n_sanity = res["n"]
             ev.values.update(res["values"])
     present = {c.metric for c in E.COLUMNS if c.key in ev.values and c.metric}
     ev.metrics = [m for m in E.METRICS if m in present]
     ev.ids = ids
     E.write(ev, out)
-    _finish(out, {"source": what, "methods": job.methods, "metrics": ev.metrics, "items": len(ids),
-                  "n_sanity": ev.n_sanity, "output": str(out)})
+    _finish(
+        out,
+        {
+            "source": what,
+            "methods": job.methods,
+            "metrics": ev.metrics,
+            "items": len(ids),
+            "n_sanity": ev.n_sanity,
+            "output": str(out),
+        },
+    )
     return ev
 
 
@@ -386,8 +614,14 @@ def _sanity(model, job, shard, rows, shuffled, metrics):
 
         ex = build_explainer(model, job)
         items = sources.read_shard(shard, job.recipe, ex.x.shape)
-        rows = [{"id": i, "image": a, **({"label": items.labels[j]} if items.labels is not None else {})}
-                for j, (i, a) in enumerate(zip(items.ids, items.images))] if items.images is not None else []
+        rows = (
+            [
+                {"id": i, "image": a, **({"label": items.labels[j]} if items.labels is not None else {})}
+                for j, (i, a) in enumerate(zip(items.ids, items.images))
+            ]
+            if items.images is not None
+            else []
+        )
     if not rows:
         return None
     return sanity_task(model, job, rows, shuffled, metrics)

@@ -10,6 +10,7 @@ Columns: ``image`` (a model-ready float array, or the bytes of an encoded image 
 ``label`` (int), ``mask`` ([H, W] bool, for the localisation metrics) and ``id`` (a string; default:
 the file name and row).
 """
+
 from __future__ import annotations
 
 import functools
@@ -38,13 +39,25 @@ class Shard:
     stop: int = 0
 
     def to_row(self) -> dict:
-        return {"shard": self.name, "kind": self.kind, "paths": "\n".join(self.paths), "root": self.root,
-                "start": self.start, "stop": self.stop}
+        return {
+            "shard": self.name,
+            "kind": self.kind,
+            "paths": "\n".join(self.paths),
+            "root": self.root,
+            "start": self.start,
+            "stop": self.stop,
+        }
 
     @staticmethod
     def from_row(row: dict) -> Shard:
-        return Shard(str(row["shard"]), str(row["kind"]), tuple(str(row["paths"]).split("\n")), str(row["root"]),
-                     int(row["start"]), int(row["stop"]))
+        return Shard(
+            str(row["shard"]),
+            str(row["kind"]),
+            tuple(str(row["paths"]).split("\n")),
+            str(row["root"]),
+            int(row["start"]),
+            int(row["stop"]),
+        )
 
 
 @dataclass
@@ -83,14 +96,22 @@ def plan(source, shard_size: int) -> tuple[list[Shard], str]:
         if images:
             shards = []
             for i in range(0, len(images), shard_size):
-                chunk = images[i:i + shard_size]
+                chunk = images[i : i + shard_size]
                 ids = [f.relative_to(folder).as_posix() for f in chunk]
-                shards.append(Shard(f"shard-{i // shard_size:05d}-{digest(ids)}", "images",
-                                    tuple(str(f) for f in chunk), str(folder)))
+                shards.append(
+                    Shard(
+                        f"shard-{i // shard_size:05d}-{digest(ids)}",
+                        "images",
+                        tuple(str(f) for f in chunk),
+                        str(folder),
+                    )
+                )
             return shards, f"{len(images)} images in {folder}"
         if not tables:
-            raise OnnxplainError(f"{folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}) and no "
-                                 f"{', '.join(TABLE_SUFFIXES)} files")
+            raise OnnxplainError(
+                f"{folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}) and no "
+                f"{', '.join(TABLE_SUFFIXES)} files"
+            )
         paths = tables
     shards, total = [], 0
     for f in paths:
@@ -149,20 +170,22 @@ def read_shard(shard: Shard, recipe, shape, dtype=np.float32) -> Items:
         table = pq.read_table(f).slice(shard.start, shard.stop - shard.start)
         cols = {name: _column(table.column(name)) for name in table.column_names}
     elif shard.kind == "npy":
-        cols["image"] = np.asarray(np.load(f, mmap_mode="r", allow_pickle=False)[shard.start:shard.stop])
+        cols["image"] = np.asarray(np.load(f, mmap_mode="r", allow_pickle=False)[shard.start : shard.stop])
     else:
         z = _npz(str(f), f.stat().st_mtime_ns)
-        cols["image"] = z[_image_key(list(z), f)][shard.start:shard.stop]
+        cols["image"] = z[_image_key(list(z), f)][shard.start : shard.stop]
         for key, names in (("label", ("label", "labels", "y")), ("mask", ("mask", "masks")), ("id", ("id", "ids"))):
             hit = next((k for k in names if k in z), None)
             if hit is not None:
-                cols[key] = z[hit][shard.start:shard.stop]
+                cols[key] = z[hit][shard.start : shard.stop]
     n = len(cols["image"])
     ids = cols.get("id")
     if ids is None:
         ids = [f"{f.name}:{shard.start + i}" for i in range(n)]
-    rows = [{"id": str(ids[i]), "image": cols["image"][i],
-             **{k: cols[k][i] for k in ("label", "mask") if k in cols}} for i in range(n)]
+    rows = [
+        {"id": str(ids[i]), "image": cols["image"][i], **{k: cols[k][i] for k in ("label", "mask") if k in cols}}
+        for i in range(n)
+    ]
     return to_items(rows, recipe, shape, dtype)
 
 
@@ -178,8 +201,14 @@ def _column(col):
     import pyarrow as pa
 
     t = col.type
-    if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_string(t) or pa.types.is_integer(t) \
-            or pa.types.is_floating(t) or pa.types.is_boolean(t):
+    if (
+        pa.types.is_binary(t)
+        or pa.types.is_large_binary(t)
+        or pa.types.is_string(t)
+        or pa.types.is_integer(t)
+        or pa.types.is_floating(t)
+        or pa.types.is_boolean(t)
+    ):
         return col.to_pylist()
     if isinstance(t, pa.ExtensionType):  # Ray's tensor columns
         return list(col.combine_chunks().to_numpy_ndarray())
@@ -200,8 +229,14 @@ def to_items(rows: list, recipe, shape, dtype=np.float32) -> Items:
 
         common = Counter(t.shape for t in tensors).most_common(1)[0][0]
         keep = [i for i, t in enumerate(tensors) if t.shape == common]
-        errors += [(good[i]["id"], f"shape {list(t.shape)} differs from the shard's {list(common)} (resize the "
-                    "images, or give a size)") for i, t in enumerate(tensors) if t.shape != common]
+        errors += [
+            (
+                good[i]["id"],
+                f"shape {list(t.shape)} differs from the shard's {list(common)} (resize the images, or give a size)",
+            )
+            for i, t in enumerate(tensors)
+            if t.shape != common
+        ]
         good, tensors = [good[i] for i in keep], [tensors[i] for i in keep]
     ids = [r["id"] for r in good]
     images = np.stack(tensors) if tensors else None
@@ -209,8 +244,7 @@ def to_items(rows: list, recipe, shape, dtype=np.float32) -> Items:
     if good and all(r.get("label") is not None for r in good):
         labels = np.array([int(np.asarray(r["label"]).reshape(-1)[0]) for r in good], dtype=np.int64)
     if good and all(r.get("mask") is not None for r in good):
-        masks = np.stack([np.asarray(r["mask"]).astype(bool).reshape(np.asarray(r["mask"]).shape[-2:])
-                          for r in good])
+        masks = np.stack([np.asarray(r["mask"]).astype(bool).reshape(np.asarray(r["mask"]).shape[-2:]) for r in good])
     return Items(ids, images, labels, masks, errors)
 
 
@@ -243,12 +277,13 @@ def decode(data: bytes, name: str) -> np.ndarray:
             im.load()
             return np.asarray(ImageOps.exif_transpose(im).convert("RGB"), dtype=np.uint8).copy()
     except Exception as exc:  # noqa: BLE001
-        raise OnnxplainError(f"cannot decode image {name}: {' '.join(str(exc).split()) or type(exc).__name__}") \
-            from None
+        raise OnnxplainError(
+            f"cannot decode image {name}: {' '.join(str(exc).split()) or type(exc).__name__}"
+        ) from None
 
 
 def one_line(exc: BaseException, limit: int = 300) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     if not isinstance(exc, OnnxplainError):
         text = f"{type(exc).__name__}: {text}"
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -12,6 +12,7 @@
 Every file is written under a temporary name in its folder and renamed, so a killed run leaves whole
 shards only; a shard's result file is written last, and its presence is what a resumed run skips.
 """
+
 from __future__ import annotations
 
 import csv
@@ -27,8 +28,17 @@ from onnxplain.io.render import save_text, write_atomic
 MAP_COLUMNS = ("id", "method", "prediction", "target", "score", "shape", "attribution")
 ERROR_COLUMNS = ("id", "stage", "reason")
 #: what a run writes in its output folder (files and subfolders); inputs there are refused
-OUTPUT_NAMES = ("run.json", "maps", "eval", "errors", "errors.csv", "summary.json", "evaluation.csv",
-                "evaluation.json", "evaluation.md")
+OUTPUT_NAMES = (
+    "run.json",
+    "maps",
+    "eval",
+    "errors",
+    "errors.csv",
+    "summary.json",
+    "evaluation.csv",
+    "evaluation.json",
+    "evaluation.md",
+)
 
 
 def prepare(out, config: dict, inputs: list, resume: bool = True) -> Path:
@@ -58,8 +68,10 @@ def prepare(out, config: dict, inputs: list, resume: bool = True) -> Path:
             if not resume:
                 raise OnnxplainError(f"{out} holds another run; choose another output folder")
             changed = sorted(k for k in set(config) | set(before or {}) if (before or {}).get(k) != config.get(k))
-            raise OnnxplainError(f"{out} holds a run with other settings "
-                                 f"({', '.join(changed) or 'unreadable run.json'}); choose another output folder")
+            raise OnnxplainError(
+                f"{out} holds a run with other settings "
+                f"({', '.join(changed) or 'unreadable run.json'}); choose another output folder"
+            )
         if not resume:
             raise OnnxplainError(f"{out} holds this run already; resume it or choose another output folder")
     else:
@@ -189,8 +201,10 @@ def merge_eval(parts: list) -> tuple:
     from onnxplain.evaluation.metrics.faithfulness import Curve
 
     values = {k: {m: np.concatenate(v) for m, v in d.items()} for k, d in values.items()}
-    curves = {k: {m: Curve(cs[0].fraction, np.concatenate([c.scores for c in cs])) for m, cs in d.items()}
-              for k, d in curves.items()}
+    curves = {
+        k: {m: Curve(cs[0].fraction, np.concatenate([c.scores for c in cs])) for m, cs in d.items()}
+        for k, d in curves.items()
+    }
     return ids, values, curves
 
 

@@ -8,6 +8,7 @@ source: the batch is the shard). For each shard it writes the result file and th
 and returns one summary row. An item that cannot be read, or that makes a method fail, is an error row
 with its one-line reason; the rest of the shard goes on.
 """
+
 from __future__ import annotations
 
 import time
@@ -79,10 +80,16 @@ class Worker:
             m = method(name)
             if m.exportable and job.kind == "explain":
                 params = {k: job.settings.get(name, {}).get(k) for k in GRAPH_PARAMS}
-                self.ex.graph("gradient" if m.kind == "looped" else m.name, "class",
-                              **{k: v for k, v in params.items() if v is not None})
-                self.ex._session("gradient" if m.kind == "looped" else m.name, "class",
-                                 {k: v for k, v in params.items() if v is not None})
+                self.ex.graph(
+                    "gradient" if m.kind == "looped" else m.name,
+                    "class",
+                    **{k: v for k, v in params.items() if v is not None},
+                )
+                self.ex._session(
+                    "gradient" if m.kind == "looped" else m.name,
+                    "class",
+                    {k: v for k, v in params.items() if v is not None},
+                )
 
     def __call__(self, batch: dict) -> dict:
         summaries = []
@@ -144,8 +151,7 @@ class Worker:
         rows = []
         for m in self.job.methods:
             for i, a, pred, tgt, score in self._run(m, items.images, target, items.ids, errors):
-                rows.append({"id": i, "method": m, "prediction": pred, "target": tgt, "score": score,
-                             "attribution": a})
+                rows.append({"id": i, "method": m, "prediction": pred, "target": tgt, "score": score, "attribution": a})
         return rows, errors
 
     def _run(self, method: str, x, target, ids, errors) -> list:
@@ -161,7 +167,9 @@ class Worker:
                 return []
         out = []
         for k in range(len(ids)):
-            out += self._run(method, x[k:k + 1], None if target is None else target[k:k + 1], ids[k:k + 1], errors)
+            out += self._run(
+                method, x[k : k + 1], None if target is None else target[k : k + 1], ids[k : k + 1], errors
+            )
         return out
 
     def _prediction(self, res, k: int):
@@ -174,7 +182,7 @@ class Worker:
         out = res.outputs.get(out_t.name)
         if out is None or out.ndim < 2 or out_t.shape is None:
             return -1, tgt, float("nan")
-        o = np.moveaxis(np.asarray(out[k:k + 1], dtype=np.float64), class_axis_of(out_t, ex.options), 1)
+        o = np.moveaxis(np.asarray(out[k : k + 1], dtype=np.float64), class_axis_of(out_t, ex.options), 1)
         scores = o.reshape(o.shape[0], o.shape[1], -1).sum(axis=2)[0]
         score = float(scores[tgt]) if 0 <= tgt < len(scores) else float("nan")
         return int(np.argmax(scores)), tgt, score
@@ -202,8 +210,16 @@ class Worker:
         metrics = per_image_metrics(self.job.metrics, items.masks is not None)
         labels = items.labels if self.job.target != "predicted" else None
         s = replace(self.job.evaluation or E.Settings(), n_sanity=len(items.ids), batch_size=self.job.batch_size)
-        ev = E.evaluate(self.ex, items.images, labels, items.masks, methods=self.job.methods, metrics=metrics,
-                        settings=s, layout=self.job.layout)
+        ev = E.evaluate(
+            self.ex,
+            items.images,
+            labels,
+            items.masks,
+            methods=self.job.methods,
+            metrics=metrics,
+            settings=s,
+            layout=self.job.layout,
+        )
         return items.ids, ev.values, ev.curves
 
 
@@ -258,8 +274,23 @@ def sanity_task(model, job: Job, rows: list, shuffled, metrics: list):
         return None
     labels = items.labels if job.target != "predicted" else None
     s = replace(job.evaluation or E.Settings(), n_sanity=len(items.ids), batch_size=job.batch_size)
-    ev = E.evaluate(ex, items.images, labels, None, methods=job.methods, metrics=metrics, shuffled_model=shuffled,
-                    settings=s, layout=job.layout)
+    ev = E.evaluate(
+        ex,
+        items.images,
+        labels,
+        None,
+        methods=job.methods,
+        metrics=metrics,
+        shuffled_model=shuffled,
+        settings=s,
+        layout=job.layout,
+    )
     keys = ("cascading", "cascading_ssim", "cascading_last", "independent", "data_randomisation")
-    return {"sanity": ev.sanity, "cascade_maps": ev.cascade_maps, "layers": ev.layers, "image": ev.image,
-            "n": len(items.ids), "values": {k: v for k, v in ev.values.items() if k in keys}}
+    return {
+        "sanity": ev.sanity,
+        "cascade_maps": ev.cascade_maps,
+        "layers": ev.layers,
+        "image": ev.image,
+        "n": len(items.ids),
+        "values": {k: v for k, v in ev.values.items() if k in keys},
+    }

@@ -17,6 +17,7 @@ sign kept (a method whose maps are non-negative, such as saliency or the CAMs, s
   ``n_sanity`` images, randomised model after randomised model, so that one copy of the weights
   lives at a time.
 """
+
 from __future__ import annotations
 
 import csv
@@ -35,8 +36,20 @@ LOCALISATION = ("pointing_game", "relevance_mass", "relevance_rank")
 SANITY = ("cascading", "independent", "data_randomisation")
 METRICS = FAITHFULNESS + LOCALISATION + ("class_sensitivity", "max_sensitivity") + SANITY
 #: a fast default selection of methods (``--methods all`` gives every method)
-DEFAULT_METHODS = ("gradient", "saliency", "input_x_gradient", "smoothgrad", "integrated_gradients",
-                   "guided_backprop", "deconvnet", "lrp_epsilon_plus", "deeplift", "gradcam", "occlusion", "lime")
+DEFAULT_METHODS = (
+    "gradient",
+    "saliency",
+    "input_x_gradient",
+    "smoothgrad",
+    "integrated_gradients",
+    "guided_backprop",
+    "deconvnet",
+    "lrp_epsilon_plus",
+    "deeplift",
+    "gradcam",
+    "occlusion",
+    "lime",
+)
 
 
 @dataclass(frozen=True)
@@ -50,44 +63,108 @@ class Column:
 
 COLUMNS = (
     Column("seconds", None, "s/img", "↓", "seconds per image (explaining only; graph building excluded)"),
-    Column("pixel_flipping", "pixel_flipping", "PF AOPC", "↑",
-           "pixel flipping (Bach et al. 2015): AOPC of the logit, most relevant pixels first, over the first "
-           "--fraction of the image"),
-    Column("region_morf", "region_perturbation", "RP MoRF", "↑",
-           "region perturbation (Samek et al. 2017): AOPC, most relevant regions first, over the first "
-           "--fraction of the regions"),
-    Column("region_lerf", "region_perturbation", "RP LeRF", "↓",
-           "region perturbation: AOPC, least relevant regions first"),
-    Column("deletion", "deletion", "del AUC", "↓",
-           "deletion (Petsiuk et al. 2018): AUC of the softmax score as pixels take the --fill value"),
+    Column(
+        "pixel_flipping",
+        "pixel_flipping",
+        "PF AOPC",
+        "↑",
+        "pixel flipping (Bach et al. 2015): AOPC of the logit, most relevant pixels first, over the first "
+        "--fraction of the image",
+    ),
+    Column(
+        "region_morf",
+        "region_perturbation",
+        "RP MoRF",
+        "↑",
+        "region perturbation (Samek et al. 2017): AOPC, most relevant regions first, over the first "
+        "--fraction of the regions",
+    ),
+    Column(
+        "region_lerf", "region_perturbation", "RP LeRF", "↓", "region perturbation: AOPC, least relevant regions first"
+    ),
+    Column(
+        "deletion",
+        "deletion",
+        "del AUC",
+        "↓",
+        "deletion (Petsiuk et al. 2018): AUC of the softmax score as pixels take the --fill value",
+    ),
     Column("insertion", "insertion", "ins AUC", "↑", "insertion (Petsiuk et al. 2018): AUC from a blurred image"),
-    Column("pointing_game", "pointing_game", "point", "↑", "pointing game (Zhang et al. 2016): the maximum in the mask"),
-    Column("relevance_mass", "relevance_mass", "mass", "↑",
-           "relevance mass accuracy (Arras et al. 2022): positive relevance inside the mask"),
-    Column("relevance_rank", "relevance_rank", "rank", "↑",
-           "relevance rank accuracy (Arras et al. 2022): top-|mask| pixels inside the mask"),
-    Column("class_sensitivity", "class_sensitivity", "cls corr", "↓",
-           "rank correlation (|maps|) of the map for the explained class and for the least likely class"),
-    Column("max_sensitivity", "max_sensitivity", "max sens", "↓",
-           "max-sensitivity (Yeh et al. 2019): max relative map change under uniform noise"),
-    Column("cascading", "cascading", "casc corr", "↓",
-           "cascading randomisation (Adebayo et al. 2018): rank correlation (|maps|) with the original, mean over "
-           "the cascade (top layer, top two layers, ..., all layers random)"),
+    Column(
+        "pointing_game", "pointing_game", "point", "↑", "pointing game (Zhang et al. 2016): the maximum in the mask"
+    ),
+    Column(
+        "relevance_mass",
+        "relevance_mass",
+        "mass",
+        "↑",
+        "relevance mass accuracy (Arras et al. 2022): positive relevance inside the mask",
+    ),
+    Column(
+        "relevance_rank",
+        "relevance_rank",
+        "rank",
+        "↑",
+        "relevance rank accuracy (Arras et al. 2022): top-|mask| pixels inside the mask",
+    ),
+    Column(
+        "class_sensitivity",
+        "class_sensitivity",
+        "cls corr",
+        "↓",
+        "rank correlation (|maps|) of the map for the explained class and for the least likely class",
+    ),
+    Column(
+        "max_sensitivity",
+        "max_sensitivity",
+        "max sens",
+        "↓",
+        "max-sensitivity (Yeh et al. 2019): max relative map change under uniform noise",
+    ),
+    Column(
+        "cascading",
+        "cascading",
+        "casc corr",
+        "↓",
+        "cascading randomisation (Adebayo et al. 2018): rank correlation (|maps|) with the original, mean over "
+        "the cascade (top layer, top two layers, ..., all layers random)",
+    ),
     Column("cascading_ssim", "cascading", "casc SSIM", "↓", "cascading randomisation: SSIM, mean over the cascade"),
-    Column("cascading_last", "cascading", "casc last", "↓",
-           "cascading randomisation: rank correlation (|maps|) once every layer is random"),
-    Column("independent", "independent", "indep corr", "↓",
-           "independent randomisation: rank correlation (|maps|), mean over the layers"),
-    Column("data_randomisation", "data_randomisation", "data corr", "↓",
-           "data randomisation: rank correlation (|maps|) with the model trained on shuffled labels"),
+    Column(
+        "cascading_last",
+        "cascading",
+        "casc last",
+        "↓",
+        "cascading randomisation: rank correlation (|maps|) once every layer is random",
+    ),
+    Column(
+        "independent",
+        "independent",
+        "indep corr",
+        "↓",
+        "independent randomisation: rank correlation (|maps|), mean over the layers",
+    ),
+    Column(
+        "data_randomisation",
+        "data_randomisation",
+        "data corr",
+        "↓",
+        "data randomisation: rank correlation (|maps|) with the model trained on shuffled labels",
+    ),
 )
-CURVES = {"pixel_flipping": "pixel flipping (MoRF)", "region_morf": "region perturbation (MoRF)",
-          "region_lerf": "region perturbation (LeRF)", "deletion": "deletion", "insertion": "insertion"}
+CURVES = {
+    "pixel_flipping": "pixel flipping (MoRF)",
+    "region_morf": "region perturbation (MoRF)",
+    "region_lerf": "region perturbation (LeRF)",
+    "deletion": "deletion",
+    "insertion": "insertion",
+}
 
 
 @dataclass
 class Settings:
     """The knobs of an evaluation (defaults suit 64-224 px images)."""
+
     n_sanity: int = 4  # images for the randomisation tests and max-sensitivity
     region: int = 8  # region perturbation: region side in pixels
     steps: int = 64  # perturbation curves: points after the unperturbed one
@@ -103,6 +180,7 @@ class Settings:
 @dataclass
 class Evaluation:
     """Per-image values, curves and sanity profiles of every method."""
+
     methods: list
     metrics: list
     n: int
@@ -138,8 +216,10 @@ class Evaluation:
 
     def markdown(self) -> str:
         cols = self.columns()
-        lines = ["| method | " + " | ".join(f"{c.title} {c.better}" for c in cols) + " |",
-                 "|---|" + "---:|" * len(cols)]
+        lines = [
+            "| method | " + " | ".join(f"{c.title} {c.better}" for c in cols) + " |",
+            "|---|" + "---:|" * len(cols),
+        ]
         for m in self.methods:
             lines.append(f"| {m} | " + " | ".join(_fmt(self.mean(c.key, m)) for c in cols) + " |")
         return "\n".join(lines)
@@ -150,9 +230,16 @@ class Evaluation:
         for c in self.columns():
             for m in self.methods:
                 v = np.asarray(self.values[c.key].get(m, []), dtype=np.float64)
-                out.append({"method": m, "metric": c.key, "better": "higher" if c.better == "↑" else "lower",
-                            "mean": self.mean(c.key, m), "sem": self.sem(c.key, m),
-                            "n": int(np.isfinite(v).sum())})
+                out.append(
+                    {
+                        "method": m,
+                        "metric": c.key,
+                        "better": "higher" if c.better == "↑" else "lower",
+                        "mean": self.mean(c.key, m),
+                        "sem": self.sem(c.key, m),
+                        "n": int(np.isfinite(v).sum()),
+                    }
+                )
         return out
 
     def to_csv(self) -> str:
@@ -169,15 +256,30 @@ class Evaluation:
             return [None if not np.isfinite(a) else float(a) for a in v.ravel()]
 
         return {
-            "methods": self.methods, "metrics": self.metrics, "n": self.n, "n_sanity": self.n_sanity,
-            "columns": {c.key: {"title": c.title, "better": "higher" if c.better == "↑" else "lower",
-                                "about": c.about} for c in self.columns()},
+            "methods": self.methods,
+            "metrics": self.metrics,
+            "n": self.n,
+            "n_sanity": self.n_sanity,
+            "columns": {
+                c.key: {"title": c.title, "better": "higher" if c.better == "↑" else "lower", "about": c.about}
+                for c in self.columns()
+            },
             "summary": self.rows(),
             "per_image": {k: {m: num(v) for m, v in d.items()} for k, d in self.values.items()},
-            "curves": {k: {m: {"fraction": num(c.fraction), "mean": num(nanmean(c.scores, axis=0))}
-                           for m, c in d.items()} for k, d in self.curves.items()},
-            "sanity": {k: {m: [{"layer": r["layer"], **{s: num(r[s]) for s in ("spearman", "spearman_abs", "ssim")}}
-                               for r in rows] for m, rows in d.items()} for k, d in self.sanity.items()},
+            "curves": {
+                k: {m: {"fraction": num(c.fraction), "mean": num(nanmean(c.scores, axis=0))} for m, c in d.items()}
+                for k, d in self.curves.items()
+            },
+            "sanity": {
+                k: {
+                    m: [
+                        {"layer": r["layer"], **{s: num(r[s]) for s in ("spearman", "spearman_abs", "ssim")}}
+                        for r in rows
+                    ]
+                    for m, rows in d.items()
+                }
+                for k, d in self.sanity.items()
+            },
             "layers": self.layers,
         }
 
@@ -276,7 +378,7 @@ def resolve(names, allowed, what: str) -> list:
 
 
 def layout_of(explainer, layout: str | None = None) -> str:
-    """"NCHW" or "NHWC": ``layout`` checked, or the explainer's input's (NCHW when unclear)."""
+    """ "NCHW" or "NHWC": ``layout`` checked, or the explainer's input's (NCHW when unclear)."""
     from onnxplain.io.preprocess import infer_layout
 
     layout = (layout or infer_layout(explainer.x.shape) or "NCHW").upper()
@@ -300,8 +402,14 @@ class _Maps:
     def __call__(self, method: str, x, target) -> np.ndarray:
         s = self.settings
         shared = lookup(method).takes({"seed": s.seed})
-        res = self.explainer.run(to_model(x, self.nhwc), method, target=np.asarray(target), batch_size=s.batch_size,
-                                 **shared, **s.method_params.get(method, {}))
+        res = self.explainer.run(
+            to_model(x, self.nhwc),
+            method,
+            target=np.asarray(target),
+            batch_size=s.batch_size,
+            **shared,
+            **s.method_params.get(method, {}),
+        )
         a = res.attribution
         return heatmaps(np.moveaxis(a, -1, 1) if self.nhwc and a.ndim == 4 else a, self.size)
 
@@ -333,8 +441,18 @@ class _NHWCDriver:
         return self.drv.outputs_rows(lambda i, j: to_model(rows(i, j), True), n, **kw)
 
 
-def evaluate(model, images, labels=None, masks=None, methods=None, metrics=None, shuffled_model=None,
-             settings: Settings | None = None, progress=None, layout: str | None = None) -> Evaluation:
+def evaluate(
+    model,
+    images,
+    labels=None,
+    masks=None,
+    methods=None,
+    metrics=None,
+    shuffled_model=None,
+    settings: Settings | None = None,
+    progress=None,
+    layout: str | None = None,
+) -> Evaluation:
     """Evaluate ``methods`` on ``images`` by ``metrics`` (names from :data:`METRICS`).
 
     ``model`` is a path, a ModelProto or an :class:`~onnxplain.runtime.explainer.Explainer`. ``images`` are
@@ -345,10 +463,10 @@ def evaluate(model, images, labels=None, masks=None, methods=None, metrics=None,
     ``progress(total=...)`` is called once with the number of steps, then
     ``progress(advance=1, description=...)`` after each.
     """
-    from onnxplain.runtime.driver import SCORE, for_explainer
     from onnxplain.evaluation.metrics import faithfulness as faith
     from onnxplain.evaluation.metrics import localisation as loc
     from onnxplain.evaluation.metrics import robustness as rob
+    from onnxplain.runtime.driver import SCORE, for_explainer
 
     s = settings or Settings()
     explain = _Maps(model, s, layout=layout)
@@ -357,14 +475,16 @@ def evaluate(model, images, labels=None, masks=None, methods=None, metrics=None,
     if nhwc and images.ndim == 4:
         images = images.transpose(0, 3, 1, 2)  # the metrics work in NCHW
     images, labels, masks = check_data(images, labels, masks)
-    from onnxplain.runtime.explainer import all_methods
     from onnxplain.evaluation.metrics import sanity
+    from onnxplain.runtime.explainer import all_methods
 
     methods = resolve(methods, all_methods(), "method") if methods is not None else list(DEFAULT_METHODS)
     metrics = resolve(metrics, METRICS, "metric")
     if masks is None and set(metrics) & set(LOCALISATION):
-        raise OnnxplainError(f"{', '.join(m for m in metrics if m in LOCALISATION)} need ground-truth masks "
-                             "(a 'masks' array in the data)")
+        raise OnnxplainError(
+            f"{', '.join(m for m in metrics if m in LOCALISATION)} need ground-truth masks "
+            "(a 'masks' array in the data)"
+        )
     if "data_randomisation" in metrics and shuffled_model is None:
         raise OnnxplainError("data_randomisation needs a model trained on shuffled labels (--shuffled-model)")
     step = progress or (lambda **k: None)
@@ -390,17 +510,36 @@ def evaluate(model, images, labels=None, masks=None, methods=None, metrics=None,
         step(advance=1)
         if "pixel_flipping" in metrics:
             step(description=f"{m}: pixel flipping")
-            c = faith.region_perturbation(drv, images, maps, targets, region=1, order="morf", steps=s.steps,
-                                          fill=s.fill, fraction=s.fraction, seed=s.seed)
+            c = faith.region_perturbation(
+                drv,
+                images,
+                maps,
+                targets,
+                region=1,
+                order="morf",
+                steps=s.steps,
+                fill=s.fill,
+                fraction=s.fraction,
+                seed=s.seed,
+            )
             ev.curves.setdefault("pixel_flipping", {})[m] = c
             keep("pixel_flipping")[m] = faith.aopc(c)
             step(advance=1)
         if "region_perturbation" in metrics:
             step(description=f"{m}: region perturbation")
             for order in ("morf", "lerf"):
-                c = faith.region_perturbation(drv, images, maps, targets, region=s.region, order=order,
-                                              steps=s.steps, fill=s.fill, fraction=s.fraction,
-                                              seed=s.seed)
+                c = faith.region_perturbation(
+                    drv,
+                    images,
+                    maps,
+                    targets,
+                    region=s.region,
+                    order=order,
+                    steps=s.steps,
+                    fill=s.fill,
+                    fraction=s.fraction,
+                    seed=s.seed,
+                )
                 ev.curves.setdefault(f"region_{order}", {})[m] = c
                 keep(f"region_{order}")[m] = faith.aopc(c)
             step(advance=1)
@@ -417,21 +556,27 @@ def evaluate(model, images, labels=None, masks=None, methods=None, metrics=None,
         if "class_sensitivity" in metrics:
             step(description=f"{m}: class sensitivity")
             other = rob.least_likely(logits)
-            keep("class_sensitivity")[m] = rob.class_sensitivity(
-                lambda x, t: explain(m, x, t), images, targets, other)["spearman_abs"]
+            scores = rob.class_sensitivity(lambda x, t, m=m: explain(m, x, t), images, targets, other)
+            keep("class_sensitivity")[m] = scores["spearman_abs"]
             step(advance=1)
         if "max_sensitivity" in metrics:
             step(description=f"{m}: max-sensitivity")
             keep("max_sensitivity")[m] = rob.max_sensitivity(
-                lambda x, t: explain(m, x, t), images[:k], targets[:k], radius=s.radius, samples=s.noise_samples,
-                seed=s.seed)
+                lambda x, t, m=m: explain(m, x, t),
+                images[:k],
+                targets[:k],
+                radius=s.radius,
+                samples=s.noise_samples,
+                seed=s.seed,
+            )
             step(advance=1)
     _sanity(ev, source, shuffled_model, explain, images[:k], targets[:k], s, size, step, nhwc)
     return ev
 
 
-def _sanity(ev: Evaluation, model, shuffled_model, explain: _Maps, x, t, s: Settings, size, step,
-            nhwc: bool = False) -> None:
+def _sanity(
+    ev: Evaluation, model, shuffled_model, explain: _Maps, x, t, s: Settings, size, step, nhwc: bool = False
+) -> None:
     """The randomisation tests, one randomised model at a time (every method on each)."""
     from onnxplain.evaluation.metrics import sanity
 
@@ -474,8 +619,17 @@ def short_layer(name: str) -> str:
 
 def count_steps(methods, metrics, n_layers: int) -> int:
     """How many ``progress(advance=1)`` calls :func:`evaluate` makes."""
-    per_method = 1 + sum(m in metrics for m in ("pixel_flipping", "region_perturbation", "deletion", "insertion",
-                                                  "class_sensitivity", "max_sensitivity"))
+    per_method = 1 + sum(
+        m in metrics
+        for m in (
+            "pixel_flipping",
+            "region_perturbation",
+            "deletion",
+            "insertion",
+            "class_sensitivity",
+            "max_sensitivity",
+        )
+    )
     models = n_layers * (("cascading" in metrics) + ("independent" in metrics)) + ("data_randomisation" in metrics)
     return len(methods) * (per_method + models)
 
@@ -499,10 +653,13 @@ def sanity_profile(ev: Evaluation, kind: str = "cascading") -> np.ndarray:
     from onnxplain.io.plots import line_chart
 
     labels = ["original"] + [short_layer(r["layer"]) for r in next(iter(ev.sanity[kind].values()))]
-    series = {m: (np.arange(len(labels)), [1.0] + [nanmean(r["spearman_abs"]) for r in rows])
-              for m, rows in ev.sanity[kind].items()}
-    title = ("cascading randomisation, top layer first" if kind == "cascading" else f"{kind} randomisation") + \
-        f", mean of {ev.n_sanity} images"
+    series = {
+        m: (np.arange(len(labels)), [1.0] + [nanmean(r["spearman_abs"]) for r in rows])
+        for m, rows in ev.sanity[kind].items()
+    }
+    title = (
+        "cascading randomisation, top layer first" if kind == "cascading" else f"{kind} randomisation"
+    ) + f", mean of {ev.n_sanity} images"
     return line_chart(series, title, "", "rank correlation (|maps|)", xticklabels=labels, ylim=(-0.2, 1.0))
 
 
@@ -516,11 +673,16 @@ def cascade_grid(ev: Evaluation) -> np.ndarray:
     rows = []
     for m, maps in ev.cascade_maps.items():
         signed = render.is_signed(m)
-        rows.append([render.overlay(img, a, signed=signed) if img is not None else render.colorize(a, signed)
-                     for a in maps])
-    return render.grid(rows, titles=labels, row_titles=list(ev.cascade_maps),
-                       note="cascading randomisation (Adebayo et al. 2018): layers randomised from the top down; "
-                            "each map on its own colour scale")
+        rows.append(
+            [render.overlay(img, a, signed=signed) if img is not None else render.colorize(a, signed) for a in maps]
+        )
+    return render.grid(
+        rows,
+        titles=labels,
+        row_titles=list(ev.cascade_maps),
+        note="cascading randomisation (Adebayo et al. 2018): layers randomised from the top down; "
+        "each map on its own colour scale",
+    )
 
 
 def write(ev: Evaluation, out_dir) -> list:
@@ -530,8 +692,11 @@ def write(ev: Evaluation, out_dir) -> list:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = []
-    for name, text in (("evaluation.csv", ev.to_csv()), ("evaluation.json", json.dumps(ev.to_json(), indent=1)),
-                       ("evaluation.md", ev.markdown() + "\n")):
+    for name, text in (
+        ("evaluation.csv", ev.to_csv()),
+        ("evaluation.json", json.dumps(ev.to_json(), indent=1)),
+        ("evaluation.md", ev.markdown() + "\n"),
+    ):
         files.append(save_text(text, out / name))
     for key, picture in curve_plots(ev).items():
         files.append(save_png(picture, out / f"curve_{key}.png"))

@@ -13,12 +13,13 @@ constant conditions and unrolled static Loops and Scans, so one left on the path
 Every node without a rule is collected first and reported in one error before anything is
 emitted. The cost is linear in the number of nodes.
 """
+
 from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from onnxplain.graph.builder import Builder, is_float, np_dtype
 from onnxplain.errors import OnnxplainError, UnsupportedOpsError
+from onnxplain.graph.builder import Builder, is_float, np_dtype
 from onnxplain.graph.control_flow import refusal
 from onnxplain.graph.subgraphs import captured, copy_nodes, subgraphs
 from onnxplain.rules.vjp import Rule, load_all
@@ -44,8 +45,16 @@ class GradientRules:
 STRUCTURAL = {"If"}
 
 # inputs whose values never reach the output: only their type or shape is read
-VALUE_FREE = {"CastLike": {1}, "Shape": {0}, "Size": {0}, "EyeLike": {0}, "RandomNormalLike": {0},
-              "RandomUniformLike": {0}, "RandomNormal": set(), "Bernoulli": {0}}
+VALUE_FREE = {
+    "CastLike": {1},
+    "Shape": {0},
+    "Size": {0},
+    "EyeLike": {0},
+    "RandomNormalLike": {0},
+    "RandomUniformLike": {0},
+    "RandomNormal": set(),
+    "Bernoulli": {0},
+}
 
 
 # integer outputs that carry a cotangent: a quantiser's output stands for the real x / s + zp that it
@@ -113,8 +122,10 @@ class Fold:
         shape = getattr(t, "shape", None)
         axes = [] if shape is None else [i for i, d in enumerate(shape) if d == self.batch]
         if len(axes) != 1:
-            raise FoldError(f"many targets in one pass: tensor '{t.name}' has no single batch axis "
-                             f"('{self.batch}') in its shape {None if shape is None else list(shape)}")
+            raise FoldError(
+                f"many targets in one pass: tensor '{t.name}' has no single batch axis "
+                f"('{self.batch}') in its shape {None if shape is None else list(shape)}"
+            )
         return axes[0]
 
     def tile(self, t):
@@ -130,9 +141,18 @@ class Fold:
         """The node as its rule should see it: forward tensors on the path tiled (and integer or boolean
         ones computed from the input, such as a Where's condition, when they have the batch axis), other
         outputs dropped."""
-        ins = [self.tile(t) if t.name and (t.name in fwd and not isinstance(t, gs.Constant)
-                                           or t.name in self.reach and self.batch in (t.shape or ())) else t
-               for t in node.inputs]
+        ins = [
+            self.tile(t)
+            if t.name
+            and (
+                t.name in fwd
+                and not isinstance(t, gs.Constant)
+                or t.name in self.reach
+                and self.batch in (t.shape or ())
+            )
+            else t
+            for t in node.inputs
+        ]
         outs = [self.tile(t) if t.name and t.name in fwd else gs.Variable.empty() for t in node.outputs]
         return StandIn(node, ins, outs)
 
@@ -196,7 +216,8 @@ class Backward:
                 if g is None:
                     raise OnnxplainError(
                         f"rule '{rule.name}' for {node.op} '{node.name}' gives no cotangent for input {i} "
-                        f"('{t.name}'), which lies on the explained path")
+                        f"('{t.name}'), which lies on the explained path"
+                    )
                 if rule.broadcast:
                     if self.fold is None:
                         g = self.b.unbroadcast(g, t, node.outputs[0].shape)
@@ -235,8 +256,10 @@ class Backward:
         from the output cotangents to the captured outer tensors on the explained path (zeros for
         those a branch does not read). Returns [(captured tensor, its cotangent)]. ONNX spec: If."""
         if getattr(getattr(self.rules, "env", None), "ref", None):
-            raise OnnxplainError(f"If '{node.name}': rule set '{self.rules.name}' reads baseline values, which are not "
-                                 "computed inside If branches; explain with gradient-based methods or fix the condition")
+            raise OnnxplainError(
+                f"If '{node.name}': rule set '{self.rules.name}' reads baseline values, which are not "
+                "computed inside If branches; explain with gradient-based methods or fix the condition"
+            )
         targets = [t for t in captured(node) if t.name in self._fwd and is_float(t)]
         if not targets:
             return []
@@ -257,8 +280,7 @@ class Backward:
                 bg.outputs.append(out)
             branches[key] = bg
         self.rules.start(outer_fwd)
-        outs = self.b.emit("If", node.inputs[0], outputs=len(targets), dtype=[np_dtype(t) for t in targets],
-                           **branches)
+        outs = self.b.emit("If", node.inputs[0], outputs=len(targets), dtype=[np_dtype(t) for t in targets], **branches)
         outs = outs if isinstance(outs, list) else [outs]
         for o, t in zip(outs, targets):
             o.shape = t.shape

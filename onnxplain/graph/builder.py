@@ -4,10 +4,11 @@ Rules call ``b.Mul(x, y)``, ``b.Conv(g, w, strides=[1, 1])`` and so on. The buil
 new tensors under the current scope, types constants like the tensor they combine with, and
 knows the few ops whose signature changed between opsets (Reduce*, Squeeze, Unsqueeze, Split).
 """
+
 from __future__ import annotations
 
 import itertools
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import onnx
@@ -19,8 +20,18 @@ FLOAT_DTYPES = {np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
 _BOOL_OPS = {"Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Not", "And", "Or", "Xor", "IsNaN", "IsInf"}
 _INT64_OPS = {"Shape", "Size", "ArgMax", "ArgMin", "NonZero"}
 # ops whose ``axes`` moved from an attribute to an input, and the opset where that happened
-_AXES_AS_INPUT = {"ReduceSum": 13, "Squeeze": 13, "Unsqueeze": 13, "ReduceMean": 18, "ReduceMax": 18,
-                  "ReduceMin": 18, "ReduceProd": 18, "ReduceL2": 18, "ReduceSumSquare": 18, "ReduceLogSumExp": 18}
+_AXES_AS_INPUT = {
+    "ReduceSum": 13,
+    "Squeeze": 13,
+    "Unsqueeze": 13,
+    "ReduceMean": 18,
+    "ReduceMax": 18,
+    "ReduceMin": 18,
+    "ReduceProd": 18,
+    "ReduceL2": 18,
+    "ReduceSumSquare": 18,
+    "ReduceLogSumExp": 18,
+}
 
 
 def np_dtype(tensor) -> np.dtype | None:
@@ -60,7 +71,7 @@ class Builder:
                 self._names.add(n)
                 return n
 
-    def into(self, graph: gs.Graph) -> "Builder":
+    def into(self, graph: gs.Graph) -> Builder:
         """A builder emitting into ``graph`` (a subgraph) that shares this one's names and scope, so
         names stay unique across scopes; constants are its own (each graph exports those it uses)."""
         child = Builder.__new__(Builder)
@@ -130,8 +141,9 @@ class Builder:
         if shape is not None and all(isinstance(d, int) for d in shape):
             return self.const(np.zeros(shape), dtype=np_dtype(t))  # (dtype=, or const() narrows float64)
         value = np.zeros([1], dtype=np_dtype(t))
-        return self.emit("ConstantOfShape", self.Shape(t), value=gs.Constant(self.name("zero"), value),
-                         dtype=np_dtype(t))
+        return self.emit(
+            "ConstantOfShape", self.Shape(t), value=gs.Constant(self.name("zero"), value), dtype=np_dtype(t)
+        )
 
     # ---- opset-aware helpers ------------------------------------------------------------
     def _axes_op(self, op, x, axes, **attrs):

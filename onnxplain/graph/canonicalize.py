@@ -4,6 +4,7 @@ inlined or unrolled where static, logits found.
 The result is a :class:`Canonical` holding the graphsurgeon graph in topological order, its
 opset, and the original model's metadata, ready for the backward rewrite.
 """
+
 from __future__ import annotations
 
 import functools
@@ -15,11 +16,12 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxplain.graph.builder import is_float
 from onnxplain.errors import OnnxplainError
+from onnxplain.graph.builder import is_float
 from onnxplain.graph.control_flow import inline_control_flow
 from onnxplain.graph.dequantize import dequantize
-from onnxplain.graph.fuse import fuse as fuse_decompositions, lower
+from onnxplain.graph.fuse import fuse as fuse_decompositions
+from onnxplain.graph.fuse import lower
 from onnxplain.graph.load import load_model, opset_of
 from onnxplain.graph.precision import to_float32
 
@@ -59,10 +61,12 @@ class Canonical:
             if t is not None and t.inputs and is_float(t):
                 return t
             if t is not None:
-                raise OnnxplainError(f"tensor '{name}' is not a float tensor computed by the model; only those can "
-                                     "be explained")
-            raise OnnxplainError(f"model has no input or tensor named '{name}' "
-                                 f"(inputs: {[t.name for t in self.graph.inputs]})")
+                raise OnnxplainError(
+                    f"tensor '{name}' is not a float tensor computed by the model; only those can be explained"
+                )
+            raise OnnxplainError(
+                f"model has no input or tensor named '{name}' (inputs: {[t.name for t in self.graph.inputs]})"
+            )
         floats = self.float_inputs()
         if floats:
             return floats[0]
@@ -80,8 +84,10 @@ class Canonical:
                 if is_float(o):
                     return o
                 reach.add(o.name)
-        raise OnnxplainError(f"input '{ids.name}' is not a float tensor, and no float tensor is computed from it "
-                             "(an embedding) to explain instead")
+        raise OnnxplainError(
+            f"input '{ids.name}' is not a float tensor, and no float tensor is computed from it "
+            "(an embedding) to explain instead"
+        )
 
     def output(self, name: str | None = None):
         if name is not None:
@@ -159,8 +165,11 @@ def _is_unknown(d) -> bool:
 def _fill_unknown_dims(inferred: onnx.ModelProto, symbolic: onnx.ModelProto) -> None:
     """Take symbolic inference's dims only where onnx's are unknown and both agree on the rank
     (symbolic inference is wrong for some newer ops, e.g. Resize with ``axes``)."""
-    theirs = {vi.name: vi.type.tensor_type.shape for vi in list(symbolic.graph.value_info) + list(symbolic.graph.output)
-              if vi.type.tensor_type.HasField("shape")}
+    theirs = {
+        vi.name: vi.type.tensor_type.shape
+        for vi in list(symbolic.graph.value_info) + list(symbolic.graph.output)
+        if vi.type.tensor_type.HasField("shape")
+    }
     for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
         tt = vi.type.tensor_type
         other = theirs.get(vi.name)
@@ -254,8 +263,9 @@ def fold_batchnorm(graph: gs.Graph) -> int:
     return folded
 
 
-def canonicalize(model, fold: bool = True, fold_bn: bool = True, fuse: bool = True, probe: dict | None = None
-                 ) -> Canonical:
+def canonicalize(
+    model, fold: bool = True, fold_bn: bool = True, fuse: bool = True, probe: dict | None = None
+) -> Canonical:
     """Load (if a path), infer shapes, drop pass-through nodes, fold constants and BN, sort, and
     fuse exporters' decompositions of activations and LayerNorm (:mod:`onnxplain.graph.fuse`).
 
@@ -351,4 +361,3 @@ def export_graph(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
     del m.metadata_props[:]
     m.metadata_props.extend(like.metadata_props)
     return m
-

@@ -11,6 +11,7 @@ unrolled (ONNX spec: If, Loop, Scan).
 After this the ordinary rules apply. A Loop or Scan that stays is refused by the walker with
 :func:`refusal` when it lies on the explained path; an If that stays gets the If rule.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -74,19 +75,33 @@ def refusal(node) -> str:
     if node.op == "Scan":
         n = scan_length(node)
         if n is None:
-            return (f"Scan '{node.name}': sequence length is only known at run time; {fix} a static sequence length "
-                    f"<= {MAX_UNROLL} (export or specialise the model with fixed input shapes)")
-        return f"Scan '{node.name}': sequence length {n} exceeds the unrolling limit {MAX_UNROLL}; {fix} <= {MAX_UNROLL} steps"
+            return (
+                f"Scan '{node.name}': sequence length is only known at run time; {fix} a static sequence length "
+                f"<= {MAX_UNROLL} (export or specialise the model with fixed input shapes)"
+            )
+        return (
+            f"Scan '{node.name}': sequence length {n} exceeds the unrolling limit {MAX_UNROLL}; "
+            f"{fix} <= {MAX_UNROLL} steps"
+        )
     n = trip_count(node)
     if n is None:
-        return (f"Loop '{node.name}': trip count is only known at run time; {fix} a constant trip count "
-                f"<= {MAX_UNROLL} (export or specialise the model with fixed shapes and loop bounds)")
+        return (
+            f"Loop '{node.name}': trip count is only known at run time; {fix} a constant trip count "
+            f"<= {MAX_UNROLL} (export or specialise the model with fixed shapes and loop bounds)"
+        )
     if n <= 0:
-        return f"Loop '{node.name}': trip count {n}: the Loop never runs; remove it from the model or give it iterations"
+        return (
+            f"Loop '{node.name}': trip count {n}: the Loop never runs; remove it from the model or give it iterations"
+        )
     if n > MAX_UNROLL:
-        return f"Loop '{node.name}': trip count {n} exceeds the unrolling limit {MAX_UNROLL}; {fix} <= {MAX_UNROLL} iterations"
-    return (f"Loop '{node.name}': its condition is computed at run time, so the number of iterations is unknown; "
-            f"{fix} a condition that stays true (a fixed trip count <= {MAX_UNROLL})")
+        return (
+            f"Loop '{node.name}': trip count {n} exceeds the unrolling limit {MAX_UNROLL}; "
+            f"{fix} <= {MAX_UNROLL} iterations"
+        )
+    return (
+        f"Loop '{node.name}': its condition is computed at run time, so the number of iterations is unknown; "
+        f"{fix} a condition that stays true (a fixed trip count <= {MAX_UNROLL})"
+    )
 
 
 def inline_control_flow(graph: gs.Graph, opset: int, b: Builder | None = None, known: dict | None = None) -> int:
@@ -104,11 +119,20 @@ def inline_control_flow(graph: gs.Graph, opset: int, b: Builder | None = None, k
             if node.op == "If" and constant_value(node.inputs[0]) is not None:
                 taken = bool(np.asarray(constant_value(node.inputs[0])).reshape(-1)[0])
                 _inline(node, node.attrs["then_branch" if taken else "else_branch"], b, known)
-            elif node.op == "Loop" and trip_count(node) is not None and 0 < trip_count(node) <= MAX_UNROLL \
-                    and _condition_fixed(node):
+            elif (
+                node.op == "Loop"
+                and trip_count(node) is not None
+                and 0 < trip_count(node) <= MAX_UNROLL
+                and _condition_fixed(node)
+            ):
                 _unroll_loop(node, b, known)
-            elif node.op == "Scan" and node.domain in (None, "") and opset >= 9 \
-                    and (scan_length(node) or 0) > 0 and scan_length(node) <= MAX_UNROLL:
+            elif (
+                node.op == "Scan"
+                and node.domain in (None, "")
+                and opset >= 9
+                and (scan_length(node) or 0) > 0
+                and scan_length(node) <= MAX_UNROLL
+            ):
                 _unroll_scan(node, b, known)
             else:
                 continue
@@ -163,8 +187,9 @@ def _resolve(known: dict, t):
 
 def _stack(b: Builder, values: list, axis: int, out) -> None:
     parts = [b.unsqueeze(v, [axis]) for v in values]
-    b.graph.nodes.append(gs.Node("Concat", name=b.name("Concat_node"), attrs={"axis": axis}, inputs=parts,
-                                 outputs=[out]))
+    b.graph.nodes.append(
+        gs.Node("Concat", name=b.name("Concat_node"), attrs={"axis": axis}, inputs=parts, outputs=[out])
+    )
 
 
 def _unroll_loop(node, b: Builder, known: dict) -> None:
@@ -176,12 +201,12 @@ def _unroll_loop(node, b: Builder, known: dict) -> None:
     for i in range(n):
         b.scope = f"{b.prefix}/{node.name}/{i}"
         res = _run_body(b, body, [b.const(np.array(i, dtype=np.int64)), true] + state, known)
-        state = res[1:1 + len(state)]
-        for k, v in enumerate(res[1 + len(state):]):
+        state = res[1 : 1 + len(state)]
+        for k, v in enumerate(res[1 + len(state) :]):
             scans[k].append(v)
     for v, out in zip(state, outs):
         _write(b, v, out)
-    for values, out in zip(scans, outs[len(state):]):
+    for values, out in zip(scans, outs[len(state) :]):
         _stack(b, values, 0, out)
 
 
@@ -199,8 +224,10 @@ def _unroll_scan(node, b: Builder, known: dict) -> None:
     scans: list = [[] for _ in range(n_out)]
     for step in range(steps):
         b.scope = f"{b.prefix}/{node.name}/{step}"
-        slices = [b.Gather(s, b.const(np.array(steps - 1 - step if d else step, dtype=np.int64)), axis=a)
-                  for s, a, d in zip(seqs, in_axes, in_dirs)]
+        slices = [
+            b.Gather(s, b.const(np.array(steps - 1 - step if d else step, dtype=np.int64)), axis=a)
+            for s, a, d in zip(seqs, in_axes, in_dirs)
+        ]
         res = _run_body(b, body, state + slices, known)
         state = res[:n_state]
         for k, v in enumerate(res[n_state:]):

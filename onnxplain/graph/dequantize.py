@@ -19,6 +19,7 @@ those of the integer kernels up to one quantisation step (where the float sum ro
 Constant weights are dequantised here in numpy (``(q - zp) * s`` in float32, as the spec defines).
 Any other node that reads a quantised tensor is refused with an error naming it.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -30,9 +31,27 @@ from onnxplain.errors import OnnxplainError
 
 MS = "com.microsoft"
 # ops that only move, select or compare values: they commute with the increasing map q -> (q - zp) s
-STRUCTURAL = {"MaxPool", "GlobalMaxPool", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Slice",
-              "Gather", "Split", "Expand", "Tile", "DepthToSpace", "SpaceToDepth", "Identity", "Resize",
-              "ReduceMax", "ReduceMin", "Concat"}
+STRUCTURAL = {
+    "MaxPool",
+    "GlobalMaxPool",
+    "Flatten",
+    "Reshape",
+    "Transpose",
+    "Squeeze",
+    "Unsqueeze",
+    "Slice",
+    "Gather",
+    "Split",
+    "Expand",
+    "Tile",
+    "DepthToSpace",
+    "SpaceToDepth",
+    "Identity",
+    "Resize",
+    "ReduceMax",
+    "ReduceMin",
+    "Concat",
+}
 READS_NO_VALUES = {"Shape", "Size", "DequantizeLinear"}
 
 
@@ -63,22 +82,29 @@ def _unary(op):
 
 def _concat(n):
     ins = n.inputs[2:]
-    return "Concat", [(*ins[i:i + 3], 1) for i in range(0, len(ins), 3)], n.inputs[0:2], None
+    return "Concat", [(*ins[i : i + 3], 1) for i in range(0, len(ins), 3)], n.inputs[0:2], None
 
 
 def _integer(op, b_axis):
     def spec(n):
         zp = [n.inputs[i] if len(n.inputs) > i and n.inputs[i].name else None for i in (2, 3)]
         return op, [(n.inputs[0], None, zp[0], 1), (n.inputs[1], None, zp[1], b_axis)], "int32", None
+
     return spec
 
 
 QLINEAR = {
-    "QLinearConv": _conv, "QLinearMatMul": _matmul, "MatMulInteger": _integer("MatMul", -1),
+    "QLinearConv": _conv,
+    "QLinearMatMul": _matmul,
+    "MatMulInteger": _integer("MatMul", -1),
     "ConvInteger": _integer("Conv", 0),
-    f"{MS}:QGemm": _gemm, f"{MS}:QLinearAdd": _binary("Add"), f"{MS}:QLinearMul": _binary("Mul"),
-    f"{MS}:QLinearSigmoid": _unary("Sigmoid"), f"{MS}:QLinearLeakyRelu": _unary("LeakyRelu"),
-    f"{MS}:QLinearAveragePool": _unary("AveragePool"), f"{MS}:QLinearGlobalAveragePool": _unary("GlobalAveragePool"),
+    f"{MS}:QGemm": _gemm,
+    f"{MS}:QLinearAdd": _binary("Add"),
+    f"{MS}:QLinearMul": _binary("Mul"),
+    f"{MS}:QLinearSigmoid": _unary("Sigmoid"),
+    f"{MS}:QLinearLeakyRelu": _unary("LeakyRelu"),
+    f"{MS}:QLinearAveragePool": _unary("AveragePool"),
+    f"{MS}:QLinearGlobalAveragePool": _unary("GlobalAveragePool"),
     f"{MS}:QLinearConcat": _concat,
 }
 TRIGGERS = {k.split(":")[-1] for k in QLINEAR} | {"QuantizeLinear", "DynamicQuantizeLinear"}
@@ -114,8 +140,9 @@ class _Dequantizer:
         return gs.Variable(f"{hint}:dq{self.count}", dtype=dtype)
 
     def node(self, op, inputs, outputs, attrs=None):
-        self.graph.nodes.append(gs.Node(op, name=f"{outputs[0].name}:node", attrs=attrs or {}, inputs=inputs,
-                                        outputs=outputs))
+        self.graph.nodes.append(
+            gs.Node(op, name=f"{outputs[0].name}:node", attrs=attrs or {}, inputs=inputs, outputs=outputs)
+        )
 
     def float_of(self, q, s, zp, axis):
         """The dequantised float tensor of ``q`` (scale ``s``; None: 1), a constant when all are."""
@@ -171,8 +198,10 @@ class _Dequantizer:
         if out == "int32":  # MatMulInteger/ConvInteger: the float product replaces the Cast to float that reads it
             readers = list(y.outputs)
             if not readers or any(r.op != "Cast" or r.attrs.get("to") != TensorProto.FLOAT for r in readers):
-                raise OnnxplainError(f"{_name(n)}: its int32 result is read by something other than a Cast to float; "
-                                     "onnxplain cannot dequantise it")
+                raise OnnxplainError(
+                    f"{_name(n)}: its int32 result is read by something other than a Cast to float; "
+                    "onnxplain cannot dequantise it"
+                )
             f = self.fresh(y.name, np.float32)
             self.node(op, ins, [f], attrs)
             for r in readers:
@@ -189,8 +218,9 @@ class _Dequantizer:
         s, zp = params
         quantised = [i for i, t in enumerate(n.inputs) if t.name in self.params]
         if any(self.params[n.inputs[i].name] != params for i in quantised) or (n.op != "Concat" and quantised != [0]):
-            raise OnnxplainError(f"{_name(n)} combines quantised tensors of different scales; onnxplain cannot "
-                                 "dequantise it")
+            raise OnnxplainError(
+                f"{_name(n)} combines quantised tensors of different scales; onnxplain cannot dequantise it"
+            )
         for i in quantised:
             n.inputs[i] = self.float_of(n.inputs[i], s, zp, 1)
         for k, y in enumerate(list(n.outputs) if n.op == "Split" else n.outputs[:1]):
@@ -215,8 +245,10 @@ class _Dequantizer:
                 if not read or key in READS_NO_VALUES:
                     continue
                 if key not in STRUCTURAL:
-                    raise OnnxplainError(f"{_name(n)} computes on the quantised tensor '{read[0].name}' and onnxplain "
-                                         "has no float equivalent for it; quantise the model in QDQ format instead")
+                    raise OnnxplainError(
+                        f"{_name(n)} computes on the quantised tensor '{read[0].name}' and onnxplain "
+                        "has no float equivalent for it; quantise the model in QDQ format instead"
+                    )
                 self.rewrite_structural(n, self.params[read[0].name])
                 rewritten += 1
         return rewritten

@@ -10,6 +10,7 @@ the unsupported nodes on the explained path, candidate layers for CAM methods, a
 decompositions that canonicalisation fused into single ops (:mod:`onnxplain.graph.fuse`).
 :func:`format_text` renders it for the terminal.
 """
+
 from __future__ import annotations
 
 import sys
@@ -89,8 +90,14 @@ def describe(model, input: str | None = None, output: str | None = None, probabi
         x = can.input(input)
         out = can.output(output)
         logits, stripped = (out, []) if probabilities else find_logits(can.graph, out)
-        explained = {"input": x.name, "input_shape": _dims(x.shape), "output": out.name,
-                     "logits": logits.name, "logits_shape": _dims(logits.shape), "stripped": stripped}
+        explained = {
+            "input": x.name,
+            "input_shape": _dims(x.shape),
+            "output": out.name,
+            "logits": logits.name,
+            "logits_shape": _dims(logits.shape),
+            "stripped": stripped,
+        }
         _, path = explained_path(list(can.graph.nodes), [x.name], [logits.name])
         for node in path:
             key = _op_key(node.op, node.domain)
@@ -115,9 +122,10 @@ def describe(model, input: str | None = None, output: str | None = None, probabi
         for op in sorted(hist, key=lambda k: (-hist[k], k))
     ]
     info["explained"] = explained
-    info["fused"] = {"summary": summary(fused),
-                     "nodes": [{"pattern": f.pattern, "op": f.op, "name": f.node, "replaced": list(f.replaced)}
-                               for f in fused]}
+    info["fused"] = {
+        "summary": summary(fused),
+        "nodes": [{"pattern": f.pattern, "op": f.op, "name": f.node, "replaced": list(f.replaced)} for f in fused],
+    }
     info["unsupported_on_path"] = unsupported
     info["cam_candidates"] = cam
     return info
@@ -193,8 +201,7 @@ def format_text(info: dict) -> str:
         out.append(f"model     {Path(info['model']).name}")
     out.append(f"producer  {producer}   IR {info['ir_version']}   opset {opsets}")
     sub = f" (+{info['subgraph_nodes']} in subgraphs)" if info["subgraph_nodes"] else ""
-    out.append(f"nodes     {info['nodes']}{sub} in {len(info['op_types'])} op types, "
-               f"{info['parameters']:,} parameters")
+    out.append(f"nodes     {info['nodes']}{sub} in {len(info['op_types'])} op types, {info['parameters']:,} parameters")
     for title, key in (("inputs", "inputs"), ("outputs", "outputs")):
         rows = info[key]
         w = max([len(r["name"]) for r in rows] or [0])
@@ -206,18 +213,24 @@ def format_text(info: dict) -> str:
     else:
         out.append(f"explained input '{ex['input']}' {fmt_shape(ex['input_shape'])} -> output '{ex['output']}'")
         if ex["stripped"]:
-            out.append(f"          logits '{ex['logits']}' {fmt_shape(ex['logits_shape'])}: "
-                       f"{' + '.join(ex['stripped'])} stripped (use --probabilities to explain the output itself)")
+            out.append(
+                f"          logits '{ex['logits']}' {fmt_shape(ex['logits_shape'])}: "
+                f"{' + '.join(ex['stripped'])} stripped (use --probabilities to explain the output itself)"
+            )
         else:
             out.append("          no Softmax/Sigmoid stripped: the output itself is explained")
         out.append(f"          {ex['path_nodes']} nodes on the explained path")
     fused = info.get("fused", {}).get("summary")
     if fused:
-        out.append("fused     " + ", ".join(f"{n} {p}" for p, n in fused.items())
-                   + " into single ops, so that they get their own rules")
+        out.append(
+            "fused     "
+            + ", ".join(f"{n} {p}" for p, n in fused.items())
+            + " into single ops, so that they get their own rules"
+        )
     if ex.get("task"):
-        out.append(f"task      {ex['task']} (guessed from the outputs: {ex['task_reason']}; "
-                   "`explain --task` overrides)")
+        out.append(
+            f"task      {ex['task']} (guessed from the outputs: {ex['task_reason']}; `explain --task` overrides)"
+        )
     out.append("")
     ops = info["op_types"]
     w = max([len(r["op"]) for r in ops] + [7])
@@ -257,5 +270,7 @@ def format_text(info: dict) -> str:
             star = "*" if c["default"] else " "
             out.append(f"  {star} {c['tensor']:<{w}}  {fmt_shape(c['shape']):<22} from {c['producer']}")
     elif "error" not in ex:
-        out.append("CAM candidate layers: none (no 4-D map or token map feeds a pooling, flatten->dense or class-token head)")
+        out.append(
+            "CAM candidate layers: none (no 4-D map or token map feeds a pooling, flatten->dense or class-token head)"
+        )
     return "\n".join(out)

@@ -34,6 +34,7 @@ op (:data:`NEWER`). Raising the model's opset instead would change the meaning o
 (Reduce* axes, Split, Squeeze, Resize, ...). Swish is always written out: onnxruntime 1.31 has no
 Swish kernel (it inlines the function only at opset 24).
 """
+
 from __future__ import annotations
 
 import math
@@ -345,8 +346,12 @@ def _gated(kind, params, a, k):
         return None
     if kind == "Erf" and set(params) == {1} and _near(params[1], SQRT_HALF):
         return "GELU (erf)", "Gelu", {}
-    if kind == "Tanh" and set(params) == {1, 3} and _near(params[1], SQRT_2_OVER_PI) \
-            and _near(params[3] / params[1], GELU_CUBIC):
+    if (
+        kind == "Tanh"
+        and set(params) == {1, 3}
+        and _near(params[1], SQRT_2_OVER_PI)
+        and _near(params[3] / params[1], GELU_CUBIC)
+    ):
         return "GELU (tanh)", "Gelu", {"approximate": "tanh"}
     return None
 
@@ -490,8 +495,16 @@ def _snapshot(nodes):
     """The pattern's nodes as NodeProtos (in order) and the values of the constants they read."""
     protos, consts = [], {}
     for n in nodes:
-        protos.append(helper.make_node(n.op, [t.name for t in n.inputs], [t.name for t in n.outputs], name=n.name,
-                                       domain=n.domain or None, **n.attrs))
+        protos.append(
+            helper.make_node(
+                n.op,
+                [t.name for t in n.inputs],
+                [t.name for t in n.outputs],
+                name=n.name,
+                domain=n.domain or None,
+                **n.attrs,
+            )
+        )
         for t in n.inputs:
             v = _const(t)
             if v is not None and t.name:
@@ -523,8 +536,11 @@ def lower(model: onnx.ModelProto, graph: gs.Graph) -> int:
     if opset is None or not (originals or any(n.op_type in NEWER for n in model.graph.node)):
         return 0
     tensors = graph.tensors()
-    taken = {o for n in model.graph.node for o in n.output} | {t.name for t in model.graph.initializer} | \
-            {t.name for t in model.graph.input}
+    taken = (
+        {o for n in model.graph.node for o in n.output}
+        | {t.name for t in model.graph.initializer}
+        | {t.name for t in model.graph.input}
+    )
     out, count = [], 0
     for node in model.graph.node:
         op, (protos, consts) = originals.get(node.name, (None, ([], {})))
@@ -539,8 +555,13 @@ def lower(model: onnx.ModelProto, graph: gs.Graph) -> int:
             continue
         since = NEWER.get(node.op_type, 0)
         x = tensors.get(node.input[0]) if node.input else None
-        if node.domain not in ("", "ai.onnx") or (since is not None and opset >= since) or x is None \
-                or np_dtype(x) is None or any(o for o in node.output[1:]):
+        if (
+            node.domain not in ("", "ai.onnx")
+            or (since is not None and opset >= since)
+            or x is None
+            or np_dtype(x) is None
+            or any(o for o in node.output[1:])
+        ):
             out.append(node)
             continue
         nodes = _Body(node, np_dtype(x), opset).lower(rank(x))
@@ -580,8 +601,11 @@ class _Body:
             approx = approx.decode() if isinstance(approx, bytes) else approx
             if approx == "tanh":
                 cube = self.emit("Mul", x, self.emit("Mul", x, x))
-                u = self.emit("Mul", self.emit("Add", x, self.emit("Mul", cube, self.const(GELU_CUBIC))),
-                              self.const(SQRT_2_OVER_PI))
+                u = self.emit(
+                    "Mul",
+                    self.emit("Add", x, self.emit("Mul", cube, self.const(GELU_CUBIC))),
+                    self.const(SQRT_2_OVER_PI),
+                )
                 t = self.emit("Tanh", u)
             elif approx == "none":
                 t = self.emit("Erf", self.emit("Mul", x, self.const(SQRT_HALF)))

@@ -10,6 +10,7 @@ ArgMax) makes ``d`` scale like ``1/h`` instead, and a locally constant output gi
 all: in both cases a zero gradient is the right answer and the guard stays quiet. A staircase of
 many small steps (a quantised path) reads as a slope at the larger steps, and the guard fires.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,15 +22,41 @@ from onnxplain.errors import OnnxplainError
 from onnxplain.graph.builder import is_float
 
 # op types that carry no cotangent to their inputs (integer results, quantisation, piecewise constants)
-NO_GRADIENT = {"QuantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger",
-               "MatMulInteger", "ArgMax", "ArgMin", "Round", "Floor", "Ceil", "Sign", "NonZero", "If", "Loop", "Scan"}
+NO_GRADIENT = {
+    "QuantizeLinear",
+    "DynamicQuantizeLinear",
+    "QLinearConv",
+    "QLinearMatMul",
+    "ConvInteger",
+    "MatMulInteger",
+    "ArgMax",
+    "ArgMin",
+    "Round",
+    "Floor",
+    "Ceil",
+    "Sign",
+    "NonZero",
+    "If",
+    "Loop",
+    "Scan",
+}
 # comparisons cut the gradient too, but only where a condition is computed: never the likely culprit
 COMPARISONS = {"Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Not", "And", "Or", "Xor", "IsNaN", "IsInf"}
 
 
-def check_not_silently_zero(model, input_name: str, x: np.ndarray, weights: np.ndarray, attribution: np.ndarray,
-                            output: str | None = None, feeds: dict | None = None, directions: int = 2,
-                            step: float = 1e-2, rtol: float = 1e-4, seed: int = 0) -> None:
+def check_not_silently_zero(
+    model,
+    input_name: str,
+    x: np.ndarray,
+    weights: np.ndarray,
+    attribution: np.ndarray,
+    output: str | None = None,
+    feeds: dict | None = None,
+    directions: int = 2,
+    step: float = 1e-2,
+    rtol: float = 1e-4,
+    seed: int = 0,
+) -> None:
     """Raise :class:`OnnxplainError` when ``attribution`` is identically zero although
     ``sum(weights * output)`` depends on input ``input_name`` near ``x``.
 
@@ -64,7 +91,8 @@ def check_not_silently_zero(model, input_name: str, x: np.ndarray, weights: np.n
                 f"the attribution is identically zero, but the explained output '{output}' changes with input "
                 f"'{input_name}' (directional derivative {d[0]:.3g} by finite differences, F(x) = {f0:.4g}): "
                 f"{_suspects(can, input_name, output)}; a gradient method cannot explain this model as it is: "
-                "use a perturbation method (occlusion, rise, lime, kernelshap)")
+                "use a perturbation method (occlusion, rise, lime, kernelshap)"
+            )
 
 
 def _open(model, input_name: str, output: str | None):
@@ -116,8 +144,11 @@ def _suspects(can, input_name: str, output: str) -> str:
     cuts = [n for n in depends if id(n) not in on_path and any(t.name in fwd for t in inputs(n))]
     cut = next((n for n in cuts if n.op not in COMPARISONS), cuts[0] if cuts else None)
     kinds = sorted({_kind(n) for n in depends if _kind(n)})
-    where = f"the gradient path is likely cut at {cut.op} '{cut.name}'" if cut is not None else \
-        "the walker found no node that cuts the path"
+    where = (
+        f"the gradient path is likely cut at {cut.op} '{cut.name}'"
+        if cut is not None
+        else "the walker found no node that cuts the path"
+    )
     listed = f"; ops on the path that carry no gradient: {', '.join(kinds)}" if kinds else ""
     return where + listed
 

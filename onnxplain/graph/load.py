@@ -4,6 +4,7 @@
 * turns protobuf/checker failures into one-line :class:`OnnxplainError`;
 * never writes to the input file.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,7 +32,9 @@ def check_external_paths(model: onnx.ModelProto, base_dir: Path) -> None:
         info = {e.key: e.value for e in tensor.external_data}
         location = info.get("location", "")
         if "\0" in location:
-            raise OnnxplainError(f"tensor '{tensor.name}': external data location {location!r} contains a NUL character")
+            raise OnnxplainError(
+                f"tensor '{tensor.name}': external data location {location!r} contains a NUL character"
+            )
         if not location or os.path.isabs(location):
             raise OnnxplainError(f"tensor '{tensor.name}': external data location '{location}' is not a relative path")
         target = (root / location).resolve()
@@ -102,8 +105,9 @@ def _weightless(model: onnx.ModelProto) -> onnx.ModelProto:
     return light
 
 
-def save_model_atomic(model: onnx.ModelProto, path: str | os.PathLike, external_threshold: int = 2**31 - 2**26,
-                      check=None) -> Path:
+def save_model_atomic(
+    model: onnx.ModelProto, path: str | os.PathLike, external_threshold: int = 2**31 - 2**26, check=None
+) -> Path:
     """Write ``model`` to ``path`` atomically, through :mod:`onnxplain.io.outputs` (the running
     transaction, or one of its own): nothing is left behind on failure, never a half-written file.
 
@@ -132,8 +136,14 @@ def _save_model(tx, model: onnx.ModelProto, out: Path, external_threshold: int, 
         if weight_bytes > external_threshold:
             tmp_data = tx.temp(out.with_name(data_name), suffix=".data")
             tmp = tx.temp(out, suffix=".onnx")
-            onnx.save_model(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=tmp_data.name, size_threshold=1024)
+            onnx.save_model(
+                model,
+                str(tmp),
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=tmp_data.name,
+                size_threshold=1024,
+            )
             if check is not None:
                 check(tmp)
             final = onnx.load(str(tmp), load_external_data=False)  # point it at the final data name

@@ -8,6 +8,7 @@ cannot take one. The forward values then differ from the model's own by its roun
 about 1e-3 relative; bfloat16: 1e-2) and no more; onnxruntime's CPU provider, which lacks most
 bfloat16 kernels, runs the result.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,10 +29,15 @@ def _float32(t: TensorProto) -> TensorProto:
 
 def uses_low_precision(model: onnx.ModelProto) -> bool:
     g = model.graph
-    return (any(_is_low(vi) for vi in list(g.input) + list(g.output) + list(g.value_info))
-            or any(t.data_type in LOW for t in g.initializer)
-            or any(a.name in _TYPE_ATTRS and a.i in LOW or a.type == onnx.AttributeProto.TENSOR and a.t.data_type in LOW
-                   for n in g.node for a in n.attribute))
+    return (
+        any(_is_low(vi) for vi in list(g.input) + list(g.output) + list(g.value_info))
+        or any(t.data_type in LOW for t in g.initializer)
+        or any(
+            a.name in _TYPE_ATTRS and a.i in LOW or a.type == onnx.AttributeProto.TENSOR and a.t.data_type in LOW
+            for n in g.node
+            for a in n.attribute
+        )
+    )
 
 
 def _convert_graph(g: onnx.GraphProto) -> None:
@@ -62,7 +68,7 @@ def _rename(g: onnx.GraphProto, old: str, new: str, outputs: bool = False) -> No
             if n == old:
                 names[i] = new
         for a in node.attribute:  # subgraphs may read the tensor from the outer scope
-            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+            for sub in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
                 if not outputs:
                     _rename(sub, old, new)
 

@@ -11,6 +11,7 @@ The contract (see README):
 The explained scalar is ``sum(seed * logits)``; a class index becomes a one-hot seed on the
 class axis. By default the logits feeding a final Softmax/LogSoftmax/Sigmoid are explained.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -21,10 +22,10 @@ import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
 from onnxplain import __version__
+from onnxplain.errors import OnnxplainError, ShapeError
 from onnxplain.graph.backward import Backward, Fold, FoldError, GradientRules
 from onnxplain.graph.builder import Builder, np_dtype, rank
 from onnxplain.graph.canonicalize import Canonical, canonicalize, export_graph, find_logits
-from onnxplain.errors import OnnxplainError, ShapeError
 
 FOLDED = ("gradient", "input_x_gradient", "saliency")  # heads whose K targets share one backward pass
 RESERVED = ("target", "target_weights", "baseline", "attribution", "target_index", "attribution_layer")
@@ -117,8 +118,14 @@ class Context:
                 v = gs.Variable(b.name(f"{t.name}:copy"), dtype=t.dtype, shape=shape)
                 mapping[t.name] = v
                 outs.append(v)
-            copy = gs.Node(node.op, name=b.name(node.name or node.op), attrs=dict(node.attrs), inputs=ins,
-                           outputs=outs, domain=node.domain)
+            copy = gs.Node(
+                node.op,
+                name=b.name(node.name or node.op),
+                attrs=dict(node.attrs),
+                inputs=ins,
+                outputs=outs,
+                domain=node.domain,
+            )
             self.can.graph.nodes.append(copy)
             cloned.append(copy)
         return mapping, cloned
@@ -127,11 +134,13 @@ class Context:
 def class_axis_of(logits, options: Options) -> int:
     r = rank(logits)
     if r is None:
-        raise ShapeError(f"explained output '{logits.name}' has an unknown rank; class targets need its batch and "
-                         "class axes")
+        raise ShapeError(
+            f"explained output '{logits.name}' has an unknown rank; class targets need its batch and class axes"
+        )
     if r < 2:
-        raise OnnxplainError(f"explained output '{logits.name}' needs a batch axis for class targets; "
-                             "use target weights instead")
+        raise OnnxplainError(
+            f"explained output '{logits.name}' needs a batch axis for class targets; use target weights instead"
+        )
     from onnxplain.validate import class_axis
 
     return class_axis(options.class_axis, r, f"explained output '{logits.name}'")
@@ -184,8 +193,10 @@ def build(model, method: str = "gradient", options: Options | None = None, **kw)
     options = options or Options(**kw)
     entry = lookup(method)
     if entry.head is None:
-        raise OnnxplainError(f"{entry.name} runs {entry.kind} passes from Python and has no single explanation "
-                             "graph; use `onnxplain explain` (or Explainer) for it")
+        raise OnnxplainError(
+            f"{entry.name} runs {entry.kind} passes from Python and has no single explanation "
+            "graph; use `onnxplain explain` (or Explainer) for it"
+        )
     method = entry.name
     if options.target_mode not in ("class", "classes", "weights"):
         raise OnnxplainError(f"target mode must be 'class', 'classes' or 'weights', not '{options.target_mode}'")
@@ -227,8 +238,14 @@ def build(model, method: str = "gradient", options: Options | None = None, **kw)
         m.graph.initializer.append(numpy_helper.from_array(value, name))
     if m.ir_version < 4:
         m.ir_version = 4  # inputs with default initializers
-    meta = {"onnxplain.version": __version__, "onnxplain.method": method, "onnxplain.input": x.name,
-            "onnxplain.explained": logits.name, "onnxplain.target_mode": options.target_mode, **ctx.meta}
+    meta = {
+        "onnxplain.version": __version__,
+        "onnxplain.method": method,
+        "onnxplain.input": x.name,
+        "onnxplain.explained": logits.name,
+        "onnxplain.target_mode": options.target_mode,
+        **ctx.meta,
+    }
     for k, v in meta.items():
         m.metadata_props.add(key=k, value=v)
     return m

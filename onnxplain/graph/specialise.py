@@ -10,6 +10,7 @@
 * :func:`promote` makes an inner float tensor (an embedding of token ids, or any ``input=`` that
   is not a graph input) the explained input: it becomes a graph input, fed by the caller.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -67,8 +68,9 @@ def bind(model: onnx.ModelProto, values: dict) -> onnx.ModelProto:
     inputs = {vi.name: vi for vi in model.graph.input}
     unknown = [k for k in values if k not in inputs]
     if unknown:
-        raise OnnxplainError(f"the model has no input named {', '.join(map(repr, unknown))} "
-                             f"(inputs: {', '.join(inputs)})")
+        raise OnnxplainError(
+            f"the model has no input named {', '.join(map(repr, unknown))} (inputs: {', '.join(inputs)})"
+        )
     out = onnx.ModelProto()
     out.CopyFrom(model)
     keep = [vi for vi in out.graph.input if vi.name not in values]
@@ -107,8 +109,11 @@ def fix_shape(model: onnx.ModelProto, name: str, shape, keep_batch: bool = True)
 
 def unknown_shapes(model: onnx.ModelProto) -> list:
     """Names of node outputs whose rank shape inference did not find."""
-    known = {vi.name for vi in list(model.graph.value_info) + list(model.graph.output) + list(model.graph.input)
-             if vi.type.tensor_type.HasField("shape")}
+    known = {
+        vi.name
+        for vi in list(model.graph.value_info) + list(model.graph.output) + list(model.graph.input)
+        if vi.type.tensor_type.HasField("shape")
+    }
     known |= {t.name for t in model.graph.initializer}
     return [o for n in model.graph.node for o in n.output if o and o not in known]
 
@@ -133,8 +138,10 @@ def probe_shapes(model: onnx.ModelProto, feeds: dict, names=None, replace_output
         sess = make_session(probe)
         got = sess.run(names, feeds)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types
-        raise OnnxplainError(f"shape inference left ranks unknown, and a probe run of the model failed: "
-                             f"{' '.join(str(exc).split())[:300]}") from None
+        raise OnnxplainError(
+            f"shape inference left ranks unknown, and a probe run of the model failed: "
+            f"{' '.join(str(exc).split())[:300]}"
+        ) from None
     out = onnx.ModelProto()
     out.CopyFrom(model)
     have = {vi.name for vi in out.graph.value_info}
@@ -184,8 +191,10 @@ def first_float(model: onnx.ModelProto, start: str) -> str | None:
     from onnxplain.graph.canonicalize import infer_shapes
 
     m = infer_shapes(model)
-    types = {vi.name: vi.type.tensor_type.elem_type for vi in list(m.graph.value_info) + list(m.graph.output)
-             + list(m.graph.input)}
+    types = {
+        vi.name: vi.type.tensor_type.elem_type
+        for vi in list(m.graph.value_info) + list(m.graph.output) + list(m.graph.input)
+    }
     floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
     frontier = {start}
     for node in m.graph.node:  # nodes are topologically sorted in a valid model

@@ -6,6 +6,7 @@ treats those captured tensors as extra inputs of the node that holds the subgrap
 canonicaliser and the If rule copy subgraph nodes into other graphs, renaming the tensors the
 subgraph defines and keeping the ones it captures.
 """
+
 from __future__ import annotations
 
 import onnx_graphsurgeon as gs
@@ -57,8 +58,14 @@ def copy_nodes(src: gs.Graph, b, mapping: dict) -> list:
                 mapping[t.name] = gs.Variable(b.name(_short(t.name)), dtype=t.dtype, shape=t.shape)
             outs.append(mapping[t.name] if t.name else gs.Variable.empty())
         attrs = {k: copy_graph(v, b, mapping) if isinstance(v, gs.Graph) else v for k, v in node.attrs.items()}
-        copy = gs.Node(node.op, name=b.name(_short(node.name or node.op)), attrs=attrs, inputs=ins, outputs=outs,
-                       domain=node.domain)
+        copy = gs.Node(
+            node.op,
+            name=b.name(_short(node.name or node.op)),
+            attrs=attrs,
+            inputs=ins,
+            outputs=outs,
+            domain=node.domain,
+        )
         b.graph.nodes.append(copy)
         copies.append(copy)
     return copies

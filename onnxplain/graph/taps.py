@@ -17,6 +17,7 @@ The automatic choice:
   attention, so the choice is the last normalisation output before the last attention Softmax
   (the input of the last block's attention, as is usual for ViT Grad-CAM).
 """
+
 from __future__ import annotations
 
 import math
@@ -30,8 +31,14 @@ POOLING_HEADS = ("GlobalAveragePool", "GlobalMaxPool")
 SPATIAL_REDUCE = ("ReduceMean", "ReduceMax")
 FLATTEN = ("Flatten", "Reshape")
 DENSE = ("Gemm", "MatMul")
-NORMALIZATION = ("LayerNormalization", "RMSNormalization", "SkipLayerNormalization", "GroupNormalization",
-                 "BatchNormalization", "InstanceNormalization")
+NORMALIZATION = (
+    "LayerNormalization",
+    "RMSNormalization",
+    "SkipLayerNormalization",
+    "GroupNormalization",
+    "BatchNormalization",
+    "InstanceNormalization",
+)
 MAX_CAM = 5
 MAX_PREFIX = 8  # prefix tokens (class + register tokens) inferred from shapes without being told
 
@@ -65,7 +72,7 @@ class Tap:
         if self.kind == "map":
             return a
         gh, gw = self.grid
-        a = a[:, self.prefix:]
+        a = a[:, self.prefix :]
         return a.transpose(0, 2, 1).reshape(a.shape[0], a.shape[2], gh, gw)
 
 
@@ -182,16 +189,19 @@ def token_layout(tokens: int, x_shape, patch_grid=None, prefix_tokens: int | Non
         return fits[0]
     if not fits:
         raise OnnxplainError(f"{what} does not split into prefix tokens and a square patch grid; {hint}")
-    raise OnnxplainError(f"{what} is ambiguous ({' or '.join(f'{k} prefix + {g[0]}x{g[1]}' for k, g in fits)}); "
-                         f"{hint}")
+    raise OnnxplainError(f"{what} is ambiguous ({' or '.join(f'{k} prefix + {g[0]}x{g[1]}' for k, g in fits)}); {hint}")
 
 
 def _grid_fits(path, h: int) -> bool:
     """The token map read by head ``path[h]`` is prefix tokens plus a patch grid seen earlier."""
     grid = _patch_grid(path, h)
     tokens = path[h].inputs[0].shape[1]
-    return grid is not None and isinstance(tokens, int) and 0 <= tokens - grid[0] * grid[1] <= MAX_PREFIX \
+    return (
+        grid is not None
+        and isinstance(tokens, int)
+        and 0 <= tokens - grid[0] * grid[1] <= MAX_PREFIX
         and grid[0] * grid[1] > 1
+    )
 
 
 def _token_maps(path, upto: int):
@@ -232,17 +242,23 @@ def candidates(path) -> list[dict]:
                 pick = (normed or same or before or [(chosen, None)])[-1]
                 chosen = pick[0]
                 if pick in before:
-                    maps = before[:before.index(pick) + 1]
+                    maps = before[: before.index(pick) + 1]
     else:
         return []
     if not any(t.name == chosen.name for t, _ in maps):
         producer = next((n for n in path if chosen in n.outputs), None)
         maps.append((chosen, producer))
-    rest = [m for m in maps if m[0].name != chosen.name][-(MAX_CAM - 1):]
+    rest = [m for m in maps if m[0].name != chosen.name][-(MAX_CAM - 1) :]
     maps = rest + [m for m in maps if m[0].name == chosen.name][:1]
-    return [{"tensor": t.name, "shape": _dims(t.shape),
-             "producer": f"{n.op} '{n.name}'" if n is not None else "graph input",
-             "default": t.name == chosen.name} for t, n in maps]
+    return [
+        {
+            "tensor": t.name,
+            "shape": _dims(t.shape),
+            "producer": f"{n.op} '{n.name}'" if n is not None else "graph input",
+            "default": t.name == chosen.name,
+        }
+        for t, n in maps
+    ]
 
 
 def _resolve(can, x, logits):
@@ -253,8 +269,9 @@ def _resolve(can, x, logits):
     return x, logits
 
 
-def find_tap(can, layer: str | None = None, prefix_tokens: int | None = None, *, x=None, logits=None,
-             nodes=None) -> Tap:
+def find_tap(
+    can, layer: str | None = None, prefix_tokens: int | None = None, *, x=None, logits=None, nodes=None
+) -> Tap:
     """The layer CAMs read in the canonical graph ``can``: ``layer`` (a tensor or node name) or the
     automatic choice; token maps get their prefix tokens and patch grid (see :func:`token_layout`).
 
@@ -270,8 +287,10 @@ def find_tap(can, layer: str | None = None, prefix_tokens: int | None = None, *,
     if layer is None:
         cands = candidates(path)
         if not cands:
-            raise OnnxplainError("no CAM layer found automatically (no 4-D map or token map feeds a pooling, "
-                                 "flatten or class-token head); name one with --layer (see `onnxplain inspect`)")
+            raise OnnxplainError(
+                "no CAM layer found automatically (no 4-D map or token map feeds a pooling, "
+                "flatten or class-token head); name one with --layer (see `onnxplain inspect`)"
+            )
         name = next(c["tensor"] for c in cands if c["default"])
         tensor, producer = on_path[name]
     else:
@@ -282,11 +301,14 @@ def find_tap(can, layer: str | None = None, prefix_tokens: int | None = None, *,
             if by_node:
                 producer, tensor = by_node[0], by_node[0].outputs[0]
             elif layer in can.graph.tensors():
-                raise OnnxplainError(f"layer '{layer}' is not between input '{x.name}' and the explained output "
-                                     f"'{logits.name}'; choose a layer on that path (see `onnxplain inspect`)")
+                raise OnnxplainError(
+                    f"layer '{layer}' is not between input '{x.name}' and the explained output "
+                    f"'{logits.name}'; choose a layer on that path (see `onnxplain inspect`)"
+                )
             else:
-                raise OnnxplainError(f"no tensor or node named '{layer}' in the model "
-                                     "(see `onnxplain inspect` for CAM candidate layers)")
+                raise OnnxplainError(
+                    f"no tensor or node named '{layer}' in the model (see `onnxplain inspect` for CAM candidate layers)"
+                )
         if not is_float(tensor):
             raise OnnxplainError(f"layer '{layer}' is not a float tensor")
     shape = tensor.shape
@@ -300,5 +322,6 @@ def find_tap(can, layer: str | None = None, prefix_tokens: int | None = None, *,
         grid = _patch_grid(path, idx)
         k, g = token_layout(shape[1], x.shape, grid, prefix_tokens, tensor.name)
         return Tap(tensor, "tokens", prefix=k, grid=g, producer=where)
-    raise OnnxplainError(f"layer '{tensor.name}' has shape {_dims(shape)}; CAMs need a 4-D map [N, C, h, w] or a "
-                         "token map [N, T, D]")
+    raise OnnxplainError(
+        f"layer '{tensor.name}' has shape {_dims(shape)}; CAMs need a 4-D map [N, C, h, w] or a token map [N, T, D]"
+    )

@@ -6,6 +6,7 @@ number is the fraction of *positive* attribution mass (after summing over channe
 inside the ground-truth mask; a map spread uniformly over the image would score the mask's
 area fraction, which the table prints for reference.
 """
+
 from __future__ import annotations
 
 import time
@@ -17,8 +18,19 @@ import numpy as np
 from onnxplain.io import render
 from onnxplain.methods.catalog import method
 
-METHODS = ("gradient", "saliency", "input_x_gradient", "smoothgrad", "integrated_gradients", "guided_backprop",
-           "deconvnet", "lrp_epsilon_plus", "deeplift", "gradcam", "hirescam")
+METHODS = (
+    "gradient",
+    "saliency",
+    "input_x_gradient",
+    "smoothgrad",
+    "integrated_gradients",
+    "guided_backprop",
+    "deconvnet",
+    "lrp_epsilon_plus",
+    "deeplift",
+    "gradcam",
+    "hirescam",
+)
 SEED = 2024
 
 
@@ -43,13 +55,23 @@ class DemoResult:
     files: list = field(default_factory=list)
 
 
-def run_demo(out_dir, n: int = 6, seed: int = SEED, methods=METHODS, steps: int = 32, samples: int = 16,
-             model=None, progress=None, device: str = "auto", providers=None) -> DemoResult:
+def run_demo(
+    out_dir,
+    n: int = 6,
+    seed: int = SEED,
+    methods=METHODS,
+    steps: int = 32,
+    samples: int = 16,
+    model=None,
+    progress=None,
+    device: str = "auto",
+    providers=None,
+) -> DemoResult:
     """Explain ``n`` generated images with each method; writes the grid and the arrays."""
-    from onnxplain.io.shapes_data import CLASS_NAMES, make_shapes
     from onnxplain.errors import OnnxplainError
-    from onnxplain.runtime.explainer import Explainer
     from onnxplain.io.resources import demo_model
+    from onnxplain.io.shapes_data import CLASS_NAMES, make_shapes
+    from onnxplain.runtime.explainer import Explainer
 
     if n < 1:
         raise OnnxplainError("--n must be at least 1")
@@ -72,7 +94,7 @@ def run_demo(out_dir, n: int = 6, seed: int = SEED, methods=METHODS, steps: int 
         t0 = time.perf_counter()
         for i in range(n):
             step(description=f"{m}: image {i + 1}/{n}")
-            res = ex.run(images[i:i + 1], m, target=labels[i:i + 1], **kw)
+            res = ex.run(images[i : i + 1], m, target=labels[i : i + 1], **kw)
             attr.append(res.attribution)
             outs.append(res.outputs)
             step(advance=1)
@@ -99,8 +121,13 @@ def run_demo(out_dir, n: int = 6, seed: int = SEED, methods=METHODS, steps: int 
         guess = CLASS_NAMES[pred] if 0 <= pred < len(CLASS_NAMES) else str(pred)
         row_titles.append(truth if pred == labels[i] else f"{truth} (pred {guess})")
     bars = [None] + [(render.is_signed(m), None, render.for_display(m, maps[m][0])[2] or "0 = none") for m in methods]
-    picture = render.grid(rows, titles=["image + mask", *methods], row_titles=row_titles, column_bars=bars,
-                          note="target: the true class; colour scale: 99.5th percentile of |a| per map")
+    picture = render.grid(
+        rows,
+        titles=["image + mask", *methods],
+        row_titles=row_titles,
+        column_bars=bars,
+        note="target: the true class; colour scale: 99.5th percentile of |a| per map",
+    )
     render.save_png(picture, out / "demo_methods.png")
     result.files.insert(0, out / "demo_methods.png")
     return result
@@ -118,8 +145,11 @@ def format_table(r: DemoResult) -> str:
 DET_MODEL = ("models", "demo", "shapes_det.onnx")
 SEG_MODEL = ("models", "demo", "shapes_seg.onnx")
 TASK_METHODS = ("gradient", "input_x_gradient", "gradcam", "occlusion", "rise", "d_rise")
-TASK_OPTIONS = {"occlusion": {"window": 8, "stride": 4}, "rise": {"n_masks": 500, "cells": 8},
-                "d_rise": {"n_masks": 500, "cells": 8}}
+TASK_OPTIONS = {
+    "occlusion": {"window": 8, "stride": 4},
+    "rise": {"n_masks": 500, "cells": 8},
+    "d_rise": {"n_masks": 500, "cells": 8},
+}
 
 
 def head_layer(explainer) -> str:
@@ -150,8 +180,19 @@ class TaskResult:
     notes: list = field(default_factory=list)
 
 
-def run_task_demo(out_dir, task: str, n: int = 4, seed: int = SEED, methods=None, model=None, progress=None,
-                  options=None, picture_rows: int = 6, device: str = "auto", providers=None) -> TaskResult:
+def run_task_demo(
+    out_dir,
+    task: str,
+    n: int = 4,
+    seed: int = SEED,
+    methods=None,
+    model=None,
+    progress=None,
+    options=None,
+    picture_rows: int = 6,
+    device: str = "auto",
+    providers=None,
+) -> TaskResult:
     """Explain every ground-truth object of ``n`` generated scenes (:func:`make_scenes`) with the shipped
     detector (``task="detect"``: the detection best matching the object's box) or segmenter (``"segment"``:
     the object's class map summed over its mask). Scores each map against the object (its box for
@@ -182,7 +223,7 @@ def run_task_demo(out_dir, task: str, n: int = 4, seed: int = SEED, methods=None
     rows, titles, areas = [], [], []
     for i in range(n):
         for j in np.flatnonzero(labels[i] >= 0):
-            x = images[i:i + 1]
+            x = images[i : i + 1]
             if task == "detect":
                 spec = tg.Detection(box=tuple(boxes[i, j]), cls=int(labels[i, j]))
                 truth = np.zeros(x.shape[-2:], bool)
@@ -220,13 +261,23 @@ def run_task_demo(out_dir, task: str, n: int = 4, seed: int = SEED, methods=None
     res.mass = {m: float(np.nanmean(mass[m])) for m in methods}
     res.seconds = {m: secs[m] / k for m in methods}
     res.mask_area = float(np.mean(areas)) if areas else 0.0
-    what = "the detection best matching each object's box (yellow; faint: other detections)" if task == "detect" \
+    what = (
+        "the detection best matching each object's box (yellow; faint: other detections)"
+        if task == "detect"
         else "each object's class map summed over its mask (green outline)"
-    bars = [None] + [(render.map_kind(m) != "non-negative", None,
-                      "0 = the map's mean" if render.map_kind(m) == "offset" else None) for m in methods]
-    pic = render.grid(rows, titles=["target", *methods], row_titles=titles, column_bars=bars,
-                      note=f"target: {what}; colour scale: 99.5th percentile of |a| per map; "
-                           "rise, d_rise: relative to their mean (blue below, red above)")
+    )
+    bars = [None] + [
+        (render.map_kind(m) != "non-negative", None, "0 = the map's mean" if render.map_kind(m) == "offset" else None)
+        for m in methods
+    ]
+    pic = render.grid(
+        rows,
+        titles=["target", *methods],
+        row_titles=titles,
+        column_bars=bars,
+        note=f"target: {what}; colour scale: 99.5th percentile of |a| per map; "
+        "rise, d_rise: relative to their mean (blue below, red above)",
+    )
     render.save_png(pic, out / f"demo_{task}.png")
     res.files.append(out / f"demo_{task}.png")
     return res
@@ -237,6 +288,8 @@ def format_task_table(r: TaskResult) -> str:
     lines = [f"{'method':<18} {'s/object':>9} {'pointing game':>14} {'relevance mass':>15}"]
     for m in r.pointing:
         lines.append(f"{m:<18} {r.seconds[m]:>9.2f} {r.pointing[m]:>14.2f} {r.mass[m]:>15.2f}")
-    lines.append(f"({r.objects} objects; the ground-truth {truth} covers {r.mask_area:.3f} of the image on average: "
-                 "a uniform map scores about that relevance mass)")
+    lines.append(
+        f"({r.objects} objects; the ground-truth {truth} covers {r.mask_area:.3f} of the image on average: "
+        "a uniform map scores about that relevance mass)"
+    )
     return "\n".join(lines)

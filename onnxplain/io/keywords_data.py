@@ -3,6 +3,7 @@
 Each sequence is [CLS] then 15 tokens: random filler ids with exactly one keyword at a random position
 1..15; keyword ``KEYWORDS[k]`` decides class ``k``. Pad id 0 replaces tokens in perturbation metrics.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -14,18 +14,20 @@ per file), otherwise (an error, Ctrl-C) every one is removed, with the folders t
 Outside a transaction :func:`write_atomic` is a transaction of one file, so the API's writers
 (``save_png``, ``save_npy``, ``save_text``, ``save_model_atomic``) have the same guarantees.
 """
+
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 from onnxplain.errors import OnnxplainError, os_message
 
-_ACTIVE: contextvars.ContextVar["Outputs | None"] = contextvars.ContextVar("onnxplain_outputs", default=None)
+_ACTIVE: contextvars.ContextVar[Outputs | None] = contextvars.ContextVar("onnxplain_outputs", default=None)
 TEMP_PREFIX = ".onnxplain-"
 
 
@@ -38,7 +40,7 @@ def _umask() -> int:
 _UMASK = _umask()
 
 
-def active() -> "Outputs | None":
+def active() -> Outputs | None:
     """The transaction of the running command, if any."""
     return _ACTIVE.get()
 
@@ -114,7 +116,7 @@ class Outputs:
             self.protect(m, model=True)
 
     # ---- inputs ------------------------------------------------------------------------------------
-    def protect(self, path, model: bool = False) -> "Outputs":
+    def protect(self, path, model: bool = False) -> Outputs:
         """Never write ``path`` (nor, for a model, any file it references)."""
         if path is None:
             return self
@@ -133,7 +135,7 @@ class Outputs:
         return None
 
     # ---- plan and check -----------------------------------------------------------------------------
-    def folder(self, path, flag: str = "--out-dir") -> "Outputs":
+    def folder(self, path, flag: str = "--out-dir") -> Outputs:
         """An output folder (made when the first file is written, removed again if the run fails)."""
         p = Path(path)
         if p.exists() and not p.is_dir():
@@ -142,7 +144,7 @@ class Outputs:
         self._absent.extend(q for q in _missing_parents(p) if q not in self._absent)
         return self
 
-    def file(self, path, size: int = 0, flag: str | None = None) -> "Outputs":
+    def file(self, path, size: int = 0, flag: str | None = None) -> Outputs:
         """A file the run will write, ``size`` its expected bytes (0: unknown)."""
         p = Path(path)
         self._check_file(p, flag)
@@ -165,10 +167,11 @@ class Outputs:
         limit = _name_max(anc)
         for part in (p.name, *[q.name for q in _missing_parents(p.parent)]):
             if len(os.fsencode(part)) > limit:
-                raise OnnxplainError(f"{what}: the name '{part[:40]}...' is too long for this file system "
-                                     f"(at most {limit} bytes)")
+                raise OnnxplainError(
+                    f"{what}: the name '{part[:40]}...' is too long for this file system (at most {limit} bytes)"
+                )
 
-    def check(self) -> "Outputs":
+    def check(self) -> Outputs:
         """Every planned folder and file can be written, and the files fit on their disks."""
         for p, flag in self._folders:
             if p.exists() and not p.is_dir():
@@ -198,8 +201,10 @@ class Outputs:
                 except OSError:
                     continue
                 if need > free:
-                    raise OnnxplainError(f"not enough free space in {anc}: the outputs need about "
-                                         f"{_human(need)}, {_human(free)} are free")
+                    raise OnnxplainError(
+                        f"not enough free space in {anc}: the outputs need about "
+                        f"{_human(need)}, {_human(free)} are free"
+                    )
         return self
 
     # ---- writing -------------------------------------------------------------------------------------
@@ -225,10 +230,8 @@ class Outputs:
             fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=suffix, dir=p.parent)
         except OSError as exc:
             raise OnnxplainError(f"cannot write {p}: {os_message(exc)}") from None
-        try:
+        with contextlib.suppress(OSError):
             os.fchmod(fd, 0o666 & ~_UMASK)  # the mode an ordinary new file gets (mkstemp makes 0600)
-        except OSError:
-            pass
         os.close(fd)
         tmp = Path(name)
         self._staged.append((tmp, p))
@@ -268,20 +271,16 @@ class Outputs:
     def rollback(self) -> None:
         """Remove every staged temporary file and every folder this transaction made (if empty)."""
         for tmp, _ in self._staged:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            except OSError:
-                pass
         self._staged = []
         for q in list(reversed(self._made)) + self._absent:  # deepest first
-            try:
+            with contextlib.suppress(OSError):
                 q.rmdir()
-            except OSError:
-                pass
         self._made = []
 
     # ---- the transaction --------------------------------------------------------------------------------
-    def __enter__(self) -> "Outputs":
+    def __enter__(self) -> Outputs:
         self._token = _ACTIVE.set(self)
         return self
 
@@ -319,10 +318,8 @@ def _probe(folder: Path) -> None:
         exc.filename = None  # the probe's name means nothing to the user
         raise OnnxplainError(f"cannot write in {folder}: {os_message(exc)}") from None
     os.close(fd)
-    try:
+    with contextlib.suppress(OSError):
         os.unlink(name)
-    except OSError:
-        pass
 
 
 def _human(n: float) -> str:

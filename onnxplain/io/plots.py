@@ -1,4 +1,5 @@
 """Line charts drawn with Pillow (no plotting library): evaluation curves and sanity-check profiles."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -8,9 +9,11 @@ from onnxplain.io.render import _font, _text_size
 # thirty distinguishable colours: Paul Tol's "muted" nine, then colours from Kelly's 22 of maximum contrast,
 # Tableau 10 and Tol's "bright", each the farthest (CIELAB) from those before it and from the white
 # background; any two differ by at least 18 Delta-E. Past thirty series the dash pattern changes.
-_HEX = ("332288 88CCEE 44AA99 117733 999933 DDCC77 CC6677 882255 AA4499 FF7F0E 222222 0067A5 D62728 F3C300 7F7F7F "
-        "654522 882D17 8DB600 F99379 2CA02C 604E97 BBBBBB 17BECF 2B3D26 E377C2 E25822 C2B280 8C564B F6A600 DCD300")
-PALETTE = tuple(tuple(int(h[i:i + 2], 16) for i in (0, 2, 4)) for h in _HEX.split())
+_HEX = (
+    "332288 88CCEE 44AA99 117733 999933 DDCC77 CC6677 882255 AA4499 FF7F0E 222222 0067A5 D62728 F3C300 7F7F7F "
+    "654522 882D17 8DB600 F99379 2CA02C 604E97 BBBBBB 17BECF 2B3D26 E377C2 E25822 C2B280 8C564B F6A600 DCD300"
+)
+PALETTE = tuple(tuple(int(h[i : i + 2], 16) for i in (0, 2, 4)) for h in _HEX.split())
 DASHES = (None, (7, 4), (2, 3))
 
 
@@ -35,8 +38,11 @@ def _dashed(draw, points, color, width, dash):
         t = 0.0
         while t < length:
             a, b = t / length, min(t + on, length) / length
-            draw.line([(x0 + a * (x1 - x0), y0 + a * (y1 - y0)), (x0 + b * (x1 - x0), y0 + b * (y1 - y0))],
-                      fill=color, width=width)
+            draw.line(
+                [(x0 + a * (x1 - x0), y0 + a * (y1 - y0)), (x0 + b * (x1 - x0), y0 + b * (y1 - y0))],
+                fill=color,
+                width=width,
+            )
             t += on + off
 
 
@@ -50,8 +56,15 @@ def _rotated(draw, text: str, font, angle: float):
     return img.rotate(angle, expand=True)
 
 
-def line_chart(series: dict, title: str = "", xlabel: str = "", ylabel: str = "", size=(640, 400),
-               xticklabels: list[str] | None = None, ylim: tuple[float, float] | None = None) -> np.ndarray:
+def line_chart(
+    series: dict,
+    title: str = "",
+    xlabel: str = "",
+    ylabel: str = "",
+    size=(640, 400),
+    xticklabels: list[str] | None = None,
+    ylim: tuple[float, float] | None = None,
+) -> np.ndarray:
     """One line per entry of ``series`` (``name -> (x, y)``), with axes, ticks and a legend on the
     right -> RGB uint8 image. ``xticklabels`` labels the x positions 0, 1, ... (categorical x);
     non-finite points break a line."""

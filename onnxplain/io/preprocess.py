@@ -33,6 +33,7 @@ channel order), ``scale`` (number), ``layout`` ("NCHW"/"NHWC"), ``bgr`` (bool), 
 ("crop"/"pad"/"stretch") and ``preset`` (a preset name the other keys refine). :func:`from_metadata`
 reads it; ``onnxplain export --preprocess-from ...`` writes it; options on the command line win.
 """
+
 from __future__ import annotations
 
 import math
@@ -115,8 +116,18 @@ def parse_size(text: str) -> tuple[int, int]:
     return dims[0], dims[1]
 
 
-def resolve(preset: str | None = None, *, scale=None, mean=None, std=None, bgr: bool | None = None,
-            layout: str | None = None, size=None, resize: str | None = None, base: Preprocess | None = None) -> Preprocess:
+def resolve(
+    preset: str | None = None,
+    *,
+    scale=None,
+    mean=None,
+    std=None,
+    bgr: bool | None = None,
+    layout: str | None = None,
+    size=None,
+    resize: str | None = None,
+    base: Preprocess | None = None,
+) -> Preprocess:
     """A preset (or ``base``, e.g. the model's metadata recipe) with explicit options on top (strings are
     parsed as on the command line)."""
     name = (preset or "raw01").lower()
@@ -163,11 +174,21 @@ def from_metadata(model_proto) -> Preprocess | None:
         size = d.get("size")
         if size is not None:
             size = (int(size), int(size)) if np.isscalar(size) else tuple(int(v) for v in size)
-        return resolve(d.get("preset"), scale=d.get("scale"), mean=d.get("mean"), std=d.get("std"),
-                       bgr=d.get("bgr"), layout=d.get("layout"), size=size, resize=d.get("resize"))
+        return resolve(
+            d.get("preset"),
+            scale=d.get("scale"),
+            mean=d.get("mean"),
+            std=d.get("std"),
+            bgr=d.get("bgr"),
+            layout=d.get("layout"),
+            size=size,
+            resize=d.get("resize"),
+        )
     except (ValueError, TypeError, OnnxplainError) as exc:
-        raise OnnxplainError(f"the model's metadata '{METADATA_KEY}' is not a usable preprocessing recipe ({exc}); "
-                             "give --preset/--mean/--std/--size on the command line or fix the entry") from None
+        raise OnnxplainError(
+            f"the model's metadata '{METADATA_KEY}' is not a usable preprocessing recipe ({exc}); "
+            "give --preset/--mean/--std/--size on the command line or fix the entry"
+        ) from None
 
 
 def to_metadata(p: Preprocess) -> str:
@@ -198,12 +219,16 @@ def for_model(p: Preprocess, shape) -> Preprocess:
     """Fill in layout and size from the model input's shape ([N, C, H, W] or [N, H, W, C])."""
     if shape is None or len(shape) != 4:
         rank = "unknown" if shape is None else len(shape)
-        raise OnnxplainError(f"image files need a rank-4 image input (NCHW or NHWC), the model input has rank {rank}; "
-                             "pass preprocessed .npy arrays instead")
+        raise OnnxplainError(
+            f"image files need a rank-4 image input (NCHW or NHWC), the model input has rank {rank}; "
+            "pass preprocessed .npy arrays instead"
+        )
     layout = p.layout or infer_layout(shape)
     if layout is None:
-        raise OnnxplainError(f"cannot tell the layout of input shape {_fmt(shape)} (1 or 3 channels on axis 1 or 3); "
-                             "pass --layout NCHW or NHWC")
+        raise OnnxplainError(
+            f"cannot tell the layout of input shape {_fmt(shape)} (1 or 3 channels on axis 1 or 3); "
+            "pass --layout NCHW or NHWC"
+        )
     c = shape[1] if layout == "NCHW" else shape[3]
     if isinstance(c, int) and c not in (1, 3):
         raise OnnxplainError(f"input shape {_fmt(shape)} with layout {layout} has {c} channels; images give 1 or 3")
@@ -292,7 +317,7 @@ def fit(rgb: np.ndarray, size: tuple[int, int] | None, mode: str = "crop") -> tu
         top, left = (H - nh) // 2, (W - nw) // 2
         canvas = np.empty((H, W, 3), np.uint8)
         canvas[:] = np.rint(rgb.reshape(-1, 3).mean(axis=0)).astype(np.uint8)
-        canvas[top:top + nh, left:left + nw] = resize(rgb, (nh, nw))
+        canvas[top : top + nh, left : left + nw] = resize(rgb, (nh, nw))
         return canvas, Geometry("pad", (top / H, left / W, (top + nh) / H, (left + nw) / W), (h, w))
     raise OnnxplainError(f"resize must be one of {', '.join(RESIZES)}, not '{mode}'")
 
@@ -307,7 +332,7 @@ def to_photo(a2: np.ndarray, geometry: Geometry, photo_hw: tuple[int, int]) -> n
     y0, x0, y1, x1 = geometry.box
     if geometry.mode == "pad":
         H, W = a2.shape
-        inner = a2[int(round(y0 * H)):int(round(y1 * H)), int(round(x0 * W)):int(round(x1 * W))]
+        inner = a2[int(round(y0 * H)) : int(round(y1 * H)), int(round(x0 * W)) : int(round(x1 * W))]
         return resize_map(inner, (ph, pw))
     if geometry.mode == "crop":
         out = np.full((ph, pw), np.nan)
@@ -322,8 +347,11 @@ def describe_fit(name: str, geometry: Geometry, size) -> str | None:
     h, w = geometry.photo_hw
     if h == w or size is None or h * size[1] == w * size[0]:
         return None
-    how = {"crop": "centre-cropped", "pad": "letterboxed", "stretch": "stretched (distorted; --resize crop or pad "
-           "keeps the aspect ratio)"}[geometry.mode]
+    how = {
+        "crop": "centre-cropped",
+        "pad": "letterboxed",
+        "stretch": "stretched (distorted; --resize crop or pad keeps the aspect ratio)",
+    }[geometry.mode]
     return f"{name}: {w}x{h} photo {how} to the model's {size[1]}x{size[0]} (--resize crop|pad|stretch)"
 
 
@@ -383,8 +411,9 @@ class Item:
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 
-def load_items(paths, p: Preprocess | None, shape, dtype=np.float32, integer: bool = False,
-               max_memory: int | None = None) -> list[Item]:
+def load_items(
+    paths, p: Preprocess | None, shape, dtype=np.float32, integer: bool = False, max_memory: int | None = None
+) -> list[Item]:
     """Load images and ``.npy`` arrays; ``p`` must be resolved with :func:`for_model` for images.
 
     A ``.npy`` file holds one preprocessed item (the input's shape without the batch axis) or a
@@ -400,8 +429,10 @@ def load_items(paths, p: Preprocess | None, shape, dtype=np.float32, integer: bo
             if rank is not None and arr.ndim == rank - 1:
                 arr = arr[None]
             if rank is not None and arr.ndim != rank:
-                raise OnnxplainError(f"{path}: array of shape {list(arr.shape)} does not fit the model input "
-                                     f"{_fmt(shape)} (with or without the batch axis)")
+                raise OnnxplainError(
+                    f"{path}: array of shape {list(arr.shape)} does not fit the model input "
+                    f"{_fmt(shape)} (with or without the batch axis)"
+                )
             for i, a in enumerate(arr):
                 name = path.stem if len(arr) == 1 else f"{path.stem}_{i}"
                 disp = None

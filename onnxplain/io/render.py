@@ -17,6 +17,7 @@ Reducing channels
     non-negative maps the sum is also used (for smoothgrad_sq it is the squared gradient norm
     over channels); saliency already has one channel.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,12 +26,36 @@ import numpy as np
 
 PERCENTILE = 99.5
 
-_RDBU_R = np.array([  # -1 .. +1 in 11 steps: dark blue, ..., near-white, ..., dark red
-    (5, 48, 97), (33, 102, 172), (67, 147, 195), (146, 197, 222), (209, 229, 240), (247, 247, 247),
-    (253, 219, 199), (244, 165, 130), (214, 96, 77), (178, 24, 43), (103, 0, 31)], dtype=np.float64)
-_YLORRD = np.array([  # 0 .. 1 in 9 steps
-    (255, 255, 204), (255, 237, 160), (254, 217, 118), (254, 178, 76), (253, 141, 60), (252, 78, 42),
-    (227, 26, 28), (189, 0, 38), (128, 0, 38)], dtype=np.float64)
+_RDBU_R = np.array(
+    [  # -1 .. +1 in 11 steps: dark blue, ..., near-white, ..., dark red
+        (5, 48, 97),
+        (33, 102, 172),
+        (67, 147, 195),
+        (146, 197, 222),
+        (209, 229, 240),
+        (247, 247, 247),
+        (253, 219, 199),
+        (244, 165, 130),
+        (214, 96, 77),
+        (178, 24, 43),
+        (103, 0, 31),
+    ],
+    dtype=np.float64,
+)
+_YLORRD = np.array(
+    [  # 0 .. 1 in 9 steps
+        (255, 255, 204),
+        (255, 237, 160),
+        (254, 217, 118),
+        (254, 178, 76),
+        (253, 141, 60),
+        (252, 78, 42),
+        (227, 26, 28),
+        (189, 0, 38),
+        (128, 0, 38),
+    ],
+    dtype=np.float64,
+)
 
 
 def is_signed(method: str) -> bool:
@@ -65,8 +90,6 @@ def for_display(method: str, a2: np.ndarray, baseline: np.ndarray | None = None)
     if kind == "signed":
         return a2, True, "0 = no effect"
     return a2, False, ""
-
-
 
 
 def to_2d(attribution: np.ndarray, channel_axis: int = 0) -> np.ndarray:
@@ -147,12 +170,17 @@ def resize_map(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     a = np.asarray(a, dtype=np.float32)
     if a.shape == tuple(size):
         return a.astype(np.float64)
-    return np.asarray(Image.fromarray(a).resize((size[1], size[0]), Image.Resampling.BILINEAR),
-                      dtype=np.float64)
+    return np.asarray(Image.fromarray(a).resize((size[1], size[0]), Image.Resampling.BILINEAR), dtype=np.float64)
 
 
-def overlay(image: np.ndarray, attribution: np.ndarray, signed: bool = True, alpha: float = 0.75,
-            scale: float | None = None, percentile: float = PERCENTILE) -> np.ndarray:
+def overlay(
+    image: np.ndarray,
+    attribution: np.ndarray,
+    signed: bool = True,
+    alpha: float = 0.75,
+    scale: float | None = None,
+    percentile: float = PERCENTILE,
+) -> np.ndarray:
     """Draw an [H, W] attribution over an RGB uint8 image -> RGB uint8 [H, W, 3].
 
     The image is shown in grey; each pixel's heat colour is blended in with opacity
@@ -200,8 +228,9 @@ def upscale(image: np.ndarray, min_side: int = 256) -> tuple[np.ndarray, int]:
     return (np.repeat(np.repeat(img, k, axis=0), k, axis=1) if k > 1 else img.copy()), k
 
 
-def draw_boxes(image: np.ndarray, boxes, color=(255, 255, 0), width: int = 2, scale: float = 1.0,
-               alpha: float = 1.0) -> np.ndarray:
+def draw_boxes(
+    image: np.ndarray, boxes, color=(255, 255, 0), width: int = 2, scale: float = 1.0, alpha: float = 1.0
+) -> np.ndarray:
     """Draw xyxy boxes (pixels of an image ``scale`` times smaller) on a copy of the image; ``alpha``
     < 1 blends the lines in (faint boxes)."""
     from PIL import Image, ImageDraw
@@ -232,8 +261,9 @@ def caption(image: np.ndarray, text: str, size: int = 14) -> np.ndarray:
     return np.concatenate([img, np.asarray(strip, dtype=np.uint8)], axis=0)
 
 
-def annotate(picture: np.ndarray, item: dict | None, source_size: tuple[int, int] | None = None,
-             min_side: int = 256) -> np.ndarray:
+def annotate(
+    picture: np.ndarray, item: dict | None, source_size: tuple[int, int] | None = None, min_side: int = 256
+) -> np.ndarray:
     """An overlay marked with what was explained (one :attr:`onnxplain.targets.Target.items` entry):
     the explained box in yellow, the other detections faint white, a region's outline in green,
     and the caption (the detection, class, character or timestep) below. Small pictures are enlarged
@@ -245,8 +275,8 @@ def annotate(picture: np.ndarray, item: dict | None, source_size: tuple[int, int
     scale = k * picture.shape[1] / src[1]
     if item.get("mask") is not None:
         m = np.asarray(item["mask"], dtype=bool)
-        rows = (np.arange(img.shape[0]) * m.shape[0] // img.shape[0])
-        cols = (np.arange(img.shape[1]) * m.shape[1] // img.shape[1])
+        rows = np.arange(img.shape[0]) * m.shape[0] // img.shape[0]
+        cols = np.arange(img.shape[1]) * m.shape[1] // img.shape[1]
         img = outline(img, m[rows][:, cols], color=(0, 230, 0), width=2)
     if item.get("boxes") is not None and len(item["boxes"]):
         img = draw_boxes(img, item["boxes"], color=(255, 255, 255), width=1, scale=scale, alpha=0.6)
@@ -282,8 +312,9 @@ def _fit(img: np.ndarray, cell: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(img).resize((cell[1], cell[0]), mode), dtype=np.uint8)
 
 
-def colorbar(width: int, signed: bool = True, scale: float | None = None, height: int = 12,
-             note: str | None = None) -> np.ndarray:
+def colorbar(
+    width: int, signed: bool = True, scale: float | None = None, height: int = 12, note: str | None = None
+) -> np.ndarray:
     """A horizontal colour bar with end labels (the scale's numbers when given) and ``note`` below (what
     the scale is and what its 0 means) -> RGB uint8 image."""
     from PIL import Image, ImageDraw
@@ -317,8 +348,9 @@ def colorbar(width: int, signed: bool = True, scale: float | None = None, height
     return np.asarray(canvas, dtype=np.uint8)
 
 
-def with_colorbar(picture: np.ndarray, signed: bool, scale: float, note: str | None = None,
-                  text: str | None = None) -> np.ndarray:
+def with_colorbar(
+    picture: np.ndarray, signed: bool, scale: float, note: str | None = None, text: str | None = None
+) -> np.ndarray:
     """One overlay as a figure: ``text`` (prediction, target) above it, its colour bar with the scale's
     numbers and ``note`` below."""
     img = _as_rgb(picture)
@@ -328,7 +360,7 @@ def with_colorbar(picture: np.ndarray, signed: bool, scale: float, note: str | N
     bar = colorbar(min(width, 320), signed, scale, note=note)
     strip = np.full((bar.shape[0] + 8, width, 3), 255, np.uint8)
     x0 = (width - bar.shape[1]) // 2
-    strip[4:4 + bar.shape[0], x0:x0 + bar.shape[1]] = bar
+    strip[4 : 4 + bar.shape[0], x0 : x0 + bar.shape[1]] = bar
     out = np.concatenate([img, strip], axis=0)
     if text:
         top = caption(np.full((1, width, 3), 255, np.uint8), text)[1:]
@@ -354,8 +386,16 @@ def _wrap(draw, text: str, font, width: int) -> list[str]:
     return lines or [""]
 
 
-def grid(rows, titles=None, row_titles=None, cell: tuple[int, int] | None = None, pad: int = 6,
-         colorbars=None, note: str | None = None, column_bars=None) -> np.ndarray:
+def grid(
+    rows,
+    titles=None,
+    row_titles=None,
+    cell: tuple[int, int] | None = None,
+    pad: int = 6,
+    colorbars=None,
+    note: str | None = None,
+    column_bars=None,
+) -> np.ndarray:
     """Compose images into a titled grid -> RGB uint8 image.
 
     rows: list of rows, each a list of RGB uint8 images (cells may be ``None`` for blanks).
@@ -406,8 +446,10 @@ def grid(rows, titles=None, row_titles=None, cell: tuple[int, int] | None = None
             kind, scale = (spec, None) if isinstance(spec, str) else spec
             bars.append(colorbar(min(256, max(96, width - 2 * pad)), kind == "signed", scale))
     bars_h = sum(b.shape[0] + pad for b in bars)
-    col_bars = [None if spec is None else colorbar(cell[1], spec[0], spec[1], note=spec[2] if len(spec) > 2 else None)
-                for spec in (column_bars or [])]
+    col_bars = [
+        None if spec is None else colorbar(cell[1], spec[0], spec[1], note=spec[2] if len(spec) > 2 else None)
+        for spec in (column_bars or [])
+    ]
     col_h = max([b.shape[0] for b in col_bars if b is not None] or [-pad]) + pad
     bars_h += col_h if col_bars else 0
     note_h = (_text_size(probe, note, small)[1] + pad + 4) if note else 0

@@ -8,6 +8,7 @@
 
 The package location wins, then the checkout.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -74,8 +75,10 @@ def demo_model(parts=DEMO_MODEL) -> Path:
     """The shipped demo classifier; a one-line error when it is missing from this install."""
     path = find(*parts)
     if path is None or not path.is_file():
-        raise OnnxplainError(f"the demo model {'/'.join(parts)} is not part of this installation "
-                             "(looked inside the onnxplain package and in the source checkout)")
+        raise OnnxplainError(
+            f"the demo model {'/'.join(parts)} is not part of this installation "
+            "(looked inside the onnxplain package and in the source checkout)"
+        )
     return path
 
 

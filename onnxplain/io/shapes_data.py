@@ -137,8 +137,7 @@ def _distractor(rng, img):
         minor = rng.uniform(1.0, 2.5) * size / 64
         major = minor * rng.uniform(2.0, 4.0)
         r, c = rng.uniform(0, size - 1, 2)
-        rr, cc = ellipse(r, c, minor, major, shape=(size, size),
-                         rotation=rng.uniform(-np.pi, np.pi))
+        rr, cc = ellipse(r, c, minor, major, shape=(size, size), rotation=rng.uniform(-np.pi, np.pi))
     img[:, rr, cc] = colour
 
 
@@ -230,7 +229,7 @@ def make_scenes(n, seed=0, size=64, objects=(1, 4)):
         for _ in range(rng.integers(*_N_DISTRACTORS)):
             _distractor(rng, img)
         placed = []
-        for j in range(int(rng.integers(objects[0], objects[1]))):
+        for _j in range(int(rng.integers(objects[0], objects[1]))):
             label = int(rng.integers(len(CLASS_NAMES)))
             for _ in range(30):  # rejection sampling for boxes that do not touch
                 half = rng.uniform(*_SCALE_RANGE) * size / 2

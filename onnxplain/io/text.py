@@ -4,6 +4,7 @@ Signed scores use a diverging scale (blue for negative, white for 0, red for pos
 and scaled by the largest |score|; non-negative scores use white to red. Tokens wrap onto new lines at
 ``width`` pixels. The score itself is printed under each token when ``values`` is set.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -28,8 +29,9 @@ def token_colours(scores, signed: bool = True) -> list:
     return out
 
 
-def render_tokens(tokens, scores, path, signed: bool | None = None, title: str | None = None, width: int = 720,
-                  values: bool = True) -> Path:
+def render_tokens(
+    tokens, scores, path, signed: bool | None = None, title: str | None = None, width: int = 720, values: bool = True
+) -> Path:
     """Write ``tokens`` (strings) coloured by ``scores`` (one number each) to the PNG ``path``."""
     from PIL import Image, ImageDraw, ImageFont
 

@@ -25,6 +25,7 @@ For a token input (an embedding [N, T, D], e.g. text explained through its token
 the row over all T tokens [N, T], with the read token's own entry (the identity's term, as for a ViT's
 class token) set to 0.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -47,8 +48,9 @@ def _is_attention(node, opset: int) -> bool:
     if axis % len(s) != len(s) - 1:
         return False
     a, b = s[-2], s[-1]
-    return not (isinstance(a, int) and isinstance(b, int) and a != b) and (a == b or not (isinstance(a, str)
-                                                                                         and isinstance(b, str)))
+    return not (isinstance(a, int) and isinstance(b, int) and a != b) and (
+        a == b or not (isinstance(a, str) and isinstance(b, str))
+    )
 
 
 def attention_maps(ctx, path=None) -> list:
@@ -56,8 +58,10 @@ def attention_maps(ctx, path=None) -> list:
     path = _path(ctx) if path is None else path
     nodes = [n for n in path if _is_attention(n, ctx.can.opset)]
     if not nodes:
-        raise OnnxplainError(f"no attention map between input '{ctx.x.name}' and output '{ctx.logits.name}': "
-                             "attention methods need Softmax nodes over the last axis of [N, heads, T, T]")
+        raise OnnxplainError(
+            f"no attention map between input '{ctx.x.name}' and output '{ctx.logits.name}': "
+            "attention methods need Softmax nodes over the last axis of [N, heads, T, T]"
+        )
     return nodes
 
 
@@ -90,8 +94,9 @@ def _finish(ctx, path, nodes, r):
     b, x = ctx.b, ctx.x
     last = path.index(nodes[-1])
     kind, k = _readout(path, last)
-    row = b.Gather(r, b.const(np.int64(k)), axis=1) if kind == "class" else b.reduce("ReduceMean", r, [1],
-                                                                                         keepdims=False)
+    row = (
+        b.Gather(r, b.const(np.int64(k)), axis=1) if kind == "class" else b.reduce("ReduceMean", r, [1], keepdims=False)
+    )
     ctx.meta["onnxplain.attention_maps"] = ",".join(n.name or n.outputs[0].name for n in nodes)
     ctx.meta["onnxplain.attention_row"] = f"token {k}" if kind == "class" else "mean of the rows"
     if x.shape is not None and len(x.shape) == 4:
@@ -101,8 +106,10 @@ def _finish(ctx, path, nodes, r):
             own = b.Gather(_eye(b, r), b.const(np.int64(k)), axis=0)
             row = b.Mul(row, b.Sub(b.const(1.0, like=row), own))
         return row, [x.shape[0], x.shape[1]]
-    raise OnnxplainError(f"attention methods need an image [N, C, H, W] or token embeddings [N, T, D] as the "
-                         f"explained input; '{x.name}' has shape {x.shape}")
+    raise OnnxplainError(
+        f"attention methods need an image [N, C, H, W] or token embeddings [N, T, D] as the "
+        f"explained input; '{x.name}' has shape {x.shape}"
+    )
 
 
 def _image_map(ctx, path, nodes, row):
@@ -112,8 +119,10 @@ def _image_map(ctx, path, nodes, row):
     b, x = ctx.b, ctx.x
     tokens = nodes[0].outputs[0].shape[-1]
     if not isinstance(tokens, int):
-        raise OnnxplainError(f"attention map '{nodes[0].outputs[0].name}' has an unknown number of tokens; "
-                             "an image transformer's token count must be known to read the patch grid")
+        raise OnnxplainError(
+            f"attention map '{nodes[0].outputs[0].name}' has an unknown number of tokens; "
+            "an image transformer's token count must be known to read the patch grid"
+        )
     grid = _patch_grid(path, path.index(nodes[0]))
     k, (gh, gw) = token_layout(tokens, x.shape, grid, ctx.options.prefix_tokens, nodes[0].outputs[0].name)
     ctx.meta["onnxplain.layer_grid"] = f"{k} prefix tokens + {gh}x{gw}"

@@ -18,6 +18,7 @@ Everything happens inside the graph: ``attribution_layer`` is the map at the lay
 [N, 1, h, w]; ``attribution`` is that map resized to the input's spatial size by bilinear
 interpolation (Resize, linear, half_pixel) [N, 1, H, W] — for ``guided_gradcam`` the input's shape.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -38,11 +39,13 @@ def _tap(ctx):
 def _maps(ctx):
     """(tap, A, G) with A and G as [N, C, h, w]."""
     if ctx.x.shape is None or len(ctx.x.shape) != 4:
-        raise OnnxplainError(f"CAM methods need an image input [N, C, H, W]; input '{ctx.x.name}' has shape "
-                             f"{ctx.x.shape}")
+        raise OnnxplainError(
+            f"CAM methods need an image input [N, C, H, W]; input '{ctx.x.name}' has shape {ctx.x.shape}"
+        )
     if ctx.can.opset < 11:
-        raise OnnxplainError(f"CAM methods resize maps with Resize(sizes=...), which needs opset >= 11, "
-                             f"not {ctx.can.opset}")
+        raise OnnxplainError(
+            f"CAM methods resize maps with Resize(sizes=...), which needs opset >= 11, not {ctx.can.opset}"
+        )
     tap = _tap(ctx)
     ctx.meta["onnxplain.layer"] = tap.name
     if tap.kind == "tokens":

@@ -33,6 +33,7 @@ upsampling to the input, ``attribution`` [N, 1, H, W]. With ``target_weights`` t
 ``sum(weights * y)`` over the explained output ``y`` (softmax'ed first for Score-CAM's default).
 Nothing is random: no seeds are needed.
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -159,7 +160,9 @@ class ForwardCam:
 
         from onnxplain.runtime.session import make_session
 
-        options = explainer.options if prefix_tokens is None else replace(explainer.options, prefix_tokens=prefix_tokens)
+        options = (
+            explainer.options if prefix_tokens is None else replace(explainer.options, prefix_tokens=prefix_tokens)
+        )
         self.model, self.tap = tap_graph(explainer.canonical.model, options, layer)
         self.session = make_session(self.model, explainer.providers)
         self.names = [o.name for o in self.session.get_outputs()]
@@ -254,9 +257,20 @@ def _score(y: np.ndarray, seed: np.ndarray, options, use_softmax: bool) -> np.nd
     return (seed * y).reshape(len(y), -1).sum(axis=1)
 
 
-def explain(explainer, x: np.ndarray, method: str, target: np.ndarray | None, target_weights=None, *,
-            layer: str | None = None, batch_size: int = 64, score: str = "softmax", progress=None, fast: bool = True,
-            prefix_tokens: int | None = None):
+def explain(
+    explainer,
+    x: np.ndarray,
+    method: str,
+    target: np.ndarray | None,
+    target_weights=None,
+    *,
+    layer: str | None = None,
+    batch_size: int = 64,
+    score: str = "softmax",
+    progress=None,
+    fast: bool = True,
+    prefix_tokens: int | None = None,
+):
     """Score-CAM / Ablation-CAM for ``x``; returns (attribution, layer map, targets, model outputs)."""
     if method not in METHODS:
         raise OnnxplainError(f"unknown forward CAM '{method}' (choose from: {', '.join(METHODS)})")
@@ -302,8 +316,10 @@ def explain(explainer, x: np.ndarray, method: str, target: np.ndarray | None, ta
             m = np.ones((j1 - j0, c), dtype=x.dtype)
             m[np.arange(j1 - j0), chans[j0:j1]] = 0
             return src[items[j0:j1]], m
-    res = fc.forward_rows(rows, len(items), batch_size, progress, session=head,
-                          x_name=fc.tap.name if head is not None else None)
+
+    res = fc.forward_rows(
+        rows, len(items), batch_size, progress, session=head, x_name=fc.tap.name if head is not None else None
+    )
     if method == "scorecam":
         soft = score == "softmax" and y.shape[_class_axis(y, fc.options)] > 1  # a softmax over one class is 1
         s = _score(res[LOGITS], seed[items], fc.options, soft) if len(items) else np.zeros(0)
@@ -325,8 +341,9 @@ def explain(explainer, x: np.ndarray, method: str, target: np.ndarray | None, ta
     return attribution, layer_map, chosen, outputs
 
 
-def reference(model, x: np.ndarray, method: str, layer: str, target: int = -1, score: str = "softmax",
-              probabilities: bool = False) -> np.ndarray:
+def reference(
+    model, x: np.ndarray, method: str, layer: str, target: int = -1, score: str = "softmax", probabilities: bool = False
+) -> np.ndarray:
     """A slow, direct definition for tests: one onnxruntime run per perturbed input, unbatched.
 
     Returns the layer-resolution map [N, 1, h, w]."""

@@ -9,6 +9,7 @@ broadcast to x's shape) and m_x the multipliers carried back by the rules of rul
 The baseline's activations come from a second copy of the forward graph that shares the weights
 (not a concatenation along the batch axis, which models with a fixed batch of 1 would reject).
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -16,6 +16,7 @@ image's proposals, ``w_i = max_j s(d_t, d_j)``. The saliency is ``S = sum_i w_i 
 The explained detection is a :class:`onnxplain.targets.Detection` target (its layout decodes every
 proposal); without one the task's default (the top detection) is explained. Output ``[N, 1, H, W]``.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -36,22 +37,35 @@ def similarity(box_t, probs_t, cand, objectness: bool = True) -> float:
     return float(np.max(ov * conf * cos)) if len(ov) else 0.0
 
 
-def explain(explainer, x: np.ndarray, target, *, n_masks: int = 1000, cells: int = 8, p: float = 0.5, seed: int = 0,
-            batch_size: int | None = None, progress=None):
+def explain(
+    explainer,
+    x: np.ndarray,
+    target,
+    *,
+    n_masks: int = 1000,
+    cells: int = 8,
+    p: float = 0.5,
+    seed: int = 0,
+    batch_size: int | None = None,
+    progress=None,
+):
     """D-RISE saliency for ``x`` [N, ...] and a resolved detection ``target``; returns (attribution, outputs)."""
     from onnxplain.runtime.driver import SCORE, for_explainer
     from onnxplain.targets import Detection, spatial_size
 
     spec = target.spec
     if not isinstance(spec, Detection):
-        raise OnnxplainError("d_rise explains a detection: give a Detection target (CLI: --box/--class with "
-                             "--task detect)")
+        raise OnnxplainError(
+            "d_rise explains a detection: give a Detection target (CLI: --box/--class with --task detect)"
+        )
     if spec.coordinate is not None:
         raise OnnxplainError("d_rise scores whole detections; a box coordinate (ODAM) needs a gradient method")
     lay, sex, _, names = spec.plan(explainer)
     if names is not None:
-        raise OnnxplainError("d_rise decodes the raw candidates of a detector without NonMaxSuppression; this "
-                             "graph has one: use occlusion or rise with the Detection target")
+        raise OnnxplainError(
+            "d_rise decodes the raw candidates of a detector without NonMaxSuppression; this "
+            "graph has one: use occlusion or rise with the Detection target"
+        )
     axes = spatial_axes(x, explainer.options.channel_axis)
     c = explainer.options.channel_axis % 4
     h, w = x.shape[axes[0]], x.shape[axes[1]]
@@ -63,13 +77,13 @@ def explain(explainer, x: np.ndarray, target, *, n_masks: int = 1000, cells: int
     sal = np.zeros((n, h, w), dtype=np.float64)
     total, done = n * masks.n, 0
     for i0 in range(0, masks.n, CHUNK):
-        m = masks[i0:i0 + CHUNK]
+        m = masks[i0 : i0 + CHUNK]
         mk = np.expand_dims(m, c).astype(x.dtype)
         for item in range(n):
             box_t, probs_t = target.items[item]["box"], target.items[item]["scores"]
 
             def rows(a, b, item=item, mk=mk):
-                return x[item:item + 1] * mk[a:b]
+                return x[item : item + 1] * mk[a:b]
 
             prog = None if progress is None else (lambda d, _t, base_done=done: progress(base_done + d, total))
             outs = drv.outputs_rows(rows, len(m), batch_size, prog)

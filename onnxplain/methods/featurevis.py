@@ -17,6 +17,7 @@ static, from one forward pass with the layer as an extra output.
 API: ``Explainer(model).explain(x, method="deconvnet", unit=("conv2", 5))``; CLI:
 ``onnxplain explain ... --method deconvnet --unit conv2:5`` (``LAYER:CHANNEL[:Y:X]``).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -66,8 +67,9 @@ def unit_weights(shape, unit: tuple, dtype=np.float32) -> np.ndarray:
         raise OnnxplainError(f"unit {unit!r} has {len(idx)} indices but layer '{layer}' has shape {list(shape)}")
     for i, (k, d) in enumerate(zip(idx, shape[1:])):
         if not 0 <= k < d:
-            raise OnnxplainError(f"unit index {k} out of range for axis {i + 1} of layer '{layer}' "
-                                 f"(shape {list(shape)})")
+            raise OnnxplainError(
+                f"unit index {k} out of range for axis {i + 1} of layer '{layer}' (shape {list(shape)})"
+            )
     w = np.zeros(shape, dtype=dtype)
     w[(slice(None), *idx)] = 1
     return w
@@ -118,7 +120,7 @@ def explain_unit(explainer, x: np.ndarray, method: str, unit, batch_size: int = 
     step = explainer.fixed_batch or max(1, batch_size)
     parts = []
     for i in range(0, len(x), step):
-        xs, ws = x[i:i + step], w[i:i + step]
+        xs, ws = x[i : i + step], w[i : i + step]
         k = len(xs)
         if explainer.fixed_batch and k < step:
             xs = np.concatenate([xs, np.repeat(xs[-1:], step - k, 0)])
@@ -128,7 +130,6 @@ def explain_unit(explainer, x: np.ndarray, method: str, unit, batch_size: int = 
     attribution = res.pop("attribution")
     res.pop("target_index", None)
     return attribution, res
-
 
 
 def check_cli_unit(explainer, methods, text: str, target=None) -> tuple:

@@ -13,6 +13,7 @@ Heads build the method inside the graph. SmoothGrad and IG need a batch of copie
 in the graph they need a dynamic batch axis; :func:`interpolate` and :func:`noisy` make the same
 copies in numpy for the Python driver, which works for fixed-batch models too.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -42,8 +43,10 @@ def saliency(ctx):
 def _batch_of_copies(ctx, method):
     batch = ctx.x.shape[0] if ctx.x.shape else None
     if not isinstance(batch, str) and batch is not None and batch != -1:
-        raise OnnxplainError(f"{method} inside the graph needs a dynamic batch axis, and input '{ctx.x.name}' has a "
-                             f"fixed batch of {batch}; use `onnxplain explain` or Explainer.explain, which loop")
+        raise OnnxplainError(
+            f"{method} inside the graph needs a dynamic batch axis, and input '{ctx.x.name}' has a "
+            f"fixed batch of {batch}; use `onnxplain explain` or Explainer.explain, which loop"
+        )
     if ctx.x.shape is None:
         raise ShapeError(f"{method} inside the graph needs the rank of input '{ctx.x.name}'")
 
@@ -121,10 +124,10 @@ def run_looped(explainer, x, target, opts, progress=None, *, method: str):
     attribution = np.empty_like(x)
     for i, c in enumerate(copies):
         k = len(c)
-        rep = {key: np.repeat(v[i:i + 1], k, axis=0) for key, v in feeds.items() if key != name}
+        rep = {key: np.repeat(v[i : i + 1], k, axis=0) for key, v in feeds.items() if key != name}
         g = explainer.run_graph("gradient", target.mode, {name: c, **rep}, batch_size=bs).attribution if k else c
         if method == "integrated_gradients":
-            g = np.concatenate([g, first.attribution[i:i + 1]])
+            g = np.concatenate([g, first.attribution[i : i + 1]])
             attribution[i] = (x[i] - base[i]) * np.tensordot(weights, g, axes=1).astype(x.dtype)
         else:
             attribution[i] = (g * g if method == "smoothgrad_sq" else g).mean(axis=0)

@@ -42,6 +42,7 @@ Output: ``attribution`` [N, 1, H, W] (each pixel carries its superpixel's weight
 an item's own K), ``intercept`` [N] (LIME: the ridge intercept; KernelSHAP: f(all hidden)),
 ``score`` [N] (f(x), the explained score of the unperturbed input) and the model's own outputs.
 """
+
 from __future__ import annotations
 
 import math
@@ -173,7 +174,7 @@ def lime_kernel(z: np.ndarray, width: float) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         cos = np.where(norm > 0, z.sum(axis=1) / (norm * math.sqrt(z.shape[1])), 0.0)
     d = 1.0 - cos
-    return np.sqrt(np.exp(-(d ** 2) / width ** 2))
+    return np.sqrt(np.exp(-(d**2) / width**2))
 
 
 def lime_fit(z: np.ndarray, y: np.ndarray, weights: np.ndarray, alpha: float = 1.0):
@@ -197,8 +198,8 @@ def shap_samples(k: int, n: int, rng):
     their exact kernel weights when 2^k - 2 <= n, else n drawn by the kernel (weights 1)."""
     if k < 2:
         return np.zeros((0, k), dtype=np.int8), np.zeros(0)
-    if k < 31 and 2 ** k - 2 <= n:
-        codes = np.arange(1, 2 ** k - 1, dtype=np.int64)
+    if k < 31 and 2**k - 2 <= n:
+        codes = np.arange(1, 2**k - 1, dtype=np.int64)
         z = ((codes[:, None] >> np.arange(k)) & 1).astype(np.int8)
         return z, shapley_kernel(k, z.sum(axis=1))
     sizes = np.arange(1, k)
@@ -241,10 +242,24 @@ def _segments_for(x, segments, segmentation, seg_params, channel_axis):
     return [segment(to_image(xi, channel_axis), segmentation, **seg_params) for xi in x]
 
 
-def explain(explainer, x: np.ndarray, method: str, target: np.ndarray | None, target_weights=None, *,
-            segmentation: str = "slic", segments=None, samples: int | None = None, fill="blur", seed: int = 0,
-            kernel_width: float = 0.25, alpha: float = 1.0, batch_size: int | None = None, progress=None,
-            **seg_params):
+def explain(
+    explainer,
+    x: np.ndarray,
+    method: str,
+    target: np.ndarray | None,
+    target_weights=None,
+    *,
+    segmentation: str = "slic",
+    segments=None,
+    samples: int | None = None,
+    fill="blur",
+    seed: int = 0,
+    kernel_width: float = 0.25,
+    alpha: float = 1.0,
+    batch_size: int | None = None,
+    progress=None,
+    **seg_params,
+):
     """LIME / KernelSHAP for ``x`` [N, ...]; returns (attribution [N,1,H,W], targets, outputs)."""
     from onnxplain.runtime.driver import SCORE, Driver, scorer
 
@@ -260,8 +275,14 @@ def explain(explainer, x: np.ndarray, method: str, target: np.ndarray | None, ta
     drivers = explainer.__dict__.setdefault("_drivers", {})
     if "driver" not in drivers:
         o = explainer.options
-        drivers["driver"] = Driver(explainer.canonical, output=o.output, probabilities=o.probabilities,
-                                   providers=explainer.providers, input=o.input, class_axis=o.class_axis)
+        drivers["driver"] = Driver(
+            explainer.canonical,
+            output=o.output,
+            probabilities=o.probabilities,
+            providers=explainer.providers,
+            input=o.input,
+            class_axis=o.class_axis,
+        )
     drv = drivers["driver"]
     channel_axis = explainer.options.channel_axis
     n = len(x)

@@ -10,10 +10,17 @@ The walker carries relevance down; the attribution is the relevance arriving at 
 * ``lrp_epsilon_gamma_box`` — z^B first layer, gamma convolutions, epsilon dense (EpsilonGammaBox);
 * ``lrp_epsilon_alpha2_beta1`` — alpha=2, beta=1 convolutions, epsilon dense (EpsilonAlpha2Beta1).
 """
+
 from __future__ import annotations
 
-METHODS = ("lrp_0", "lrp_epsilon", "lrp_epsilon_plus", "lrp_epsilon_plus_flat", "lrp_epsilon_gamma_box",
-           "lrp_epsilon_alpha2_beta1")
+METHODS = (
+    "lrp_0",
+    "lrp_epsilon",
+    "lrp_epsilon_plus",
+    "lrp_epsilon_plus_flat",
+    "lrp_epsilon_gamma_box",
+    "lrp_epsilon_alpha2_beta1",
+)
 
 
 SUMMARIES = {

@@ -2,6 +2,7 @@
 
 * ``guided_backprop`` and ``deconvnet``: the walker's output at the input is the attribution.
 """
+
 from __future__ import annotations
 
 

@@ -24,6 +24,7 @@ score is ``sum(w * y)`` over the explained tensor ``y``
 Output: one map per item with the channel axis kept at size 1 (all channels are occluded
 together): ``[N, 1, H, W]`` for NCHW, ``[N, H, W, 1]`` for NHWC (``channel_axis=3``).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -99,9 +100,21 @@ def _region(x_ndim, axes, win):
     return tuple(idx)
 
 
-def explain(explainer, x: np.ndarray, target: np.ndarray | None, target_weights=None, *, window=8, stride=None,
-            fill=0.0, blur: float | None = None, score: str = "softmax", batch_size: int | None = None,
-            progress=None, **unknown):
+def explain(
+    explainer,
+    x: np.ndarray,
+    target: np.ndarray | None,
+    target_weights=None,
+    *,
+    window=8,
+    stride=None,
+    fill=0.0,
+    blur: float | None = None,
+    score: str = "softmax",
+    batch_size: int | None = None,
+    progress=None,
+    **unknown,
+):
     """Occlusion maps for ``x`` [N, ...]; returns (attribution, targets, model outputs)."""
     from onnxplain.runtime.driver import SCORE, scorer
 

@@ -20,8 +20,8 @@ units of that drop whatever the score's scale and the mask's size (the paper's `
 logit score that price is negligible and the optimum deletes most of the image: up to 83% on the demo
 shapes). ``lambda2`` 1e-2 and ``beta`` 3 are the paper's (options ``tv``, ``beta``).
 
-``extremal_perturbation`` (the preservation game, with the 2019 paper's area constraint; smoothness comes from the upsampling alone, not the paper's
-smooth-max) minimises
+``extremal_perturbation`` (the preservation game, with the 2019 paper's area constraint; smoothness comes
+from the upsampling alone, not the paper's smooth-max) minimises
 
     -score(x') + lambda_t * mean((sort(M) - r_a)^2)
 
@@ -46,6 +46,7 @@ Output: ``[N, 1, H, W]`` (NCHW) or ``[N, H, W, 1]`` (NHWC); ``outputs`` adds ``m
 upsampled mask, that shape), ``mask_lowres`` ``[N, h, w]``, ``score`` (the target's score on x)
 and ``perturbed_score`` (on the final x').
 """
+
 from __future__ import annotations
 
 import math
@@ -74,8 +75,24 @@ class Problem:
 
     ``loss_and_grad(m)`` -> (loss [N], dloss/dm [N, h, w]) for a low-resolution mask ``m``."""
 
-    def __init__(self, explainer, x, chosen, method, *, mask_size=None, blur=10.0, l1=1.0, tv=1e-2, beta=3.0,
-                 area=0.1, area_weight=300.0, score="logit", batch_size=None, weights=None):
+    def __init__(
+        self,
+        explainer,
+        x,
+        chosen,
+        method,
+        *,
+        mask_size=None,
+        blur=10.0,
+        l1=1.0,
+        tv=1e-2,
+        beta=3.0,
+        area=0.1,
+        area_weight=300.0,
+        score="logit",
+        batch_size=None,
+        weights=None,
+    ):
         from onnxplain.runtime.driver import for_explainer
 
         if method not in METHODS:
@@ -107,8 +124,10 @@ class Problem:
         self.shift = np.zeros((len(x), 2), dtype=int)
         self.norm = np.ones(len(x))
         if method == "meaningful_perturbation":  # the score drop that blurring everything gives
-            self.norm = np.maximum(np.abs(self.scores(self.x64) - self.scores(self.b64)),
-                                   1e-3 * np.maximum(1.0, np.abs(self.scores(self.x64))))
+            self.norm = np.maximum(
+                np.abs(self.scores(self.x64) - self.scores(self.b64)),
+                1e-3 * np.maximum(1.0, np.abs(self.scores(self.x64))),
+            )
 
     # ---- mask <-> image -------------------------------------------------------------------
     def up(self, m):
@@ -151,8 +170,12 @@ class Problem:
         y = self.drv.outputs(xq, self.batch_size)[SCORE]
         n = len(xq)
         if self.weights is not None:  # linear in y: the seed is the weights themselves
-            g = self.ex.run(xq, "gradient", target_weights=np.ascontiguousarray(self.weights, dtype=y.dtype),
-                            batch_size=self.batch_size or 16).attribution
+            g = self.ex.run(
+                xq,
+                "gradient",
+                target_weights=np.ascontiguousarray(self.weights, dtype=y.dtype),
+                batch_size=self.batch_size or 16,
+            ).attribution
             return weighted_scores(y, self.weights), g.astype(np.float64)
         s = class_scores(self.drv, y, self.chosen, self.score_kind)
         z = self.drv.per_class(y)
@@ -167,8 +190,9 @@ class Problem:
         ax = self.drv.class_axis_of(y)
         wr = np.moveaxis(wts.reshape((n, z.shape[1]) + (1,) * (y.ndim - 2)), 1, ax)
         seed = np.broadcast_to(wr, y.shape)
-        g = self.ex.run(xq, "gradient", target_weights=np.ascontiguousarray(seed, dtype=y.dtype),
-                        batch_size=self.batch_size or 16).attribution
+        g = self.ex.run(
+            xq, "gradient", target_weights=np.ascontiguousarray(seed, dtype=y.dtype), batch_size=self.batch_size or 16
+        ).attribution
         return s, g.astype(np.float64)
 
     # ---- objective ------------------------------------------------------------------------
@@ -194,7 +218,7 @@ class Problem:
         order = np.argsort(flat, axis=1, kind="stable")
         srt = np.take_along_axis(flat, order, axis=1)
         r = srt - tied_reference(srt, self.ref)
-        val = self.lam * (r ** 2).mean(axis=1)
+        val = self.lam * (r**2).mean(axis=1)
         gb = np.empty_like(flat)
         np.put_along_axis(gb, order, 2 * self.lam * r / flat.shape[1], axis=1)
         return val, np.zeros_like(m), gb.reshape(big.shape)
@@ -230,11 +254,29 @@ def tied_reference(srt: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return out
 
 
-def explain(explainer, x: np.ndarray, target: np.ndarray | None, target_weights=None, *,
-            method: str = "meaningful_perturbation", iterations: int = 300, lr: float = 0.1, mask_size=None,
-            blur: float = 10.0, l1: float = 1.0, tv: float = 1e-2, beta: float = 3.0, area: float = 0.1,
-            area_weight: float = 300.0, jitter: int = 0, seed: int = 0, score: str = "logit",
-            batch_size: int | None = None, progress=None, **unknown):
+def explain(
+    explainer,
+    x: np.ndarray,
+    target: np.ndarray | None,
+    target_weights=None,
+    *,
+    method: str = "meaningful_perturbation",
+    iterations: int = 300,
+    lr: float = 0.1,
+    mask_size=None,
+    blur: float = 10.0,
+    l1: float = 1.0,
+    tv: float = 1e-2,
+    beta: float = 3.0,
+    area: float = 0.1,
+    area_weight: float = 300.0,
+    jitter: int = 0,
+    seed: int = 0,
+    score: str = "logit",
+    batch_size: int | None = None,
+    progress=None,
+    **unknown,
+):
     """Perturbation masks for ``x`` [N, ...]; returns (attribution, targets, model outputs)."""
     from onnxplain.runtime.driver import SCORE, scorer
 
@@ -249,8 +291,22 @@ def explain(explainer, x: np.ndarray, target: np.ndarray | None, target_weights=
     n = len(x)
     base = drv.outputs(x, batch_size)
     chosen, f = scorer(drv, base[SCORE], target, target_weights, score)
-    prob = Problem(explainer, x, chosen, method, mask_size=mask_size, blur=blur, l1=l1, tv=tv, beta=beta,
-                   area=area, area_weight=area_weight, score=score, batch_size=batch_size, weights=target_weights)
+    prob = Problem(
+        explainer,
+        x,
+        chosen,
+        method,
+        mask_size=mask_size,
+        blur=blur,
+        l1=l1,
+        tv=tv,
+        beta=beta,
+        area=area,
+        area_weight=area_weight,
+        score=score,
+        batch_size=batch_size,
+        weights=target_weights,
+    )
     rng = np.random.default_rng(seed)
     m = np.full((n, prob.mh_n, prob.mw_n), 1.0 if method == "meaningful_perturbation" else 0.5)
     mom, vel = np.zeros_like(m), np.zeros_like(m)

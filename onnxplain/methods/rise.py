@@ -23,6 +23,7 @@ everywhere (times the masks' coverage ``sum_i mask_i / (n_masks p)``, 1 up to sa
 figures show ``S - baseline`` (Petsiuk et al.'s saliency relative to the mean score), so a pixel
 coloured red raised the score above what a random mask gives on average.
 """
+
 from __future__ import annotations
 
 import math
@@ -61,13 +62,25 @@ class Masks:
         out = np.empty((j - i, h, w), dtype=np.float64)
         for q, r in enumerate(range(i, j)):
             dy, dx = self.shifts[r]
-            out[q] = self.mh[dy:dy + h] @ self.grids[r] @ self.mw[dx:dx + w].T
+            out[q] = self.mh[dy : dy + h] @ self.grids[r] @ self.mw[dx : dx + w].T
         return out
 
 
-def explain(explainer, x: np.ndarray, target: np.ndarray | None, target_weights=None, *, n_masks: int = 2000,
-            cells: int = 7, p: float = 0.5, seed: int = 0, score: str = "softmax", batch_size: int | None = None,
-            progress=None, **unknown):
+def explain(
+    explainer,
+    x: np.ndarray,
+    target: np.ndarray | None,
+    target_weights=None,
+    *,
+    n_masks: int = 2000,
+    cells: int = 7,
+    p: float = 0.5,
+    seed: int = 0,
+    score: str = "softmax",
+    batch_size: int | None = None,
+    progress=None,
+    **unknown,
+):
     """RISE saliency for ``x`` [N, ...]; returns (attribution, targets, model outputs)."""
     from onnxplain.runtime.driver import SCORE, scorer
 
@@ -83,12 +96,13 @@ def explain(explainer, x: np.ndarray, target: np.ndarray | None, target_weights=
     cover = np.zeros((h, w))  # sum of the masks
     total, done = n * masks.n, 0
     for i0 in range(0, masks.n, CHUNK):
-        m = masks[i0:i0 + CHUNK]  # [k, H, W]
+        m = masks[i0 : i0 + CHUNK]  # [k, H, W]
         cover += m.sum(axis=0)
         mk = np.expand_dims(m, c).astype(x.dtype)  # channel axis of size 1 for broadcasting
         for item in range(n):
-            def rows(a, b, item=item):
-                return x[item:item + 1] * mk[a:b]
+
+            def rows(a, b, item=item, mk=mk):
+                return x[item : item + 1] * mk[a:b]
 
             prog = None if progress is None else (lambda d, _t, base_done=done: progress(base_done + d, total))
             y = drv.outputs_rows(rows, len(m), batch_size, prog)[SCORE]

@@ -25,13 +25,15 @@ Kinds (Captum's uniform ``attribute()`` and pytorch-grad-cam's ``BaseCAM`` are t
 Maps are ``signed`` (diverging colours), ``non-negative`` (sequential) or ``offset``: non-negative
 values around a baseline that carries no information (RISE's mean score, a mask's kept area).
 """
+
 from __future__ import annotations
 
 import difflib
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -153,8 +155,10 @@ class Method:
         unknown = [k for k in given if self.option(k) is None]
         if unknown:
             raise OnnxplainError(_unknown_options(self, unknown))
-        return {o.name: o.validate(self.name, given[o.name], cli) if o.name in given else o.default
-                for o in self.options + COMMON}
+        return {
+            o.name: o.validate(self.name, given[o.name], cli) if o.name in given else o.default
+            for o in self.options + COMMON
+        }
 
 
 @dataclass

@@ -12,6 +12,7 @@ final Softmax/Sigmoid, as for the gradient methods), so every target the Explain
 
 The map has the ids' shape ``[N, T]`` and is also ``outputs["token_scores"]``.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -63,7 +64,7 @@ def _scorer(explainer, seeds: np.ndarray):
     def score(i, rows, batch):
         out = []
         for a in range(0, len(rows), batch):
-            y = session.run([name], {entry: rows[a:a + batch].astype(rows.dtype)})[0]
+            y = session.run([name], {entry: rows[a : a + batch].astype(rows.dtype)})[0]
             out.append((y.reshape(len(y), -1) * seeds[i].reshape(1, -1)).sum(axis=1))
         return np.concatenate(out).astype(np.float64)
 

@@ -21,6 +21,7 @@ Transformers", ICML (arXiv:2402.05602). With R the relevance of a node's output 
 Unlike LRP-epsilon's products in :mod:`onnxplain.rules.lrp`, no gate is frozen: the softmax output A
 gets half of the relevance of A V, and Q and K each half of that of Q K^T.
 """
+
 from __future__ import annotations
 
 from onnxplain.errors import OnnxplainError

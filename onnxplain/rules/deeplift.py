@@ -29,6 +29,7 @@ the machine epsilon of x's type (3.5e-4 for float32, 1.5e-8 for float64, 3.1e-2 
 fixed when the graph is built: the classic finite-difference step, which balances the rounding
 error of the secant (eps |y| / |Δx|) against the error of the tangent (|f''| |Δx| / 2).
 """
+
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -37,9 +38,9 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from onnxplain.errors import OnnxplainError
 from onnxplain.graph.backward import VALUE_FREE
 from onnxplain.graph.builder import np_dtype, rank
-from onnxplain.errors import OnnxplainError
 from onnxplain.rules.table import modified
 from onnxplain.rules.vjp import VJP, attr, load_all
 from onnxplain.rules.vjp.activation import _softmax_axes
@@ -58,8 +59,11 @@ def _ref(env, t):
 def _path_inputs(env, node) -> list[int]:
     """Indices of the inputs whose values differ between the two passes (on the explained path)."""
     skip = VALUE_FREE.get(node.op, ())
-    return [i for i, t in enumerate(node.inputs)
-            if i not in skip and t.name and not isinstance(t, gs.Constant) and env.on_path(t)]
+    return [
+        i
+        for i, t in enumerate(node.inputs)
+        if i not in skip and t.name and not isinstance(t, gs.Constant) and env.on_path(t)
+    ]
 
 
 def _tol(tiny: float, t) -> float:
@@ -215,8 +219,9 @@ def shapley_product(env, tiny):
         ins = list(node.inputs)
         for i in on:
             ins[i] = _mid(b, ins[i], _ref(env, ins[i]))
-        at_mid = SimpleNamespace(op=node.op, name=node.name, attrs=node.attrs, domain=node.domain, inputs=ins,
-                                 outputs=node.outputs)
+        at_mid = SimpleNamespace(
+            op=node.op, name=node.name, attrs=node.attrs, domain=node.domain, inputs=ins, outputs=node.outputs
+        )
         return _true_vjp(b, at_mid, g)
 
     return rule

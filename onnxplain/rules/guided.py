@@ -8,6 +8,7 @@
   (arXiv:1311.2901): the reconstruction passes a ReLU of its own, ignoring the forward pass:
   relu(g) for every ReLU-like op (so ReLU6's upper clip and a leaky slope do not act on it).
 """
+
 from __future__ import annotations
 
 from onnxplain.rules.table import modified

@@ -31,6 +31,7 @@ the epsilon relevance (each operand's share x_i * df/dx_i sums to z, so the halv
 tensor the divisor is frozen (normalisation statistics); a Div whose numerator is off the path is
 an elementwise nonlinearity and passes relevance to the divisor unchanged.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -39,8 +40,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxplain.graph.builder import np_dtype, rank
 from onnxplain.errors import OnnxplainError, ShapeError
+from onnxplain.graph.builder import np_dtype, rank
 from onnxplain.rules.table import modified
 from onnxplain.rules.vjp import VJP, attr, load_all
 
@@ -49,8 +50,21 @@ STABILIZER = 1e-6  # the stabiliser of the weight-modifying rules and of their e
 # ops whose on-path operands multiply (None: every operand is a factor)
 _FACTORS = {"Mul": (0, 1), "MatMul": (0, 1), "Gemm": (0, 1), "Conv": (0, 1), "ConvTranspose": (0, 1), "Einsum": None}
 _GATES = {"Sigmoid": 2, "HardSigmoid": 2, "Softmax": 2, "Tanh": 1, "Erf": 1}
-_THROUGH = {"Identity", "Cast", "Reshape", "Transpose", "Unsqueeze", "Squeeze", "Flatten", "Expand", "Neg",
-            "Add", "Sub", "Mul", "Div"}
+_THROUGH = {
+    "Identity",
+    "Cast",
+    "Reshape",
+    "Transpose",
+    "Unsqueeze",
+    "Squeeze",
+    "Flatten",
+    "Expand",
+    "Neg",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+}
 
 
 def stab(b, z, eps: float):
@@ -84,8 +98,21 @@ def gate_strength(t, env, depth: int = 8) -> int:
 
 
 _REDUCE = {"ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2", "ReduceL1", "ReduceLogSumExp"}
-_ARITH = {"Sqrt", "Reciprocal", "Add", "Sub", "Mul", "Div", "Pow", "Cast", "Identity", "Expand", "Unsqueeze",
-          "Reshape", "Squeeze"}
+_ARITH = {
+    "Sqrt",
+    "Reciprocal",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Pow",
+    "Cast",
+    "Identity",
+    "Expand",
+    "Unsqueeze",
+    "Reshape",
+    "Squeeze",
+}
 
 
 def is_statistic(t, env, depth: int = 8) -> bool:
@@ -246,11 +273,15 @@ class Layer:
 
     @staticmethod
     def of(b, node, env):
-        pairs = {"Conv": [(0, 1)], "ConvTranspose": [(0, 1)], "Gemm": [(0, 1), (1, 0)],
-                 "MatMul": [(0, 1), (1, 0)]}.get(node.op, [])
+        pairs = {"Conv": [(0, 1)], "ConvTranspose": [(0, 1)], "Gemm": [(0, 1), (1, 0)], "MatMul": [(0, 1), (1, 0)]}.get(
+            node.op, []
+        )
         for xi, wi in pairs:
-            if _on(env, node.inputs[xi]) and not _on(env, node.inputs[wi]) and \
-                    not any(_on(env, t) for t in node.inputs[2:]):
+            if (
+                _on(env, node.inputs[xi])
+                and not _on(env, node.inputs[wi])
+                and not any(_on(env, t) for t in node.inputs[2:])
+            ):
                 return Layer(b, node, xi, wi)
         return None
 
@@ -304,8 +335,23 @@ def _weighted(env, name, body):
 
 
 _NONNEG = {"Relu", "Sigmoid", "HardSigmoid", "Softmax", "Abs", "Exp", "Sqrt"}
-_KEEPS_SIGN = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Reshape", "Flatten", "Identity",
-               "Transpose", "Squeeze", "Unsqueeze", "Pad", "Resize", "Concat", "Slice", "Split"}
+_KEEPS_SIGN = {
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+    "GlobalMaxPool",
+    "Reshape",
+    "Flatten",
+    "Identity",
+    "Transpose",
+    "Squeeze",
+    "Unsqueeze",
+    "Pad",
+    "Resize",
+    "Concat",
+    "Slice",
+    "Split",
+}
 
 
 def nonnegative(t, depth: int = 8) -> bool:
@@ -324,10 +370,14 @@ def nonnegative(t, depth: int = 8) -> bool:
             return False
         if node.op == "Pad" and str(node.attrs.get("mode", "constant")).strip("b'") != "constant":
             return False
-        if node.op == "Pad" and len(node.inputs) > 2 and node.inputs[2].name and not (
-                isinstance(node.inputs[2], gs.Constant) and float(np.min(node.inputs[2].values)) >= 0):
+        if (
+            node.op == "Pad"
+            and len(node.inputs) > 2
+            and node.inputs[2].name
+            and not (isinstance(node.inputs[2], gs.Constant) and float(np.min(node.inputs[2].values)) >= 0)
+        ):
             return False
-        data = [u for u in node.inputs[:1 if node.op != "Concat" else None] if u.name]
+        data = [u for u in node.inputs[: 1 if node.op != "Concat" else None] if u.name]
         if node.op == "Concat":
             return all(nonnegative(u, depth - 1) for u in data)
         t = data[0]
@@ -392,8 +442,11 @@ def gamma(env, gamma):
     def body(b, layer, R):
         c = b.const(gamma, like=layer.w)
         wg = _like(b.Add(layer.w, b.Mul(c, layer.pos(layer.w))), layer.w)
-        bias = None if layer.bias is None else b.Add(layer.bias, b.Mul(b.const(gamma, like=layer.bias),
-                                                                        b.Relu(layer.bias)))
+        bias = (
+            None
+            if layer.bias is None
+            else b.Add(layer.bias, b.Mul(b.const(gamma, like=layer.bias), b.Relu(layer.bias)))
+        )
         z = layer.z(layer.x, wg, bias)
         return b.Mul(layer.x, layer.back(z, b.Div(R, stab(b, z, STABILIZER))))
 

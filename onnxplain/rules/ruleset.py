@@ -17,15 +17,16 @@ Files are validated when loaded; every error names the file and the key. Like Py
 ``derivatives.yaml`` and Zennit's composites, the mapping is data; the rules are code, one
 short factory each, registered with :func:`onnxplain.rules.table.modified`.
 """
+
 from __future__ import annotations
 
 import math
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
+import tomllib
 
 from onnxplain.errors import OnnxplainError, os_message
 from onnxplain.rules import attnlrp, deeplift, guided, lrp  # noqa: F401  (they register into MODIFIED)
@@ -73,9 +74,7 @@ class Entry:
                 self._hits[name] = any(p.fullmatch(name) for p in self.names)
             if not self._hits[name]:
                 return False
-        if self.position == "first" and node.name not in env.first:
-            return False
-        return True
+        return not (self.position == "first" and node.name not in env.first)
 
 
 @dataclass
@@ -87,7 +86,7 @@ class RuleSet:
     description: str = ""
     entries: list = field(default_factory=list)
 
-    def bind(self, env: Env) -> "BoundRules":
+    def bind(self, env: Env) -> BoundRules:
         return BoundRules(self, env)
 
 
@@ -112,8 +111,7 @@ class BoundRules:
                 if key not in self._made:
                     factory, _ = MODIFIED[entry.rule]
                     true = self.vjp.get(node.op)
-                    self._made[key] = Rule(factory(self.env, **entry.params), bool(true and true.broadcast),
-                                           entry.rule)
+                    self._made[key] = Rule(factory(self.env, **entry.params), bool(true and true.broadcast), entry.rule)
                 return self._made[key]
         return self.vjp.get(node.op)
 
@@ -126,8 +124,9 @@ def load_ruleset(path: str | Path) -> RuleSet:
         raise OnnxplainError(f"rule-set file {where} does not exist")
     try:
         if path.stat().st_size > MAX_FILE_BYTES:
-            raise OnnxplainError(f"{where}: a rule-set file of {path.stat().st_size} bytes is too large "
-                                 f"(at most {MAX_FILE_BYTES})")
+            raise OnnxplainError(
+                f"{where}: a rule-set file of {path.stat().st_size} bytes is too large (at most {MAX_FILE_BYTES})"
+            )
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise OnnxplainError(f"{where}: cannot read it ({os_message(exc)})") from None
@@ -135,8 +134,9 @@ def load_ruleset(path: str | Path) -> RuleSet:
         raise OnnxplainError(f"{where}: not valid TOML (not UTF-8 text)") from None
     depth = _nesting(text)
     if depth > MAX_DEPTH:
-        raise OnnxplainError(f"{where}: not valid TOML for a rule set (arrays or tables nested {depth} deep; "
-                             f"at most {MAX_DEPTH})")
+        raise OnnxplainError(
+            f"{where}: not valid TOML for a rule set (arrays or tables nested {depth} deep; at most {MAX_DEPTH})"
+        )
     try:
         data = tomllib.loads(text)
     except (tomllib.TOMLDecodeError, RecursionError, ValueError, OverflowError) as exc:
@@ -155,8 +155,9 @@ def load_ruleset(path: str | Path) -> RuleSet:
         raise OnnxplainError(f"{where}: 'rule' must be an array of tables ([[rule]])")
     modified_rules = MODIFIED
     entries = [_entry(r, f"{where}: rule[{i}]", modified_rules) for i, r in enumerate(rules)]
-    return RuleSet(name=data.get("name", path.stem), path=where, description=data.get("description", ""),
-                   entries=entries)
+    return RuleSet(
+        name=data.get("name", path.stem), path=where, description=data.get("description", ""), entries=entries
+    )
 
 
 def _entry(table, where: str, modified_rules: dict) -> Entry:
@@ -166,8 +167,9 @@ def _entry(table, where: str, modified_rules: dict) -> Entry:
         raise OnnxplainError(f"{where}: missing key 'rule'")
     name = table["rule"]
     if name != "gradient" and name not in modified_rules:
-        raise OnnxplainError(f"{where}: rule: unknown rule '{name}' (known: gradient, "
-                             f"{', '.join(sorted(modified_rules))})")
+        raise OnnxplainError(
+            f"{where}: rule: unknown rule '{name}' (known: gradient, {', '.join(sorted(modified_rules))})"
+        )
     defaults = {} if name == "gradient" else modified_rules[name][1]
     params = dict(defaults)
     for key, value in table.items():
@@ -184,8 +186,9 @@ def _entry(table, where: str, modified_rules: dict) -> Entry:
         if not isinstance(value, want) or isinstance(value, bool) != isinstance(defaults[key], bool):
             raise OnnxplainError(f"{where}: {key}: expected {want.__name__}, got {type(value).__name__}")
         if isinstance(value, float) and not (math.isfinite(value) and abs(value) <= MAX_NUMBER):
-            raise OnnxplainError(f"{where}: {key}: must be a finite number of at most {MAX_NUMBER:g} in size, "
-                                 f"not {value}")
+            raise OnnxplainError(
+                f"{where}: {key}: must be a finite number of at most {MAX_NUMBER:g} in size, not {value}"
+            )
         params[key] = value
     if not _MATCH_KEYS & set(table):
         raise OnnxplainError(f"{where}: give at least one of ops, names, position")
@@ -228,8 +231,9 @@ def _regex(pattern: str, where: str):
     Without the ``google-re2`` package, Python's ``re`` is used and patterns that can backtrack
     exponentially (a quantified group that contains a quantifier, backreferences) are refused."""
     if len(pattern) > MAX_PATTERN:
-        raise OnnxplainError(f"{where}: names: a pattern of {len(pattern)} characters is too long "
-                             f"(at most {MAX_PATTERN})")
+        raise OnnxplainError(
+            f"{where}: names: a pattern of {len(pattern)} characters is too long (at most {MAX_PATTERN})"
+        )
     re2 = _re2()
     if re2 is not None:
         options = re2.Options()
@@ -238,12 +242,16 @@ def _regex(pattern: str, where: str):
             return re2.compile(pattern, options)
         except Exception as exc:  # noqa: BLE001 -- re2.error
             reason = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else str(exc)
-            raise OnnxplainError(f"{where}: names: bad regular expression {pattern!r} ({reason}; patterns use RE2 "
-                                 "syntax: no backreferences or lookarounds)") from None
+            raise OnnxplainError(
+                f"{where}: names: bad regular expression {pattern!r} ({reason}; patterns use RE2 "
+                "syntax: no backreferences or lookarounds)"
+            ) from None
     if re.search(r"\\[1-9]|\(\?[=!<]|\(\?P=", pattern) or re.search(r"\([^()]*[*+}][^()]*\)\s*[*+{]", pattern):
-        raise OnnxplainError(f"{where}: names: pattern {pattern!r} needs a backtracking engine (a repeated group "
-                             "that repeats, a backreference or a lookaround) and could hang on a node name; "
-                             "install google-re2 or simplify it")
+        raise OnnxplainError(
+            f"{where}: names: pattern {pattern!r} needs a backtracking engine (a repeated group "
+            "that repeats, a backreference or a lookaround) and could hang on a node name; "
+            "install google-re2 or simplify it"
+        )
     try:
         return re.compile(pattern)
     except re.error as exc:

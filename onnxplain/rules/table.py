@@ -5,12 +5,14 @@ Rule modules (:mod:`~onnxplain.rules.guided`, :mod:`~onnxplain.rules.lrp`,
 (:mod:`~onnxplain.rules.ruleset`) imports them and reads it. The true VJPs have their own table,
 :data:`onnxplain.rules.vjp.VJP`.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 # rule name -> (factory(env, **params) -> rule function, {param: default})
 MODIFIED: dict[str, tuple[Callable, dict]] = {}
+
 
 def modified(name: str, **defaults):
     """Register ``factory(env, **params) -> rule(b, node, g)`` as the modified rule ``name``.

@@ -15,6 +15,7 @@ at a time. Any other fixed batch ``B`` runs ``B`` rows at a time, padding the la
 On CUDA (:func:`onnxplain.runtime.session.cuda_usable`) the session uses the CUDA provider and I/O binding
 (inputs copied once, outputs bound to the CPU); on the CPU a plain ``session.run``.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -67,13 +68,23 @@ def _is_alloc_error(e: Exception) -> bool:
 class Driver:
     """Scores batches of perturbed inputs of one model (see the module docstring)."""
 
-    def __init__(self, canonical_or_model, output: str | None = None, probabilities: bool = False,
-                 providers: list[str] | None = None, input: str | None = None, class_axis: int | None = None):
+    def __init__(
+        self,
+        canonical_or_model,
+        output: str | None = None,
+        probabilities: bool = False,
+        providers: list[str] | None = None,
+        input: str | None = None,
+        class_axis: int | None = None,
+    ):
         from onnxplain.graph.canonicalize import canonicalize
         from onnxplain.runtime.session import cuda_usable, make_session
 
-        can = canonical_or_model if hasattr(canonical_or_model, "graph") and hasattr(canonical_or_model, "opset") \
+        can = (
+            canonical_or_model
+            if hasattr(canonical_or_model, "graph") and hasattr(canonical_or_model, "opset")
             else canonicalize(canonical_or_model)
+        )
         self.canonical = can
         self.output, self.probabilities, self.class_axis = output, probabilities, class_axis
         self.providers = providers
@@ -111,9 +122,11 @@ class Driver:
                 sess = self._make(_graph(self.canonical, self.output, self.probabilities, True))
                 two = np.ascontiguousarray(np.concatenate([sample[:1], sample[-1:]]))
                 both = self._run(sess, two)
-                singles = [self._run(self.session, two[i:i + 1]) for i in range(2)]
-                ok = all(b.shape[:1] == (2,) and np.array_equal(b, np.concatenate([s[j] for s in singles]))
-                         for j, b in enumerate(both))
+                singles = [self._run(self.session, two[i : i + 1]) for i in range(2)]
+                ok = all(
+                    b.shape[:1] == (2,) and np.array_equal(b, np.concatenate([s[j] for s in singles]))
+                    for j, b in enumerate(both)
+                )
                 if ok:
                     self.batched = sess
             except Exception:  # noqa: BLE001 -- any failure: the graph is not batchable
@@ -203,8 +216,14 @@ def for_explainer(explainer) -> Driver:
     drivers = explainer.__dict__.setdefault("_drivers", {})
     if "driver" not in drivers:
         o = explainer.options
-        drivers["driver"] = Driver(explainer.canonical, output=o.output, probabilities=o.probabilities,
-                                   providers=explainer.providers, input=o.input, class_axis=o.class_axis)
+        drivers["driver"] = Driver(
+            explainer.canonical,
+            output=o.output,
+            probabilities=o.probabilities,
+            providers=explainer.providers,
+            input=o.input,
+            class_axis=o.class_axis,
+        )
     return drivers["driver"]
 
 
@@ -218,8 +237,9 @@ def class_scores(drv: Driver, y: np.ndarray, targets: np.ndarray, score: str = "
     z = drv.per_class(y)
     bad = np.asarray(targets)[(np.asarray(targets) >= z.shape[1]) | (np.asarray(targets) < 0)]
     if bad.size:
-        raise OnnxplainError(f"target {int(bad[0])} out of range: the explained output has {z.shape[1]} classes "
-                             "at run time")
+        raise OnnxplainError(
+            f"target {int(bad[0])} out of range: the explained output has {z.shape[1]} classes at run time"
+        )
     if score == "softmax" and not drv.probabilities and z.shape[1] > 1:  # a softmax over one class is 1
         e = np.exp(z - z.max(axis=1, keepdims=True))
         z = e / e.sum(axis=1, keepdims=True)
@@ -243,8 +263,9 @@ def scorer(drv: Driver, y0: np.ndarray, classes, weights, score: str = "softmax"
     if weights is not None:
         w = np.asarray(weights, np.float64)
         if w.shape != y0.shape:
-            raise OnnxplainError(f"target weights of shape {list(w.shape)} do not match the explained output "
-                                 f"{list(y0.shape)}")
+            raise OnnxplainError(
+                f"target weights of shape {list(w.shape)} do not match the explained output {list(y0.shape)}"
+            )
         return None, lambda y, items: weighted_scores(y, w[np.asarray(items)])
     z = drv.per_class(y0)
     t = np.full(n, -1, dtype=np.int64) if classes is None else np.broadcast_to(np.asarray(classes, np.int64), (n,))

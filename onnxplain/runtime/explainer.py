@@ -1,4 +1,5 @@
 """The Python API: ``Explainer(model).explain(x, method=..., target=...)``."""
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -7,16 +8,15 @@ import numpy as np
 import onnx
 
 from onnxplain.errors import OnnxplainError, ShapeError, user_errors
-from onnxplain.graph.specialise import bind, first_float, promote, side_inputs, specialised
 from onnxplain.graph.canonicalize import canonicalize
 from onnxplain.graph.load import load_model
 from onnxplain.graph.rewrite import Options, build
+from onnxplain.graph.specialise import bind, first_float, promote, side_inputs, specialised
 from onnxplain.runtime.result import Explanation
 from onnxplain.runtime.session import make_session
 from onnxplain.targets import Target
 from onnxplain.validate import as_array, check_run_memory, targets_in_range
 from onnxplain.validate import class_axis as check_class_axis
-
 
 
 def all_methods() -> tuple:
@@ -33,10 +33,22 @@ class Explainer:
     >>> heat = ex.explain(x, method="integrated_gradients", target=3)
     """
 
-    def __init__(self, model, *, input: str | None = None, output: str | None = None,
-                 probabilities: bool = False, class_axis: int | None = None, channel_axis: int = 1,
-                 rules=None, providers: list[str] | None = None, feeds: dict | None = None,
-                 input_shape=None, device: str = "auto", max_memory=None):
+    def __init__(
+        self,
+        model,
+        *,
+        input: str | None = None,
+        output: str | None = None,
+        probabilities: bool = False,
+        class_axis: int | None = None,
+        channel_axis: int = 1,
+        rules=None,
+        providers: list[str] | None = None,
+        feeds: dict | None = None,
+        input_shape=None,
+        device: str = "auto",
+        max_memory=None,
+    ):
         """``feeds``: values for the model's other inputs (recurrent state, sample rate, masks), constants
         of the explanation. ``input``: a graph input or any inner float tensor; an integer input (token
         ids, bytes) is explained through the first float tensor it produces (its embedding).
@@ -54,8 +66,15 @@ class Explainer:
             source = load_model(model)
         providers = providers_for(device, providers)
         self.source, self.feeds, self.providers = source, dict(feeds or {}), providers
-        self._kw = dict(output=output, probabilities=probabilities, class_axis=class_axis,
-                        channel_axis=channel_axis, rules=rules, providers=providers, max_memory=max_memory)
+        self._kw = dict(
+            output=output,
+            probabilities=probabilities,
+            class_axis=class_axis,
+            channel_axis=channel_axis,
+            rules=rules,
+            providers=providers,
+            max_memory=max_memory,
+        )
         self._graphs: dict = {}
         self._sessions: dict = {}
         self._children: dict = {}
@@ -74,22 +93,37 @@ class Explainer:
         probe = None
         if self.inner is None and self.shape is not None:  # a specialised child: read what inference leaves out
             vi = next(v for v in model.graph.input if v.name == self.entry)
-            probe = {self.entry: np.zeros([d or 1 for d in self.shape],
-                                          dtype=onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type))}
+            probe = {
+                self.entry: np.zeros(
+                    [d or 1 for d in self.shape],
+                    dtype=onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type),
+                )
+            }
         with user_errors("cannot load the model"):
             self.canonical = canonicalize(model, probe=probe)
         self.x = self.canonical.input(input if self.inner is not None else self.entry)
-        self.options = Options(input=self.x.name, output=output, probabilities=probabilities,
-                               class_axis=class_axis, channel_axis=channel_axis, rules=rules)
+        self.options = Options(
+            input=self.x.name,
+            output=output,
+            probabilities=probabilities,
+            class_axis=class_axis,
+            channel_axis=channel_axis,
+            rules=rules,
+        )
         out = self.canonical.output(output)
         if class_axis is not None and out.shape is not None:
             check_class_axis(class_axis, len(out.shape), f"output '{out.name}'")
-        missing = [vi.name for vi in side_inputs(model, self.x.name)
-                   if self.inner is None or vi.name not in {i.name for i in source.graph.input}]
+        missing = [
+            vi.name
+            for vi in side_inputs(model, self.x.name)
+            if self.inner is None or vi.name not in {i.name for i in source.graph.input}
+        ]
         if missing:
-            raise OnnxplainError(f"the model's input(s) {', '.join(map(repr, missing))} need values: pass "
-                                 f"feeds={{'{missing[0]}': ...}} (command line: --feed {missing[0]}=FILE.npy or "
-                                 f"--feed {missing[0]}=VALUE)")
+            raise OnnxplainError(
+                f"the model's input(s) {', '.join(map(repr, missing))} need values: pass "
+                f"feeds={{'{missing[0]}': ...}} (command line: --feed {missing[0]}=FILE.npy or "
+                f"--feed {missing[0]}=VALUE)"
+            )
 
     # ---- graphs and sessions --------------------------------------------------------------
     def graph(self, method: str = "gradient", target_mode: str = "class", **params) -> onnx.ModelProto:
@@ -143,7 +177,9 @@ class Explainer:
         if x.dtype.name == "bfloat16":  # ml_dtypes' bfloat16 (no numpy type): bfloat16 models take float32
             x = x.astype(np.float32)
         if x.ndim == 0 or len(x) == 0:
-            raise OnnxplainError(f"input '{self.x.name}' is an empty batch (shape {list(x.shape)}); give at least one item")
+            raise OnnxplainError(
+                f"input '{self.x.name}' is an empty batch (shape {list(x.shape)}); give at least one item"
+            )
         want = self.x.shape
         if not np.issubdtype(x.dtype, np.floating):
             raise OnnxplainError(f"input '{self.x.name}' must be a float array, got {x.dtype}")
@@ -151,8 +187,9 @@ class Explainer:
             x = x.astype(self.x.dtype, copy=False)
         except TypeError:
             kind = onnx.helper.tensor_dtype_to_string(self.x.dtype) if isinstance(self.x.dtype, int) else self.x.dtype
-            raise OnnxplainError(f"input '{self.x.name}' has an element type numpy cannot hold ({kind}); "
-                                 "onnxplain cannot feed it") from None
+            raise OnnxplainError(
+                f"input '{self.x.name}' has an element type numpy cannot hold ({kind}); onnxplain cannot feed it"
+            ) from None
         if want is not None:
             if x.ndim != len(want):
                 raise OnnxplainError(f"input '{self.x.name}' expects shape {_fmt(want)}, got {list(x.shape)}")
@@ -183,8 +220,10 @@ class Explainer:
                 raise OnnxplainError("the baseline contains NaN or infinite values")
             return np.ascontiguousarray(np.broadcast_to(b, x.shape))
         except (TypeError, ValueError):
-            raise OnnxplainError(f"the baseline (shape {list(np.shape(baseline))}) does not broadcast to the "
-                                 f"input's shape {list(x.shape)}") from None
+            raise OnnxplainError(
+                f"the baseline (shape {list(np.shape(baseline))}) does not broadcast to the "
+                f"input's shape {list(x.shape)}"
+            ) from None
 
     def check_weights(self, weights, x: np.ndarray) -> np.ndarray:
         w = as_array(weights, "target_weights")
@@ -196,8 +235,10 @@ class Explainer:
             dims = [len(x) if batch else want[0], *want[1:]]
             if w.ndim != len(want) or any(static(d) and d != n for d, n in zip(dims, w.shape)):
                 cls = ShapeError if self.shape is None and not all(map(static, want)) else OnnxplainError
-                raise cls(f"target_weights must have the explained output's shape {_fmt(dims)} ('{out.name}'), "
-                          f"got {list(w.shape)}")
+                raise cls(
+                    f"target_weights must have the explained output's shape {_fmt(dims)} ('{out.name}'), "
+                    f"got {list(w.shape)}"
+                )
         if not (np.issubdtype(w.dtype, np.floating) or np.issubdtype(w.dtype, np.integer)):
             raise OnnxplainError(f"target_weights must be a float array, got {w.dtype}")
         if not np.all(np.isfinite(w)):
@@ -233,8 +274,9 @@ class Explainer:
             return {self.x.name: x, "target_weights": target.weights}
         return {self.x.name: x, "target": target.classes}
 
-    def run_graph(self, method: str, mode: str, feeds: dict, params: dict | None = None,
-                  batch_size: int = 16) -> Explanation:
+    def run_graph(
+        self, method: str, mode: str, feeds: dict, params: dict | None = None, batch_size: int = 16
+    ) -> Explanation:
         """Run ``method``'s explanation graph (built with ``params``) over the batch axis in chunks."""
         params = params or {}
         if "baseline" in feeds and "baseline" not in {i.name for i in self.graph(method, mode, **params).graph.input}:
@@ -250,7 +292,7 @@ class Explainer:
             return Explanation(attribution=res["attribution"], target=res.get("target_index"), outputs=outputs)
         parts = []
         for i in range(0, n, step):
-            chunk = {k: v[i:i + step] for k, v in feeds.items()}
+            chunk = {k: v[i : i + step] for k, v in feeds.items()}
             k = len(chunk[self.x.name])
             if self.fixed_batch and k < step:  # a fixed batch: pad with copies of the last row, drop them after
                 chunk = {key: np.concatenate([v, np.repeat(v[-1:], step - k, 0)]) for key, v in chunk.items()}
@@ -259,8 +301,9 @@ class Explainer:
         outputs = {k: v for k, v in res.items() if k not in ("attribution", "target_index")}
         return Explanation(attribution=res["attribution"], target=res.get("target_index"), outputs=outputs)
 
-    def run(self, x, method: str = "gradient", target=None, target_weights=None, *, progress=None,
-            **options) -> Explanation:
+    def run(
+        self, x, method: str = "gradient", target=None, target_weights=None, *, progress=None, **options
+    ) -> Explanation:
         """Explain ``x`` ([N, ...]) with ``method``; returns attribution, explained targets and the outputs.
 
         ``method`` is any name or alias of the method table (:data:`onnxplain.methods.catalog.METHODS`;
@@ -293,8 +336,9 @@ class Explainer:
             self._needs_shape = True
         else:
             if t.given and t.classes is not None and self.num_classes is None:  # the range is known only now
-                targets_in_range(t.classes, res.outputs, self.canonical.output(self.options.output).name,
-                                 self.options.class_axis)
+                targets_in_range(
+                    t.classes, res.outputs, self.canonical.output(self.options.output).name, self.options.class_axis
+                )
             custom = opts.get("rules") is not None or self.options.rules is not None  # a user's rules may zero
             if m.family in GUARDED and opts.get("unit") is None and not custom:
                 runner.guard(x, t, res)
@@ -312,26 +356,37 @@ class Explainer:
         t = as_array(target, "target")
         n = len(x) if self.inner is not None else len(self.check_input(x))
         if not np.issubdtype(t.dtype, np.integer) or t.shape[0] not in (1, n) or t.shape[1] < 1:
-            raise OnnxplainError(f"many targets: target must be integer class indices of shape [N, K] = [{n}, K], "
-                                 f"got {t.dtype} {list(t.shape)}")
+            raise OnnxplainError(
+                f"many targets: target must be integer class indices of shape [N, K] = [{n}, K], "
+                f"got {t.dtype} {list(t.shape)}"
+            )
         t = np.ascontiguousarray(np.broadcast_to(t.astype(np.int64), (n, t.shape[1])))
-        folded = (m.name in FOLDED and m.name not in self._no_fold and self.inner is None and not self._needs_shape
-                  and self.fixed_batch is None
-                  and not options.keys() - {"batch_size"})
+        folded = (
+            m.name in FOLDED
+            and m.name not in self._no_fold
+            and self.inner is None
+            and not self._needs_shape
+            and self.fixed_batch is None
+            and not options.keys() - {"batch_size"}
+        )
         if folded:
             x = self.check_input(x)
             for k in range(t.shape[1]):
                 self.check_target(t[:, k], n)
             try:
                 with user_errors(f"{m.name} failed"):
-                    res = self.run_graph(m.name, "classes", {self.x.name: x, "target": t},
-                                         batch_size=opts.get("batch_size") or 16)
+                    res = self.run_graph(
+                        m.name, "classes", {self.x.name: x, "target": t}, batch_size=opts.get("batch_size") or 16
+                    )
             except FoldError:
                 self._no_fold.add(m.name)  # this graph cannot fold (e.g. a tensor lost its batch axis)
             else:
                 for k in range(t.shape[1]):  # the all-zero check, per target
-                    self.guard(x, Target(res.target[:, k], None, True), replace(res, attribution=res.attribution[:, k],
-                                                                              target=res.target[:, k]))
+                    self.guard(
+                        x,
+                        Target(res.target[:, k], None, True),
+                        replace(res, attribution=res.attribution[:, k], target=res.target[:, k]),
+                    )
                 return res
         parts = [self.run(x, m.name, t[:, k], progress=progress, **options) for k in range(t.shape[1])]
         target_out = None if parts[0].target is None else np.stack([p.target for p in parts], 1)
@@ -389,13 +444,20 @@ class Explainer:
         """This explainer specialised to an input ``shape`` (None on an axis: as declared) and/or more
         ``feeds``; cached."""
         feeds = {**self.feeds, **(feeds or {})}
-        key = (tuple(shape) if shape is not None else None,
-               tuple((k, np.asarray(v).tobytes(), np.shape(v)) for k, v in sorted(feeds.items())))
+        key = (
+            tuple(shape) if shape is not None else None,
+            tuple((k, np.asarray(v).tobytes(), np.shape(v)) for k, v in sorted(feeds.items())),
+        )
         if key not in self._children:
             # an embedding's child explains the promoted tensor as its own input
             source = promote(self.source, self.inner) if self.inner is not None else self.source
-            self._children[key] = Explainer(source, input=self.options.input if self.inner is not None else self.entry,
-                                            feeds=feeds, input_shape=shape, **self._kw)
+            self._children[key] = Explainer(
+                source,
+                input=self.options.input if self.inner is not None else self.entry,
+                feeds=feeds,
+                input_shape=shape,
+                **self._kw,
+            )
         return self._children[key]
 
     def _run_inner(self, ids, m, target, target_weights, opts, progress) -> Explanation:
@@ -410,14 +472,14 @@ class Explainer:
         emb = self._prefix().run([self.inner], {self.entry: ids})[0]
         parts = []
         for i in range(n):
-            child = self.child(feeds={self.entry: ids[i:i + 1]})
+            child = self.child(feeds={self.entry: ids[i : i + 1]})
             if t.spec is not None:  # a target object: resolved on the item itself
                 kw = {"target": t.spec}
             elif t.weights is not None:
-                kw = {"target_weights": t.weights[i:i + 1]}
+                kw = {"target_weights": t.weights[i : i + 1]}
             else:
-                kw = {"target": t.classes[i:i + 1]}
-            parts.append(child.run(emb[i:i + 1], m.name, progress=progress, **kw, **opts))
+                kw = {"target": t.classes[i : i + 1]}
+            parts.append(child.run(emb[i : i + 1], m.name, progress=progress, **kw, **opts))
         a = np.concatenate([p.attribution for p in parts])
         outputs = {k: np.concatenate([p.outputs[k] for p in parts]) for k in parts[0].outputs}
         per_token = a * emb if m.name in GRADIENT_MAPS and a.shape == emb.shape else a
@@ -481,8 +543,9 @@ class Explainer:
         a = np.asarray(ids)
         integer = vi.type.tensor_type.elem_type not in FLOATS
         if a.dtype.kind not in ("iu" if integer else "iuf"):
-            raise OnnxplainError(f"input '{self.entry}' takes {'integers (token ids)' if integer else 'numbers'}, "
-                                 f"got {a.dtype}")
+            raise OnnxplainError(
+                f"input '{self.entry}' takes {'integers (token ids)' if integer else 'numbers'}, got {a.dtype}"
+            )
         if a.ndim == 0 or len(a) == 0:
             raise OnnxplainError(f"input '{self.entry}' needs a batch of at least one item")
         return check_value(vi, a, "input")
@@ -515,8 +578,10 @@ def explained_tensor(model: onnx.ModelProto, name: str | None):
             return name, None
         inner = first_float(model, name)
         if inner is None:
-            raise OnnxplainError(f"input '{name}' is not a float tensor, and no float tensor is computed from it "
-                                 "(an embedding) to explain instead")
+            raise OnnxplainError(
+                f"input '{name}' is not a float tensor, and no float tensor is computed from it "
+                "(an embedding) to explain instead"
+            )
         return name, inner
     # an inner tensor: explained as if it were an input, with the graph inputs bound per item
     real_float = [n for n in real if inputs[n].type.tensor_type.elem_type in floats]

@@ -7,6 +7,7 @@ into the current folder when it gives up. :func:`quiet` (the command line wraps 
 it) captures all of that; the command then prints its results and at most one error line.
 :func:`scratch_cwd` runs a call in a temporary folder that is removed afterwards.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -41,7 +42,7 @@ def captured_fd2():
     except (OSError, ValueError, AttributeError):
         yield lambda: ""
         return
-    sink = tempfile.TemporaryFile()
+    sink = tempfile.TemporaryFile()  # noqa: SIM115 - stays open while stderr points at it, closed below
     old_stderr = sys.stderr
     try:
         python_on_fd2 = sys.stderr.fileno() == 2
@@ -50,8 +51,9 @@ def captured_fd2():
     try:
         os.dup2(sink.fileno(), 2)
         if python_on_fd2:
-            sys.stderr = io.TextIOWrapper(os.fdopen(os.dup(saved), "wb", buffering=0), encoding="utf-8",
-                                          errors="replace", line_buffering=True)
+            sys.stderr = io.TextIOWrapper(
+                os.fdopen(os.dup(saved), "wb", buffering=0), encoding="utf-8", errors="replace", line_buffering=True
+            )
 
         def text() -> str:
             sink.seek(0)
@@ -59,10 +61,8 @@ def captured_fd2():
 
         yield text
     finally:
-        try:
+        with contextlib.suppress(OSError, ValueError):
             sys.stderr.flush()
-        except (OSError, ValueError):
-            pass
         if sys.stderr is not old_stderr:
             with contextlib.suppress(Exception):
                 sys.stderr.close()

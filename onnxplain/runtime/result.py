@@ -1,4 +1,5 @@
 """The result of one explanation: :class:`Explanation`."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -16,8 +16,10 @@ Session settings (:func:`make_session`; measured on a 2-core x86_64 VM, bench/RE
 * the CPU memory arena and memory-pattern planning: onnxruntime's defaults (on); the explanation graph's
   shapes repeat from call to call, which is what the arena and the patterns reuse.
 """
+
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import importlib.metadata
@@ -28,21 +30,27 @@ import onnx
 from onnxplain.errors import OnnxplainError
 
 DEVICES = ("auto", "cpu", "cuda")
-DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino",
-                 "onnxruntime-silicon", "onnxruntime-qnn")
-CUDA_NEEDS = ("the CUDA provider of onnxruntime-gpu needs an NVIDIA driver and the CUDA and cuDNN 9 user-space "
-              "libraries its release was built for on the library path (pip: nvidia-cudnn-cu12 and friends, or "
-              "`pip install onnxruntime-gpu[cuda,cudnn]`)")
+DISTRIBUTIONS = (
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "onnxruntime-directml",
+    "onnxruntime-openvino",
+    "onnxruntime-silicon",
+    "onnxruntime-qnn",
+)
+CUDA_NEEDS = (
+    "the CUDA provider of onnxruntime-gpu needs an NVIDIA driver and the CUDA and cuDNN 9 user-space "
+    "libraries its release was built for on the library path (pip: nvidia-cudnn-cu12 and friends, or "
+    "`pip install onnxruntime-gpu[cuda,cudnn]`)"
+)
 _said: set = set()
 
 
 def installed_distributions() -> list[str]:
     found = []
     for name in DISTRIBUTIONS:
-        try:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             found.append(f"{name} {importlib.metadata.version(name)}")
-        except importlib.metadata.PackageNotFoundError:
-            pass
     return found
 
 
@@ -50,21 +58,28 @@ def installed_distributions() -> list[str]:
 def ort():
     """The onnxruntime module, or one :class:`OnnxplainError` line saying how to repair the install."""
     found = installed_distributions()
-    fix = ("pip uninstall -y " + " ".join(f.split()[0] for f in found)
-           + " && pip install onnxruntime-gpu (or onnxruntime on a machine without CUDA)")
+    fix = (
+        "pip uninstall -y "
+        + " ".join(f.split()[0] for f in found)
+        + " && pip install onnxruntime-gpu (or onnxruntime on a machine without CUDA)"
+    )
     try:
         import onnxruntime as module
 
         module.InferenceSession, module.get_available_providers, module.set_default_logger_severity  # noqa: B018
     except (ImportError, AttributeError, OSError) as exc:
         shared = f" ({' and '.join(found)} share its files)" if len(found) > 1 else ""
-        raise OnnxplainError(f"onnxruntime cannot be used in this environment{shared} ({type(exc).__name__}: "
-                             f"{' '.join(str(exc).split())[:160]}); reinstall it: "
-                             + (fix if len(found) > 1 else "pip install --force-reinstall onnxruntime-gpu "
-                                "(or onnxruntime on a machine without CUDA)")) from None
+        raise OnnxplainError(
+            f"onnxruntime cannot be used in this environment{shared} ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:160]}); reinstall it: "
+            + (
+                fix
+                if len(found) > 1
+                else "pip install --force-reinstall onnxruntime-gpu (or onnxruntime on a machine without CUDA)"
+            )
+        ) from None
     if len(found) > 1:  # works now, but uninstalling either one breaks the other's files
-        _note_once(f"{' and '.join(found)} are installed together and share one 'onnxruntime' module; "
-                   f"keep one: {fix}")
+        _note_once(f"{' and '.join(found)} are installed together and share one 'onnxruntime' module; keep one: {fix}")
     module.set_default_logger_severity(4)  # its own log lines would be a second line on stderr
     return module
 
@@ -92,8 +107,10 @@ def providers_for(device: str = "auto", providers: list[str] | None = None) -> l
     if providers:
         missing = [p for p in providers if p not in ort().get_available_providers()]
         if missing:
-            raise OnnxplainError(f"onnxruntime here has no {', '.join(missing)} (available: "
-                                 f"{', '.join(ort().get_available_providers())})")
+            raise OnnxplainError(
+                f"onnxruntime here has no {', '.join(missing)} (available: "
+                f"{', '.join(ort().get_available_providers())})"
+            )
         return list(providers)
     if device not in DEVICES:
         raise OnnxplainError(f"device must be one of {', '.join(DEVICES)}, not {device!r}")

@@ -14,6 +14,7 @@ All four perturb *units* (regions, or pixels = all channels at one (h, w)) in a 
 fixed number of units per step. Every perturbed image is built chunk by chunk inside the driver's
 ``rows(start, stop)`` callback: row ``r`` is image ``r // (S+1)`` at step ``r % (S+1)``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -60,8 +61,9 @@ def _check(x, heatmap, target):
     x = x.astype(np.float32, copy=False)
     h = np.asarray(heatmap, dtype=np.float64)
     if h.shape != (x.shape[0],) + x.shape[2:]:
-        raise OnnxplainError(f"heatmap must be [N, H, W] = {[x.shape[0], *x.shape[2:]]} to match x, "
-                             f"got {list(h.shape)}")
+        raise OnnxplainError(
+            f"heatmap must be [N, H, W] = {[x.shape[0], *x.shape[2:]]} to match x, got {list(h.shape)}"
+        )
     if not np.all(np.isfinite(h)):
         raise OnnxplainError("heatmap has non-finite values (nan or inf)")
     t = np.asarray(target)
@@ -70,8 +72,9 @@ def _check(x, heatmap, target):
     if t.size == 0:
         t = t.astype(np.int64)
     if t.shape != (len(x),) or not np.issubdtype(t.dtype, np.integer):
-        raise OnnxplainError(f"target must be {len(x)} integer class indices (one per image), "
-                             f"got {t.dtype} of shape {list(t.shape)}")
+        raise OnnxplainError(
+            f"target must be {len(x)} integer class indices (one per image), got {t.dtype} of shape {list(t.shape)}"
+        )
     if np.any(t < 0):
         raise OnnxplainError(f"target must be resolved class indices >= 0, got {int(t.min())}")
     return x, h, t.astype(np.int64)
@@ -181,9 +184,22 @@ def _curve(drv, x, ranks, counts, other, target, insert, score, batch_size, prog
     return Curve(fraction=fraction, scores=np.asarray(s, dtype=np.float64).reshape(n, k1))
 
 
-def region_perturbation(drv, x, heatmap, target, *, region: int = 8, order: str = "morf", steps=None,
-                        fill="uniform", seed: int = 0, score: str = "logit", fraction: float = 1.0,
-                        batch_size=None, progress=None) -> Curve:
+def region_perturbation(
+    drv,
+    x,
+    heatmap,
+    target,
+    *,
+    region: int = 8,
+    order: str = "morf",
+    steps=None,
+    fill="uniform",
+    seed: int = 0,
+    score: str = "logit",
+    fraction: float = 1.0,
+    batch_size=None,
+    progress=None,
+) -> Curve:
     """Samek et al. (2017), "Evaluating the visualization of what a deep neural network has
     learned": rank the non-overlapping ``region x region`` patches by summed relevance; at step k
     the k most (``order="morf"``) or least (``"lerf"``) relevant patches are replaced by ``fill``
@@ -197,15 +213,29 @@ def region_perturbation(drv, x, heatmap, target, *, region: int = 8, order: str 
     region = _int_at_least_1(region, "region")
     if order not in ("morf", "lerf"):
         raise OnnxplainError(f"order must be 'morf' or 'lerf', not '{order}'")
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float, np.integer, np.floating)) \
-            or not 0 < fraction <= 1:
+    if (
+        isinstance(fraction, bool)
+        or not isinstance(fraction, (int, float, np.integer, np.floating))
+        or not 0 < fraction <= 1
+    ):
         raise OnnxplainError(f"fraction must be in (0, 1], got {fraction!r}")
     units = -(-x.shape[2] // region) * -(-x.shape[3] // region)
     used = max(1, int(np.ceil(fraction * units - 1e-9)))
     steps = min(used, MAX_STEPS) if steps is None else _int_at_least_1(steps, "steps")
     other = fill_image(x, fill, seed)
-    return _curve(drv, x, region_ranks(h, region, order), step_counts(used, steps), other, t,
-                  False, score, batch_size, progress, units=units)
+    return _curve(
+        drv,
+        x,
+        region_ranks(h, region, order),
+        step_counts(used, steps),
+        other,
+        t,
+        False,
+        score,
+        batch_size,
+        progress,
+        units=units,
+    )
 
 
 def _petsiuk(drv, x, heatmap, target, steps, baseline, score, batch_size, progress, insert) -> Curve:
@@ -218,8 +248,9 @@ def _petsiuk(drv, x, heatmap, target, steps, baseline, score, batch_size, progre
     return _curve(drv, x, region_ranks(h, 1, "morf"), counts, other, t, insert, score, batch_size, progress)
 
 
-def deletion(drv, x, heatmap, target, *, steps: int = 64, baseline=0.0, score: str = "softmax",
-             batch_size=None, progress=None) -> Curve:
+def deletion(
+    drv, x, heatmap, target, *, steps: int = 64, baseline=0.0, score: str = "softmax", batch_size=None, progress=None
+) -> Curve:
     """Petsiuk et al. (2018), "RISE", deletion: remove pixels (all channels at one (h, w)) most
     relevant first, replacing them by ``baseline`` (a number, ``"blur"``, ``"mean"`` or an array
     like x), over ``steps`` equal steps; ``scores[:, 0] = f(x)``, ``scores[:, -1] = f(baseline)``.
@@ -227,8 +258,9 @@ def deletion(drv, x, heatmap, target, *, steps: int = 64, baseline=0.0, score: s
     return _petsiuk(drv, x, heatmap, target, steps, baseline, score, batch_size, progress, insert=False)
 
 
-def insertion(drv, x, heatmap, target, *, steps: int = 64, baseline="blur", score: str = "softmax",
-              batch_size=None, progress=None) -> Curve:
+def insertion(
+    drv, x, heatmap, target, *, steps: int = 64, baseline="blur", score: str = "softmax", batch_size=None, progress=None
+) -> Curve:
     """Petsiuk et al. (2018), "RISE", insertion: start from ``baseline`` (default x blurred with a
     Gaussian of sigma 5% of the image side) and insert x's pixels most relevant first;
     ``scores[:, 0] = f(baseline)``, ``scores[:, -1] = f(x)``. AUC: higher is better."""

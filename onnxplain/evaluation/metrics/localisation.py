@@ -5,6 +5,7 @@ masks ``[N, H, W]`` (0/1 numeric masks are accepted too) and returns one float p
 ``nan`` where the score is undefined for that image (empty mask, constant map, no positive
 relevance).
 """
+
 import numpy as np
 from scipy.ndimage import distance_transform_edt
 
@@ -47,8 +48,11 @@ def pointing_game(heatmap, mask, tolerance: float = 0) -> np.ndarray:
     (every pixel maximal, no point) and an empty mask give nan. float64 [N].
     """
     h, m = check_maps(heatmap, mask)
-    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float, np.integer, np.floating)) \
-            or not tolerance >= 0:
+    if (
+        isinstance(tolerance, bool)
+        or not isinstance(tolerance, (int, float, np.integer, np.floating))
+        or not tolerance >= 0
+    ):
         raise OnnxplainError(f"tolerance must be a number >= 0, got {tolerance!r}")
     out = np.full(len(h), np.nan)
     for i, (hi, mi) in enumerate(zip(h, m)):

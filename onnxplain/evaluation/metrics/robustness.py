@@ -4,6 +4,7 @@
 ``[N, C, H, W]``, ``target`` int64 ``[N]``); these metrics only call it on perturbed inputs or
 other targets and compare the maps.
 """
+
 import numpy as np
 
 from onnxplain.errors import OnnxplainError
@@ -32,8 +33,9 @@ def call(explain, x: np.ndarray, target: np.ndarray) -> np.ndarray:
     return maps
 
 
-def max_sensitivity(explain, x, target, *, radius: float = 0.02, samples: int = 10, seed: int = 0,
-                    progress=None) -> np.ndarray:
+def max_sensitivity(
+    explain, x, target, *, radius: float = 0.02, samples: int = 10, seed: int = 0, progress=None
+) -> np.ndarray:
     """Max-sensitivity (Yeh et al. 2019, "On the (in)fidelity and sensitivity of explanations",
     NeurIPS), relative and Monte-Carlo estimated:
 
@@ -46,20 +48,24 @@ def max_sensitivity(explain, x, target, *, radius: float = 0.02, samples: int = 
     ``progress(done, samples)`` is called after each sample.
     """
     x, t = check_batch(x, target)
-    if isinstance(radius, bool) or not isinstance(radius, (int, float, np.integer, np.floating)) \
-            or not np.isfinite(radius) or radius < 0:
+    if (
+        isinstance(radius, bool)
+        or not isinstance(radius, (int, float, np.integer, np.floating))
+        or not np.isfinite(radius)
+        or radius < 0
+    ):
         raise OnnxplainError(f"radius must be a finite number >= 0, got {radius!r}")
     if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 1:
         raise OnnxplainError(f"samples must be an integer >= 1, got {samples!r}")
     base = call(explain, x, t)
-    norm = np.sqrt((base ** 2).sum(axis=(1, 2)))
+    norm = np.sqrt((base**2).sum(axis=(1, 2)))
     r = radius * (x.max(axis=(1, 2, 3)) - x.min(axis=(1, 2, 3))).astype(np.float64)
     rng = np.random.default_rng(seed)
     worst = np.zeros(len(x))
     for s in range(samples):
         d = rng.uniform(-1.0, 1.0, size=x.shape) * r[:, None, None, None]
         diff = call(explain, (x + d).astype(x.dtype), t) - base
-        worst = np.maximum(worst, np.sqrt((diff ** 2).sum(axis=(1, 2))))
+        worst = np.maximum(worst, np.sqrt((diff**2).sum(axis=(1, 2))))
         if progress is not None:
             progress(s + 1, samples)
     return np.where(norm > 0, worst / np.where(norm > 0, norm, 1.0), np.nan)

@@ -18,19 +18,20 @@ All models handed out here are copies of the canonical model, exported once
 (:func:`canonical_model`), so that layer and parameter names agree everywhere; canonicalising such a
 model again keeps those names.
 """
+
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxplain.graph.canonicalize import canonicalize, export_graph
 from onnxplain.errors import OnnxplainError
 from onnxplain.evaluation.metrics.similarity import compare
+from onnxplain.graph.canonicalize import canonicalize, export_graph
 
 #: ops whose constant float inputs (all of them) are learned weights
 WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum")
@@ -41,6 +42,7 @@ NORM_OPS = ("LayerNormalization", "InstanceNormalization", "GroupNormalization",
 @dataclass
 class Layer:
     """One layer holding learned weights."""
+
     name: str  # the node's name in the canonical graph (unique)
     op: str  # op type
     params: list[str] = field(default_factory=list)  # names of the float initializers it owns
@@ -53,8 +55,7 @@ def canonical_model(model) -> onnx.ModelProto:
 
 
 def _float_initializers(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
-    return {t.name: t for t in model.graph.initializer
-            if onnx.helper.tensor_dtype_to_np_dtype(t.data_type).kind == "f"}
+    return {t.name: t for t in model.graph.initializer if onnx.helper.tensor_dtype_to_np_dtype(t.data_type).kind == "f"}
 
 
 def _layers_of(model: onnx.ModelProto) -> list[Layer]:
@@ -72,8 +73,10 @@ def _layers_of(model: onnx.ModelProto) -> list[Layer]:
         if params:
             layers.append(Layer(node.name, node.op_type, params))
     if not layers:
-        raise OnnxplainError("the model has no layers with learned weights (Conv, ConvTranspose, Gemm, MatMul, "
-                             "Einsum or affine normalisation with constant float parameters) to randomise")
+        raise OnnxplainError(
+            "the model has no layers with learned weights (Conv, ConvTranspose, Gemm, MatMul, "
+            "Einsum or affine normalisation with constant float parameters) to randomise"
+        )
     return layers[::-1]
 
 
@@ -136,7 +139,7 @@ def cascading(model, seed: int = 0) -> Iterator[tuple[str, onnx.ModelProto]]:
     can = canonical_model(model)
     layers = _layers_of(can)
     for k, layer in enumerate(layers):
-        yield layer.name, _randomised(can, layers, [lay.name for lay in layers[:k + 1]], seed)
+        yield layer.name, _randomised(can, layers, [lay.name for lay in layers[: k + 1]], seed)
 
 
 def independent(model, seed: int = 0) -> Iterator[tuple[str, onnx.ModelProto]]:
@@ -155,8 +158,15 @@ def _check_maps(maps, n: int, what: str) -> np.ndarray:
     return maps
 
 
-def randomisation_scores(explain: Callable, x, target, models: Iterable[tuple[str, onnx.ModelProto]],
-                         reference, *, progress: Callable | None = None) -> list[dict]:
+def randomisation_scores(
+    explain: Callable,
+    x,
+    target,
+    models: Iterable[tuple[str, onnx.ModelProto]],
+    reference,
+    *,
+    progress: Callable | None = None,
+) -> list[dict]:
     """Compare the maps of randomised models with the original model's maps, image by image.
 
     ``explain(model, x, target) -> heatmaps [N, H, W]`` does the explaining; ``models`` is what

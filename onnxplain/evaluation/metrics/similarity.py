@@ -5,6 +5,7 @@ randomised model by the Spearman rank correlation of the maps (signed, and of th
 values) and by the structural similarity index (Wang et al. 2004, "Image quality assessment: from
 error visibility to structural similarity", IEEE TIP) of the maps scaled to [0, 1].
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -57,5 +58,8 @@ def ssim(a, b) -> float:
 def compare(a, b) -> dict:
     """``{"spearman", "spearman_abs", "ssim"}`` for one pair of maps; SSIM of the absolute maps,
     as Adebayo et al. do for visual comparison."""
-    return {"spearman": spearman(a, b), "spearman_abs": spearman(np.abs(a), np.abs(b)),
-            "ssim": ssim(np.abs(a), np.abs(b))}
+    return {
+        "spearman": spearman(a, b),
+        "spearman_abs": spearman(np.abs(a), np.abs(b)),
+        "ssim": ssim(np.abs(a), np.abs(b)),
+    }

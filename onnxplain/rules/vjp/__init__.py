@@ -11,10 +11,11 @@ A rule is ``rule(b, node, g) -> [grad for each node input]``:
 
 Like JAX's ``primitive_transposes``, this is a plain dict: ``VJP[op_type]``.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,17 @@ def attr(node, key, default=None):
 def load_all() -> dict[str, Rule]:
     """Import every family module so that the table is complete."""
     from onnxplain.rules.vjp import (  # noqa: F401
-        activation, einsum, elementwise, linear, normalization, pooling, quantize, recurrent, reduction, resize,
-        shape)
+        activation,
+        einsum,
+        elementwise,
+        linear,
+        normalization,
+        pooling,
+        quantize,
+        recurrent,
+        reduction,
+        resize,
+        shape,
+    )
 
     return VJP

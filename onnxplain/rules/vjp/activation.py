@@ -14,14 +14,15 @@ and ``derivatives.yaml``), so that exported gradients match a PyTorch model's:
 * HardSwish uses ``x / 3 + 1/2`` on the closed interval ``[-3, 3]`` (``hardswish_backward``),
   so HardSwish'(-3) = -1/2 and HardSwish'(3) = 3/2.
 """
+
 from __future__ import annotations
 
 import math
 
 import onnx
 
-from onnxplain.graph.builder import np_dtype, rank
 from onnxplain.errors import OnnxplainError, ShapeError
+from onnxplain.graph.builder import np_dtype, rank
 from onnxplain.rules.vjp import attr, vjp
 
 SELU_ALPHA = 1.67326319217681884765625  # ONNX Selu defaults
@@ -128,7 +129,7 @@ def clip(b, node, g):
     if hi is not None:
         takes_hi = b.Greater(x, hi) if lo is None else b.Or(b.Greater(x, hi), b.Less(hi, lo))
         ghi = b.Where(takes_hi, g[0], zero)
-    return [gx, glo, ghi][:len(node.inputs)]
+    return [gx, glo, ghi][: len(node.inputs)]
 
 
 @vjp("Sigmoid")
@@ -274,4 +275,3 @@ def log_softmax(b, node, g):
     y = _y(node)
     s = b.reduce("ReduceSum", g[0], _softmax_axes(b, node), keepdims=True)
     return [b.Sub(g[0], b.Mul(b.Exp(y), s))]
-

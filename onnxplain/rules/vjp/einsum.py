@@ -9,12 +9,13 @@ size 1 are summed with keepdims, and those that x_i has but the result lacks are
 
 Repeated letters within one term (diagonals, traces) are not supported.
 """
+
 from __future__ import annotations
 
 import re
 
-from onnxplain.graph.builder import rank, static_shape
 from onnxplain.errors import OnnxplainError, ShapeError
+from onnxplain.graph.builder import rank, static_shape
 from onnxplain.rules.vjp import attr, vjp
 
 ELL = "..."
@@ -49,8 +50,10 @@ def einsum(b, node, g):
     for t in terms:
         letters = [c for c in t if c != ELL]
         if len(set(letters)) != len(letters):
-            raise OnnxplainError(f"Einsum '{node.name}': repeated letters within one operand ('{eq}': diagonals "
-                                 "or traces) are not supported")
+            raise OnnxplainError(
+                f"Einsum '{node.name}': repeated letters within one operand ('{eq}': diagonals "
+                "or traces) are not supported"
+            )
     if any(ELL in t and rank(x) is None for x, t in zip(xs, terms)):
         raise ShapeError(f"Einsum '{node.name}': operands with '...' need a known rank")
     ell = [(rank(x) - len(t) + 1) if ELL in t else 0 for x, t in zip(xs, terms)]
@@ -62,8 +65,9 @@ def einsum(b, node, g):
         missing = [c for c in t if c != ELL and c not in seen]
         # onnxruntime wants "..." in the output whenever an input has one: keep it, sum it later
         n_res = max([e for term, e, _ in others if ELL in term], default=None)
-        res_term = ([ELL] if n_res is not None and ELL not in t else []) + \
-            [c for c in t if c not in missing and (c != ELL or n_res is not None)]
+        res_term = ([ELL] if n_res is not None and ELL not in t else []) + [
+            c for c in t if c not in missing and (c != ELL or n_res is not None)
+        ]
         ins = [term for term, _, _ in others]
         if len(ins) == 1 and ins[0] == res_term:
             res = g[0]
@@ -78,7 +82,7 @@ def _to_operand(b, res, x, t, missing, e_x, n_res, out_has_ell):
     """Bring the einsum result to x's shape. ``res`` is laid out as ``t`` without the missing
     letters, its ellipsis (``n_res`` dimensions, placed first if ``t`` has none) in place of x's
     (``e_x`` dimensions)."""
-    p = sum(1 for c in t[:t.index(ELL)] if c not in missing) if ELL in t else 0
+    p = sum(1 for c in t[: t.index(ELL)] if c not in missing) if ELL in t else 0
     if n_res > e_x:  # x's ellipsis was broadcast up to more leading dimensions, or x has none
         res = b.reduce("ReduceSum", res, list(range(p, p + n_res - e_x)), keepdims=False)
     elif n_res < e_x:

@@ -1,4 +1,5 @@
 """VJPs of elementwise arithmetic (numpy broadcasting is undone by the walker)."""
+
 from __future__ import annotations
 
 import onnx

@@ -2,12 +2,13 @@
 
 Only input cotangents are built; weight gradients are never needed for an explanation.
 """
+
 from __future__ import annotations
 
 import numpy as np
 
-from onnxplain.graph.builder import rank, static_shape
 from onnxplain.errors import OnnxplainError, ShapeError
+from onnxplain.graph.builder import rank, static_shape
 from onnxplain.rules.vjp import attr, vjp
 
 
@@ -68,8 +69,9 @@ def conv(b, node, g):
     reach = [(ki - 1) * di for ki, di in zip(k, d)]
     if all(si == 1 for si in s) and all(p <= r for p, r in zip(pb + pe, reach + reach)):
         pads = [r - p for r, p in zip(reach, pb)] + [r - p for r, p in zip(reach, pe)]
-        gx = b.Conv(g[0], flipped_conv_weight(b, w, group), pads=pads, dilations=d, group=group,
-                    kernel_shape=k, strides=s)
+        gx = b.Conv(
+            g[0], flipped_conv_weight(b, w, group), pads=pads, dilations=d, group=group, kernel_shape=k, strides=s
+        )
         return [gx, None, None]
     return [conv_transpose_to(b, g[0], x, w, k, s, d, pb, pe, group), None, None]
 
@@ -80,10 +82,12 @@ def conv_transpose_to(b, gy, x, w, k, s, d, pb, pe, group):
     xs = spatial_sizes(x)
     if xs is not None:
         out_pad = [(xs[i] + pb[i] + pe[i] - ((k[i] - 1) * d[i] + 1)) % s[i] for i in range(n)]
-        return b.ConvTranspose(gy, w, strides=s, dilations=d, pads=pb + pe, group=group, kernel_shape=k,
-                               output_padding=out_pad)
-    wide = b.ConvTranspose(gy, w, strides=s, dilations=d, pads=pb + pe, group=group, kernel_shape=k,
-                           output_padding=[si - 1 for si in s])
+        return b.ConvTranspose(
+            gy, w, strides=s, dilations=d, pads=pb + pe, group=group, kernel_shape=k, output_padding=out_pad
+        )
+    wide = b.ConvTranspose(
+        gy, w, strides=s, dilations=d, pads=pb + pe, group=group, kernel_shape=k, output_padding=[si - 1 for si in s]
+    )
     ends = b.shape_of(x, 2)
     return b.emit("Slice", wide, b.ints([0] * n), ends, b.ints(list(range(2, 2 + n))))
 

@@ -9,14 +9,15 @@ cotangent flows through the mean and the variance too (Ioffe & Szegedy 2015, eq.
 BatchNormalization in inference mode uses its running statistics: an affine map per channel.
 Scale and bias get their cotangents too, when they are not constants.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import onnx_graphsurgeon as gs
 from onnx.helper import np_dtype_to_tensor_dtype
 
-from onnxplain.graph.builder import np_dtype, rank
 from onnxplain.errors import OnnxplainError, ShapeError
+from onnxplain.graph.builder import np_dtype, rank
 from onnxplain.rules.vjp import attr, vjp
 
 
@@ -64,9 +65,13 @@ def batch_normalization(b, node, g):
     if attr(node, "training_mode", 0):
         x_hat, inv = standardized(b, x, others, eps)
         dx = standardized_vjp(b, b.Mul(gy, _per_channel(b, scale, r)), x_hat, inv, others)
-        return [dx,
-                b.reduce("ReduceSum", b.Mul(gy, x_hat), others, keepdims=False) if _wanted(scale) else None,
-                b.reduce("ReduceSum", gy, others, keepdims=False) if _wanted(bias) else None, None, None]
+        return [
+            dx,
+            b.reduce("ReduceSum", b.Mul(gy, x_hat), others, keepdims=False) if _wanted(scale) else None,
+            b.reduce("ReduceSum", gy, others, keepdims=False) if _wanted(bias) else None,
+            None,
+            None,
+        ]
     inv = b.Reciprocal(b.Sqrt(b.Add(var, b.const(eps, like=var))))  # [C]
     k = b.Mul(scale, inv)
     dx = b.Mul(gy, _per_channel(b, k, r))
@@ -120,9 +125,11 @@ def instance_normalization(b, node, g):
     spatial, others = list(range(2, r)), [a for a in range(r) if a != 1]
     x_hat, inv = standardized(b, x, spatial, float(attr(node, "epsilon", 1e-5)))
     dx = standardized_vjp(b, b.Mul(g[0], _per_channel(b, scale, r)), x_hat, inv, spatial)
-    return [dx,
-            b.reduce("ReduceSum", b.Mul(g[0], x_hat), others, keepdims=False) if _wanted(scale) else None,
-            b.reduce("ReduceSum", g[0], others, keepdims=False) if _wanted(bias) else None]
+    return [
+        dx,
+        b.reduce("ReduceSum", b.Mul(g[0], x_hat), others, keepdims=False) if _wanted(scale) else None,
+        b.reduce("ReduceSum", g[0], others, keepdims=False) if _wanted(bias) else None,
+    ]
 
 
 @vjp("GroupNormalization")
@@ -138,10 +145,13 @@ def group_normalization(b, node, g):
     g_hat = b.Reshape(b.Mul(g[0], _per_channel(b, scale, r)), to_groups)
     dx = b.Reshape(standardized_vjp(b, g_hat, x_hat, inv, [2]), b.Shape(x))
     others = [a for a in range(r) if a != 1]
-    return [dx,
-            b.reduce("ReduceSum", b.Mul(g[0], b.Reshape(x_hat, b.Shape(x))), others, keepdims=False)
-            if _wanted(scale) else None,
-            b.reduce("ReduceSum", g[0], others, keepdims=False) if _wanted(bias) else None]
+    return [
+        dx,
+        b.reduce("ReduceSum", b.Mul(g[0], b.Reshape(x_hat, b.Shape(x))), others, keepdims=False)
+        if _wanted(scale)
+        else None,
+        b.reduce("ReduceSum", g[0], others, keepdims=False) if _wanted(bias) else None,
+    ]
 
 
 @vjp("MeanVarianceNormalization")
@@ -182,8 +192,10 @@ def lrn(b, node, g):
     alpha, beta = float(attr(node, "alpha", 1e-4)), float(attr(node, "beta", 0.75))
     bias = float(attr(node, "bias", 1.0))
     lo, hi = (size - 1) // 2, size // 2  # channels before and after c in c's window
-    d = b.Add(b.Mul(_channel_window_sum(b, b.Mul(x, x), x, lo, hi, size), b.const(alpha / size, like=x)),
-              b.const(bias, like=x))
+    d = b.Add(
+        b.Mul(_channel_window_sum(b, b.Mul(x, x), x, lo, hi, size), b.const(alpha / size, like=x)),
+        b.const(bias, like=x),
+    )
     d_beta = b.Pow(d, b.const(-beta, like=x))
     gy = g[0]
     inner = b.Div(b.Mul(b.Mul(gy, x), d_beta), d)

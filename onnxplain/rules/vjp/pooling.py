@@ -6,6 +6,7 @@ in the right padded region are ignored"). onnx's shape inference (1.23) still co
 such a pool's declared output shape is one too large; AveragePool and LpPool build constants of the
 true size, which onnxruntime then rejects against the declared one. MaxPool needs no static sizes.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -14,8 +15,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxplain.graph.builder import np_dtype
 from onnxplain.errors import OnnxplainError, ShapeError
+from onnxplain.graph.builder import np_dtype
 from onnxplain.rules.vjp import attr, vjp
 
 # Below opset 16, ScatterElements cannot add; MaxPool then scatters one class of pairwise disjoint
@@ -46,11 +47,14 @@ def pool_geometry(node, x):
             out = -(-size // s[i])
             total = (out - 1) * s[i] + span - size
             if d[i] > 1:
-                raise OnnxplainError(f"{node.op} '{node.name}': SAME padding with dilations is laid out differently "
-                                     "by onnxruntime and the spec; not supported")
+                raise OnnxplainError(
+                    f"{node.op} '{node.name}': SAME padding with dilations is laid out differently "
+                    "by onnxruntime and the spec; not supported"
+                )
             if total < 0:
-                raise OnnxplainError(f"{node.op} '{node.name}': SAME padding with a kernel smaller than the "
-                                     "stride is not supported")
+                raise OnnxplainError(
+                    f"{node.op} '{node.name}': SAME padding with a kernel smaller than the stride is not supported"
+                )
             pb = total // 2 if auto == "SAME_UPPER" else total - total // 2
             pe = total - pb
         else:
@@ -95,8 +99,15 @@ def window_sum_transpose(b, gw, x, geo):
         op.append(max(-t, 0))
     ones = b.const(np.ones([1, 1] + [g[0] for g in geo]), like=gw)
     g1 = b.Reshape(gw, b.ints([-1, 1] + out))
-    dx = b.ConvTranspose(g1, ones, kernel_shape=[g[0] for g in geo], strides=[g[1] for g in geo],
-                         dilations=[g[2] for g in geo], pads=pb + pe, output_padding=op)
+    dx = b.ConvTranspose(
+        g1,
+        ones,
+        kernel_shape=[g[0] for g in geo],
+        strides=[g[1] for g in geo],
+        dilations=[g[2] for g in geo],
+        pads=pb + pe,
+        output_padding=op,
+    )
     return b.Reshape(dx, b.Shape(x))
 
 

@@ -15,6 +15,7 @@ Scales and zero points are constants to the estimator and get no cotangent (Dyna
 scale is computed from ``x``, but its range always covers ``x``). The walker lets a quantiser's
 integer output carry a cotangent (``CARRIES`` in :mod:`onnxplain.graph.backward`).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,8 +26,14 @@ from onnxplain.errors import OnnxplainError
 from onnxplain.graph.builder import rank
 from onnxplain.rules.vjp import attr, vjp
 
-RANGES = {TensorProto.INT8: (-128, 127), TensorProto.UINT8: (0, 255), TensorProto.INT16: (-32768, 32767),
-          TensorProto.UINT16: (0, 65535), TensorProto.INT4: (-8, 7), TensorProto.UINT4: (0, 15)}
+RANGES = {
+    TensorProto.INT8: (-128, 127),
+    TensorProto.UINT8: (0, 255),
+    TensorProto.INT16: (-32768, 32767),
+    TensorProto.UINT16: (0, 65535),
+    TensorProto.INT4: (-8, 7),
+    TensorProto.UINT4: (0, 15),
+}
 
 
 def elem_type(t) -> int | None:
@@ -43,8 +50,10 @@ def qrange(node, q) -> tuple[int, int]:
         raise OnnxplainError(f"{node.op} '{node.name}': blocked quantisation (block_size) is not supported")
     t = elem_type(q) or TensorProto.UINT8
     if t not in RANGES:
-        raise OnnxplainError(f"{node.op} '{node.name}': quantised type {TensorProto.DataType.Name(t)} is not "
-                             f"supported (int4/8/16 and uint4/8/16 are)")
+        raise OnnxplainError(
+            f"{node.op} '{node.name}': quantised type {TensorProto.DataType.Name(t)} is not "
+            f"supported (int4/8/16 and uint4/8/16 are)"
+        )
     return RANGES[t]
 
 

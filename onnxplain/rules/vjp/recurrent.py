@@ -16,6 +16,7 @@ Where the spec is silent the rule follows onnxruntime's CPU kernels (``deep_cpu_
 * activation_alpha/beta are consumed in order by the activations that take them, with onnxruntime's
   defaults (LeakyRelu 0.01, HardSigmoid 0.2/0.5, Elu 1.0, the others 0).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -45,30 +46,65 @@ class Act:
 
 
 ACTIVATIONS = {
-    "sigmoid": Act((0, 0), (0, 0), lambda b, x, a, c: b.Sigmoid(x),
-                   lambda b, g, x, y, a, c: b.Mul(g, b.Mul(y, b.Sub(_k(b, 1, y), y)))),
-    "tanh": Act((0, 0), (0, 0), lambda b, x, a, c: b.Tanh(x),
-                lambda b, g, x, y, a, c: b.Mul(g, b.Sub(_k(b, 1, y), b.Mul(y, y)))),
-    "relu": Act((0, 0), (0, 0), lambda b, x, a, c: b.Relu(x),
-                lambda b, g, x, y, a, c: b.mask(g, b.Greater(x, _k(b, 0, x)))),
-    "affine": Act((1, 1), (0, 0), lambda b, x, a, c: b.Add(b.Mul(x, _k(b, a, x)), _k(b, c, x)),
-                  lambda b, g, x, y, a, c: b.Mul(g, _k(b, a, g))),
-    "leakyrelu": Act((1, 0), (0.01, 0), lambda b, x, a, c: b.LeakyRelu(x, alpha=float(a)),
-                     lambda b, g, x, y, a, c: b.Where(b.Less(x, _k(b, 0, x)), b.Mul(g, _k(b, a, g)), g)),
-    "thresholdedrelu": Act((1, 0), (0, 0), lambda b, x, a, c: b.mask(x, b.Greater(x, _k(b, a, x))),
-                           lambda b, g, x, y, a, c: b.mask(g, b.Greater(x, _k(b, a, x)))),
-    "scaledtanh": Act((1, 1), (0, 0), lambda b, x, a, c: b.Mul(b.Tanh(b.Mul(x, _k(b, c, x))), _k(b, a, x)),
-                      lambda b, g, x, y, a, c: b.Mul(b.Mul(g, _k(b, a * c, g)),
-                                                     b.Sub(_k(b, 1, g), b.Mul(t := b.Tanh(b.Mul(x, _k(b, c, x))), t)))),
-    "hardsigmoid": Act((1, 1), (0.2, 0.5), lambda b, x, a, c: b.HardSigmoid(x, alpha=float(a), beta=float(c)),
-                       lambda b, g, x, y, a, c: b.mask(b.Mul(g, _k(b, a, g)),
-                                                       b.And(b.Greater(y, _k(b, 0, y)), b.Less(y, _k(b, 1, y))))),
-    "elu": Act((1, 0), (1.0, 0), lambda b, x, a, c: b.Elu(x, alpha=float(a)),
-               lambda b, g, x, y, a, c: b.Where(b.Less(x, _k(b, 0, x)), b.Mul(g, b.Add(y, _k(b, a, y))), g)),
-    "softsign": Act((0, 0), (0, 0), lambda b, x, a, c: b.Softsign(x),
-                    lambda b, g, x, y, a, c: b.Div(g, b.Mul(d := b.Add(_k(b, 1, x), b.Abs(x)), d))),
-    "softplus": Act((0, 0), (0, 0), lambda b, x, a, c: b.Softplus(x),
-                    lambda b, g, x, y, a, c: b.Mul(g, b.Sigmoid(x))),
+    "sigmoid": Act(
+        (0, 0),
+        (0, 0),
+        lambda b, x, a, c: b.Sigmoid(x),
+        lambda b, g, x, y, a, c: b.Mul(g, b.Mul(y, b.Sub(_k(b, 1, y), y))),
+    ),
+    "tanh": Act(
+        (0, 0), (0, 0), lambda b, x, a, c: b.Tanh(x), lambda b, g, x, y, a, c: b.Mul(g, b.Sub(_k(b, 1, y), b.Mul(y, y)))
+    ),
+    "relu": Act(
+        (0, 0), (0, 0), lambda b, x, a, c: b.Relu(x), lambda b, g, x, y, a, c: b.mask(g, b.Greater(x, _k(b, 0, x)))
+    ),
+    "affine": Act(
+        (1, 1),
+        (0, 0),
+        lambda b, x, a, c: b.Add(b.Mul(x, _k(b, a, x)), _k(b, c, x)),
+        lambda b, g, x, y, a, c: b.Mul(g, _k(b, a, g)),
+    ),
+    "leakyrelu": Act(
+        (1, 0),
+        (0.01, 0),
+        lambda b, x, a, c: b.LeakyRelu(x, alpha=float(a)),
+        lambda b, g, x, y, a, c: b.Where(b.Less(x, _k(b, 0, x)), b.Mul(g, _k(b, a, g)), g),
+    ),
+    "thresholdedrelu": Act(
+        (1, 0),
+        (0, 0),
+        lambda b, x, a, c: b.mask(x, b.Greater(x, _k(b, a, x))),
+        lambda b, g, x, y, a, c: b.mask(g, b.Greater(x, _k(b, a, x))),
+    ),
+    "scaledtanh": Act(
+        (1, 1),
+        (0, 0),
+        lambda b, x, a, c: b.Mul(b.Tanh(b.Mul(x, _k(b, c, x))), _k(b, a, x)),
+        lambda b, g, x, y, a, c: b.Mul(
+            b.Mul(g, _k(b, a * c, g)), b.Sub(_k(b, 1, g), b.Mul(t := b.Tanh(b.Mul(x, _k(b, c, x))), t))
+        ),
+    ),
+    "hardsigmoid": Act(
+        (1, 1),
+        (0.2, 0.5),
+        lambda b, x, a, c: b.HardSigmoid(x, alpha=float(a), beta=float(c)),
+        lambda b, g, x, y, a, c: b.mask(
+            b.Mul(g, _k(b, a, g)), b.And(b.Greater(y, _k(b, 0, y)), b.Less(y, _k(b, 1, y)))
+        ),
+    ),
+    "elu": Act(
+        (1, 0),
+        (1.0, 0),
+        lambda b, x, a, c: b.Elu(x, alpha=float(a)),
+        lambda b, g, x, y, a, c: b.Where(b.Less(x, _k(b, 0, x)), b.Mul(g, b.Add(y, _k(b, a, y))), g),
+    ),
+    "softsign": Act(
+        (0, 0),
+        (0, 0),
+        lambda b, x, a, c: b.Softsign(x),
+        lambda b, g, x, y, a, c: b.Div(g, b.Mul(d := b.Add(_k(b, 1, x), b.Abs(x)), d)),
+    ),
+    "softplus": Act((0, 0), (0, 0), lambda b, x, a, c: b.Softplus(x), lambda b, g, x, y, a, c: b.Mul(g, b.Sigmoid(x))),
 }
 DEFAULT_ACTIVATIONS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"], "RNN": ["Tanh"]}
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
@@ -104,25 +140,29 @@ def activations(node, dirs: int) -> list[list[Fn]]:
     n = len(DEFAULT_ACTIVATIONS[node.op])
     names = [_str(s) for s in attr(node, "activations", None) or DEFAULT_ACTIVATIONS[node.op] * dirs]
     if len(names) != n * dirs:
-        raise OnnxplainError(f"{node.op} '{node.name}': activations {names} must name {n * dirs} functions "
-                             f"({n} per direction)")
+        raise OnnxplainError(
+            f"{node.op} '{node.name}': activations {names} must name {n * dirs} functions ({n} per direction)"
+        )
     alphas, betas = list(attr(node, "activation_alpha", None) or []), list(attr(node, "activation_beta", None) or [])
     clip = attr(node, "clip", None)
     fns = []
     for j, name in enumerate(names):
         act = ACTIVATIONS.get(name.lower())
         if act is None:
-            raise OnnxplainError(f"{node.op} '{node.name}': unknown activation '{name}' (the spec allows "
-                                 f"{', '.join(sorted(ACTIVATIONS))})")
+            raise OnnxplainError(
+                f"{node.op} '{node.name}': unknown activation '{name}' (the spec allows "
+                f"{', '.join(sorted(ACTIVATIONS))})"
+            )
         alpha = (alphas.pop(0) if alphas else act.defaults[0]) if act.takes[0] else 0.0
         beta = (betas.pop(0) if betas else act.defaults[1]) if act.takes[1] else 0.0
         fns.append(Fn(act, alpha, beta, None if node.op == "LSTM" and j % n == 2 else clip))  # not h(C)
-    return [fns[d * n:(d + 1) * n] for d in range(dirs)]
+    return [fns[d * n : (d + 1) * n] for d in range(dirs)]
 
 
 # ---- one step of each cell: forward (state, saved values) and backward --------------------------------
 # ``a`` is the step's input projection X_t W^T + biases [B, G*H]; R is R[d]^T ([H, G*H]) for the forward,
 # R[d] ([G*H, H]) for the backward; every function returns the cotangent of ``a`` for the dX MatMul.
+
 
 def lstm_step(b, cell, a, h, c):
     """it = f(a_i + h Ri + Pi C_{t-1}), ft = f(a_f + h Rf + Pf C_{t-1}) (or 1 - it with input_forget),
@@ -348,9 +388,11 @@ def recurrent(b, node, g):
     dirs = 2 if direction == "bidirectional" else 1
     T = x.shape[1 if layout else 0] if x.shape is not None else None
     if not isinstance(T, int) or T < 0:
-        raise ShapeError(f"{op} '{node.name}': the sequence length of '{x.name}' is not static ({T}); its "
-                             f"gradient is unrolled over time: fix that dimension (e.g. python -m "
-                             f"onnxruntime.tools.make_dynamic_shape_fixed)")
+        raise ShapeError(
+            f"{op} '{node.name}': the sequence length of '{x.name}' is not static ({T}); its "
+            f"gradient is unrolled over time: fix that dimension (e.g. python -m "
+            f"onnxruntime.tools.make_dynamic_shape_fixed)"
+        )
     H = attr(node, "hidden_size", None) or (node.inputs[2].shape or [None])[-1]
     if not isinstance(H, int):
         raise OnnxplainError(f"{op} '{node.name}': hidden_size is neither an attribute nor the static last dim of R")
@@ -367,8 +409,22 @@ def recurrent(b, node, g):
         cell, wd, xbias = _cell(b, node, d, H, acts[d], zero)
         h = zero if h0 is None else _at(b, h0, d)
         c = (zero if c0 is None else _at(b, c0, d)) if op == "LSTM" else None
-        dxd, dh, dc = _direction(b, node, cell, wd, xbias, x, T, direction == "reverse" or d == 1, masks, h, c,
-                                 _at(b, gy, d, axis=1), _at(b, gyh, d), _at(b, gyc, d))
+        dxd, dh, dc = _direction(
+            b,
+            node,
+            cell,
+            wd,
+            xbias,
+            x,
+            T,
+            direction == "reverse" or d == 1,
+            masks,
+            h,
+            c,
+            _at(b, gy, d, axis=1),
+            _at(b, gyh, d),
+            _at(b, gyc, d),
+        )
         dx = _add(b, dx, dxd)
         dh0.append(b.unsqueeze(dh, [0]))
         dc0 += [] if dc is None else [b.unsqueeze(dc, [0])]

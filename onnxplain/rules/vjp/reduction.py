@@ -8,14 +8,15 @@ which it broadcasts against ``x``.
 ReduceMax/ReduceMin split the cotangent evenly among tied extrema, as PyTorch's amax/amin do
 (torch.max(dim) would give it all to one index).
 """
+
 from __future__ import annotations
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxplain.graph.builder import np_dtype, rank
 from onnxplain.errors import OnnxplainError, ShapeError
+from onnxplain.graph.builder import np_dtype, rank
 from onnxplain.rules.vjp import attr, vjp
 
 

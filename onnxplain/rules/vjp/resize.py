@@ -13,17 +13,35 @@ VJP applies A^T axis by axis:
 The MatMul is dense (out x in per axis): cheap next to the convolutions around it at U-Net sizes.
 Resized axes need static sizes; axes that are not resized (batch, channels) may be dynamic.
 """
+
 from __future__ import annotations
 
 import numpy as np
 
-from onnxplain.graph.builder import rank
 from onnxplain.errors import OnnxplainError, ShapeError
+from onnxplain.graph.builder import rank
 from onnxplain.rules.vjp import attr, vjp
-from onnxplain.rules.vjp.shape import apply_matrix, const_value, dim, input_or_none, known_rank, shape_vector, slice_indices, text
+from onnxplain.rules.vjp.shape import (
+    apply_matrix,
+    const_value,
+    dim,
+    input_or_none,
+    known_rank,
+    shape_vector,
+    slice_indices,
+    text,
+)
 
-_COORD_MODES = ("half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners", "asymmetric",
-                "tf_half_pixel_for_nn", "tf_half_pixel_for_nearest", "tf_crop_and_resize")
+_COORD_MODES = (
+    "half_pixel",
+    "half_pixel_symmetric",
+    "pytorch_half_pixel",
+    "align_corners",
+    "asymmetric",
+    "tf_half_pixel_for_nn",
+    "tf_half_pixel_for_nearest",
+    "tf_crop_and_resize",
+)
 
 
 def source_coordinates(n_in: int, n_out: int, scale: float, mode: str, roi=(0.0, 1.0), dtype=np.float64) -> np.ndarray:
@@ -60,9 +78,18 @@ def _cubic_kernel(s: np.ndarray, a: float) -> np.ndarray:
     return np.where(s <= 1, near, np.where(s < 2, far, 0.0))
 
 
-def interpolation_matrix(n_in: int, n_out: int, scale: float, *, mode: str = "nearest",
-                         coordinate_transformation_mode: str = "half_pixel", nearest_mode: str = "round_prefer_floor",
-                         cubic_coeff_a: float = -0.75, exclude_outside: int = 0, roi=(0.0, 1.0)) -> np.ndarray:
+def interpolation_matrix(
+    n_in: int,
+    n_out: int,
+    scale: float,
+    *,
+    mode: str = "nearest",
+    coordinate_transformation_mode: str = "half_pixel",
+    nearest_mode: str = "round_prefer_floor",
+    cubic_coeff_a: float = -0.75,
+    exclude_outside: int = 0,
+    roi=(0.0, 1.0),
+) -> np.ndarray:
     """A (n_out x n_in) with y = A x along one axis, from the ONNX Resize formulas.
 
     Taps outside [0, n_in) take the edge value (the spec's and onnxruntime's clamping), unless
@@ -74,8 +101,12 @@ def interpolation_matrix(n_in: int, n_out: int, scale: float, *, mode: str = "ne
     rows = np.arange(n_out)
     if mode == "nearest":  # the pick is discrete: take it from float32 coordinates, as onnxruntime does
         xo = source_coordinates(n_in, n_out, scale, coordinate_transformation_mode, roi, np.float32).astype(np.float64)
-        pick = {"round_prefer_floor": np.ceil(xo - 0.5), "round_prefer_ceil": np.floor(xo + 0.5),
-                "floor": np.floor(xo), "ceil": np.ceil(xo)}[nearest_mode]
+        pick = {
+            "round_prefer_floor": np.ceil(xo - 0.5),
+            "round_prefer_ceil": np.floor(xo + 0.5),
+            "floor": np.floor(xo),
+            "ceil": np.ceil(xo),
+        }[nearest_mode]
         np.add.at(A, (rows, np.clip(pick, 0, n_in - 1).astype(np.int64)), 1.0)
     elif mode == "linear":
         xc = np.clip(xo, 0, n_in - 1)
@@ -145,8 +176,10 @@ def _axis_plan(node, crop: bool):
             elif isinstance(tok, int) and plan[a][0] is not None:
                 plan[a][1], plan[a][2] = tok, _ratio(tok, plan[a][0])
             else:
-                raise ShapeError(f"Resize '{node.name}': sizes are computed at run time and the size of axis {a} "
-                                     "is not known statically; the gradient needs static sizes on resized axes")
+                raise ShapeError(
+                    f"Resize '{node.name}': sizes are computed at run time and the size of axis {a} "
+                    "is not known statically; the gradient needs static sizes on resized axes"
+                )
     return [(a, *plan[a]) for a in axes]
 
 
@@ -182,8 +215,9 @@ def shape_tokens(t, depth: int = 12):
     if node.op == "Gather" and const_value(node.inputs[1]) is not None:
         return [src[int(i)] for i in np.ravel(const_value(node.inputs[1]))]
     if node.op == "Slice" and len(node.inputs) >= 3:
-        bounds = [const_value(node.inputs[i]) if i < len(node.inputs) and node.inputs[i].name else None
-                  for i in (1, 2, 3, 4)]
+        bounds = [
+            const_value(node.inputs[i]) if i < len(node.inputs) and node.inputs[i].name else None for i in (1, 2, 3, 4)
+        ]
         if any(bd is None for bd in bounds[:2]):
             return None
         step = int(bounds[3][0]) if bounds[3] is not None else 1
@@ -203,19 +237,28 @@ def resize(b, node, g):
     coord = text(attr(node, "coordinate_transformation_mode", "half_pixel"))
     if coord not in _COORD_MODES or mode not in ("nearest", "linear", "cubic"):
         raise OnnxplainError(f"Resize '{node.name}': unsupported mode {mode}/{coord}")
-    kw = dict(mode=mode, coordinate_transformation_mode=coord,
-              nearest_mode=text(attr(node, "nearest_mode", "round_prefer_floor")),
-              cubic_coeff_a=float(attr(node, "cubic_coeff_a", -0.75)),
-              exclude_outside=int(attr(node, "exclude_outside", 0)))
+    kw = dict(
+        mode=mode,
+        coordinate_transformation_mode=coord,
+        nearest_mode=text(attr(node, "nearest_mode", "round_prefer_floor")),
+        cubic_coeff_a=float(attr(node, "cubic_coeff_a", -0.75)),
+        exclude_outside=int(attr(node, "exclude_outside", 0)),
+    )
     y = node.outputs[0]
     pool, dense = {}, []
     for a, n_in, n_out, scale, roi in _axis_plan(node, coord == "tf_crop_and_resize"):
-        if scale == "same" or (n_in is None and scale == 1.0 and roi == (0.0, 1.0) and all(
-                np.array_equal(interpolation_matrix(k, k, 1.0, **kw), np.eye(k)) for k in _IDENTITY_PROBES)):
+        if scale == "same" or (
+            n_in is None
+            and scale == 1.0
+            and roi == (0.0, 1.0)
+            and all(np.array_equal(interpolation_matrix(k, k, 1.0, **kw), np.eye(k)) for k in _IDENTITY_PROBES)
+        ):
             continue
         if n_in is None or n_out is None:
-            raise ShapeError(f"Resize '{node.name}': axis {a} is resized but its size is not known statically; "
-                                 "the gradient needs static sizes on resized axes")
+            raise ShapeError(
+                f"Resize '{node.name}': axis {a} is resized but its size is not known statically; "
+                "the gradient needs static sizes on resized axes"
+            )
         if attr(node, "antialias", 0) and mode != "nearest" and scale < 1:
             raise OnnxplainError(f"Resize '{node.name}': antialiased downscaling is not supported")
         A = interpolation_matrix(n_in, n_out, scale, roi=roi, **kw)

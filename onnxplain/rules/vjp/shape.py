@@ -6,14 +6,15 @@ Every op here is linear in its data input, so each VJP is the transpose of a sel
 replication. Shapes are used statically where known, else read with ``Shape`` at run time, so a
 dynamic batch axis is fine everywhere.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxplain.graph.builder import np_dtype, rank, static_shape
 from onnxplain.errors import OnnxplainError, ShapeError
+from onnxplain.graph.builder import np_dtype, rank, static_shape
 from onnxplain.rules.vjp import attr, vjp
 
 INT_MAX = int(np.iinfo(np.int64).max)
@@ -242,8 +243,13 @@ def slice_(b, node, g):
             idx_t = b.const(idx)
         else:
             seq = b.Range(b.const(np.int64(0)), dim_scalar(b, x, axis), b.const(np.int64(1)))
-            idx_t = b.emit("Slice", seq, *(v if not isinstance(v, int) else b.ints([v]) for v in (start, end)),
-                           b.ints([0]), step if not isinstance(step, int) else b.ints([step]))
+            idx_t = b.emit(
+                "Slice",
+                seq,
+                *(v if not isinstance(v, int) else b.ints([v]) for v in (start, end)),
+                b.ints([0]),
+                step if not isinstance(step, int) else b.ints([step]),
+            )
         pieces = [shape[k] if isinstance(shape[k], int) else b.shape_of(cur, k, k + 1) for k in range(r)]
         index_shape = [1] * r
         index_shape[axis] = -1
@@ -333,8 +339,10 @@ def gather_elements(b, node, g):
     unique = isinstance(iv, np.ndarray) and not np.any(np.diff(np.sort(iv, axis=axis), axis=axis) == 0)
     indices = b.const(iv) if isinstance(iv, np.ndarray) else iv
     if unique or b.opset >= 16:
-        return [b.ScatterElements(zeros_like(b, x), indices, g[0], axis=axis, reduction=None if unique else "add"),
-                None]
+        return [
+            b.ScatterElements(zeros_like(b, x), indices, g[0], axis=axis, reduction=None if unique else "add"),
+            None,
+        ]
     seq_shape = [1] * (r + 1)
     seq_shape[axis + 1] = -1
     seq = b.Reshape(b.Range(b.const(np.int64(0)), dim_scalar(b, x, axis), b.const(np.int64(1))), b.ints(seq_shape))
@@ -407,12 +415,14 @@ def pad(b, node, g):
         elif mode == "reflect":
             if pb:  # g[pb-1], .., g[0] went to x[1], .., x[pb]
                 left = b.slice(gy, [pb - 1], [INT_MIN], [a], [-1])
-                inner = b.Concat(sl(b, inner, a, 0, 1), b.Add(sl(b, inner, a, 1, pb + 1), left),
-                                 sl(b, inner, a, pb + 1), axis=a)
+                inner = b.Concat(
+                    sl(b, inner, a, 0, 1), b.Add(sl(b, inner, a, 1, pb + 1), left), sl(b, inner, a, pb + 1), axis=a
+                )
             if pe:  # g[-1], .., g[-pe] went to x[d-1-pe], .., x[d-2]
                 right = b.slice(gy, [-1], [-pe - 1], [a], [-1])
-                inner = b.Concat(sl(b, inner, a, 0, -pe - 1), b.Add(sl(b, inner, a, -pe - 1, -1), right),
-                                 sl(b, inner, a, -1), axis=a)
+                inner = b.Concat(
+                    sl(b, inner, a, 0, -pe - 1), b.Add(sl(b, inner, a, -pe - 1, -1), right), sl(b, inner, a, -1), axis=a
+                )
         elif mode == "wrap":
             if pb:
                 inner = b.Concat(sl(b, inner, a, 0, -pb), b.Add(sl(b, inner, a, -pb), sl(b, gy, a, 0, pb)), axis=a)
