@@ -298,3 +298,38 @@ def test_black_box_methods_over_tokens():
     assert np.corrcoef(lime.attribution.ravel(), want.ravel())[0, 1] > 0.95
     with pytest.raises(OnnxplainError, match="over tokens is not available"):
         ex.run(ids, "rise")
+
+
+# ---- the committed vendor-style zoo models (models/zoo/vendor_inputs.py) --------------------------------------
+ZOO = __import__("pathlib").Path(__file__).resolve().parent / "zoo"
+
+
+@pytest.mark.parametrize(
+    "name,shape,out",
+    [
+        ("detector_dynamic_resize.onnx", (1, 2, 5, 6), "y"),  # Resize to twice the input's own size
+        ("detector_dynamic_resize.onnx", (2, 2, 4, 4), "y"),
+        ("swin_computed_pads.onnx", (2, 3, 5, 7), "y"),  # pads up to a multiple of 4, computed from the shape
+        ("swin_computed_pads.onnx", (1, 3, 8, 8), "y"),  # no padding needed
+    ],
+)
+def test_zoo_models_with_run_time_sizes(name, shape, out):
+    model = onnx.load(str(ZOO / name))
+    x = rng.normal(size=shape).astype(np.float32)
+    ex = Explainer(str(ZOO / name))
+    y = run_ref(to_float64(model), {"x": x.astype(np.float64)})[out]
+    w = rng.normal(size=y.shape).astype(np.float32)
+    a = ex.explain(x, "gradient", target_weights=w)
+    us, fd = _fd(model, {"x": x}, "x", out, w)
+    assert _agrees(a, us, fd)
+
+
+def test_zoo_token_classifier():
+    model = onnx.load(str(ZOO / "token_classifier.onnx"))
+    weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    table, W = weights["table"].astype(np.float64), weights["W"].astype(np.float64)
+    ids = np.array([[1, 2, 3, 0, 0, 0], [9, 8, 7, 6, 5, 4]], dtype=np.int64)
+    res = Explainer(str(ZOO / "token_classifier.onnx")).run(ids, "input_x_gradient", target=[0, 2])
+    mask = (ids > 0).astype(np.float64)
+    grad = np.stack([mask[i][:, None] / 6 * W[:, k][None, :] for i, k in enumerate([0, 2])])
+    np.testing.assert_allclose(res.outputs["token_scores"], (table[ids] * grad).sum(-1), rtol=1e-5, atol=1e-7)
