@@ -369,7 +369,9 @@ def explain(
                                 item["caption"] = None
                                 pic = render.annotate(pic, item, source_size=_hw(items[i].tensor, item_channel_axis))
                             text = f"{items[i].name} · {m} · " + _caption(summary[i], names, note)
-                            pic = render.with_colorbar(pic, shown[1], scale, note=_scale_note(m, shown), text=text)
+                            pic = render.with_colorbar(
+                                pic, shown[1], scale, note=_scale_note(m, shown, settings[m].get("fill")), text=text
+                            )
                             figures[m][i] = pic
                             files[i][m].append(render.save_png(pic, out_dir / f"{items[i].name}.{m}.png"))
                     bar(advance=e - s)
@@ -391,6 +393,7 @@ def explain(
                         item_channel_axis,
                         alpha,
                         shared_scale,
+                        {m: settings[m]["fill"] for m in methods if settings[m].get("fill") is not None},
                     )
                     written.append(render.save_png(grid_png, out_dir / "comparison.png"))
                     if len([it for it in items if it.display is not None]) > len(shown):
@@ -460,13 +463,27 @@ def _caption(summary, names, note: str) -> str:
     return ", ".join(parts)
 
 
-def _scale_note(m: str, shown) -> str:
+def _scale_note(m: str, shown, fill=None) -> str:
+    """The colour bar's note; for perturbation methods, what hidden pixels showed (``fill``)."""
     what = "99.5th percentile of |a|" + (", both signs" if shown[1] else "")
-    return f"{m}: colour scale to the {what}; {shown[2]}" if shown[2] else f"{m}: colour scale to the {what}"
+    note = f"{m}: colour scale to the {what}" + (f"; {shown[2]}" if shown[2] else "")
+    return note + (f"; hidden parts showed: {fill}" if fill is not None else "")
 
 
 def _comparison(
-    render, items, shown, methods, shown_maps, summary, names, groups, resolved, channel_axis, alpha, shared_scale
+    render,
+    items,
+    shown,
+    methods,
+    shown_maps,
+    summary,
+    names,
+    groups,
+    resolved,
+    channel_axis,
+    alpha,
+    shared_scale,
+    fills=None,
 ):
     """The comparison grid: one row per image (caption: prediction, probability, explained target), one
     column per method under its colour bar. Each map is coloured to its own scale (the 99.5th percentile
@@ -487,10 +504,11 @@ def _comparison(
                     render.overlay(items[i].display, values, signed=signed, alpha=alpha, scale=scale), mark, hw
                 )
             )
+            fill = f" (fill {fills[m]})" if fills and m in fills and not titles else ""  # what hidden parts showed
             if not shared_scale:
-                head.append((f"{m}\n" if not titles else "") + f"scale {'±' if signed else '0..'}{scale:.3g}")
+                head.append((f"{m}{fill}\n" if not titles else "") + f"scale {'±' if signed else '0..'}{scale:.3g}")
             elif not titles:
-                head.append(m)
+                head.append(m + fill)
         titles.append(head if not titles else [""] + head)
         rows.append(cells)
         note = tg.notes[i - groups_start(groups, i)] if tg.notes else "the target"
