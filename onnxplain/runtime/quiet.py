@@ -76,12 +76,13 @@ def captured_fd2():
 def quiet():
     """No warnings, no graphsurgeon lines, no onnxruntime log lines, no native stderr output."""
     import onnx_graphsurgeon as gs
-    import onnxruntime as ort
+
+    from onnxplain.runtime.session import ort
 
     logger = gs.logger.G_LOGGER
     level = logger.severity
     logger.severity = logger.CRITICAL
-    ort.set_default_logger_severity(4)
+    ort()  # imported defensively (a broken install is one line); its own log is silenced there
     try:
         with warnings.catch_warnings(), captured_fd2():
             warnings.simplefilter("ignore")
