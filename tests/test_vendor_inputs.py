@@ -1,9 +1,11 @@
 """Vendor models as shipped: side inputs fed by the user, integer (token) inputs, sizes and ranks
 known only at run time. Oracles: finite differences in float64 (onnx.reference) or closed forms."""
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import onnx
-import onnx.parser
 import pytest
 from onnx import numpy_helper
 from oracle import run_ref, to_float64
@@ -14,12 +16,13 @@ from onnxplain.graph.specialise import unknown_shapes
 rng = np.random.default_rng(0)
 
 
-def _with(text: str, **weights) -> onnx.ModelProto:
-    m = onnx.parser.parse_model(text)
-    for name, value in weights.items():
-        m.graph.initializer.append(numpy_helper.from_array(np.asarray(value, dtype=np.float32), name))
-    onnx.checker.check_model(m)
-    return m
+# the zoo script that writes tests/zoo's vendor-style models: its model texts and builder serve here too
+_spec = importlib.util.spec_from_file_location(
+    "vendor_inputs", Path(__file__).resolve().parents[1] / "models" / "zoo" / "vendor_inputs.py"
+)
+vendor_inputs = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(vendor_inputs)
+_with, TOKENS = vendor_inputs.with_weights, vendor_inputs.TOKENS
 
 
 def _fd(model, feeds: dict, wrt: str, out: str, w: np.ndarray, h: float = 1e-6, directions: int = 4):
@@ -82,20 +85,6 @@ def test_side_inputs_are_fed_and_bound_as_constants():
 
 
 # ---- integer inputs: token ids explained through their embedding ----------------------------------------
-TOKENS = """
-<ir_version: 8, opset_import: ["" : 17]>
-tok (int64[N,6] ids) => (float[N,3] logits) {
-    e = Gather (table, ids)
-    zero = Constant <value = int64 {0}> ()
-    keep = Greater (ids, zero)
-    m = Cast <to = 1> (keep)
-    ax = Constant <value = int64[1] {2}> ()
-    m3 = Unsqueeze (m, ax)
-    em = Mul (e, m3)
-    pooled = ReduceMean <axes = [1], keepdims = 0> (em)
-    logits = MatMul (pooled, W)
-}
-"""
 
 
 def test_token_ids_are_explained_through_the_embedding():
@@ -301,7 +290,7 @@ def test_black_box_methods_over_tokens():
 
 
 # ---- the committed vendor-style zoo models (models/zoo/vendor_inputs.py) --------------------------------------
-ZOO = __import__("pathlib").Path(__file__).resolve().parent / "zoo"
+ZOO = Path(__file__).resolve().parent / "zoo"
 
 
 @pytest.mark.parametrize(
