@@ -75,15 +75,12 @@ class Canonical:
         return self._embedding(self.graph.inputs[0])
 
     def _embedding(self, ids):
-        """The first float tensor computed from integer input ``ids`` (following integer tensors only)."""
-        reach = {ids.name}
-        for node in self.graph.nodes:  # topological order
-            if not any(t.name in reach for t in node.inputs):
-                continue
-            for o in node.outputs:
-                if is_float(o):
-                    return o
-                reach.add(o.name)
+        """The first float tensor computed from integer input ``ids`` (``specialise.first_float``)."""
+        from onnxplain.graph.specialise import first_float
+
+        name = first_float(self.model, ids.name)
+        if name is not None and name in self.graph.tensors():
+            return self.graph.tensors()[name]
         raise OnnxplainError(
             f"input '{ids.name}' is not a float tensor, and no float tensor is computed from it "
             "(an embedding) to explain instead"
