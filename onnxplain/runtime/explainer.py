@@ -146,12 +146,18 @@ class Explainer:
         return d if isinstance(d, int) and d > 0 else None
 
     @property
-    def num_classes(self) -> int | None:
+    def logits(self):
+        """The explained tensor: the output, or the logits under its final Softmax/LogSoftmax/Sigmoid."""
         from onnxplain.graph.canonicalize import find_logits
-        from onnxplain.graph.rewrite import class_axis_of
 
         out = self.canonical.output(self.options.output)
-        logits = out if self.options.probabilities else find_logits(self.canonical.graph, out)[0]
+        return out if self.options.probabilities else find_logits(self.canonical.graph, out)[0]
+
+    @property
+    def num_classes(self) -> int | None:
+        from onnxplain.graph.rewrite import class_axis_of
+
+        logits = self.logits
         if logits.shape is None:
             return None
         c = logits.shape[class_axis_of(logits, self.options)]
@@ -410,12 +416,10 @@ class Explainer:
         zero = [i for i in range(len(x)) if not np.any(res.attribution[i])]
         if not zero:
             return
-        from onnxplain.graph.canonicalize import find_logits
         from onnxplain.graph.guard import check_not_silently_zero
         from onnxplain.graph.rewrite import class_axis_of
 
-        out = self.canonical.output(self.options.output)
-        logits = out if self.options.probabilities else find_logits(self.canonical.graph, out)[0]
+        logits = self.logits
         # one check over the batch (fixed-batch models take no other): the score of the all-zero items only
         if target.weights is not None:
             w = np.zeros_like(target.weights)
@@ -429,16 +433,21 @@ class Explainer:
         check_not_silently_zero(self.canonical, self.x.name, x, w, np.zeros_like(x), output=logits.name)
 
     def _logits_session(self):
-        if "logits" not in self._sessions:
-            from onnxplain.graph.canonicalize import export_graph, find_logits
+        """A session of the canonical model with the explained logits as an output."""
+        from onnxplain.graph.canonicalize import export_graph
 
-            out = self.canonical.output(self.options.output)
-            logits = out if self.options.probabilities else find_logits(self.canonical.graph, out)[0]
-            m = export_graph(self.canonical.graph, self.canonical.model)
-            if logits.name not in {o.name for o in m.graph.output}:
-                m.graph.output.append(onnx.helper.make_empty_tensor_value_info(logits.name))
-            self._sessions["logits"] = make_session(m, self.providers)
-        return self._sessions["logits"]
+        return self._session_with_output(
+            "logits", lambda: export_graph(self.canonical.graph, self.canonical.model), self.logits.name
+        )
+
+    def _session_with_output(self, key: str, model, name: str):
+        """A cached session of ``model()`` with the tensor ``name`` among its outputs."""
+        if key not in self._sessions:
+            m = model()
+            if name not in {o.name for o in m.graph.output}:
+                m.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+            self._sessions[key] = make_session(m, self.providers)
+        return self._sessions[key]
 
     def child(self, shape=None, feeds: dict | None = None) -> Explainer:
         """This explainer specialised to an input ``shape`` (None on an axis: as declared) and/or more
@@ -515,25 +524,12 @@ class Explainer:
 
     def logits_of_entry(self):
         """(session of the model as given, fed the integer input; the name of the explained logits)."""
-        if "entry_logits" not in self._sessions:
-            from onnxplain.graph.canonicalize import find_logits
-
-            out = self.canonical.output(self.options.output)
-            logits = out if self.options.probabilities else find_logits(self.canonical.graph, out)[0]
-            m = onnx.ModelProto()
-            m.CopyFrom(bind(self.source, self.feeds))
-            if logits.name not in {o.name for o in m.graph.output}:
-                m.graph.output.append(onnx.helper.make_empty_tensor_value_info(logits.name))
-            self._sessions["entry_logits"] = (make_session(m, self.providers), logits.name)
-        return self._sessions["entry_logits"]
+        name = self.logits.name
+        return self._session_with_output("entry_logits", lambda: bind(self.source, self.feeds), name), name
 
     def _prefix(self):
-        if "prefix" not in self._sessions:
-            m = onnx.ModelProto()
-            m.CopyFrom(bind(self.source, self.feeds))
-            m.graph.output.append(onnx.helper.make_empty_tensor_value_info(self.inner))
-            self._sessions["prefix"] = make_session(m, self.providers)
-        return self._sessions["prefix"]
+        """A session of the model as given with the embedding the integer input produces as an output."""
+        return self._session_with_output("prefix", lambda: bind(self.source, self.feeds), self.inner)
 
     def check_entry(self, ids) -> np.ndarray:
         """Token ids (or bytes) for the integer input the embedding is computed from."""
