@@ -600,6 +600,8 @@ def run_ref(model: onnx.ModelProto, feeds: dict) -> dict:
             ScanByDefinition,
         ],
     )
+    unknown = set(feeds) - {i.name for i in model.graph.input}
+    assert not unknown, f"feeds {sorted(unknown)} are not inputs of the graph (onnx.reference would ignore them)"
     names = [o.name for o in model.graph.output]
     return dict(zip(names, ref.run(None, feeds)))
 

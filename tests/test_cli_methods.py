@@ -67,3 +67,25 @@ def test_every_method_exports_and_explains(model, tmp_path, method):
     assert r.exit_code == 0, r.output
     a = np.load(tmp_path / "o" / f"x.{method}.npy")
     assert np.isfinite(a).all() and np.abs(a).max() > 0
+
+
+def test_export_deeplift_baseline_input_flag(model, tmp_path):
+    """Default: a fixed zero baseline (no input); --baseline-input: an input that changes the map;
+    the flag on a method without a baseline is refused in one line."""
+    x = np.random.default_rng(2).normal(size=(1, 3, 8, 8)).astype(np.float32)
+    maps = {}
+    for tag, extra in (("fixed", []), ("input", ["--baseline-input"])):
+        out = tmp_path / f"{tag}.onnx"
+        r = runner.invoke(app, ["export", str(model), "-m", "deeplift", "-o", str(out), *extra])
+        assert r.exit_code == 0, r.output
+        g = onnx.load(str(out))
+        assert ("baseline" in {i.name for i in g.graph.input}) == (tag == "input")
+        maps[tag] = make_session(g).run(["attribution"], {"x": x})[0]
+    np.testing.assert_allclose(maps["fixed"], maps["input"], rtol=1e-5, atol=1e-7)
+    sess = make_session(onnx.load(str(tmp_path / "input.onnx")))
+    shifted = sess.run(["attribution"], {"x": x, "baseline": np.full_like(x, 0.5)})[0]
+    assert not np.allclose(shifted, maps["input"])
+    r = runner.invoke(app, ["export", str(model), "-m", "gradient", "-o", str(tmp_path / "g.onnx"), "--baseline-input"])
+    assert r.exit_code == 2
+    assert "--baseline-input does not apply to gradient" in r.output
+    assert not (tmp_path / "g.onnx").exists()

@@ -8,7 +8,8 @@
 * each rule on its own with numpy expectations: rescale for every op family (and its fallback to
   the gradient where |Δx| is tiny), Shapley products, max/min, softmax and normalisation (which
   must agree with the same layer spelled out in primitive ops), Where, projection;
-* the baseline input: default zeros, broadcast baselines, fixed-batch-1 models, the Python API.
+* the baseline input: default zeros, broadcast baselines, fixed-batch-1 models, the Python API;
+  without it (the default) a fixed zero baseline whose forward copy onnxruntime folds.
 """
 
 import json
@@ -54,13 +55,14 @@ def make(nodes, x_shape, inits, opset=17, output="y", x="x", y_shape=None):
     return m
 
 
-def options(model, input=None, output=None, rules=None):
+def options(model, input=None, output=None, rules=None, baseline_input=True):
     return onnxplain.Options(
         input=input or model.graph.input[0].name,
         output=output or model.graph.output[0].name,
         probabilities=True,
         target_mode="weights",
         rules=rules,
+        baseline_input=baseline_input,
     )
 
 
@@ -774,7 +776,7 @@ def test_unknown_ops_fall_to_projection_and_stay_complete():
 
 
 # ---- the baseline and the Python API ------------------------------------------------------
-def test_default_baseline_is_zeros_and_broadcasts():
+def test_baseline_input_defaults_to_zeros_and_broadcasts():
     model, params = cnn(2, 2, seed=5)
     g = onnxplain.build(model, "deeplift", options(model))
     inputs = {i.name: i for i in g.graph.input}
@@ -795,6 +797,43 @@ def test_default_baseline_is_zeros_and_broadcasts():
     )
     want, _ = numpy_deeplift_cnn(params, 2, 2, x.astype(np.float64), np.zeros(x.shape), w.astype(np.float64))
     np.testing.assert_allclose(default_run, want, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "name", ["resnet_ts13.onnx", "vit_ts17.onnx", "mobilenetv2_dynamo20.onnx", "densenet_ts17.onnx"]
+)
+def test_fixed_zero_baseline_is_folded_and_equals_the_zero_input(name):
+    """The default graph holds the zero baseline as a constant of one item's shape: onnxruntime folds
+    its forward copy at session start (the optimised graph runs no more Conv/MatMul/Gemm nodes than
+    the gradient's), and the maps equal those of the graph with a baseline input fed zeros."""
+    entry = next(e for e in MANIFEST if e["file"] == name)
+    model = load_model(ZOO / name)
+    shape = list(entry["input_shape"])
+    if entry["dynamic_batch"]:
+        shape[0] = 3
+    x = np.random.default_rng(2).normal(size=shape).astype(np.float32)
+    fixed = onnxplain.build(model, "deeplift")
+    assert "baseline" not in {i.name for i in fixed.graph.input}
+    with_input = onnxplain.build(model, "deeplift", onnxplain.Options(baseline_input=True))
+    a = make_session(fixed).run(["attribution"], {entry["input"]: x})[0]
+    b = make_session(with_input).run(["attribution"], {entry["input"]: x, "baseline": np.zeros_like(x)})[0]
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * np.abs(b).max())
+
+    def linear_ops(graph, tmp):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        so.optimized_model_filepath = str(tmp)
+        ort.InferenceSession(graph.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        return sum(n.op_type in ("Conv", "MatMul", "Gemm") for n in onnx.load(str(tmp)).graph.node)
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        tmp = pathlib.Path(d) / "opt.onnx"
+        assert linear_ops(fixed, tmp) == linear_ops(onnxplain.build(model, "gradient"), tmp)
+        assert linear_ops(with_input, tmp) > linear_ops(fixed, tmp)
 
 
 @pytest.mark.parametrize("name", ["plain_cnn_dynamo18.onnx", "vit_dynamo18.onnx", "convnext_tanh_dynamo20.onnx"])

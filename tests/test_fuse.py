@@ -289,7 +289,7 @@ def test_exports_restore_the_models_nodes_and_write_copies_for_the_opset(op, bod
     onnxruntime 1.31 has no Swish kernel)."""
     model = layernorm_model(body, opset) if op == "LayerNormalization" else pattern_model(body, opset)
     assert canonicalize(model).fused[0].op == op
-    opts = onnxplain.Options(input="x", output="y", probabilities=True, target_mode="weights")
+    opts = onnxplain.Options(input="x", output="y", probabilities=True, target_mode="weights", baseline_input=True)
     g = onnxplain.build(model, "deeplift", opts)
     onnx.checker.check_model(g, full_check=True)
     assert ops(g).count(op) == (1 if kept else 0)
@@ -433,7 +433,7 @@ METHODS = ["gradient", "guided_backprop", "deconvnet", "lrp_0", "lrp_epsilon", "
 
 def explain64(model, method, x, w, xb=None, fuse=True):
     m64 = to_float64(model)
-    opts = onnxplain.Options(target_mode="weights", output="logits")
+    opts = onnxplain.Options(target_mode="weights", output="logits", baseline_input=method == "deeplift")
     g = onnxplain.build(canonicalize(m64, fuse=fuse), method, opts)
     feeds = {"x": x, "target_weights": w}
     if method == "deeplift":

@@ -72,6 +72,12 @@ def export(
     scale: str | None = typer.Option(None, "--scale", help="Preprocessing metadata: pixel multiplier."),
     size: str | None = typer.Option(None, "--size", help="Preprocessing metadata: H W."),
     resize: str | None = typer.Option(None, "--resize", help="Preprocessing metadata: crop, pad or stretch."),
+    baseline_input: bool = typer.Option(
+        False,
+        "--baseline-input",
+        help="deeplift: give the graph a 'baseline' input (default: a fixed zero baseline, whose forward "
+        "pass onnxruntime computes once at session start). integrated_gradients always has the input.",
+    ),
     **method_options,
 ):
     """Write the explanation graph of MODEL: the model plus a backward pass and an `attribution` output."""
@@ -95,6 +101,10 @@ def export(
     settings = method_settings([entry], method_options)[method]
     if settings.get("rules") is not None:
         settings["rules"] = rules_file(Path(settings["rules"]))
+    if baseline_input and method not in ("deeplift", "integrated_gradients"):
+        raise OnnxplainError(
+            f"--baseline-input does not apply to {method} (deeplift and integrated_gradients take one)"
+        )
     if target_mode not in ("class", "weights"):
         raise OnnxplainError(f"--target-mode must be 'class' or 'weights', not '{target_mode}'")
     existing(model)
@@ -118,6 +128,7 @@ def export(
             probabilities=probabilities,
             target_mode=target_mode,
             class_axis=class_axis,
+            baseline_input=baseline_input,
             **graph_params,
         )
         with status(f"building the {method} graph"):

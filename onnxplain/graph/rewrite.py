@@ -48,6 +48,7 @@ class Options:
     rules: object = None  # a rule-set file (or RuleSet) replacing the method's own rules/<method>.toml
     layer: str | None = None  # CAM methods: the tapped layer (tensor or node name; default: automatic)
     prefix_tokens: int | None = None  # CAM methods on token maps: tokens before the patch grid
+    baseline_input: bool = False  # deeplift: a `baseline` input (else zeros, fixed, folded at session start)
 
 
 @dataclass

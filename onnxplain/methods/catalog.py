@@ -52,6 +52,7 @@ def run_head(explainer, x, target, opts, progress=None, *, method: str):
     feeds = explainer.graph_feeds(x, target)
     if opts.get("baseline") is not None:
         feeds["baseline"] = explainer.check_baseline(opts["baseline"], x)
+        params["baseline_input"] = True  # (else deeplift's graph holds a fixed zero baseline)
     return explainer.run_graph(method, target.mode, feeds, params, batch_size=opts["batch_size"])
 
 

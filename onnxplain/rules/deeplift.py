@@ -327,6 +327,12 @@ def _max_pool(env, b, node, g):
         _, idx_r = b.emit("MaxPool", xr, outputs=2, dtype=[np_dtype(x), np.int64], **attrs)
     flat = b.ints([-1])
     shape_y = b.Shape(y)
+    if xr.shape and xr.shape[0] == 1 and x.shape and x.shape[0] != 1:  # one baseline item for the batch
+        xr, yr = b.Expand(xr, b.Shape(x)), b.Expand(yr, shape_y)
+        item = b.reduce("ReduceProd", b.shape_of(x, 1), None, keepdims=True)  # Indices are flat over N, C, ...
+        zero, one = b.const(np.int64(0)), b.const(np.int64(1))
+        offsets = b.Mul(b.Range(zero, b.squeeze(b.shape_of(x, 0, 1), [0]), one), item)
+        idx_r = b.Add(b.Expand(idx_r, shape_y), b.Reshape(offsets, b.ints([-1] + [1] * (rank(y) - 1))))
     x_at_r = b.Reshape(b.GatherElements(b.Reshape(x, flat), b.Reshape(idx_r, flat), axis=0), shape_y)
     xr_at_x = b.Reshape(b.GatherElements(b.Reshape(xr, flat), b.Reshape(idx, flat), axis=0), shape_y)
     lam = _mix(b, b.Relu(b.Sub(y, x_at_r)), b.Relu(b.Sub(yr, xr_at_x)), x)
