@@ -22,11 +22,14 @@ from typer.testing import CliRunner  # noqa: E402
 
 from onnxplain.cli import app  # noqa: E402
 from onnxplain.dataset import evaluate_dataset, explain_dataset, read_errors, read_maps  # noqa: E402
+from onnxplain.dataset.run import threads_per_actor  # noqa: E402
+from onnxplain.dataset.worker import Job, Worker  # noqa: E402
 from onnxplain.errors import OnnxplainError  # noqa: E402
 from onnxplain.evaluation import runner as E  # noqa: E402
 from onnxplain.io.resources import demo_model  # noqa: E402
 from onnxplain.io.shapes_data import make_shapes  # noqa: E402
 from onnxplain.runtime.explainer import Explainer  # noqa: E402
+from onnxplain.runtime.session import set_default_threads  # noqa: E402
 
 N = 20
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")
@@ -106,6 +109,43 @@ def test_a_corrupt_image_is_one_error_row(explained):
     assert not list(out.rglob(".*tmp*")), "temporary files left behind"
 
 
+class FakeRay:
+    """The two calls ``threads_per_actor`` makes, for a cluster of nodes with the given CPU counts."""
+
+    def __init__(self, *cpus):
+        self.cpus = cpus
+
+    def nodes(self):
+        return [{"Alive": True, "Resources": {"CPU": c} if c else {"GPU": 1}} for c in self.cpus]
+
+    def cluster_resources(self):
+        return {"CPU": sum(self.cpus)}
+
+
+def test_threads_per_actor_share_a_nodes_cores():
+    # max(1, cpus_per_node // actors per node), at least the actor's own CPUs; an explicit number wins
+    assert threads_per_actor(FakeRay(2), None, 1) == 2
+    assert threads_per_actor(FakeRay(2), None, 2) == 1
+    assert threads_per_actor(FakeRay(2), None, 3) == 1
+    assert threads_per_actor(FakeRay(2), 1, 1) == 1
+    assert threads_per_actor(FakeRay(2), 0, 2) == 0  # onnxruntime's own choice
+    assert threads_per_actor(FakeRay(8, 8, 0), None, 4) == 4  # 2 actors on each 8-core node; the GPU-only node has none
+    assert threads_per_actor(FakeRay(16, 8), None, 4) == 4  # the smaller node decides
+    assert threads_per_actor(FakeRay(2), None, 2, cpus_per_actor=2) == 2
+
+
+def test_the_threads_reach_the_actors_sessions(tmp_path):
+    job = Job(kind="explain", output=str(tmp_path), methods=["gradient", "gradcam"], threads=3)
+    try:
+        w = Worker([demo_model().read_bytes()], job)
+    finally:
+        set_default_threads(0)  # the actor sets its process's default; this process is not an actor
+    sessions = list(w.ex._sessions.values())
+    assert len(sessions) == 2
+    assert [s.get_session_options().intra_op_num_threads for s in sessions] == [3, 3]
+    assert w.threads() == 3
+
+
 def test_a_model_error_on_one_item_leaves_the_rest(local_ray, tmp_path):
     images, labels, masks = make_shapes(10, seed=2)
     bad = images.copy()
@@ -121,6 +161,7 @@ def test_a_model_error_on_one_item_leaves_the_rest(local_ray, tmp_path):
         target="label",
     )
     assert summary["items"] == 10 and summary["errors"] == 1
+    assert summary["threads_per_actor"] == 2  # one actor on 2 CPUs, no threads given: both cores
     (err,) = read_errors(tmp_path / "out")
     assert err["id"] == "part.npz:3" and err["stage"] == "gradient" and "NaN" in err["reason"]
     maps = read_maps(tmp_path / "out")
@@ -139,11 +180,15 @@ def test_resume_skips_written_shards(local_ray, folder, tmp_path):
     first = explain_dataset(str(demo_model()), folder[0], methods=["gradient"], output=out, shard_size=8, actors=2)
     shards = sorted((out / "maps").glob("*.parquet"))
     assert first["shards"] == len(shards) == 3
+    assert first["threads_per_actor"] == 1  # two actors on 2 CPUs: one core each
     shards[1].unlink()  # as if the run had been killed before this shard
-    kept = {p: p.stat().st_mtime_ns for p in (shards[0], shards[2])}
+    data = shards[0].read_bytes()  # as if the machine had lost power before this shard reached the disk
+    shards[0].write_bytes(data[: len(data) // 2])
+    kept = {shards[2]: shards[2].stat().st_mtime_ns}
     again = explain_dataset(str(demo_model()), folder[0], methods=["gradient"], output=out, shard_size=8, actors=2)
-    assert again["shards"] == 1 and again["shards_skipped"] == 2 and again["items"] == 8
-    assert shards[1].exists() and {p: p.stat().st_mtime_ns for p in kept} == kept
+    assert again["shards"] == 2 and again["shards_skipped"] == 1 and again["items"] == 16
+    assert shards[1].exists() and shards[0].read_bytes()[-4:] == b"PAR1"
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept
     assert len(read_maps(out)) == N
     with pytest.raises(OnnxplainError, match="other settings"):
         explain_dataset(str(demo_model()), folder[0], methods=["saliency"], output=out, shard_size=8)
@@ -171,8 +216,10 @@ def test_a_ray_dataset_source(local_ray, tmp_path):
         output=tmp_path / "out",
         shard_size=4,
         actors=1,
+        threads=1,
     )
     assert again["items"] == 2
+    assert first["threads_per_actor"] == 2 and again["threads_per_actor"] == 1  # an explicit number wins
     maps = read_maps(tmp_path / "out")
     assert len(maps) == 6
     ref = Explainer(str(demo_model())).explain(images, "gradient")

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -210,6 +211,20 @@ def _plain(v):
     return json.loads(json.dumps(v, default=lambda o: list(o) if isinstance(o, (tuple, np.ndarray)) else str(o)))
 
 
+def threads_per_actor(ray, threads: int | None, actors: int, cpus_per_actor: float = 1) -> int:
+    """``threads`` when given (0: onnxruntime's choice); else the cores of a node shared among the actors
+    placed on it: ``max(1, cpus_per_node // actors_per_node)``, with ``cpus_per_node`` the smallest CPU
+    count of the cluster's nodes and the actors spread evenly over the nodes that have CPUs, and never
+    fewer than the actor's own ``cpus_per_actor``. One actor on a 2-core machine gets 2 threads (never
+    slower than a plain loop), two actors 1 each (no oversubscription)."""
+    if threads is not None:
+        return int(threads)
+    cpus = [n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("Alive", True)]
+    cpus = [c for c in cpus if c > 0] or [ray.cluster_resources().get("CPU", 1)]
+    per_node = -(-max(int(actors), 1) // len(cpus))  # ceil
+    return max(1, int(cpus_per_actor), int(min(cpus) // per_node))
+
+
 def _pool(ray, actors, cpus_per_actor, gpus_per_actor) -> int:
     if actors:
         return int(actors)
@@ -234,7 +249,8 @@ def _stream(
     progress,
     sub: str,
 ):
-    """Run the Worker pool over what is left to do; returns (items, errors, shards) of this run."""
+    """Run the Worker pool over what is left to do; returns (items, errors, shards, actor seconds, intra-op
+    threads of the actors' sessions) of this run."""
     import ray.data as rd
 
     ctx = rd.DataContext.get_current()
@@ -277,18 +293,21 @@ def _execute(
     sub,
 ):
     size = _pool(ray, actors, cpus_per_actor, gpus_per_actor)
+    if shards is not None:
+        todo = [s for s in shards if s.name not in done_names]
+        total = sum(len(s.paths) if s.kind == "images" else s.stop - s.start for s in todo)
+        if not todo:
+            return 0, 0, 0, 0.0, None
+        size = min(size, len(todo))
+    job = replace(job, threads=threads_per_actor(ray, job.threads, size, cpus_per_actor))
     # the model travels inside a list: the actor fetches it from the object store itself (a top-level
     # reference would be pinned as a constructor dependency, which Ray warns about for restartable actors)
     common = dict(fn_constructor_args=([model_ref], job), num_cpus=cpus_per_actor, batch_format="numpy")
     if gpus_per_actor:
         common["num_gpus"] = gpus_per_actor
     if shards is not None:
-        todo = [s for s in shards if s.name not in done_names]
-        total = sum(len(s.paths) if s.kind == "images" else s.stop - s.start for s in todo)
-        if not todo:
-            return 0, 0, 0, 0.0
         ds = rd.from_items([s.to_row() for s in todo], override_num_blocks=len(todo))
-        ds = ds.map_batches(Worker, batch_size=1, compute=rd.ActorPoolStrategy(size=min(size, len(todo))), **common)
+        ds = ds.map_batches(Worker, batch_size=1, compute=rd.ActorPoolStrategy(size=size), **common)
     else:
         done_ids = _done_ids(job, sub)
         ds = source
@@ -298,15 +317,17 @@ def _execute(
         ds = ds.map_batches(Worker, batch_size=shard_size, compute=rd.ActorPoolStrategy(size=size), **common)
     n = errors = parts = 0
     busy = 0.0
+    threads = set()
     t0 = time.perf_counter()
     for row in ds.iter_rows():
         n += int(row["items"])
         errors += int(row["errors"])
         busy += float(row["seconds"])
+        threads.add(int(row["threads"]))
         parts += 1
         if progress is not None:
             progress(n, total, errors, n / max(time.perf_counter() - t0, 1e-9))
-    return n, errors, parts, busy
+    return n, errors, parts, busy, max(threads) if threads else None
 
 
 def _skip(batch: dict, done: set) -> dict:
@@ -356,7 +377,7 @@ def explain_dataset(
     actors: int | None = None,
     cpus_per_actor: float = 1,
     gpus_per_actor: float = 0,
-    threads: int = 1,
+    threads: int | None = None,
     providers: list | None = None,
     preset: str = "raw01",
     size=None,
@@ -378,10 +399,12 @@ def explain_dataset(
     ``image`` column, or a ``ray.data.Dataset`` (see :mod:`onnxplain.dataset.sources`). ``target``: None (the
     predicted class), ``"label"`` (the item's label) or a class index. ``method_options``: the methods' own
     keywords (``window=``, ``steps=``, ...). ``actors``: the pool size (default: every CPU, or every GPU with
-    ``gpus_per_actor``); each actor's sessions use ``threads`` intra-op threads. ``address``: a Ray cluster
-    (``ray://host:10001``; default ``RAY_ADDRESS``, else a local Ray). Shards already written are skipped
-    (``resume``). ``progress(done, total, errors, images_per_s)`` is called as shards finish.
-    Returns the summary written to ``output/summary.json``.
+    ``gpus_per_actor``). ``threads``: each actor's onnxruntime intra-op threads (0: onnxruntime's choice);
+    by default a node's cores shared among its actors, ``max(1, cpus_per_node // actors)`` (see
+    :func:`threads_per_actor`): one actor on a 2-core machine uses both cores, two use one each.
+    ``address``: a Ray cluster (``ray://host:10001``; default ``RAY_ADDRESS``, else a local Ray). Shards
+    already written are skipped (``resume``). ``progress(done, total, errors, images_per_s)`` is called as
+    shards finish. Returns the summary written to ``output/summary.json``.
     """
     if address or os.environ.get("RAY_ADDRESS"):
         ray = init(address)
@@ -419,7 +442,7 @@ def explain_dataset(
     ray = init(address)
     t0 = time.perf_counter()
     done_names = store.done(out, "maps", ".parquet")
-    n, errors, parts, busy = _stream(
+    n, errors, parts, busy, threads_used = _stream(
         ray,
         job,
         ray.put(data),
@@ -446,6 +469,7 @@ def explain_dataset(
             "shards_skipped": skipped,
             "seconds": round(seconds, 3),
             "actor_seconds": round(busy, 3),
+            "threads_per_actor": threads_used,
             "images_per_s": round(n / seconds, 3) if n else 0.0,
             "output": str(out),
         },
@@ -466,7 +490,7 @@ def evaluate_dataset(
     actors: int | None = None,
     cpus_per_actor: float = 1,
     gpus_per_actor: float = 0,
-    threads: int = 1,
+    threads: int | None = None,
     providers: list | None = None,
     preset: str = "raw01",
     size=None,
@@ -564,9 +588,10 @@ def evaluate_dataset(
     if sanity_metrics:
         rows, shard = _first_rows(source, shards, s.n_sanity)
         remote = ray.remote(num_cpus=cpus_per_actor, num_gpus=gpus_per_actor or None)(_sanity)
+        alone = replace(job, threads=threads_per_actor(ray, job.threads, 1, cpus_per_actor))  # one task, after the pool
         res = ray.get(
             remote.remote(
-                ray.put(data), job, shard, rows, None if shuffled is None else ray.put(shuffled), sanity_metrics
+                ray.put(data), alone, shard, rows, None if shuffled is None else ray.put(shuffled), sanity_metrics
             )
         )
         if res is not None:
@@ -598,8 +623,6 @@ def evaluate_dataset(
 
 def _first_rows(source, shards, k: int):
     """The first ``k`` items, for the randomisation tests: (rows, None) of a ray Dataset, else (None, shard)."""
-    from dataclasses import replace
-
     if shards is None:
         return rows_of(source.take_batch(k, batch_format="numpy")), None
     first = shards[0]
