@@ -7,6 +7,7 @@ on images decoded here with PIL (not by the code under test).
 
 import logging
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from typer.testing import CliRunner  # noqa: E402
 from onnxplain.cli import app  # noqa: E402
 from onnxplain.dataset import evaluate_dataset, explain_dataset, read_errors, read_maps  # noqa: E402
 from onnxplain.dataset.run import threads_per_actor  # noqa: E402
+from onnxplain.dataset.sources import default_shard_size, plan  # noqa: E402
 from onnxplain.dataset.worker import Job, Worker  # noqa: E402
 from onnxplain.errors import OnnxplainError  # noqa: E402
 from onnxplain.evaluation import runner as E  # noqa: E402
@@ -132,6 +134,26 @@ def test_threads_per_actor_share_a_nodes_cores():
     assert threads_per_actor(FakeRay(8, 8, 0), None, 4) == 4  # 2 actors on each 8-core node; the GPU-only node has none
     assert threads_per_actor(FakeRay(16, 8), None, 4) == 4  # the smaller node decides
     assert threads_per_actor(FakeRay(2), None, 2, cpus_per_actor=2) == 2
+
+
+def test_the_default_shard_holds_about_four_million_input_values(tmp_path):
+    assert default_shard_size(3 * 64 * 64) == (1 << 22) // (3 * 64 * 64) == 341
+    assert default_shard_size(3 * 224 * 224) == 27
+    assert default_shard_size(3 * 64 * 64, total=256) == 32  # at least 8 shards
+    assert default_shard_size(3 * 64 * 64, total=20) == 16  # never fewer than 16 items a shard
+    assert default_shard_size(10) == 1024 and default_shard_size(3 * 1024 * 1024) == 16
+    assert default_shard_size(None) == 64  # the item's size is unknown
+    images, _, _ = make_shapes(40, seed=1)
+    np.save(tmp_path / "a.npy", images[:30])
+    np.save(tmp_path / "b.npy", images[30:])
+    seen = []
+    shards, _ = plan([tmp_path / "a.npy", tmp_path / "b.npy"], lambda total: seen.append(total) or 16)
+    assert seen == [40]  # the size is chosen once, from every file's rows
+    assert [(Path(s.paths[0]).name, s.start, s.stop) for s in shards] == [
+        ("a.npy", 0, 16),
+        ("a.npy", 16, 30),
+        ("b.npy", 0, 10),
+    ]
 
 
 def test_the_threads_reach_the_actors_sessions(tmp_path):
@@ -287,10 +309,9 @@ def test_cli_end_to_end(local_ray, folder, tmp_path):
     assert res.exit_code == 0, res.output
     assert f"explained {N + 1} items in 2 shards" in res.stdout and "1 items failed" in res.stdout
     assert len(read_maps(out)) == 2 * N
-    res = runner.invoke(
-        app,
-        ["explain-dataset", "demo", str(folder[0]), "-m", "gradient,saliency", "-d", str(out), "--shard-size", "16"],
-    )
+    # no --shard-size: the default for 21 images of 3 x 64 x 64 is 16 (at least 16 items a shard), the same
+    # shards and the same run.json, so the run resumes
+    res = runner.invoke(app, ["explain-dataset", "demo", str(folder[0]), "-m", "gradient,saliency", "-d", str(out)])
     assert res.exit_code == 0 and "2 shards already written, skipped" in res.stdout, res.output
     res = runner.invoke(app, ["explain-dataset", "demo", str(folder[0]), "-d", str(tmp_path / "t"), "--target", "x"])
     assert res.exit_code == 2 and res.stderr.startswith("error: --target takes"), res.output

@@ -144,7 +144,8 @@ def _setup(
     extra,
 ):
     """Everything both runs check before Ray starts: model, methods, target, preprocessing, the shards and
-    the output folder. Returns (job, model bytes, shards or None, description, output folder)."""
+    the output folder. Returns (job, model bytes, shards or None, description, output folder, items per
+    shard)."""
     from onnxplain.evaluation import runner as E
     from onnxplain.io import preprocess
     from onnxplain.runtime.explainer import Explainer
@@ -170,8 +171,16 @@ def _setup(
         if "image" not in names_in:
             raise OnnxplainError(f"the ray.data.Dataset needs an 'image' column (it has: {', '.join(names_in)})")
         shards, what, inputs = None, "a ray.data.Dataset", []
+        shard_size = shard_size or sources.default_shard_size(_item_values(ex, recipe))
     else:
-        shards, what = sources.plan(source, shard_size)
+        chosen = {}
+
+        def auto(total: int) -> int:
+            chosen["size"] = sources.default_shard_size(_item_values(ex, recipe), total)
+            return chosen["size"]
+
+        shards, what = sources.plan(source, shard_size or auto)
+        shard_size = shard_size or chosen["size"]
         inputs = [Path(s) for s in ([source] if isinstance(source, (str, Path)) else source)]
     inputs += [Path(model)] if isinstance(model, (str, Path)) else []
     job = Job(
@@ -204,7 +213,19 @@ def _setup(
     }
     out = store.prepare(output, config, inputs, resume=resume)
     job.output = str(out.resolve())
-    return job, data, shards, what, out
+    return job, data, shards, what, out, shard_size
+
+
+def _item_values(ex, recipe) -> int | None:
+    """Input values per item: the model input's shape without its batch axis, or the preprocessing's
+    image size; None when neither says."""
+    dims = list(ex.x.shape or [])[1:]
+    if dims and all(isinstance(d, int) and d > 0 for d in dims):
+        return int(np.prod(dims))
+    size = getattr(recipe, "size", None)
+    if size:
+        return 3 * int(np.prod(size))
+    return None
 
 
 def _plain(v):
@@ -372,7 +393,7 @@ def explain_dataset(
     output="explain_out",
     *,
     method_options: dict | None = None,
-    shard_size: int = 64,
+    shard_size: int | None = None,
     batch_size: int = 16,
     actors: int | None = None,
     cpus_per_actor: float = 1,
@@ -416,7 +437,7 @@ def explain_dataset(
         for k, v in dict(input=input, output=model_output, probabilities=probabilities, class_axis=class_axis).items()
         if v
     }
-    job, data, shards, what, out = _setup(
+    job, data, shards, what, out, shard_size = _setup(
         model,
         source,
         "explain",
@@ -486,7 +507,7 @@ def evaluate_dataset(
     settings=None,
     shuffled_model=None,
     target=None,
-    shard_size: int = 64,
+    shard_size: int | None = None,
     actors: int | None = None,
     cpus_per_actor: float = 1,
     gpus_per_actor: float = 0,
@@ -526,7 +547,7 @@ def evaluate_dataset(
     wanted = None if metrics is None else E.resolve(metrics, E.METRICS, "metric")
     if wanted and "data_randomisation" in wanted and shuffled_model is None:
         raise OnnxplainError("data_randomisation needs a model trained on shuffled labels (shuffled_model=)")
-    job, data, shards, what, out = _setup(
+    job, data, shards, what, out, shard_size = _setup(
         model,
         source,
         "evaluate",
