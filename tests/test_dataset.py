@@ -24,7 +24,7 @@ from typer.testing import CliRunner  # noqa: E402
 from onnxplain.cli import app  # noqa: E402
 from onnxplain.dataset import evaluate_dataset, explain_dataset, read_errors, read_maps  # noqa: E402
 from onnxplain.dataset.run import threads_per_actor  # noqa: E402
-from onnxplain.dataset.sources import default_shard_size, plan  # noqa: E402
+from onnxplain.dataset.sources import default_shard_size, plan, read_shard, stacked, to_items  # noqa: E402
 from onnxplain.dataset.worker import Job, Worker  # noqa: E402
 from onnxplain.errors import OnnxplainError  # noqa: E402
 from onnxplain.evaluation import runner as E  # noqa: E402
@@ -154,6 +154,22 @@ def test_the_default_shard_holds_about_four_million_input_values(tmp_path):
         ("a.npy", 16, 30),
         ("b.npy", 0, 10),
     ]
+
+
+def test_an_array_shard_reads_as_its_items_one_by_one(tmp_path):
+    images, labels, masks = make_shapes(12, seed=4)
+    np.savez(tmp_path / "d.npz", images=images.astype(np.float64), labels=labels, masks=masks)
+    (shard,) = [s for s in plan([tmp_path / "d.npz"], 8)[0] if s.start == 8]
+    got = read_shard(shard, None, [None, 3, 64, 64], np.float32)  # rows 8..11, read as one array
+    assert stacked({"image": images[8:], "label": labels[8:], "mask": masks[8:]}, got.ids, np.float32) is not None
+    rows = [{"id": f"d.npz:{i}", "image": images[i], "label": labels[i], "mask": masks[i]} for i in range(8, 12)]
+    ref = to_items(rows, None, [None, 3, 64, 64], np.float32)  # item by item
+    assert got.ids == ref.ids == [f"d.npz:{i}" for i in range(8, 12)] and got.errors == []
+    assert got.images.dtype == np.float32 and got.images.flags.c_contiguous
+    np.testing.assert_array_equal(got.images, ref.images)
+    np.testing.assert_array_equal(got.labels, ref.labels)
+    np.testing.assert_array_equal(got.labels, labels[8:])
+    np.testing.assert_array_equal(got.masks, ref.masks)
 
 
 def test_the_threads_reach_the_actors_sessions(tmp_path):

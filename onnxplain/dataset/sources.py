@@ -208,11 +208,36 @@ def read_shard(shard: Shard, recipe, shape, dtype=np.float32) -> Items:
     ids = cols.get("id")
     if ids is None:
         ids = [f"{f.name}:{shard.start + i}" for i in range(n)]
+    whole = stacked(cols, ids, dtype)
+    if whole is not None:
+        return whole
     rows = [
         {"id": str(ids[i]), "image": cols["image"][i], **{k: cols[k][i] for k in ("label", "mask") if k in cols}}
         for i in range(n)
     ]
     return to_items(rows, recipe, shape, dtype)
+
+
+def stacked(cols: dict, ids, dtype) -> Items | None:
+    """The items of ``.npz``/``.npy`` columns that are already one float array (the common case) without
+    going item by item: what :func:`to_items` would make of them, or None when it must go item by item."""
+    images = cols["image"]
+    if not isinstance(images, np.ndarray) or images.ndim < 2 or not np.issubdtype(images.dtype, np.floating):
+        return None
+    n = len(images)
+    labels = cols.get("label")
+    if labels is not None:
+        labels = np.asarray(labels)
+        if not np.issubdtype(labels.dtype, np.number) or labels.size < n or not np.isfinite(labels).all():
+            return None
+        labels = labels.reshape(n, -1)[:, 0].astype(np.int64)
+    masks = cols.get("mask")
+    if masks is not None:
+        masks = np.asarray(masks)
+        if masks.dtype == object or masks.ndim < 3:
+            return None
+        masks = masks.astype(bool).reshape(n, *masks.shape[-2:])
+    return Items([str(i) for i in ids], np.ascontiguousarray(images, dtype=dtype), labels, masks, [])
 
 
 @functools.lru_cache(maxsize=1)
