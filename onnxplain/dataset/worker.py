@@ -36,9 +36,7 @@ class Job:
     recipe: object = None  # a resolved Preprocess for encoded images, or None
     explainer: dict = field(default_factory=dict)  # Explainer keywords (input, output, probabilities, ...)
     layout: str = "NCHW"
-    threads: int | None = (
-        1  # intra-op threads of the actor's sessions; the driver resolves None (run.threads_per_actor)
-    )
+    threads: int | None = 1  # intra-op threads per session; None: run.threads_per_actor decides
     gpus: float = 0
     providers: list | None = None
     metrics: list | None = None  # evaluate: None = every per-image metric the data allow
