@@ -9,9 +9,10 @@ speed drifts).
 
 - loop: one process, ``Explainer.run`` over batches of 16, after one warm-up batch (graphs built), with
   onnxruntime's default threads (one per core) and with 1 thread;
-- Ray, 1 and 2 actors (1 intra-op thread each), the source an .npz file read by the actors: "steady" is
-  the rate after the first shard came back (the pool is up, graphs built); "all" includes starting the
-  actors and building their graphs (Ray itself is started once, before, and not counted).
+- Ray, 1 and 2 actors with their default intra-op threads (the node's cores shared among the actors:
+  2 and 1 on a 2-core machine; the line prints them), the source an .npz file read by the actors:
+  "steady" is the rate after the first shard came back (the pool is up, graphs built); "all" includes
+  starting the actors and building their graphs (Ray itself is started once, before, and not counted).
 
     python bench/bench_dataset.py            # both cases
     python bench/bench_dataset.py --quick    # the 64 px case only
@@ -70,7 +71,6 @@ def ray_rate(model: str, data: Path, method: str, opts: dict, actors: int, shard
         output=out,
         shard_size=shard,
         actors=actors,
-        threads=1,
         method_options=opts,
         progress=lambda done, total, errors, rate: marks.append((time.perf_counter(), done)),
     )
@@ -78,7 +78,7 @@ def ray_rate(model: str, data: Path, method: str, opts: dict, actors: int, shard
     assert summary["errors"] == 0, summary
     (t1, n1), (t2, n2) = marks[0], marks[-1]
     steady = (n2 - n1) / (t2 - t1) if t2 > t1 else float("nan")
-    return steady, n2 / total
+    return steady, n2 / total, summary["threads_per_actor"]
 
 
 def case(name: str, model: str, x: np.ndarray, opts: dict, shard: int, work: Path, repeats: int) -> list:
@@ -89,11 +89,12 @@ def case(name: str, model: str, x: np.ndarray, opts: dict, shard: int, work: Pat
     for m in METHODS:
         o = opts.get(m, {})
         runs = {k: [] for k in ("loop", "loop1", "a1", "a1all", "a2", "a2all")}
+        threads = {}
         for _ in range(repeats):
             runs["loop"].append(loop_rate(model, x, m, o, threads=0))
             runs["loop1"].append(loop_rate(model, x, m, o, threads=1))
             for k, actors in (("a1", 1), ("a2", 2)):
-                steady, everything = ray_rate(model, data, m, o, actors, shard, work)
+                steady, everything, threads[k] = ray_rate(model, data, m, o, actors, shard, work)
                 runs[k].append(steady)
                 runs[k + "all"].append(everything)
         med = {k: float(np.median(v)) for k, v in runs.items()}
@@ -101,7 +102,9 @@ def case(name: str, model: str, x: np.ndarray, opts: dict, shard: int, work: Pat
         print(
             f"{name:<12} {m:<10} loop {med['loop']:8.1f} (1 thread {med['loop1']:8.1f})   1 actor {med['a1']:8.1f} "
             f"(all {med['a1all']:7.1f})   2 actors {med['a2']:8.1f} (all {med['a2all']:7.1f})   2 actors / loop "
-            f"{med['a2'] / med['loop']:5.2f}x  1 actor / loop {med['a1'] / med['loop']:5.2f}x",
+            f"{med['a2'] / med['loop']:5.2f}x  1 actor / loop {med['a1'] / med['loop']:5.2f}x   "
+            f"2 actors / 1-thread loop {med['a2'] / med['loop1']:5.2f}x  1 actor / 1-thread loop "
+            f"{med['a1'] / med['loop1']:5.2f}x   threads per actor: 1 actor {threads['a1']}, 2 actors {threads['a2']}",
             flush=True,
         )
     return rows

@@ -7,6 +7,7 @@ on images decoded here with PIL (not by the code under test).
 
 import logging
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,11 +23,15 @@ from typer.testing import CliRunner  # noqa: E402
 
 from onnxplain.cli import app  # noqa: E402
 from onnxplain.dataset import evaluate_dataset, explain_dataset, read_errors, read_maps  # noqa: E402
+from onnxplain.dataset.run import threads_per_actor  # noqa: E402
+from onnxplain.dataset.sources import default_shard_size, plan, read_shard, stacked, to_items  # noqa: E402
+from onnxplain.dataset.worker import Job, Worker  # noqa: E402
 from onnxplain.errors import OnnxplainError  # noqa: E402
 from onnxplain.evaluation import runner as E  # noqa: E402
 from onnxplain.io.resources import demo_model  # noqa: E402
 from onnxplain.io.shapes_data import make_shapes  # noqa: E402
 from onnxplain.runtime.explainer import Explainer  # noqa: E402
+from onnxplain.runtime.session import set_default_threads  # noqa: E402
 
 N = 20
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")
@@ -106,6 +111,79 @@ def test_a_corrupt_image_is_one_error_row(explained):
     assert not list(out.rglob(".*tmp*")), "temporary files left behind"
 
 
+class FakeRay:
+    """The two calls ``threads_per_actor`` makes, for a cluster of nodes with the given CPU counts."""
+
+    def __init__(self, *cpus):
+        self.cpus = cpus
+
+    def nodes(self):
+        return [{"Alive": True, "Resources": {"CPU": c} if c else {"GPU": 1}} for c in self.cpus]
+
+    def cluster_resources(self):
+        return {"CPU": sum(self.cpus)}
+
+
+def test_threads_per_actor_share_a_nodes_cores():
+    # max(1, cpus_per_node // actors per node), at least the actor's own CPUs; an explicit number wins
+    assert threads_per_actor(FakeRay(2), None, 1) == 2
+    assert threads_per_actor(FakeRay(2), None, 2) == 1
+    assert threads_per_actor(FakeRay(2), None, 3) == 1
+    assert threads_per_actor(FakeRay(2), 1, 1) == 1
+    assert threads_per_actor(FakeRay(2), 0, 2) == 0  # onnxruntime's own choice
+    assert threads_per_actor(FakeRay(8, 8, 0), None, 4) == 4  # 2 actors on each 8-core node; the GPU-only node has none
+    assert threads_per_actor(FakeRay(16, 8), None, 4) == 4  # the smaller node decides
+    assert threads_per_actor(FakeRay(2), None, 2, cpus_per_actor=2) == 2
+
+
+def test_the_default_shard_holds_about_four_million_input_values(tmp_path):
+    assert default_shard_size(3 * 64 * 64) == (1 << 22) // (3 * 64 * 64) == 341
+    assert default_shard_size(3 * 224 * 224) == 27
+    assert default_shard_size(3 * 64 * 64, total=256) == 32  # at least 8 shards
+    assert default_shard_size(3 * 64 * 64, total=20) == 16  # never fewer than 16 items a shard
+    assert default_shard_size(10) == 1024 and default_shard_size(3 * 1024 * 1024) == 16
+    assert default_shard_size(None) == 64  # the item's size is unknown
+    images, _, _ = make_shapes(40, seed=1)
+    np.save(tmp_path / "a.npy", images[:30])
+    np.save(tmp_path / "b.npy", images[30:])
+    seen = []
+    shards, _ = plan([tmp_path / "a.npy", tmp_path / "b.npy"], lambda total: seen.append(total) or 16)
+    assert seen == [40]  # the size is chosen once, from every file's rows
+    assert [(Path(s.paths[0]).name, s.start, s.stop) for s in shards] == [
+        ("a.npy", 0, 16),
+        ("a.npy", 16, 30),
+        ("b.npy", 0, 10),
+    ]
+
+
+def test_an_array_shard_reads_as_its_items_one_by_one(tmp_path):
+    images, labels, masks = make_shapes(12, seed=4)
+    np.savez(tmp_path / "d.npz", images=images.astype(np.float64), labels=labels, masks=masks)
+    (shard,) = [s for s in plan([tmp_path / "d.npz"], 8)[0] if s.start == 8]
+    got = read_shard(shard, None, [None, 3, 64, 64], np.float32)  # rows 8..11, read as one array
+    assert stacked({"image": images[8:], "label": labels[8:], "mask": masks[8:]}, got.ids, np.float32) is not None
+    rows = [{"id": f"d.npz:{i}", "image": images[i], "label": labels[i], "mask": masks[i]} for i in range(8, 12)]
+    ref = to_items(rows, None, [None, 3, 64, 64], np.float32)  # item by item
+    assert got.ids == ref.ids == [f"d.npz:{i}" for i in range(8, 12)] and got.errors == []
+    assert got.images.dtype == np.float32 and got.images.flags.c_contiguous
+    np.testing.assert_array_equal(got.images, ref.images)
+    np.testing.assert_array_equal(got.labels, ref.labels)
+    np.testing.assert_array_equal(got.labels, labels[8:])
+    np.testing.assert_array_equal(got.masks, ref.masks)
+
+
+def test_the_threads_reach_the_actors_sessions(tmp_path):
+    job = Job(kind="explain", output=str(tmp_path), methods=["gradient", "gradcam"], threads=3)
+    try:
+        w = Worker([demo_model().read_bytes()], job)
+    finally:
+        set_default_threads(0)  # the actor sets its process's default; this process is not an actor
+    sessions = list(w.ex._sessions.values())
+    assert len(sessions) == 2
+    assert [s.get_session_options().intra_op_num_threads for s in sessions] == [3, 3]
+    assert w.threads() == 3
+
+
 def test_a_model_error_on_one_item_leaves_the_rest(local_ray, tmp_path):
     images, labels, masks = make_shapes(10, seed=2)
     bad = images.copy()
@@ -121,6 +199,7 @@ def test_a_model_error_on_one_item_leaves_the_rest(local_ray, tmp_path):
         target="label",
     )
     assert summary["items"] == 10 and summary["errors"] == 1
+    assert summary["threads_per_actor"] == 2  # one actor on 2 CPUs, no threads given: both cores
     (err,) = read_errors(tmp_path / "out")
     assert err["id"] == "part.npz:3" and err["stage"] == "gradient" and "NaN" in err["reason"]
     maps = read_maps(tmp_path / "out")
@@ -139,11 +218,15 @@ def test_resume_skips_written_shards(local_ray, folder, tmp_path):
     first = explain_dataset(str(demo_model()), folder[0], methods=["gradient"], output=out, shard_size=8, actors=2)
     shards = sorted((out / "maps").glob("*.parquet"))
     assert first["shards"] == len(shards) == 3
+    assert first["threads_per_actor"] == 1  # two actors on 2 CPUs: one core each
     shards[1].unlink()  # as if the run had been killed before this shard
-    kept = {p: p.stat().st_mtime_ns for p in (shards[0], shards[2])}
+    data = shards[0].read_bytes()  # as if the machine had lost power before this shard reached the disk
+    shards[0].write_bytes(data[: len(data) // 2])
+    kept = {shards[2]: shards[2].stat().st_mtime_ns}
     again = explain_dataset(str(demo_model()), folder[0], methods=["gradient"], output=out, shard_size=8, actors=2)
-    assert again["shards"] == 1 and again["shards_skipped"] == 2 and again["items"] == 8
-    assert shards[1].exists() and {p: p.stat().st_mtime_ns for p in kept} == kept
+    assert again["shards"] == 2 and again["shards_skipped"] == 1 and again["items"] == 16
+    assert shards[1].exists() and shards[0].read_bytes()[-4:] == b"PAR1"
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept
     assert len(read_maps(out)) == N
     with pytest.raises(OnnxplainError, match="other settings"):
         explain_dataset(str(demo_model()), folder[0], methods=["saliency"], output=out, shard_size=8)
@@ -171,8 +254,10 @@ def test_a_ray_dataset_source(local_ray, tmp_path):
         output=tmp_path / "out",
         shard_size=4,
         actors=1,
+        threads=1,
     )
     assert again["items"] == 2
+    assert first["threads_per_actor"] == 2 and again["threads_per_actor"] == 1  # an explicit number wins
     maps = read_maps(tmp_path / "out")
     assert len(maps) == 6
     ref = Explainer(str(demo_model())).explain(images, "gradient")
@@ -240,10 +325,9 @@ def test_cli_end_to_end(local_ray, folder, tmp_path):
     assert res.exit_code == 0, res.output
     assert f"explained {N + 1} items in 2 shards" in res.stdout and "1 items failed" in res.stdout
     assert len(read_maps(out)) == 2 * N
-    res = runner.invoke(
-        app,
-        ["explain-dataset", "demo", str(folder[0]), "-m", "gradient,saliency", "-d", str(out), "--shard-size", "16"],
-    )
+    # no --shard-size: the default for 21 images of 3 x 64 x 64 is 16 (at least 16 items a shard), the same
+    # shards and the same run.json, so the run resumes
+    res = runner.invoke(app, ["explain-dataset", "demo", str(folder[0]), "-m", "gradient,saliency", "-d", str(out)])
     assert res.exit_code == 0 and "2 shards already written, skipped" in res.stdout, res.output
     res = runner.invoke(app, ["explain-dataset", "demo", str(folder[0]), "-d", str(tmp_path / "t"), "--target", "x"])
     assert res.exit_code == 2 and res.stderr.startswith("error: --target takes"), res.output

@@ -87,8 +87,22 @@ def explain_dataset_cmd(
     address: str | None = opt_address(),
     actors: int | None = opt_actors(),
     gpus_per_actor: float = typer.Option(0.0, "--gpus-per-actor", min=0.0, help="GPUs per actor (CUDA sessions)."),
-    threads: int = typer.Option(1, "--threads", min=0, help="onnxruntime intra-op threads per actor (0: all)."),
-    shard_size: int = typer.Option(64, "--shard-size", min=1, help="Items per output shard (the unit of resume)."),
+    threads: int | None = typer.Option(
+        None,
+        "--threads",
+        min=0,
+        help="onnxruntime intra-op threads per actor (0: onnxruntime's choice; default: the node's cores "
+        "shared among its actors, at least 1).",
+        show_default=False,
+    ),
+    shard_size: int | None = typer.Option(
+        None,
+        "--shard-size",
+        min=1,
+        help="Items per output shard, the unit of resume (default: about 4 M input values per shard, 16 to 1024 "
+        "items, at least 8 shards: 64 px images 341, 224 px 27).",
+        show_default=False,
+    ),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Items per onnxruntime call."),
     preset: str = typer.Option("raw01", "--preset", help="raw01 (p/255), imagenet, caffe, tf."),
     size: str | None = typer.Option(None, "--size", help="Resize images to H W (default: the model's)."),

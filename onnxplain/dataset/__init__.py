@@ -7,8 +7,9 @@
 The same call runs on a laptop (a local Ray on all cores) or a cluster (``address="ray://head:10001"`` or
 ``RAY_ADDRESS``): the shards of the source flow through ``Dataset.map_batches`` into a pool of actors, each
 holding one :class:`~onnxplain.runtime.explainer.Explainer` (graphs built once, one onnxruntime session per
-method, one intra-op thread by default, CUDA with ``gpus_per_actor``). Outputs are Parquet shards written
-atomically; a rerun skips the shards already written; an item that fails is a row of ``errors.csv``.
+method, its intra-op threads by default the node's cores shared among the actors there, CUDA with
+``gpus_per_actor``). Outputs are Parquet shards written atomically; a rerun skips the shards already
+written; an item that fails is a row of ``errors.csv``.
 Modules: :mod:`~onnxplain.dataset.sources` (what is read), :mod:`~onnxplain.dataset.worker` (the actor),
 :mod:`~onnxplain.dataset.store` (what is written), :mod:`~onnxplain.dataset.run` (the driver).
 """

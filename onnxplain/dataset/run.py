@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -143,7 +144,8 @@ def _setup(
     extra,
 ):
     """Everything both runs check before Ray starts: model, methods, target, preprocessing, the shards and
-    the output folder. Returns (job, model bytes, shards or None, description, output folder)."""
+    the output folder. Returns (job, model bytes, shards or None, description, output folder, items per
+    shard)."""
     from onnxplain.evaluation import runner as E
     from onnxplain.io import preprocess
     from onnxplain.runtime.explainer import Explainer
@@ -169,8 +171,16 @@ def _setup(
         if "image" not in names_in:
             raise OnnxplainError(f"the ray.data.Dataset needs an 'image' column (it has: {', '.join(names_in)})")
         shards, what, inputs = None, "a ray.data.Dataset", []
+        shard_size = shard_size or sources.default_shard_size(_item_values(ex, recipe))
     else:
-        shards, what = sources.plan(source, shard_size)
+        chosen = {}
+
+        def auto(total: int) -> int:
+            chosen["size"] = sources.default_shard_size(_item_values(ex, recipe), total)
+            return chosen["size"]
+
+        shards, what = sources.plan(source, shard_size or auto)
+        shard_size = shard_size or chosen["size"]
         inputs = [Path(s) for s in ([source] if isinstance(source, (str, Path)) else source)]
     inputs += [Path(model)] if isinstance(model, (str, Path)) else []
     job = Job(
@@ -203,11 +213,37 @@ def _setup(
     }
     out = store.prepare(output, config, inputs, resume=resume)
     job.output = str(out.resolve())
-    return job, data, shards, what, out
+    return job, data, shards, what, out, shard_size
+
+
+def _item_values(ex, recipe) -> int | None:
+    """Input values per item: the model input's shape without its batch axis, or the preprocessing's
+    image size; None when neither says."""
+    dims = list(ex.x.shape or [])[1:]
+    if dims and all(isinstance(d, int) and d > 0 for d in dims):
+        return int(np.prod(dims))
+    size = getattr(recipe, "size", None)
+    if size:
+        return 3 * int(np.prod(size))
+    return None
 
 
 def _plain(v):
     return json.loads(json.dumps(v, default=lambda o: list(o) if isinstance(o, (tuple, np.ndarray)) else str(o)))
+
+
+def threads_per_actor(ray, threads: int | None, actors: int, cpus_per_actor: float = 1) -> int:
+    """``threads`` when given (0: onnxruntime's choice); else the cores of a node shared among the actors
+    placed on it: ``max(1, cpus_per_node // actors_per_node)``, with ``cpus_per_node`` the smallest CPU
+    count of the cluster's nodes and the actors spread evenly over the nodes that have CPUs, and never
+    fewer than the actor's own ``cpus_per_actor``. One actor on a 2-core machine gets 2 threads (never
+    slower than a plain loop), two actors 1 each (no oversubscription)."""
+    if threads is not None:
+        return int(threads)
+    cpus = [n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("Alive", True)]
+    cpus = [c for c in cpus if c > 0] or [ray.cluster_resources().get("CPU", 1)]
+    per_node = -(-max(int(actors), 1) // len(cpus))  # ceil
+    return max(1, int(cpus_per_actor), int(min(cpus) // per_node))
 
 
 def _pool(ray, actors, cpus_per_actor, gpus_per_actor) -> int:
@@ -234,7 +270,8 @@ def _stream(
     progress,
     sub: str,
 ):
-    """Run the Worker pool over what is left to do; returns (items, errors, shards) of this run."""
+    """Run the Worker pool over what is left to do; returns (items, errors, shards, actor seconds, intra-op
+    threads of the actors' sessions) of this run."""
     import ray.data as rd
 
     ctx = rd.DataContext.get_current()
@@ -277,18 +314,21 @@ def _execute(
     sub,
 ):
     size = _pool(ray, actors, cpus_per_actor, gpus_per_actor)
+    if shards is not None:
+        todo = [s for s in shards if s.name not in done_names]
+        total = sum(len(s.paths) if s.kind == "images" else s.stop - s.start for s in todo)
+        if not todo:
+            return 0, 0, 0, 0.0, None
+        size = min(size, len(todo))
+    job = replace(job, threads=threads_per_actor(ray, job.threads, size, cpus_per_actor))
     # the model travels inside a list: the actor fetches it from the object store itself (a top-level
     # reference would be pinned as a constructor dependency, which Ray warns about for restartable actors)
     common = dict(fn_constructor_args=([model_ref], job), num_cpus=cpus_per_actor, batch_format="numpy")
     if gpus_per_actor:
         common["num_gpus"] = gpus_per_actor
     if shards is not None:
-        todo = [s for s in shards if s.name not in done_names]
-        total = sum(len(s.paths) if s.kind == "images" else s.stop - s.start for s in todo)
-        if not todo:
-            return 0, 0, 0, 0.0
         ds = rd.from_items([s.to_row() for s in todo], override_num_blocks=len(todo))
-        ds = ds.map_batches(Worker, batch_size=1, compute=rd.ActorPoolStrategy(size=min(size, len(todo))), **common)
+        ds = ds.map_batches(Worker, batch_size=1, compute=rd.ActorPoolStrategy(size=size), **common)
     else:
         done_ids = _done_ids(job, sub)
         ds = source
@@ -298,15 +338,17 @@ def _execute(
         ds = ds.map_batches(Worker, batch_size=shard_size, compute=rd.ActorPoolStrategy(size=size), **common)
     n = errors = parts = 0
     busy = 0.0
+    threads = set()
     t0 = time.perf_counter()
     for row in ds.iter_rows():
         n += int(row["items"])
         errors += int(row["errors"])
         busy += float(row["seconds"])
+        threads.add(int(row["threads"]))
         parts += 1
         if progress is not None:
             progress(n, total, errors, n / max(time.perf_counter() - t0, 1e-9))
-    return n, errors, parts, busy
+    return n, errors, parts, busy, max(threads) if threads else None
 
 
 def _skip(batch: dict, done: set) -> dict:
@@ -351,12 +393,12 @@ def explain_dataset(
     output="explain_out",
     *,
     method_options: dict | None = None,
-    shard_size: int = 64,
+    shard_size: int | None = None,
     batch_size: int = 16,
     actors: int | None = None,
     cpus_per_actor: float = 1,
     gpus_per_actor: float = 0,
-    threads: int = 1,
+    threads: int | None = None,
     providers: list | None = None,
     preset: str = "raw01",
     size=None,
@@ -378,10 +420,12 @@ def explain_dataset(
     ``image`` column, or a ``ray.data.Dataset`` (see :mod:`onnxplain.dataset.sources`). ``target``: None (the
     predicted class), ``"label"`` (the item's label) or a class index. ``method_options``: the methods' own
     keywords (``window=``, ``steps=``, ...). ``actors``: the pool size (default: every CPU, or every GPU with
-    ``gpus_per_actor``); each actor's sessions use ``threads`` intra-op threads. ``address``: a Ray cluster
-    (``ray://host:10001``; default ``RAY_ADDRESS``, else a local Ray). Shards already written are skipped
-    (``resume``). ``progress(done, total, errors, images_per_s)`` is called as shards finish.
-    Returns the summary written to ``output/summary.json``.
+    ``gpus_per_actor``). ``threads``: each actor's onnxruntime intra-op threads (0: onnxruntime's choice);
+    by default a node's cores shared among its actors, ``max(1, cpus_per_node // actors)`` (see
+    :func:`threads_per_actor`): one actor on a 2-core machine uses both cores, two use one each.
+    ``address``: a Ray cluster (``ray://host:10001``; default ``RAY_ADDRESS``, else a local Ray). Shards
+    already written are skipped (``resume``). ``progress(done, total, errors, images_per_s)`` is called as
+    shards finish. Returns the summary written to ``output/summary.json``.
     """
     if address or os.environ.get("RAY_ADDRESS"):
         ray = init(address)
@@ -393,7 +437,7 @@ def explain_dataset(
         for k, v in dict(input=input, output=model_output, probabilities=probabilities, class_axis=class_axis).items()
         if v
     }
-    job, data, shards, what, out = _setup(
+    job, data, shards, what, out, shard_size = _setup(
         model,
         source,
         "explain",
@@ -419,7 +463,7 @@ def explain_dataset(
     ray = init(address)
     t0 = time.perf_counter()
     done_names = store.done(out, "maps", ".parquet")
-    n, errors, parts, busy = _stream(
+    n, errors, parts, busy, threads_used = _stream(
         ray,
         job,
         ray.put(data),
@@ -446,6 +490,7 @@ def explain_dataset(
             "shards_skipped": skipped,
             "seconds": round(seconds, 3),
             "actor_seconds": round(busy, 3),
+            "threads_per_actor": threads_used,
             "images_per_s": round(n / seconds, 3) if n else 0.0,
             "output": str(out),
         },
@@ -462,11 +507,11 @@ def evaluate_dataset(
     settings=None,
     shuffled_model=None,
     target=None,
-    shard_size: int = 64,
+    shard_size: int | None = None,
     actors: int | None = None,
     cpus_per_actor: float = 1,
     gpus_per_actor: float = 0,
-    threads: int = 1,
+    threads: int | None = None,
     providers: list | None = None,
     preset: str = "raw01",
     size=None,
@@ -502,7 +547,7 @@ def evaluate_dataset(
     wanted = None if metrics is None else E.resolve(metrics, E.METRICS, "metric")
     if wanted and "data_randomisation" in wanted and shuffled_model is None:
         raise OnnxplainError("data_randomisation needs a model trained on shuffled labels (shuffled_model=)")
-    job, data, shards, what, out = _setup(
+    job, data, shards, what, out, shard_size = _setup(
         model,
         source,
         "evaluate",
@@ -564,9 +609,10 @@ def evaluate_dataset(
     if sanity_metrics:
         rows, shard = _first_rows(source, shards, s.n_sanity)
         remote = ray.remote(num_cpus=cpus_per_actor, num_gpus=gpus_per_actor or None)(_sanity)
+        alone = replace(job, threads=threads_per_actor(ray, job.threads, 1, cpus_per_actor))  # one task, after the pool
         res = ray.get(
             remote.remote(
-                ray.put(data), job, shard, rows, None if shuffled is None else ray.put(shuffled), sanity_metrics
+                ray.put(data), alone, shard, rows, None if shuffled is None else ray.put(shuffled), sanity_metrics
             )
         )
         if res is not None:
@@ -598,8 +644,6 @@ def evaluate_dataset(
 
 def _first_rows(source, shards, k: int):
     """The first ``k`` items, for the randomisation tests: (rows, None) of a ray Dataset, else (None, shard)."""
-    from dataclasses import replace
-
     if shards is None:
         return rows_of(source.take_batch(k, batch_format="numpy")), None
     first = shards[0]

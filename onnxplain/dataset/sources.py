@@ -2,7 +2,8 @@
 
 A source is a folder of images (searched recursively), a set of Parquet, ``.npz`` or ``.npy`` files (or a
 folder of them) with an ``image`` column, or a :class:`ray.data.Dataset` with an ``image`` column. File
-sources are cut on the driver into :class:`Shard` descriptors of at most ``shard_size`` items; an actor
+sources are cut on the driver into :class:`Shard` descriptors of at most ``shard_size`` items (by default
+about four million input values each: :func:`default_shard_size`); an actor
 reads its shard itself, so images are decoded where they are explained, never on the driver. A shard's
 name holds a hash of its item ids: a resumed run skips exactly the shards whose output exists.
 
@@ -80,10 +81,30 @@ def digest(ids) -> str:
     return hashlib.sha1("\n".join(map(str, ids)).encode()).hexdigest()[:10]
 
 
-def plan(source, shard_size: int) -> tuple[list[Shard], str]:
-    """The shards of a file source and a one-line description of it."""
-    if shard_size < 1:
+#: the default shard: about this many input values (16 MB of float32), so that small images make bigger
+#: shards (a shard's fixed cost, a Ray call and a Parquet file, stays small beside its compute)
+SHARD_VALUES = 1 << 22
+SHARD_LIMITS = (16, 1024)  # items per default shard
+MIN_SHARDS = 8  # a small dataset is still cut into this many shards (load balance over the actors)
+
+
+def default_shard_size(item_values: int | None, total: int | None = None) -> int:
+    """Items per shard when the user gives none: ``SHARD_VALUES / item_values`` (64 when the item's size is
+    unknown), at most ``total / MIN_SHARDS``, within ``SHARD_LIMITS``. 64 x 64 RGB images: 341 (a dataset of
+    256: 32); 224 x 224: 27. Depends only on the model and the source, so that a resumed run cuts the same
+    shards."""
+    size = 64 if not item_values else SHARD_VALUES // int(item_values)
+    if total:
+        size = min(size, -(-int(total) // MIN_SHARDS))
+    return int(min(SHARD_LIMITS[1], max(SHARD_LIMITS[0], size)))
+
+
+def plan(source, shard_size) -> tuple[list[Shard], str]:
+    """The shards of a file source and a one-line description of it. ``shard_size``: items per shard, or a
+    function of the number of items that returns it."""
+    if isinstance(shard_size, int) and shard_size < 1:
         raise OnnxplainError("shard_size must be at least 1")
+    size_of = shard_size if callable(shard_size) else lambda total: shard_size
     paths = [Path(s) for s in ([source] if isinstance(source, (str, Path)) else source)]
     for p in paths:
         if not p.exists():
@@ -94,13 +115,14 @@ def plan(source, shard_size: int) -> tuple[list[Shard], str]:
         images = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
         tables = [f for f in files if f.suffix.lower() in TABLE_SUFFIXES]
         if images:
+            size = size_of(len(images))
             shards = []
-            for i in range(0, len(images), shard_size):
-                chunk = images[i : i + shard_size]
+            for i in range(0, len(images), size):
+                chunk = images[i : i + size]
                 ids = [f.relative_to(folder).as_posix() for f in chunk]
                 shards.append(
                     Shard(
-                        f"shard-{i // shard_size:05d}-{digest(ids)}",
+                        f"shard-{i // size:05d}-{digest(ids)}",
                         "images",
                         tuple(str(f) for f in chunk),
                         str(folder),
@@ -113,15 +135,19 @@ def plan(source, shard_size: int) -> tuple[list[Shard], str]:
                 f"{', '.join(TABLE_SUFFIXES)} files"
             )
         paths = tables
-    shards, total = [], 0
+    counts = []
     for f in paths:
         kind = f.suffix.lower().lstrip(".")
         if f.is_dir() or "." + kind not in TABLE_SUFFIXES:
             raise OnnxplainError(f"{f}: give a folder of images, or .parquet, .npz or .npy files")
-        n = count_rows(f)
-        total += n
-        for start in range(0, n, shard_size):
-            stop = min(n, start + shard_size)
+        counts.append(count_rows(f))
+    total = sum(counts)
+    size = size_of(total)
+    shards = []
+    for f, n in zip(paths, counts):
+        kind = f.suffix.lower().lstrip(".")
+        for start in range(0, n, size):
+            stop = min(n, start + size)
             name = f"shard-{len(shards):05d}-{digest([f.resolve(), start, stop, f.stat().st_size])}"
             shards.append(Shard(name, kind, (str(f),), str(f.parent), start, stop))
     return shards, f"{total} items in {len(paths)} {paths[0].suffix} file(s)"
@@ -182,11 +208,36 @@ def read_shard(shard: Shard, recipe, shape, dtype=np.float32) -> Items:
     ids = cols.get("id")
     if ids is None:
         ids = [f"{f.name}:{shard.start + i}" for i in range(n)]
+    whole = stacked(cols, ids, dtype)
+    if whole is not None:
+        return whole
     rows = [
         {"id": str(ids[i]), "image": cols["image"][i], **{k: cols[k][i] for k in ("label", "mask") if k in cols}}
         for i in range(n)
     ]
     return to_items(rows, recipe, shape, dtype)
+
+
+def stacked(cols: dict, ids, dtype) -> Items | None:
+    """The items of ``.npz``/``.npy`` columns that are already one float array (the common case) without
+    going item by item: what :func:`to_items` would make of them, or None when it must go item by item."""
+    images = cols["image"]
+    if not isinstance(images, np.ndarray) or images.ndim < 2 or not np.issubdtype(images.dtype, np.floating):
+        return None
+    n = len(images)
+    labels = cols.get("label")
+    if labels is not None:
+        labels = np.asarray(labels)
+        if not np.issubdtype(labels.dtype, np.number) or labels.size < n or not np.isfinite(labels).all():
+            return None
+        labels = labels.reshape(n, -1)[:, 0].astype(np.int64)
+    masks = cols.get("mask")
+    if masks is not None:
+        masks = np.asarray(masks)
+        if masks.dtype == object or masks.ndim < 3:
+            return None
+        masks = masks.astype(bool).reshape(n, *masks.shape[-2:])
+    return Items([str(i) for i in ids], np.ascontiguousarray(images, dtype=dtype), labels, masks, [])
 
 
 @functools.lru_cache(maxsize=1)

@@ -9,8 +9,12 @@
     OUT/errors/<shard>.parquet    items that failed: id, stage (reading or a method), one-line reason
     OUT/errors.csv, summary.json  every error so far, and the run's counts (written at the end)
 
-Every file is written under a temporary name in its folder and renamed, so a killed run leaves whole
-shards only; a shard's result file is written last, and its presence is what a resumed run skips.
+Every file is written under a hidden temporary name in its folder and renamed, so a killed run leaves
+whole shards only; a shard's result file is written last, and its presence is what a resumed run skips.
+There is no ``fsync`` per shard (it cost as much as the Parquet encoding): a machine that loses power
+can leave a renamed file whose data never reached the disk, so a resumed run counts a shard as written
+only when its file ends as a whole Parquet (``PAR1``) or zip (``.npz``) file does, and writes it again
+otherwise.
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from onnxplain.errors import OnnxplainError
-from onnxplain.io.render import save_text, write_atomic
+from onnxplain.io.render import save_text
 
 MAP_COLUMNS = ("id", "method", "prediction", "target", "score", "shape", "attribution")
 ERROR_COLUMNS = ("id", "stage", "reason")
@@ -80,11 +86,46 @@ def prepare(out, config: dict, inputs: list, resume: bool = True) -> Path:
 
 
 def done(out: Path, sub: str, suffix: str) -> set:
-    """The shard names whose result file exists in ``out/sub``."""
+    """The shard names whose result file in ``out/sub`` is whole (see the module docstring)."""
     folder = Path(out) / sub
     if not folder.is_dir():
         return set()
-    return {f.name[: -len(suffix)] for f in folder.iterdir() if f.name.endswith(suffix) and not f.name.startswith(".")}
+    return {
+        f.name[: -len(suffix)]
+        for f in folder.iterdir()
+        if f.name.endswith(suffix) and not f.name.startswith(".") and whole(f)
+    }
+
+
+def whole(f: Path) -> bool:
+    """A Parquet file ends with its footer and ``PAR1``; an ``.npz`` with a zip central directory."""
+    try:
+        if f.suffix == ".npz":
+            return zipfile.is_zipfile(f)
+        with open(f, "rb") as fh:
+            if fh.seek(0, os.SEEK_END) < 12:
+                return False
+            fh.seek(-4, os.SEEK_END)
+            return fh.read(4) == b"PAR1"
+    except OSError:
+        return False
+
+
+def write_shard_file(path: Path, write) -> Path:
+    """``write(tmp_path)``, then rename over ``path``: a hidden temporary name in the same folder (one per
+    process), removed again if ``write`` fails. The actor's lean version of
+    :func:`onnxplain.io.outputs.write_atomic`: no per-file checks of the output folder (the driver checked
+    it once) and no ``fsync`` (see the module docstring)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
 
 
 def write_table(columns: dict, path: Path) -> Path:
@@ -94,30 +135,44 @@ def write_table(columns: dict, path: Path) -> Path:
     table = pa.table(columns)
     # dictionary encoding and statistics of the float maps cost 10x the write itself and save nothing
     small = [k for k in columns if k not in ("attribution", "shape")]
-    return write_atomic(path, lambda tmp: pq.write_table(table, tmp, use_dictionary=small, write_statistics=small))
+    return write_shard_file(
+        path, lambda tmp: pq.write_table(table, str(tmp), use_dictionary=small, write_statistics=small)
+    )
 
 
-def maps_columns(rows: list) -> dict:
+def maps_columns(parts: list) -> dict:
+    """Parts ``(method, ids [n], attributions [n, ...], predictions [n], targets [n], scores [n])`` -> the
+    columns of a maps file, one row per item and method; each part's maps are one float32 buffer, passed
+    to Arrow without a copy."""
     import pyarrow as pa
 
+    parts = [p for p in parts if len(p[1])]
+    n = sum(len(p[1]) for p in parts)
+    cat = lambda k, dtype: np.concatenate([np.asarray(p[k], dtype) for p in parts]) if parts else np.zeros(0, dtype)  # noqa: E731
+    shapes = [np.asarray(p[2]).shape[1:] for p in parts for _ in range(len(p[1]))]
     return {
-        "id": pa.array([r["id"] for r in rows], pa.string()),
-        "method": pa.array([r["method"] for r in rows], pa.string()),
-        "prediction": pa.array([r["prediction"] for r in rows], pa.int64()),
-        "target": pa.array([r["target"] for r in rows], pa.int64()),
-        "score": pa.array([r["score"] for r in rows], pa.float64()),
-        "shape": pa.array([list(r["attribution"].shape) for r in rows], pa.list_(pa.int32())),
-        "attribution": flat_lists([r["attribution"] for r in rows]),
+        "id": pa.array([str(i) for p in parts for i in p[1]], pa.string()),
+        "method": pa.array([p[0] for p in parts for _ in range(len(p[1]))], pa.string()),
+        "prediction": pa.array(cat(3, np.int64)),
+        "target": pa.array(cat(4, np.int64)),
+        "score": pa.array(cat(5, np.float64)),
+        "shape": pa.array([list(s) for s in shapes], pa.list_(pa.int32())) if n else pa.array([], pa.list_(pa.int32())),
+        "attribution": flat_lists([p[2] for p in parts]),
     }
 
 
-def flat_lists(arrays: list):
-    """Arrays -> one Arrow list<float32> column, built from one flat buffer and its offsets."""
+def flat_lists(batches: list):
+    """Batches of maps ([n, ...] each) -> one Arrow list<float32> column, one list per map, built from one
+    flat buffer and its offsets (no copy when there is one float32 batch)."""
     import pyarrow as pa
 
-    flat = [np.asarray(a, np.float32).ravel() for a in arrays]
-    offsets = np.concatenate([[0], np.cumsum([len(a) for a in flat])]).astype(np.int64)
-    values = np.concatenate(flat) if flat else np.zeros(0, np.float32)
+    flat = [np.ascontiguousarray(b, np.float32).reshape(len(b), -1) for b in batches]
+    sizes = np.concatenate([np.full(len(b), b.shape[1], np.int64) for b in flat]) if flat else np.zeros(0, np.int64)
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    if len(flat) == 1:
+        values = flat[0].reshape(-1)
+    else:
+        values = np.concatenate([b.reshape(-1) for b in flat]) if flat else np.zeros(0, np.float32)
     return pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values))
 
 
@@ -209,7 +264,11 @@ def merge_eval(parts: list) -> tuple:
 
 
 def save_npz(arrays: dict, path: Path) -> Path:
-    return write_atomic(path, lambda tmp: np.savez(tmp, **arrays), suffix=".npz")
+    def write(tmp: Path):
+        with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to the temporary name
+            np.savez(f, **arrays)
+
+    return write_shard_file(path, write)
 
 
 def load_npz(path: Path) -> dict:

@@ -1,8 +1,9 @@
 """The Ray Data actor: one :class:`~onnxplain.runtime.explainer.Explainer` per actor, shards flowing through it.
 
 ``Worker`` is the class-based UDF of ``Dataset.map_batches``: Ray builds it once per actor (the
-explanation graphs and onnxruntime sessions with it, one intra-op thread each by default, CUDA when the
-actor was given a GPU), then calls it with batches. A batch is either shard descriptors (file sources:
+explanation graphs and onnxruntime sessions with it, with ``job.threads`` intra-op threads (by default its
+node's cores shared among the actors there; see :func:`onnxplain.dataset.run.threads_per_actor`), CUDA
+when the actor was given a GPU), then calls it with batches. A batch is either shard descriptors (file sources:
 the actor reads the shard's items itself) or rows with an ``image`` column (a ``ray.data.Dataset``
 source: the batch is the shard). For each shard it writes the result file and the errors, atomically,
 and returns one summary row. An item that cannot be read, or that makes a method fail, is an error row
@@ -19,6 +20,7 @@ import numpy as np
 
 from onnxplain.dataset import sources, store
 from onnxplain.dataset.sources import Items, Shard, one_line
+from onnxplain.errors import OnnxplainError
 
 
 @dataclass
@@ -34,7 +36,7 @@ class Job:
     recipe: object = None  # a resolved Preprocess for encoded images, or None
     explainer: dict = field(default_factory=dict)  # Explainer keywords (input, output, probabilities, ...)
     layout: str = "NCHW"
-    threads: int = 1
+    threads: int | None = 1  # intra-op threads per session; None: run.threads_per_actor decides
     gpus: float = 0
     providers: list | None = None
     metrics: list | None = None  # evaluate: None = every per-image metric the data allow
@@ -53,7 +55,7 @@ def build_explainer(model, job: Job):
     from onnxplain.runtime.explainer import Explainer
     from onnxplain.runtime.session import set_default_threads
 
-    set_default_threads(job.threads)
+    set_default_threads(job.threads or 0)
     if isinstance(model, list):  # [ObjectRef of the model's bytes]
         model = model[0]
     if not isinstance(model, (bytes, onnx.ModelProto)):
@@ -71,11 +73,19 @@ class Worker:
     """``map_batches`` UDF (see the module docstring)."""
 
     def __init__(self, model, job: Job):
+        from onnxplain.graph.builder import np_dtype
+        from onnxplain.graph.rewrite import class_axis_of
         from onnxplain.methods.catalog import GRAPH_PARAMS, method
 
         self.job = job
         self.ex = build_explainer(model, job)
         self.out = Path(job.output)
+        self.dtype = np_dtype(self.ex.x) or np.float32
+        self._out_t = self.ex.canonical.output(self.ex.options.output)
+        try:  # the explained output's class axis, for the prediction columns (None: it has none)
+            self._class_axis = class_axis_of(self._out_t, self.ex.options) if self._out_t.shape is not None else None
+        except OnnxplainError:
+            self._class_axis = None
         for name in job.methods:  # graphs and sessions once per actor, before the first batch
             m = method(name)
             if m.exportable and job.kind == "explain":
@@ -98,38 +108,47 @@ class Worker:
                 shard = Shard.from_row({k: batch[k][i] for k in ("shard", "kind", "paths", "root", "start", "stop")})
                 t0 = time.perf_counter()
                 try:
-                    items = sources.read_shard(shard, self.job.recipe, self.ex.x.shape, self._dtype())
+                    items = sources.read_shard(shard, self.job.recipe, self.ex.x.shape, self.dtype)
                 except Exception as exc:  # noqa: BLE001 -- an unreadable shard file: its items are the errors
                     items = Items([], None, errors=[(p, one_line(exc)) for p in shard.paths])
                 summaries.append(self.process(shard.name, items, t0))
         else:
             t0 = time.perf_counter()
             rows = rows_of(batch)
-            items = sources.to_items(rows, self.job.recipe, self.ex.x.shape, self._dtype())
+            items = sources.to_items(rows, self.job.recipe, self.ex.x.shape, self.dtype)
             summaries.append(self.process("part-" + sources.digest(r["id"] for r in rows), items, t0))
-        return {k: np.array([s[k] for s in summaries]) for k in ("shard", "items", "errors", "seconds")}
-
-    def _dtype(self):
-        from onnxplain.graph.builder import np_dtype
-
-        return np_dtype(self.ex.x) or np.float32
+        return {k: np.array([s[k] for s in summaries]) for k in ("shard", "items", "errors", "seconds", "threads")}
 
     def process(self, name: str, items: Items, t0: float) -> dict:
         errors = [(i, "reading", reason) for i, reason in items.errors or []]
         n = len(items.ids) + len(items.errors or [])
         if self.job.kind == "explain":
-            rows, failed = self.explain(items)
+            parts, failed = self.explain(items)
             errors += failed
             if errors:
                 store.write_table(store.error_columns(errors), self.out / "errors" / f"{name}.parquet")
-            store.write_table(store.maps_columns(rows), self.out / "maps" / f"{name}.parquet")  # last: "done"
+            store.write_table(store.maps_columns(parts), self.out / "maps" / f"{name}.parquet")  # last: "done"
         else:
             part, failed = self.evaluate(items)
             errors += failed
             if errors:
                 store.write_table(store.error_columns(errors), self.out / "errors" / f"{name}.parquet")
             store.save_npz(store.pack_eval(*part), self.out / "eval" / f"{name}.npz")
-        return {"shard": name, "items": n, "errors": len({e[0] for e in errors}), "seconds": time.perf_counter() - t0}
+        return {
+            "shard": name,
+            "items": n,
+            "errors": len({e[0] for e in errors}),
+            "seconds": time.perf_counter() - t0,
+            "threads": self.threads(),
+        }
+
+    def threads(self) -> int:
+        """The intra-op threads of this actor's onnxruntime sessions, as the sessions hold them (0: onnxruntime's
+        default), so that a run reports what reached them."""
+        sessions = [s for s in self.ex._sessions.values() if hasattr(s, "get_session_options")]
+        if not sessions:
+            return int(self.job.threads or 0)
+        return max(int(s.get_session_options().intra_op_num_threads) for s in sessions)
 
     # ---- explain --------------------------------------------------------------------------------------
     def targets(self, items: Items):
@@ -143,24 +162,25 @@ class Worker:
         return np.full(len(items.ids), int(t), dtype=np.int64), []
 
     def explain(self, items: Items) -> tuple[list, list]:
+        """(parts for :func:`store.maps_columns`, error rows) of a shard's items."""
         if items.images is None or not len(items.ids):
             return [], []
         target, errors = self.targets(items)
         if target is False:
             return [], errors
-        rows = []
+        parts = []
         for m in self.job.methods:
-            for i, a, pred, tgt, score in self._run(m, items.images, target, items.ids, errors):
-                rows.append({"id": i, "method": m, "prediction": pred, "target": tgt, "score": score, "attribution": a})
-        return rows, errors
+            parts += [(m, *part) for part in self._run(m, items.images, target, items.ids, errors)]
+        return parts, errors
 
     def _run(self, method: str, x, target, ids, errors) -> list:
-        """[(id, attribution, prediction, target, score)] for the items that ``method`` explains; on a failure
-        the batch is retried item by item, so that only the failing items become errors."""
+        """[(ids, attributions, predictions, targets, scores)] for the items that ``method`` explains, one part
+        per batch that ran; on a failure the batch is retried item by item, so that only the failing items
+        become errors."""
         opts = {"batch_size": self.job.batch_size, **self.job.settings.get(method, {})}
         try:
             res = self.ex.run(x, method, target=target, **opts)
-            return [(ids[k], res.attribution[k], *self._prediction(res, k)) for k in range(len(ids))]
+            return [(list(ids), res.attribution, *self._predictions(res, len(ids)))]
         except Exception as exc:  # noqa: BLE001
             if len(ids) == 1:
                 errors.append((ids[0], method, one_line(exc)))
@@ -172,20 +192,18 @@ class Worker:
             )
         return out
 
-    def _prediction(self, res, k: int):
-        """(predicted class, explained target, score of the explained output at the target) of item k."""
-        from onnxplain.graph.rewrite import class_axis_of
-
-        ex = self.ex
-        out_t = ex.canonical.output(ex.options.output)
-        tgt = int(res.target[k]) if res.target is not None else -1
-        out = res.outputs.get(out_t.name)
-        if out is None or out.ndim < 2 or out_t.shape is None:
-            return -1, tgt, float("nan")
-        o = np.moveaxis(np.asarray(out[k : k + 1], dtype=np.float64), class_axis_of(out_t, ex.options), 1)
-        scores = o.reshape(o.shape[0], o.shape[1], -1).sum(axis=2)[0]
-        score = float(scores[tgt]) if 0 <= tgt < len(scores) else float("nan")
-        return int(np.argmax(scores)), tgt, score
+    def _predictions(self, res, n: int):
+        """Per item: the predicted class, the explained target and the score of the explained output at the
+        target (summed over any other axes); -1, -1 and NaN where the output has no class axis."""
+        tgt = np.asarray(res.target, np.int64).reshape(-1) if res.target is not None else np.full(n, -1, np.int64)
+        out = res.outputs.get(self._out_t.name)
+        if out is None or out.ndim < 2 or self._class_axis is None:
+            return np.full(n, -1, np.int64), tgt, np.full(n, np.nan)
+        o = np.moveaxis(np.asarray(out[:n], dtype=np.float64), self._class_axis, 1)
+        scores = o.reshape(n, o.shape[1], -1).sum(axis=2)
+        ok = (tgt >= 0) & (tgt < scores.shape[1])
+        score = np.where(ok, scores[np.arange(n), np.clip(tgt, 0, scores.shape[1] - 1)], np.nan)
+        return np.argmax(scores, axis=1).astype(np.int64), tgt, score
 
     # ---- evaluate -------------------------------------------------------------------------------------
     def evaluate(self, items: Items) -> tuple[tuple, list]:
