@@ -1,22 +1,29 @@
 """Black-box methods (occlusion, RISE, LIME, KernelSHAP) on the bench ResNet-18: forward passes per second
 inside each method ÷ raw batched onnxruntime forward throughput; which methods meet the ≥ 0.9 target.
 
-    python bench/bench_blackbox.py [--repeats 3] [--quick] [--profile]
+    python bench/bench_blackbox.py [--repeats 3] [--quick] [--profile] [--model resnet18|resnet18-112|demo]
 
-ResNet-18 at 224x224 (``--quick``: 112x112, one repeat, fewer masks and samples), one smooth random
-image (Gaussian-filtered noise, so that SLIC finds its ~50 superpixels; plain noise gives a handful).
-Occlusion: window 32, stride 16 (13 x 13 = 169 occluded passes, plus the plain pass). RISE:
-``--n-masks`` masks (7 x 7 cells). LIME and KernelSHAP: ``--samples`` perturbations (default: each
-method's own default, 1000 and 2048), SLIC superpixels, blur fill. Each method runs through
-``Explainer.explain`` with its default batch size (``--method-batch`` to change it); the number of
-rows each one sends to onnxruntime is counted on the driver (warm-up call), so the pass counts are
-measured, not computed. "raw" runs batches of ``--batch-size`` distinct images through a plain session
-of the model. All are interleaved round-robin (bench_gradient.interleaved) so that machine noise hits
-all alike. Prints medians, passes per second, the ratios and whether each meets the target.
+Model: ResNet-18 at 224x224 (``resnet18-112``: at 112x112); ``--quick``: the 64x64 demo CNN and 2
+rounds, where Python overhead shows most as its forward pass is cheap. Input: one smooth random image
+(Gaussian-filtered noise, so that SLIC finds its ~50 superpixels; plain noise gives a handful).
 
-``--profile``: instead of timing, each method runs once under cProfile and the bench prints the
-share of its time spent inside onnxruntime's ``run`` and the heaviest functions outside it. That
-share is robust to other load on the machine; the timing ratios are not.
+- Occlusion: window 32, stride 16 (13 x 13 = 169 occluded passes, plus the plain pass); on other
+  sizes window size/7, stride half that.
+- RISE: ``--n-masks`` masks (7 x 7 cells).
+- LIME and KernelSHAP: ``--samples`` perturbations (default: each method's own, 1000 and 2048),
+  SLIC superpixels, blur fill.
+
+Each method runs through ``Explainer.explain`` with its default batch size (``--method-batch`` to
+change it). The rows each one sends to onnxruntime are counted on the driver during a warm-up call,
+so the pass counts are measured, not computed. "raw" runs batches of ``--batch-size`` distinct images
+through a plain session of the model, as many as make about the median method's number of passes.
+All are interleaved round-robin (bench_gradient.interleaved) so that machine noise hits all alike.
+Prints the load average, medians, passes per second, the ratios and whether each meets the target.
+
+``--profile``: instead of timing, each method runs under cProfile (after a warm-up, for at least 2 s
+of calls) and the bench prints the share of its time spent inside onnxruntime's ``run`` and the
+heaviest functions outside it. That share is robust to other load on the machine; the timing ratios
+are not.
 """
 
 from __future__ import annotations
@@ -134,7 +141,7 @@ def profile(ex, x, opts, seconds: float = 2.0):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--repeats", type=int, default=None, help="timed rounds (default 3; --quick: 1)")
+    p.add_argument("--repeats", type=int, default=None, help="timed rounds (default 3; --quick: 2)")
     p.add_argument("--quick", action="store_true", help="smoke test: the 64x64 demo CNN, 2 rounds")
     p.add_argument("--model", choices=("resnet18", "resnet18-112", "demo"), default=None, help="default resnet18")
     p.add_argument("--n-masks", type=int, default=256, help="RISE masks")
@@ -164,7 +171,7 @@ def main():
     xs = np.random.default_rng(0).random((args.batch_size, 3, size, size), dtype=np.float32)
     raw = make_session(model)
     name = model.graph.input[0].name
-    calls = max(1, min(passes.values()) // args.batch_size)  # as many rows as the smallest method runs
+    calls = max(1, round(float(np.median(list(passes.values()))) / args.batch_size))  # about a method's rows
 
     def raw_forward():
         for _ in range(calls):
