@@ -131,7 +131,7 @@ def explain(
             buf[:] = [np.empty((j - i, *x.shape[1:]), dtype=x.dtype)]
         out = buf[0][: j - i]
         item, win = np.divmod(np.arange(i, j), k)
-        np.take(x, item, axis=0, out=out)
+        np.take(x, item, axis=0, out=out, mode="clip")  # "raise" (the default) buffers out
         at_out, at_src = [slice(None)] * x.ndim, [slice(None)] * x.ndim
         at_out[0], at_src[0] = np.arange(j - i)[:, None, None], item[:, None, None]
         at_out[axes[0]] = at_src[axes[0]] = (y0s[win][:, None] + np.arange(wh))[:, :, None]
