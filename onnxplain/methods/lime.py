@@ -149,21 +149,47 @@ class Perturber:
         if ax is None:
             self.filled = self.filled[0] if self.filled.ndim == 3 else self.filled
 
-    def __call__(self, z: np.ndarray) -> np.ndarray:
-        """[S, K] binary -> [S, *item.shape] perturbed items."""
-        keep = z.astype(bool)[:, self.segments]  # [S, H, W]
+    def __call__(self, z: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """[S, K] binary -> [S, *item.shape] perturbed items, written into ``out`` ([>= S, *item.shape],
+        reused from call to call by the driver) when given."""
+        keep = np.asarray(z).astype(bool, copy=False).take(self.segments.ravel(), axis=1)  # [S, H * W]
+        keep = keep.reshape(len(z), *self.segments.shape)
         if self.ax is not None:
             keep = np.expand_dims(keep, self.ax + 1)
-        return np.where(keep, self.item[None], self.filled[None]).astype(self.item.dtype)
+        out = np.empty((len(z), *self.item.shape), self.item.dtype) if out is None else out[: len(z)]
+        np.copyto(out, self.filled)
+        np.copyto(out, self.item, where=keep)
+        return out
+
+    def rows(self, z: np.ndarray):
+        """``rows(a, b)`` for :meth:`onnxplain.runtime.driver.Driver.outputs_rows`: the items perturbed by
+        ``z[a:b]``, made in one buffer that every batch reuses."""
+        buf = []
+
+        def make(a: int, b: int) -> np.ndarray:
+            if not buf or len(buf[0]) < b - a:
+                buf[:] = [np.empty((b - a, *self.item.shape), self.item.dtype)]
+            return self(z[a:b], buf[0])
+
+        return make
 
 
 # ---- sampling and fitting -------------------------------------------------------------------------
+def subsets(sizes: np.ndarray, k: int, rng) -> np.ndarray:
+    """[len(sizes), k] int8: row i has ones at ``sizes[i]`` distinct positions drawn uniformly (the first
+    ``sizes[i]`` entries of a uniformly random permutation of 0..k-1)."""
+    n = len(sizes)
+    perm = rng.permuted(np.broadcast_to(np.arange(k), (n, k)), axis=1)
+    z = np.zeros((n, k), dtype=np.int8)
+    np.put_along_axis(z, perm, (np.arange(k) < np.asarray(sizes)[:, None]).astype(np.int8), axis=1)
+    return z
+
+
 def lime_samples(k: int, n: int, rng) -> np.ndarray:
     """[n, k] binary: the first all ones; each other hides 1..k uniformly drawn superpixels."""
     z = np.ones((n, k), dtype=np.int8)
-    for i in range(1, n):
-        off = rng.choice(k, size=rng.integers(1, k + 1), replace=False)
-        z[i, off] = 0
+    if n > 1:
+        z[1:] = 1 - subsets(rng.integers(1, k + 1, size=n - 1), k, rng)
     return z
 
 
@@ -181,15 +207,19 @@ def lime_fit(z: np.ndarray, y: np.ndarray, weights: np.ndarray, alpha: float = 1
     """Weighted ridge regression (scikit-learn); returns (coefficients [K], intercept)."""
     from sklearn.linear_model import Ridge
 
+    from onnxplain.runtime.driver import one_blas_thread
+
     model = Ridge(alpha=alpha, fit_intercept=True)
-    model.fit(z.astype(np.float64), y, sample_weight=weights)
+    with one_blas_thread():
+        model.fit(z.astype(np.float64), y, sample_weight=weights)
     return model.coef_.astype(np.float64), float(model.intercept_)
 
 
 def shapley_kernel(k: int, s) -> np.ndarray:
     """pi for coalitions of size s (0 < s < k): (k-1) / (C(k,s) s (k-s))."""
     s = np.asarray(s)
-    comb = np.array([math.comb(k, int(v)) for v in s.ravel()], dtype=np.float64).reshape(s.shape)
+    sizes, at = np.unique(s, return_inverse=True)  # C(k, s) once per distinct size
+    comb = np.array([math.comb(k, int(v)) for v in sizes], dtype=np.float64)[at].reshape(s.shape)
     return (k - 1) / (comb * s * (k - s))
 
 
@@ -205,10 +235,7 @@ def shap_samples(k: int, n: int, rng):
     sizes = np.arange(1, k)
     p = (k - 1) / (sizes * (k - sizes))
     p = p / p.sum()
-    z = np.zeros((n, k), dtype=np.int8)
-    for i, s in enumerate(rng.choice(sizes, size=n, p=p)):
-        z[i, rng.choice(k, size=s, replace=False)] = 1
-    return z, np.ones(n)
+    return subsets(rng.choice(sizes, size=n, p=p), k, rng), np.ones(n)
 
 
 def shap_fit(z: np.ndarray, y: np.ndarray, weights: np.ndarray, f_full: float, f_empty: float) -> np.ndarray:
@@ -222,7 +249,10 @@ def shap_fit(z: np.ndarray, y: np.ndarray, weights: np.ndarray, f_full: float, f
     a = z[:, :-1] - z[:, -1:]
     b = y - f_empty - z[:, -1] * total
     sw = np.sqrt(weights)
-    phi, *_ = np.linalg.lstsq(a * sw[:, None], b * sw, rcond=None)
+    from onnxplain.runtime.driver import one_blas_thread
+
+    with one_blas_thread():
+        phi, *_ = np.linalg.lstsq(a * sw[:, None], b * sw, rcond=None)
     return np.append(phi, total - phi.sum())
 
 
@@ -261,7 +291,7 @@ def explain(
     **seg_params,
 ):
     """LIME / KernelSHAP for ``x`` [N, ...]; returns (attribution [N,1,H,W], targets, outputs)."""
-    from onnxplain.runtime.driver import SCORE, Driver, scorer
+    from onnxplain.runtime.driver import SCORE, for_explainer, scorer
 
     if method not in METHODS:
         raise OnnxplainError(f"unknown superpixel method '{method}' (choose from: {', '.join(METHODS)})")
@@ -272,18 +302,7 @@ def explain(
         raise OnnxplainError(f"samples must be at least 1, got {samples}")
     if kernel_width <= 0:
         raise OnnxplainError(f"kernel_width must be positive, got {kernel_width}")
-    drivers = explainer.__dict__.setdefault("_drivers", {})
-    if "driver" not in drivers:
-        o = explainer.options
-        drivers["driver"] = Driver(
-            explainer.canonical,
-            output=o.output,
-            probabilities=o.probabilities,
-            providers=explainer.providers,
-            input=o.input,
-            class_axis=o.class_axis,
-        )
-    drv = drivers["driver"]
+    drv = for_explainer(explainer)
     channel_axis = explainer.options.channel_axis
     n = len(x)
     segs = _segments_for(x, segments, segmentation, seg_params, channel_axis)
@@ -314,7 +333,7 @@ def explain(
             if progress is not None:
                 progress(offset + d, total)
 
-        y = drv.outputs_rows(lambda a, b, pert=pert, z=z: pert(z[a:b]), len(z), batch_size, report)[SCORE]
+        y = drv.outputs_rows(pert.rows(z), len(z), batch_size, report)[SCORE]
         s = f(y, np.full(len(z), i))
         done[0] += len(z)
         k = z.shape[1]

@@ -93,13 +93,6 @@ def fill_source(x: np.ndarray, axes, fill, blur) -> np.ndarray:
     return np.broadcast_to(np.asarray(fill, dtype=x.dtype), x.shape)
 
 
-def _region(x_ndim, axes, win):
-    y0, y1, x0, x1 = win
-    idx = [slice(None)] * x_ndim
-    idx[axes[0]], idx[axes[1]] = slice(y0, y1), slice(x0, x1)
-    return tuple(idx)
-
-
 def explain(
     explainer,
     x: np.ndarray,
@@ -128,13 +121,22 @@ def explain(
     chosen, f = scorer(drv, base[SCORE], target, target_weights, score)
     f0 = f(base[SCORE], np.arange(n))
 
+    # every window has the same size: rows i..j are copies of their items with one fancy-indexed patch each
+    wh, ww = wins[0][1] - wins[0][0], wins[0][3] - wins[0][2]
+    y0s, x0s = np.array([v[0] for v in wins]), np.array([v[2] for v in wins])
+    buf = []  # the occluded copies of one batch, reused
+
     def rows(i, j):
-        out = np.empty((j - i, *x.shape[1:]), dtype=x.dtype)
-        for q, r in enumerate(range(i, j)):
-            item, win = divmod(r, k)
-            out[q] = x[item]
-            reg = _region(x.ndim - 1, [a - 1 for a in axes], wins[win])
-            out[q][reg] = src[item][reg]
+        if not buf or len(buf[0]) < j - i:
+            buf[:] = [np.empty((j - i, *x.shape[1:]), dtype=x.dtype)]
+        out = buf[0][: j - i]
+        item, win = np.divmod(np.arange(i, j), k)
+        np.take(x, item, axis=0, out=out, mode="clip")  # "raise" (the default) buffers out
+        at_out, at_src = [slice(None)] * x.ndim, [slice(None)] * x.ndim
+        at_out[0], at_src[0] = np.arange(j - i)[:, None, None], item[:, None, None]
+        at_out[axes[0]] = at_src[axes[0]] = (y0s[win][:, None] + np.arange(wh))[:, :, None]
+        at_out[axes[1]] = at_src[axes[1]] = (x0s[win][:, None] + np.arange(ww))[:, None, :]
+        out[tuple(at_out)] = src[tuple(at_src)]
         return out
 
     y = drv.outputs_rows(rows, n * k, batch_size, progress)[SCORE]

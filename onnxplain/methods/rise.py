@@ -59,11 +59,9 @@ class Masks:
     def __getitem__(self, sl: slice) -> np.ndarray:
         h, w = self.size
         i, j, _ = sl.indices(self.n)
-        out = np.empty((j - i, h, w), dtype=np.float64)
-        for q, r in enumerate(range(i, j)):
-            dy, dx = self.shifts[r]
-            out[q] = self.mh[dy : dy + h] @ self.grids[r] @ self.mw[dx : dx + w].T
-        return out
+        rows = self.mh[self.shifts[i:j, :1] + np.arange(h)]  # [k, H, cells]: each mask's shifted crop
+        cols = self.mw[self.shifts[i:j, 1:] + np.arange(w)]  # [k, W, cells]
+        return rows @ self.grids[i:j] @ cols.transpose(0, 2, 1)
 
 
 def explain(
@@ -82,7 +80,7 @@ def explain(
     **unknown,
 ):
     """RISE saliency for ``x`` [N, ...]; returns (attribution, targets, model outputs)."""
-    from onnxplain.runtime.driver import SCORE, scorer
+    from onnxplain.runtime.driver import SCORE, one_blas_thread, scorer
 
     drv, axes = start(explainer, x, "rise", target_weights, unknown)
     c = explainer.options.channel_axis % 4
@@ -95,19 +93,24 @@ def explain(
     ssum = np.zeros(n)  # sum of the scores over the masks
     cover = np.zeros((h, w))  # sum of the masks
     total, done = n * masks.n, 0
+    buf = []  # the masked copies of one batch, reused
+
+    def rows(a, b, item, mk):
+        if not buf or len(buf[0]) < b - a:
+            buf[:] = [np.empty((b - a, *x.shape[1:]), x.dtype)]
+        return np.multiply(x[item : item + 1], mk[a:b], out=buf[0][: b - a])
+
     for i0 in range(0, masks.n, CHUNK):
-        m = masks[i0 : i0 + CHUNK]  # [k, H, W]
+        with one_blas_thread():
+            m = masks[i0 : i0 + CHUNK]  # [k, H, W]
         cover += m.sum(axis=0)
         mk = np.expand_dims(m, c).astype(x.dtype)  # channel axis of size 1 for broadcasting
         for item in range(n):
-
-            def rows(a, b, item=item, mk=mk):
-                return x[item : item + 1] * mk[a:b]
-
             prog = None if progress is None else (lambda d, _t, base_done=done: progress(base_done + d, total))
-            y = drv.outputs_rows(rows, len(m), batch_size, prog)[SCORE]
+            y = drv.outputs_rows(lambda a, b, item=item, mk=mk: rows(a, b, item, mk), len(m), batch_size, prog)[SCORE]
             s = f(y, np.full(len(m), item))
-            sal[item] += np.tensordot(s, m, axes=1)
+            with one_blas_thread():
+                sal[item] += np.tensordot(s, m, axes=1)
             ssum[item] += s.sum()
             done += len(m)
     attribution = np.expand_dims(sal / (masks.n * masks.p), c).astype(x.dtype)

@@ -18,6 +18,9 @@ On CUDA (:func:`onnxplain.runtime.session.cuda_usable`) the session uses the CUD
 
 from __future__ import annotations
 
+import functools
+import sys
+
 import numpy as np
 
 from onnxplain.errors import OnnxplainError
@@ -58,6 +61,23 @@ def _graph(canonical, output, probabilities, batch_symbol: bool):
     g.cleanup()
     g.toposort()
     return export_graph(g, can.model)
+
+
+@functools.lru_cache(maxsize=2)
+def _blas_controller(_scipy_loaded: bool):
+    from threadpoolctl import ThreadpoolController  # a scikit-learn dependency
+
+    return ThreadpoolController()  # finds the BLAS libraries loaded now (numpy's; scipy's once imported)
+
+
+def one_blas_thread():
+    """A context in which numpy's and scipy's BLAS run on one thread (threadpoolctl).
+
+    The black-box methods' own linear algebra is small (a ridge or least-squares fit on [S, K], RISE's
+    mask products) and runs between onnxruntime calls. A multi-threaded OpenBLAS call there starts its
+    pool, whose threads busy-wait on the cores that onnxruntime's next run needs; on 2 loaded cores a
+    [2048, 49] ``lstsq`` took about 10 ms that way and 1.3 ms on one thread."""
+    return _blas_controller("scipy.linalg" in sys.modules).limit(limits=1, user_api="blas")
 
 
 def _is_alloc_error(e: Exception) -> bool:
