@@ -2,12 +2,13 @@
 
     python bench/bench_speed.py [--repeats 7] [--archs resnet18,mobilenet_v2] [--ig-archs resnet18] [--k 1,8,32]
 
-Architectures: the torchvision exports in bench/.models (bench/export_torchvision.py, needs torch once),
-else bench/archs.py's torch-free builders. Per architecture, in one process, the plain forward session and
-every explanation graph's session (same thread settings: onnxplain's make_session) run round-robin; each
-line is a median. Also: IG(32) over the gradient (the saved graph over the gradient graph, Explainer.explain
-over Explainer.explain), Explainer.explain over its raw graph session (API overhead, batch 1), and K classes of one image in one pass over K single-target gradient runs. The load
-average is printed before and after each architecture: figures taken under load are not target claims.
+Architectures: the torchvision exports in bench/.models (bench/export_torchvision.py, needs torch once), else
+bench/archs.py's torch-free builders. Per architecture, in one process, the plain forward session and every
+explanation graph's session (same thread settings: onnxplain's make_session) run round-robin; each line is a
+median. Also: IG(32) over the gradient (the saved graph over the gradient graph, Explainer.explain over
+Explainer.explain), Explainer.explain over its raw graph session (API overhead, batch 1), and K classes of one
+image in one pass over K single-target gradient runs. The load average is printed before and after each
+architecture: figures taken under load are not target claims.
 """
 
 from __future__ import annotations
