@@ -2,7 +2,8 @@
 
     PYTHONPATH=/path/to/torch python bench/export_torchvision.py [--out bench/.models] [names...]
 
-torch is never imported by onnxplain or its tests; the exported files are git-ignored.
+torch is never imported by onnxplain or its tests; the exported files are git-ignored. A file already there is
+kept: delete it to export it again.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ def main():
         if path.exists():
             continue
         model = getattr(torchvision.models, name)(weights=None).eval()
+        if name == "vit_b_16":  # torchvision zero-initialises ViT's head: every input gradient would be exactly
+            # zero, and the Explainer's zero-attribution guard would run its finite-difference check on every call
+            torch.nn.init.normal_(model.heads.head.weight, std=0.02)
         x = torch.randn(1, 3, 224, 224)
         torch.onnx.export(
             model,

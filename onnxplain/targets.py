@@ -685,8 +685,10 @@ def default_spec(explainer, target):
     task = getattr(explainer, "task", None)
     if task is not None and task not in TASKS:
         raise OnnxplainError(f"task must be one of {', '.join(TASKS)}, not '{task}'")
-    if task is None:
-        guessed, _ = guess_task(explainer.canonical.graph)
+    if task is None:  # the guess walks the graph's nodes: once per explainer
+        if "_guessed_task" not in explainer.__dict__:
+            explainer._guessed_task = guess_task(explainer.canonical.graph)[0]
+        guessed = explainer._guessed_task
         task = guessed if guessed == "detect" else None
     k = None if target is None else int(np.asarray(target).reshape(-1)[0])
     if task == "detect":

@@ -177,7 +177,12 @@ def check_run_memory(explainer, x: np.ndarray, batch_size: int | None, budget: i
     fixed = explainer.fixed_batch
     rows = max(1, fixed or rows)
     shape = (rows, *x.shape[1:])
-    total, largest, name = activations(explainer.canonical.graph, explainer.x, shape)
+    # a walk over every tensor of the graph: once per input shape (the canonical graph does not change)
+    cache = explainer.__dict__.setdefault("_activations", {})
+    key = (id(explainer.canonical.graph), explainer.x.name, shape)
+    if key not in cache:
+        cache[key] = activations(explainer.canonical.graph, explainer.x, shape)
+    total, largest, name = cache[key]
     budget = default_budget() if budget is None else budget
     if total > budget:
         raise OnnxplainError(

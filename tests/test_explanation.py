@@ -146,6 +146,30 @@ def test_in_graph_integrated_gradients_equals_the_driver():
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("chunk", [1, 5, 16, 40])
+def test_integrated_gradients_in_chunks_of_path_points(chunk):
+    """17 points: x itself and 16 copies in chunks of ``chunk`` (5: 5+5+5+1), in the graph and from Python."""
+    t = np.array([3, 3, 0])
+    want = Explainer(tiny_cnn()).explain(X, "integrated_gradients", target=t, steps=17, chunk=17)
+    m = onnxplain.build(tiny_cnn(), "integrated_gradients", Options(steps=17, chunk=chunk))
+    onnx.checker.check_model(m, full_check=True)
+    got = make_session(m).run(["attribution"], {"x": X, "target": t})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    ex = Explainer(tiny_cnn())
+    py = ex.explain(X, "integrated_gradients", target=t, steps=17, chunk=chunk, batch_size=3)
+    np.testing.assert_allclose(py, want, rtol=1e-4, atol=1e-5)
+
+
+def test_in_graph_integrated_gradients_completeness():
+    """sum(IG) = F(x) - F(baseline) (Sundararajan et al. 2017, completeness), 257 points in chunks of 64."""
+    m = onnxplain.build(tiny_cnn(), "integrated_gradients", Options(steps=257, chunk=64))
+    base = np.full_like(X, 0.25)
+    t = np.array([0, 1, 2])
+    a = make_session(m).run(["attribution"], {"x": X, "target": t, "baseline": base})[0]
+    delta = logits_of(X, t) - logits_of(base, t)
+    assert np.abs(a.reshape(3, -1).sum(1) - delta).max() < 2e-3 * np.abs(delta).max()
+
+
 def test_in_graph_smoothgrad_runs_and_needs_dynamic_batch():
     m = onnxplain.build(tiny_cnn(), "smoothgrad", Options(samples=4))
     onnx.checker.check_model(m, full_check=True)

@@ -31,7 +31,7 @@ from onnxplain.io.outputs import Outputs
 from onnxplain.methods.catalog import method as lookup
 
 # the options of the table that change how an explanation graph is built
-GRAPH_OPTIONS = ("steps", "samples", "noise", "seed", "rules", "layer", "prefix_tokens")
+GRAPH_OPTIONS = ("steps", "chunk", "samples", "noise", "seed", "rules", "layer", "prefix_tokens")
 
 
 @app.command()
@@ -152,7 +152,7 @@ def export(
     elapsed = time.perf_counter() - t0
 
     meta = {p.key: p.value for p in graph.metadata_props}
-    params = "".join(f", {k} {graph_params[k]}" for k in ("steps", "samples", "noise") if k in graph_params)
+    params = "".join(f", {k} {graph_params[k]}" for k in ("steps", "chunk", "samples", "noise") if k in graph_params)
     typer.echo(f"wrote {out} ({human(out.stat().st_size)}) in {elapsed:.2f} s")
     typer.echo(f"  method   {method} (target mode {target_mode}{params})")
     explained = meta.get("onnxplain.explained", "?")

@@ -42,6 +42,7 @@ class Options:
     class_axis: int | None = None  # default: 1 for rank-4 outputs, else the last axis
     channel_axis: int = 1  # for saliency's reduction over channels
     steps: int = 32  # integrated gradients
+    chunk: int = 8  # integrated gradients: path points per forward+backward pass (bench/RESULTS.md)
     samples: int = 16  # smoothgrad
     noise: float = 0.15  # smoothgrad: sigma / (max(x) - min(x))
     seed: int = 0

@@ -310,7 +310,11 @@ METHODS = Table(
             "(x - x') times the mean gradient on the straight path from the baseline x'",
             "Sundararajan et al. 2017",
             partial(gradient.run_looped, method="integrated_gradients"),
-            (Option("steps", int, 32, "path points (trapezoid rule)", min=1), BASELINE),
+            (
+                Option("steps", int, 32, "path points (trapezoid rule)", min=1),
+                BASELINE,
+                Option("chunk", int, 8, "path points per forward+backward pass (batch_size caps it)", min=1),
+            ),
             ("ig",),
             head=gradient.HEADS["integrated_gradients"],
         ),

@@ -51,10 +51,11 @@ def _batch_of_copies(ctx, method):
         raise ShapeError(f"{method} inside the graph needs the rank of input '{ctx.x.name}'")
 
 
-def _copies_backward(ctx, copies, n):
-    """Run the forward graph on ``copies`` ([n*N, ...]) and return their gradients as [n, N, ...]."""
+def _copies_backward(ctx, copies, n, symbol: str = "onnxplain_copies"):
+    """Run the forward graph on ``copies`` ([n*N, ...], their batch axis named ``symbol``) and return
+    their gradients as [n, N, ...]."""
     b, x = ctx.b, ctx.x
-    mapping, nodes = ctx.clone_forward({x.name: copies}, "onnxplain_copies")
+    mapping, nodes = ctx.clone_forward({x.name: copies}, symbol)
     r = len(ctx.logits.shape)
     seed = b.Tile(ctx.seed, b.ints([n] + [1] * (r - 1)))
     g = ctx.backward(seed=seed, x=copies, logits=mapping[ctx.logits.name], nodes=nodes)
@@ -68,11 +69,17 @@ def integrated_gradients(ctx):
     baseline = ctx.add_input("baseline", x.dtype, [None] * r, default=np.zeros([1] * r))
     alphas, weights = ig_alphas(steps)
     diff = b.Sub(x, baseline)
-    path = b.Add(baseline, b.Mul(b.const(alphas.reshape([steps] + [1] * r), like=x), diff))
-    flat = b.Reshape(path, b.Concat(b.ints([-1]), b.shape_of(x, 1), axis=0))
-    grads = _copies_backward(ctx, flat, steps)
-    weighted = b.Mul(grads, b.const(weights.reshape([steps] + [1] * r), like=x))
-    return b.Mul(diff, b.reduce("ReduceSum", weighted, [0], keepdims=False)), x.shape
+    # the last point (alpha = 1) is x itself: its gradient comes through the model's own forward pass
+    total = b.Mul(ctx.backward(), b.const(weights[-1], like=x))
+    for lo in range(0, steps - 1, ctx.options.chunk):  # the others in chunks: one batch of all the copies is
+        k = min(ctx.options.chunk, steps - 1 - lo)  # memory-bound (bench/RESULTS.md)
+        path = b.Add(baseline, b.Mul(b.const(alphas[lo : lo + k].reshape([k] + [1] * r), like=x), diff))
+        flat = b.Reshape(path, b.Concat(b.ints([-1]), b.shape_of(x, 1), axis=0))
+        grads = _copies_backward(ctx, flat, k, "onnxplain_copies" + (f"_{lo}" if lo else ""))
+        weighted = b.Mul(grads, b.const(weights[lo : lo + k].reshape([k] + [1] * r), like=x))
+        part = b.reduce("ReduceSum", weighted, [0], keepdims=False)
+        total = b.Add(total, part)
+    return b.Mul(diff, total), x.shape
 
 
 def _smoothgrad(ctx, square):
@@ -105,7 +112,8 @@ HEADS = {
 def run_looped(explainer, x, target, opts, progress=None, *, method: str):
     """IG and SmoothGrad from Python: the gradient graph over copies of each item (fixed-batch models too).
 
-    The target is resolved on ``x`` itself, then every copy explains that same target."""
+    The target is resolved on ``x`` itself, then every copy explains that same target. IG's copies go
+    ``chunk`` per onnxruntime call (at most ``batch_size``): one batch of all of them is memory-bound."""
     from onnxplain.runtime.result import Explanation
 
     bs, name = opts["batch_size"], explainer.x.name
@@ -114,6 +122,7 @@ def run_looped(explainer, x, target, opts, progress=None, *, method: str):
     if target.mode == "class":
         feeds["target"] = first.target
     n = len(x)
+    per_call = min(bs, opts["chunk"]) if method == "integrated_gradients" else bs
     if method == "integrated_gradients":
         base = explainer.check_baseline(0.0 if opts["baseline"] is None else opts["baseline"], x)
         alphas, weights = ig_alphas(opts["steps"])  # alphas[-1] = 1: the pass at x above
@@ -125,7 +134,7 @@ def run_looped(explainer, x, target, opts, progress=None, *, method: str):
     for i, c in enumerate(copies):
         k = len(c)
         rep = {key: np.repeat(v[i : i + 1], k, axis=0) for key, v in feeds.items() if key != name}
-        g = explainer.run_graph("gradient", target.mode, {name: c, **rep}, batch_size=bs).attribution if k else c
+        g = explainer.run_graph("gradient", target.mode, {name: c, **rep}, batch_size=per_call).attribution if k else c
         if method == "integrated_gradients":
             g = np.concatenate([g, first.attribution[i : i + 1]])
             attribution[i] = (x[i] - base[i]) * np.tensordot(weights, g, axes=1).astype(x.dtype)

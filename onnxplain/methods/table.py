@@ -186,7 +186,9 @@ class Table:
 
     def get(self, name: str) -> Method:
         """The method called ``name`` (any spelling or alias); a one-line error with suggestions otherwise."""
-        hit = self._index.get(_key(name))
+        hit = self._index.get(name) if isinstance(name, str) else None  # a key already (keys are their own key)
+        if hit is None:
+            hit = self._index.get(_key(name))
         if hit is not None:
             return hit
         close = difflib.get_close_matches(_key(name), list(self._index), n=3, cutoff=0.6)
