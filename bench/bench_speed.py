@@ -30,6 +30,7 @@ from bench_gradient import machine  # noqa: E402
 
 import onnxplain  # noqa: E402
 from onnxplain.graph.rewrite import Options  # noqa: E402
+from onnxplain.runtime.explainer import FOLD_CHUNK  # noqa: E402
 from onnxplain.runtime.session import make_session  # noqa: E402
 
 MODELS = pathlib.Path(__file__).parent / ".models"
@@ -124,17 +125,18 @@ def bench(name, repeats, ig, ks):
         except Exception as e:  # noqa: BLE001
             print(f"  many targets: {type(e).__name__}: {str(e)[:120]}")
         else:
-            fk = {"gradient": fns["gradient"]}
+            fk = {"gradient": fns["gradient"], "api gradient": fns["Explainer.explain(gradient)"]}
             for k in ks:
                 t = np.arange(k, dtype=np.int64)[None] * 7
                 fk[k] = lambda t=t: many.run(["attribution"], {inp: x, "target": t})
+                fk[f"api {k}"] = lambda t=t: ex.run(x, "gradient", target=t)  # FOLD_CHUNK columns per run
             m = interleaved(fk, max(2, repeats // 2))
             for k in ks:
-                r = m[k] / (k * m["gradient"])
+                r, r_api = m[k] / (k * m["gradient"]), m[f"api {k}"] / (k * m["api gradient"])
                 rows[f"K={k}"] = r
                 print(
                     f"  K={k:<3d} classes in one pass  {m[k] * 1e3:8.1f} ms  x (K x gradient) {r:5.2f}  "
-                    f"x forward {m[k] / base:6.2f}"
+                    f"x forward {m[k] / base:6.2f}; API (chunks of {FOLD_CHUNK}) x (K x gradient) {r_api:5.2f}"
                 )
     print(f"  ({load_avg()})")
     return rows

@@ -97,6 +97,32 @@ def test_api_many_targets_equal_one_at_a_time(method):
     assert res.attribution.shape[:2] == (3, 2)
 
 
+def test_more_targets_than_one_pass_takes_run_in_chunks(monkeypatch):
+    """K = 11 with 4 columns per pass: three folded runs (4 + 4 + 3), joined in order."""
+    from onnxplain.runtime import explainer as E
+
+    monkeypatch.setattr(E, "FOLD_CHUNK", 4)
+    ex = onnxplain.Explainer(small_cnn())
+    x = np.random.default_rng(2).normal(size=(2, 3, 6, 6)).astype(np.float32)
+    t = np.array([[3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5]] * 2) % 5
+    calls = []
+    run_graph = ex.run_graph
+
+    def counted(method, mode, feeds, *a, **k):
+        calls.append(feeds["target"].shape[1])
+        return run_graph(method, mode, feeds, *a, **k)
+
+    monkeypatch.setattr(ex, "run_graph", counted)
+    res = ex.run(x, "gradient", target=t)
+    assert calls == [4, 4, 3]
+    monkeypatch.setattr(ex, "run_graph", run_graph)
+    assert res.attribution.shape[:2] == (2, 11)
+    for k in range(11):
+        one = ex.run(x, "gradient", target=t[:, k])
+        np.testing.assert_allclose(res.attribution[:, k], one.attribution, rtol=1e-5, atol=1e-7)
+        np.testing.assert_array_equal(res.target[:, k], t[:, k])
+
+
 def test_one_row_of_targets_applies_to_every_item():
     ex = onnxplain.Explainer(small_cnn())
     x = np.random.default_rng(2).normal(size=(2, 3, 6, 6)).astype(np.float32)
