@@ -452,6 +452,26 @@ def test_rescale_fallback_in_float32():
     np.testing.assert_allclose(got / x, 0.25, rtol=1e-6)
 
 
+@pytest.mark.parametrize(
+    "op,inputs,x,xb",
+    [
+        ("Relu", [], [1e-6, 2e-7, 3.0], [-1e-6, -2e-7, 3.0]),
+        ("Clip", [np.float32(0), np.float32(6)], [6.00001, 1e-6, 2.0], [5.99999, -1e-6, 2.0]),
+        ("Abs", [], [1e-6, -3e-7, 4.0], [-1e-6, 2e-7, 4.0]),
+    ],
+)
+def test_piecewise_linear_rescale_is_the_secant_even_across_a_kink_at_tiny_differences(op, inputs, x, xb):
+    """Relu, Clip and Abs are x, -x or a constant on each piece, so the float32 secant is exact: a
+    difference of 2e-6 across the kink gets Δy/Δx (0.5 here, not the gradient at x), completeness holds
+    to rounding, and Δx = 0 gets 0 (no NaN)."""
+    x, xb = np.array([x], dtype=np.float32), np.array([xb], dtype=np.float32)
+    c = case(op, X(x.astype(np.float64)), *inputs)
+    got = deeplift32(c.model, x, xb, np.ones((1, 3)))
+    want = make_session(c.model).run(None, {"x0": x})[0] - make_session(c.model).run(None, {"x0": xb})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=0)
+    assert got[0, 2] == 0 and np.all(np.isfinite(got))
+
+
 def test_rescale_threshold_is_a_parameter(tmp_path):
     """tiny = 0.5: |Δx| <= 0.5 max(1, |x|, |x'|) takes the gradient at x (Relu: 1 at x = 0.2)."""
     rules = tmp_path / "dl.toml"

@@ -105,6 +105,7 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     Inference runs on a copy without large weight payloads, so it is fast and works for models
     over protobuf's 2 GB limit; the inferred ``value_info`` is copied back.
     """
+    model = _negative_dims_unknown(model)
     light = _without_payloads(model)
     try:
         inferred = onnx.shape_inference.infer_shapes(light, check_type=False, strict_mode=False, data_prop=True)
@@ -126,6 +127,31 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         del getattr(out.graph, part)[:]
         getattr(out.graph, part).extend(getattr(inferred.graph, part))
     _copy_subgraph_value_info(inferred.graph, out.graph)
+    return out
+
+
+_ONE = onnx.TensorShapeProto.Dimension(dim_value=1)
+
+
+def _negative_dims_unknown(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy with declared negative dimensions made unknown: paddle2onnx writes -1 for a dynamic axis
+    (PP-OCR's classifier: ``x[-1, 3, ?, ?]``), which is not a size. The model itself when it has none."""
+
+    def dims(m):
+        for vi in list(m.graph.input) + list(m.graph.output) + list(m.graph.value_info):
+            for i, d in enumerate(vi.type.tensor_type.shape.dim):
+                if d.HasField("dim_value") and d.dim_value < 0:
+                    yield vi.name, i, d
+
+    if next(dims(model), None) is None:
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    inputs = {vi.name for vi in out.graph.input}
+    for name, i, d in list(dims(out)):
+        d.Clear()
+        if name in inputs:  # a named symbol, which inference carries through (an empty dim it may guess as 1)
+            d.dim_param = f"{name}_dim{i}"
     return out
 
 
@@ -261,7 +287,7 @@ def fold_batchnorm(graph: gs.Graph) -> int:
 
 
 def canonicalize(
-    model, fold: bool = True, fold_bn: bool = True, fuse: bool = True, probe: dict | None = None
+    model, fold: bool = True, fold_bn: bool = True, fuse: bool = True, probe: dict | list | None = None
 ) -> Canonical:
     """Load (if a path), infer shapes, drop pass-through nodes, fold constants and BN, sort, and
     fuse exporters' decompositions of activations and LayerNorm (:mod:`onnxplain.graph.fuse`).
@@ -297,7 +323,13 @@ def canonicalize(
         graph.toposort()
         m = _export(graph, model)
         names = unknown_shapes(m) + [o.name for o in m.graph.output]
-        graph = gs.import_onnx(probe_shapes(m, probe, list(dict.fromkeys(names)), replace_outputs=True))
+        batch = None
+        if isinstance(probe, list) and len(probe) > 1:  # a dynamic batch: inference may have declared it 1
+            names += [v.name for v in m.graph.value_info if v.type.tensor_type.shape.dim[:1] == [_ONE]]
+            probed = next(v for v in m.graph.input if v.name in probe[0])
+            batch = probed.type.tensor_type.shape.dim[0].dim_param or None
+        names = list(dict.fromkeys(names))
+        graph = gs.import_onnx(probe_shapes(m, probe, names, replace_outputs=True, varying=batch))
     graph.toposort()
     for i, node in enumerate(graph.nodes):
         node.name = node.name or f"{node.op}_{i}"

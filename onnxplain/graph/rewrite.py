@@ -109,6 +109,7 @@ class Context:
         """
         b = self.b
         old_batch = self.x.shape[0] if self.x.shape else None
+        named = old_batch not in (None, "")  # an unnamed batch axis cannot be told from other unknown dims
         mapping, cloned = dict(replace), []
         for node in self.forward_nodes:
             if not any(t.name in mapping for t in node.inputs):
@@ -116,7 +117,7 @@ class Context:
             ins = [mapping.get(t.name, t) for t in node.inputs]
             outs = []
             for t in node.outputs:
-                shape = None if t.shape is None else [batch_symbol if d == old_batch else d for d in t.shape]
+                shape = None if t.shape is None else [batch_symbol if named and d == old_batch else d for d in t.shape]
                 v = gs.Variable(b.name(f"{t.name}:copy"), dtype=t.dtype, shape=shape)
                 mapping[t.name] = v
                 outs.append(v)

@@ -118,11 +118,15 @@ def unknown_shapes(model: onnx.ModelProto) -> list:
     return [o for n in model.graph.node for o in n.output if o and o not in known]
 
 
-def probe_shapes(model: onnx.ModelProto, feeds: dict, names=None, replace_outputs: bool = False) -> onnx.ModelProto:
+def probe_shapes(
+    model: onnx.ModelProto, feeds: dict | list, names=None, replace_outputs: bool = False, varying: str | None = None
+) -> onnx.ModelProto:
     """A copy of ``model`` with the shapes of ``names`` (default: every tensor whose rank is unknown)
     written into ``value_info`` as onnxruntime computes them on ``feeds``; ``replace_outputs``: a graph
-    output whose declared rank differs from the computed one gets the computed shape (with its batch axis
-    kept symbolic where it was)."""
+    output whose declared rank differs from the computed one gets the computed shape. ``feeds`` may be a
+    list of feeds (e.g. batches of 1 and 2): an axis whose size differs between the runs is written as the
+    symbol ``varying`` (else unknown), so that a dynamic batch does not become the probe's batch
+    (onnxruntime plans its buffers by declared shapes)."""
     from onnxplain.runtime.session import make_session
 
     names = unknown_shapes(model) if names is None else list(names)
@@ -136,7 +140,7 @@ def probe_shapes(model: onnx.ModelProto, feeds: dict, names=None, replace_output
             probe.graph.output.append(helper.make_empty_tensor_value_info(n))
     try:
         sess = make_session(probe)
-        got = sess.run(names, feeds)
+        runs = [sess.run(names, f) for f in (feeds if isinstance(feeds, list) else [feeds])]
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types
         raise OnnxplainError(
             f"shape inference left ranks unknown, and a probe run of the model failed: "
@@ -146,17 +150,19 @@ def probe_shapes(model: onnx.ModelProto, feeds: dict, names=None, replace_output
     out.CopyFrom(model)
     have = {vi.name for vi in out.graph.value_info}
     declared = {vi.name: vi for vi in out.graph.output}
-    for n, a in zip(names, got):
+    for j, n in enumerate(names):
+        a = np.asarray(runs[0][j])
+        shape = [d if all(np.shape(r[j])[i] == d for r in runs) else varying for i, d in enumerate(a.shape)]
         if n in declared:
             vi = declared[n]
             dims = _dims(vi)
-            if replace_outputs and (dims is None or len(dims) != np.ndim(a)):
-                new = helper.make_tensor_value_info(n, vi.type.tensor_type.elem_type, list(np.shape(a)))
-                vi.CopyFrom(new)
+            wrong = (
+                dims is None or len(dims) != a.ndim or any(isinstance(d, int) and d != n for d, n in zip(dims, shape))
+            )
+            if replace_outputs and wrong:
+                vi.CopyFrom(helper.make_tensor_value_info(n, vi.type.tensor_type.elem_type, shape))
             continue
-        a = np.asarray(a)
-        elem = helper.np_dtype_to_tensor_dtype(a.dtype)
-        vi = helper.make_tensor_value_info(n, elem, list(a.shape))
+        vi = helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), shape)
         if n in have:
             next(v for v in out.graph.value_info if v.name == n).CopyFrom(vi)
         else:

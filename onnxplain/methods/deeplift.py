@@ -37,7 +37,7 @@ def deeplift(ctx):
         ctx.meta["onnxplain.baseline"] = "zeros (fixed; export with --baseline-input to set it)"
     ref_x.dtype, ref_x.shape = x.dtype, [batch, *item]
     mapping, _ = ctx.clone_forward({x.name: ref_x}, batch)
-    rules = ctx.rules("deeplift", ref=mapping)
+    rules = ctx.rules("deeplift", ref=mapping, ref_one=batch == 1)
     m = ctx.backward(rules=rules, nodes=ctx.forward_nodes)
     return b.Mul(b.Sub(x, ref_x), m), x.shape
 

@@ -118,11 +118,18 @@ def _inv_count(b, x, reduced):
 
 
 # ---- rescale ------------------------------------------------------------------------------
+# On each piece y is x, -x or a constant (Clip's bounds are off the path), so Δy and Δx are the same
+# rounded difference (or Δy is exact): the secant is exact, and bounded by 1, for any Δx != 0. Only
+# Δx = 0 (0/0) takes the true VJP; other nonlinearities also take it where |Δx| is tiny.
+EXACT_PIECES = {"Relu", "Clip", "Abs"}
+
+
 @modified("rescale", tiny=0.0)
 def rescale(env, tiny):
     """The rescale rule for a nonlinearity y = f(x) of one input on the path:
 
-        m_x = m_y * Δy / Δx,   or m_y * f'(x) (the true VJP) where |Δx| is tiny.
+        m_x = m_y * Δy / Δx,   or m_y * f'(x) (the true VJP) where |Δx| is tiny
+        (Relu, Clip, Abs: where Δx = 0, see EXACT_PIECES).
 
     Other inputs (Clip's bounds, PRelu's slope, Pow's exponent) must be off the path; when they are
     not, the node gets the projection rule. Reductions of an elementwise map are rescaled piece by
@@ -140,7 +147,10 @@ def rescale(env, tiny):
         xr = _ref(env, x)
         true = _true_vjp(b, node, g)
         dx = b.Sub(x, xr)
-        small = _no_delta(b, dx, x, xr, _tol(tiny, x))
+        if node.op in EXACT_PIECES and tiny == 0:  # Δy/Δx is exact wherever Δx != 0
+            small = b.Equal(dx, _c(b, 0, x))
+        else:
+            small = _no_delta(b, dx, x, xr, _tol(tiny, x))
         ratio = b.Div(_as(b, b.Sub(y, _ref(env, y)), x), b.Where(small, _c(b, 1, x), dx))
         secant = b.Mul(_as(b, g[0], x), ratio)
         local = true[i] if true is not None else b.Mul(secant, _c(b, 0, x))
@@ -327,7 +337,7 @@ def _max_pool(env, b, node, g):
         _, idx_r = b.emit("MaxPool", xr, outputs=2, dtype=[np_dtype(x), np.int64], **attrs)
     flat = b.ints([-1])
     shape_y = b.Shape(y)
-    if xr.shape and xr.shape[0] == 1 and x.shape and x.shape[0] != 1:  # one baseline item for the batch
+    if env.ref_one:  # one baseline item for the whole batch
         xr, yr = b.Expand(xr, b.Shape(x)), b.Expand(yr, shape_y)
         item = b.reduce("ReduceProd", b.shape_of(x, 1), None, keepdims=True)  # Indices are flat over N, C, ...
         zero, one = b.const(np.int64(0)), b.const(np.int64(1))

@@ -50,6 +50,7 @@ class Env:
     first: set = field(default_factory=set)  # names of the nodes that read the explained input
     fwd: set = field(default_factory=set)  # names of tensors on the explained path (set by the walker)
     ref: dict = field(default_factory=dict)  # DeepLIFT: tensor name -> its value on the baseline
+    ref_one: bool = False  # DeepLIFT: the baseline pass is one item, broadcast over the batch
 
     def on_path(self, t) -> bool:
         return t.name in self.fwd

@@ -95,12 +95,12 @@ class Explainer:
         probe = None
         if self.inner is None and self.shape is not None:  # a specialised child: read what inference leaves out
             vi = next(v for v in model.graph.input if v.name == self.entry)
-            probe = {
-                self.entry: np.zeros(
-                    [d or 1 for d in self.shape],
-                    dtype=onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type),
-                )
-            }
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
+            # a dynamic batch: probe batches of 1 and 2, so that no tensor is declared with the probe's batch
+            probe = [
+                {self.entry: np.zeros([d or n for d in self.shape], dtype)}
+                for n in ([1, 2] if None in self.shape else [1])
+            ]
         with user_errors("cannot load the model"):
             self.canonical = canonicalize(model, probe=probe)
         self.x = self.canonical.input(input if self.inner is not None else self.entry)
