@@ -1,8 +1,11 @@
 """Images per second of `onnxplain.dataset.explain_dataset` on a local Ray, against a plain Explainer loop.
 
-Two cases: 256 generated shapes images (64 px) on the shipped demo model, and 64 images at 224 px on a
-ResNet-18-shaped model (bench/archs.py, random weights). Methods: gradient, gradcam, occlusion (at 224 px
-with a 56 px window and stride, 17 passes per image, so that the run stays within minutes on two cores).
+Three cases: 256 generated shapes images (64 px) on the shipped demo model, in shards of 32; 4096 of them
+(``--n-large``), gradient only, in explain_dataset's default shards (341 images: about 4 M input values),
+long enough for a steady state (256 demo images take 0.2 s once the actors are up, so the first case's
+"steady" rate is mostly Ray's scheduling noise); and 64 images at 224 px on a ResNet-18-shaped model
+(bench/archs.py, random weights), in shards of 8. Methods: gradient, gradcam, occlusion (at 224 px with a
+56 px window and stride, 17 passes per image, so that the run stays within minutes on two cores).
 
 Every configuration runs ``--repeats`` times, round-robin, and the medians are printed (the machine's
 speed drifts).
@@ -14,8 +17,8 @@ speed drifts).
   "steady" is the rate after the first shard came back (the pool is up, graphs built); "all" includes
   starting the actors and building their graphs (Ray itself is started once, before, and not counted).
 
-    python bench/bench_dataset.py            # both cases
-    python bench/bench_dataset.py --quick    # the 64 px case only
+    python bench/bench_dataset.py            # all three cases
+    python bench/bench_dataset.py --quick    # the 64 px cases only
 """
 
 from __future__ import annotations
@@ -81,12 +84,13 @@ def ray_rate(model: str, data: Path, method: str, opts: dict, actors: int, shard
     return steady, n2 / total, summary["threads_per_actor"]
 
 
-def case(name: str, model: str, x: np.ndarray, opts: dict, shard: int, work: Path, repeats: int) -> list:
-    """Every configuration ``repeats`` times, interleaved round-robin; the medians are reported."""
+def case(name, model, x, opts, shard, work, repeats, methods=METHODS) -> list:
+    """Every configuration ``repeats`` times, interleaved round-robin; the medians are reported. ``shard``
+    None: explain_dataset's default shard size."""
     data = work / f"{name}.npz"
     np.savez(data, images=x)
     rows = []
-    for m in METHODS:
+    for m in methods:
         o = opts.get(m, {})
         runs = {k: [] for k in ("loop", "loop1", "a1", "a1all", "a2", "a2all")}
         threads = {}
@@ -116,6 +120,7 @@ def main():
     ap.add_argument("--n", type=int, default=256)
     ap.add_argument("--n224", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3, help="rounds, interleaved; medians reported")
+    ap.add_argument("--n-large", type=int, default=4096, help="demo images of the default-shard case (0: skip)")
     args = ap.parse_args()
     import onnxruntime as ort
     import ray
@@ -132,6 +137,9 @@ def main():
         print("images/s; Ray: steady (all, with actor start-up)")
         x, _, _ = make_shapes(args.n, seed=0)
         case("demo 64px", str(demo_model()), x, {"occlusion": {"window": 16, "stride": 8}}, 32, work, args.repeats)
+        if args.n_large:  # enough images for a steady state: default shards (about 4 M input values each)
+            x, _, _ = make_shapes(args.n_large, seed=1)
+            case(f"demo {args.n_large}", str(demo_model()), x, {}, None, work, args.repeats, ["gradient"])
         if not args.quick:
             import onnx
             from archs import resnet18
