@@ -66,3 +66,33 @@ def test_minus_one_batch_and_data_propagated_batch_of_one(method):
             np.testing.assert_allclose(res.attribution.reshape(n, -1).sum(1), want, rtol=1e-4, atol=1e-5)
         if method == "gradient":  # the arg-max of each item's logits
             np.testing.assert_array_equal(res.target, run.run(["logits"], {"x": x})[0].argmax(1))
+
+
+def test_probe_skips_sizes_the_model_refuses_and_names_the_varying_axis():
+    """probe_shapes with batches 1 and 2: an axis that differs between the runs gets the batch symbol; a model
+    whose side input fixes the batch (a state of batch 1, as silero-vad's) refuses batch 2, and the probe then
+    keeps the first run's shapes instead of failing."""
+    from onnxplain.graph.specialise import probe_shapes
+
+    def model(concat):
+        nodes = [helper.make_node("Relu", ["x"], ["r"])]
+        nodes.append(
+            helper.make_node("Concat", ["r", "s"], ["y"], axis=1)
+            if concat
+            else helper.make_node("Add", ["r", "s"], ["y"])
+        )
+        g = helper.make_graph(
+            nodes,
+            "g",
+            [
+                helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4]),
+                helper.make_tensor_value_info("s", TensorProto.FLOAT, [1, 4]),
+            ],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        )
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+    feeds = [{"x": np.zeros((n, 4), np.float32), "s": np.zeros((1, 4), np.float32)} for n in (1, 2)]
+    dims = lambda m: [d.dim_value or d.dim_param for d in m.graph.value_info[0].type.tensor_type.shape.dim]  # noqa: E731
+    assert dims(probe_shapes(model(False), feeds, ["r"], varying="N")) == ["N", 4]  # Add broadcasts: batch 2 runs
+    assert dims(probe_shapes(model(True), feeds, ["r"], varying="N")) == [1, 4]  # Concat refuses batch 2

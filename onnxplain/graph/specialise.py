@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -126,7 +128,8 @@ def probe_shapes(
     output whose declared rank differs from the computed one gets the computed shape. ``feeds`` may be a
     list of feeds (e.g. batches of 1 and 2): an axis whose size differs between the runs is written as the
     symbol ``varying`` (else unknown), so that a dynamic batch does not become the probe's batch
-    (onnxruntime plans its buffers by declared shapes)."""
+    (onnxruntime plans its buffers by declared shapes). The first feeds must run; the others are skipped
+    where the model refuses them (a state input of batch 1 beside the probed one)."""
     from onnxplain.runtime.session import make_session
 
     names = unknown_shapes(model) if names is None else list(names)
@@ -138,14 +141,18 @@ def probe_shapes(
     for n in names:
         if n not in outputs:
             probe.graph.output.append(helper.make_empty_tensor_value_info(n))
+    feeds = feeds if isinstance(feeds, list) else [feeds]
     try:
         sess = make_session(probe)
-        runs = [sess.run(names, f) for f in (feeds if isinstance(feeds, list) else [feeds])]
+        runs = [sess.run(names, feeds[0])]
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types
         raise OnnxplainError(
             f"shape inference left ranks unknown, and a probe run of the model failed: "
             f"{' '.join(str(exc).split())[:300]}"
         ) from None
+    for f in feeds[1:]:  # other sizes: only where the model runs at them (side inputs may fix the batch)
+        with contextlib.suppress(Exception):  # onnxruntime's own types; then no axis is known to vary
+            runs.append(sess.run(names, f))
     out = onnx.ModelProto()
     out.CopyFrom(model)
     have = {vi.name for vi in out.graph.value_info}

@@ -392,6 +392,7 @@ class Explainer:
             and not self._needs_shape
             and self.fixed_batch is None
             and not options.keys() - {"batch_size"}
+            and t.shape[1] > 1  # one column: the plain graph, which tiles nothing
         )
         if folded:
             x = self.check_input(x)
