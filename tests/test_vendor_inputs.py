@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 from oracle import run_ref, to_float64
 
 from onnxplain import Explainer, OnnxplainError
@@ -322,3 +322,44 @@ def test_zoo_token_classifier():
     mask = (ids > 0).astype(np.float64)
     grad = np.stack([mask[i][:, None] / 6 * W[:, k][None, :] for i, k in enumerate([0, 2])])
     np.testing.assert_allclose(res.outputs["token_scores"], (table[ids] * grad).sum(-1), rtol=1e-5, atol=1e-7)
+
+
+def test_token_black_box_with_a_bound_side_input_of_batch_one():
+    """A BERT-like model whose attention mask [1, T] is bound with feeds=: the masked copies of one item run
+    one row at a time (a batch of 16 copies would not match the bound mask), and match a numpy oracle."""
+    t, d, k = 5, 4, 3
+    table, W = rng.normal(size=(10, d)), rng.normal(size=(d, k))
+    inits = [
+        numpy_helper.from_array(table.astype(np.float32), "table"),
+        numpy_helper.from_array(W.astype(np.float32), "W"),
+        numpy_helper.from_array(np.array([2], np.int64), "axis2"),
+    ]
+    nodes = [
+        helper.make_node("Gather", ["table", "ids"], ["e"]),
+        helper.make_node("Shape", ["ids"], ["ids_shape"]),
+        helper.make_node("Reshape", ["mask", "ids_shape"], ["m2"]),  # as BERT exports do: no broadcasting
+        helper.make_node("Unsqueeze", ["m2", "axis2"], ["m3"]),
+        helper.make_node("Mul", ["e", "m3"], ["em"]),
+        helper.make_node("ReduceMean", ["em"], ["pooled"], axes=[1], keepdims=0),
+        helper.make_node("MatMul", ["pooled", "W"], ["logits"]),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "bert_like",
+        [
+            helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", t]),
+            helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["batch", t]),
+        ],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", k])],
+        inits,
+    )
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    mask = np.array([[1, 1, 1, 1, 0]], np.float32)
+    ids = np.array([[3, 1, 4, 1, 5]], np.int64)
+
+    def logit(row):
+        return ((table[row] * mask[0][:, None]).mean(0) @ W)[2]
+
+    want = [logit(ids[0]) - logit(np.where(np.arange(t) == j, 0, ids[0])) for j in range(t)]
+    got = Explainer(model, input="ids", feeds={"mask": mask}).run(ids, "occlusion", target=[2])
+    np.testing.assert_allclose(got.attribution[0], want, rtol=1e-5, atol=1e-6)

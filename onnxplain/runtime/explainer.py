@@ -546,8 +546,15 @@ class Explainer:
             seeds = np.zeros(y.shape)
             for i, k in enumerate(chosen):
                 np.moveaxis(seeds[i], ax - 1, 0)[k] = 1.0
-        batch = 1 if self.entry_shape and self.entry_shape[0] == 1 else opts["batch_size"]
-        a, outputs = tokens.explain(self, ids, m.name, seeds, {**opts, "batch_size": batch}, progress)
+        # one row per run where the batch is fixed at 1: by the input, or by a bound side input of batch 1
+        # (a BERT's attention_mask [1, T] bound with feeds= cannot follow a batch of 16 masked copies)
+        one = (self.entry_shape and self.entry_shape[0] == 1) or any(
+            np.shape(v)[:1] == (1,) for v in self.feeds.values()
+        )
+        with user_errors(f"{m.name} over tokens failed"):
+            a, outputs = tokens.explain(
+                self, ids, m.name, seeds, {**opts, "batch_size": 1 if one else opts["batch_size"]}, progress
+            )
         outputs[name] = y
         return Explanation(a, chosen, outputs)
 
