@@ -42,7 +42,7 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 sys.path.insert(1, str(pathlib.Path(__file__).parent.parent))  # this checkout's onnxplain, not an installed one
 import archs  # noqa: E402
-from bench_gradient import machine  # noqa: E402
+from bench_gradient import machine, rounds  # noqa: E402
 
 from onnxplain.runtime.driver import for_explainer  # noqa: E402
 from onnxplain.runtime.explainer import Explainer  # noqa: E402
@@ -50,19 +50,6 @@ from onnxplain.runtime.session import make_session  # noqa: E402
 
 TARGET = 0.9  # issue 15: black-box methods at >= 0.9 of the batched forward throughput
 METHODS = ("occlusion", "rise", "lime", "kernelshap")
-
-
-def rounds(fns: dict, repeats: int) -> dict:
-    """Seconds of each callable per round, run round-robin after one warm-up call each."""
-    for f in fns.values():
-        f()
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, f in fns.items():
-            t = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t)
-    return times
 
 
 def smooth_image(size: int, seed: int = 0) -> np.ndarray:

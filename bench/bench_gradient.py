@@ -37,8 +37,8 @@ def machine() -> str:
     )
 
 
-def interleaved(fns: dict, repeats: int) -> dict:
-    """Median seconds of each callable, run round-robin after one warm-up call each."""
+def rounds(fns: dict, repeats: int) -> dict:
+    """Seconds of each callable per round, run round-robin after one warm-up call each."""
     for f in fns.values():
         f()
     times = {k: [] for k in fns}
@@ -47,7 +47,12 @@ def interleaved(fns: dict, repeats: int) -> dict:
             t = time.perf_counter()
             f()
             times[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times
+
+
+def interleaved(fns: dict, repeats: int) -> dict:
+    """Median seconds of each callable, run round-robin after one warm-up call each."""
+    return {k: statistics.median(v) for k, v in rounds(fns, repeats).items()}
 
 
 def bench_model(name, model, repeats, ig_steps):

@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
-import statistics
 import sys
-import time
 
 import numpy as np
 import onnx
@@ -26,7 +24,7 @@ import onnx
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 sys.path.insert(0, str(pathlib.Path(__file__).parent.parent))  # this checkout's onnxplain, not an installed one
 import archs  # noqa: E402
-from bench_gradient import machine  # noqa: E402
+from bench_gradient import interleaved, machine  # noqa: E402
 
 import onnxplain  # noqa: E402
 from onnxplain.graph.rewrite import Options  # noqa: E402
@@ -55,18 +53,6 @@ def load(name):
 
 def load_avg() -> str:
     return "load average " + " ".join(f"{v:.2f}" for v in os.getloadavg())
-
-
-def interleaved(fns: dict, repeats: int) -> dict:
-    for f in fns.values():
-        f()
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, f in fns.items():
-            t = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def bench(name, repeats, ig, ks):
