@@ -164,7 +164,7 @@ def probe_shapes(
             vi = declared[n]
             dims = _dims(vi)
             wrong = (
-                dims is None or len(dims) != a.ndim or any(isinstance(d, int) and d != n for d, n in zip(dims, shape))
+                dims is None or len(dims) != a.ndim or any(isinstance(d, int) and d != k for d, k in zip(dims, shape))
             )
             if replace_outputs and wrong:
                 vi.CopyFrom(helper.make_tensor_value_info(n, vi.type.tensor_type.elem_type, shape))
