@@ -10,7 +10,7 @@ import numpy as np
 import typer
 
 from onnxplain.cli.app import app
-from onnxplain.cli.common import Progress, method_settings, parse_fill, parse_methods, rules_file, with_method_options
+from onnxplain.cli.common import Progress, method_settings, parse_methods, rules_file, with_method_options
 
 
 class RateBar(Progress):
@@ -219,37 +219,17 @@ def evaluate_ray_cmd(
     metrics,
     out_dir,
     n,
-    seed,
-    n_sanity,
+    settings,
     shuffled_model,
-    region,
-    steps,
-    fill,
-    fraction,
-    radius,
-    batch_size,
     layout,
     as_json,
     address,
     actors,
 ) -> None:
-    """The body of `onnxplain evaluate --ray`: settings as `evaluate` reads them, the table as it prints it."""
+    """The body of `onnxplain evaluate --ray`: ``settings`` as `evaluate` built them, the table as it prints it."""
     import json
     import time
 
-    from onnxplain.evaluation import runner as E
-
-    fill = parse_fill(fill)
-    settings = E.Settings(
-        n_sanity=n_sanity,
-        region=region,
-        steps=steps,
-        fill=fill,
-        fraction=fraction,
-        radius=radius,
-        batch_size=batch_size,
-        seed=seed,
-    )
     t0 = time.perf_counter()
     ev = evaluate_on_ray(
         model,

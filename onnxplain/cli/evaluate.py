@@ -125,6 +125,16 @@ def evaluate_cmd(
     if shuffled_model is not None:
         existing(Path(shuffled_model))
     out_dir = Path(out_dir)
+    settings = E.Settings(
+        n_sanity=n_sanity,
+        region=region,
+        steps=steps,
+        fill=parse_fill(fill),
+        fraction=fraction,
+        radius=radius,
+        batch_size=batch_size,
+        seed=seed,
+    )
     if use_ray or address or actors:
         from onnxplain.cli.dataset import evaluate_ray_cmd
 
@@ -135,15 +145,8 @@ def evaluate_cmd(
             metrics=metrics,
             out_dir=out_dir,
             n=n,
-            seed=seed,
-            n_sanity=n_sanity,
+            settings=settings,
             shuffled_model=shuffled_model,
-            region=region,
-            steps=steps,
-            fill=fill,
-            fraction=fraction,
-            radius=radius,
-            batch_size=batch_size,
             layout=layout,
             as_json=as_json,
             address=address,
@@ -192,17 +195,6 @@ def evaluate_cmd(
             if not (m in E.LOCALISATION and masks is None)
             and not (m == "data_randomisation" and shuffled_model is None)
         ]
-    fill = parse_fill(fill)
-    settings = E.Settings(
-        n_sanity=n_sanity,
-        region=region,
-        steps=steps,
-        fill=fill,
-        fraction=fraction,
-        radius=radius,
-        batch_size=batch_size,
-        seed=seed,
-    )
     t0 = time.perf_counter()
     with outputs, running("evaluating"):
         with Progress(None, "evaluate") as bar:
